@@ -1,0 +1,5 @@
+"""monitor package (being built)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

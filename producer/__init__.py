@@ -1,0 +1,5 @@
+"""producer package (being built)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""relay package (being built)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

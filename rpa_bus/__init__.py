@@ -1,0 +1,93 @@
+"""rpa-bus: the bus contract as pure code.
+
+Key names, the event envelope, stream ids, validation, folded session state, settings and
+errors. Nothing here imports redis or asyncio, so it is unit-tested without a server and
+shared by the producer, the relay and the monitor. The ``rpa_bus.cli`` subpackage is the
+front door (the ``rpa-bus`` command) and is imported by nothing else.
+"""
+
+from __future__ import annotations
+
+from rpa_bus._envelope import (
+    BUILTIN_TYPES,
+    MAX_EVENT_BYTES,
+    TERMINAL_TYPES,
+    Envelope,
+    decode,
+    encode,
+    make,
+    now_ts,
+    validate,
+    validate_type,
+)
+from rpa_bus._errors import (
+    BusError,
+    ConfigError,
+    ConfigMismatch,
+    Forbidden,
+    InvalidEvent,
+    InvalidEventType,
+    InvalidInput,
+    InvalidOffset,
+    InvalidSessionId,
+    InvalidStreamName,
+    Unavailable,
+)
+from rpa_bus._ids import ZERO, Offset, StreamId, parse_offset
+from rpa_bus._keys import (
+    DEFAULT_BUCKETS,
+    DEFAULT_PREFIX,
+    MAX_BUCKETS,
+    Keys,
+    StreamRef,
+    bucket_of,
+    parse_stream_name,
+    validate_host_name,
+    validate_session_id,
+)
+from rpa_bus._settings import DEFAULT_REDIS_URL, EnvReader, Settings, default_spool_dir
+from rpa_bus._state import STATE_FIELDS, state_fields, state_from_meta
+
+__all__ = [
+    "BUILTIN_TYPES",
+    "DEFAULT_BUCKETS",
+    "DEFAULT_PREFIX",
+    "DEFAULT_REDIS_URL",
+    "MAX_BUCKETS",
+    "MAX_EVENT_BYTES",
+    "STATE_FIELDS",
+    "TERMINAL_TYPES",
+    "ZERO",
+    "BusError",
+    "ConfigError",
+    "ConfigMismatch",
+    "EnvReader",
+    "Envelope",
+    "Forbidden",
+    "InvalidEvent",
+    "InvalidEventType",
+    "InvalidInput",
+    "InvalidOffset",
+    "InvalidSessionId",
+    "InvalidStreamName",
+    "Keys",
+    "Offset",
+    "Settings",
+    "StreamId",
+    "StreamRef",
+    "Unavailable",
+    "bucket_of",
+    "decode",
+    "default_spool_dir",
+    "encode",
+    "make",
+    "now_ts",
+    "parse_offset",
+    "parse_stream_name",
+    "state_fields",
+    "state_from_meta",
+    "validate",
+    "validate_host_name",
+    "validate_session_id",
+    "validate_type",
+]

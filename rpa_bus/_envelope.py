@@ -1,0 +1,157 @@
+"""The event envelope: build, validate, encode and decode.
+
+An envelope is a JSON object::
+
+    {"type": "progress", "ts": "2026-11-22T10:00:00.123Z", "step": 3, "total": 15,
+     "percent": 20.0, "eta_s": 41.5, "message": "Tela 3", "data": {...}}
+
+``type`` and ``ts`` are always there; the other fields appear where they apply. Unknown
+top-level fields are refused, so a typo fails loudly instead of vanishing; a job's own
+payload goes in ``data``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+
+from rpa_bus._errors import InvalidEvent, InvalidEventType
+
+BUILTIN_TYPES: Final = frozenset(
+    {"started", "progress", "log", "result", "error", "finished", "failed", "metrics", "alert"}
+)
+TERMINAL_TYPES: Final = frozenset({"finished", "failed"})
+MAX_EVENT_BYTES: Final = 1024 * 1024
+
+_CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+
+# field -> (accepted Python types, description for error messages)
+_FIELDS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
+    "type": ((str,), "a string"),
+    "ts": ((str,), "an ISO-8601 UTC timestamp string"),
+    "session": ((str,), "a session id string"),
+    "step": ((int,), "an integer >= 0"),
+    "total": ((int,), "an integer >= 1"),
+    "percent": ((int, float), "a number from 0 to 100"),
+    "eta_s": ((int, float), "a number of seconds >= 0"),
+    "message": ((str,), "a string"),
+    "error": ((str,), "a string"),
+    "data": ((object,), "any JSON value"),
+}
+
+Envelope = dict[str, Any]
+
+
+def validate_type(name: object) -> str:
+    """Return ``name`` if it is a built-in event type or a valid custom one."""
+    if isinstance(name, str) and (name in BUILTIN_TYPES or _CUSTOM_TYPE.fullmatch(name)):
+        return name
+    raise InvalidEventType(
+        f"invalid event type {name!r}: use a built-in type "
+        f"({', '.join(sorted(BUILTIN_TYPES))}) or a name matching [a-z][a-z0-9_.-]* "
+        "(at most 64 characters)"
+    )
+
+
+def now_ts(now_s: float | None = None) -> str:
+    """An envelope timestamp: UTC, millisecond precision, ``Z`` suffix."""
+    t = time.time() if now_s is None else now_s
+    ms = int(t * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def validate(event: Mapping[str, Any]) -> Envelope:
+    """Check every field of an envelope; return it as a plain dict.
+
+    Raises ``InvalidEventType`` or ``InvalidEvent`` naming the offending field.
+    """
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"an event must be a JSON object, got {type(event).__name__}")
+    for key in ("type", "ts"):
+        if key not in event:
+            raise InvalidEvent(f"event is missing the {key!r} field")
+    for key, value in event.items():
+        spec = _FIELDS.get(key)
+        if spec is None:
+            raise InvalidEvent(f"unknown event field {key!r}: put a job's own values under 'data'")
+        types, what = spec
+        # bool is an int subclass; True is never a valid step or percent.
+        if not isinstance(value, types) or (isinstance(value, bool) and types != (object,)):
+            raise InvalidEvent(f"event field {key!r} must be {what}, got {value!r}")
+    validate_type(event["type"])
+    step, total = event.get("step"), event.get("total")
+    if step is not None and step < 0:
+        raise InvalidEvent(f"step must be >= 0, got {step}")
+    if total is not None and total < 1:
+        raise InvalidEvent(f"total must be >= 1, got {total}")
+    if step is not None and total is not None and step > total:
+        raise InvalidEvent(f"step {step} is beyond total {total}")
+    percent = event.get("percent")
+    if percent is not None and not (math.isfinite(percent) and 0 <= percent <= 100):
+        raise InvalidEvent(f"percent must be from 0 to 100, got {percent}")
+    eta = event.get("eta_s")
+    if eta is not None and not (math.isfinite(eta) and eta >= 0):
+        raise InvalidEvent(f"eta_s must be a finite number >= 0, got {eta}")
+    return dict(event)
+
+
+def make(
+    type: str,
+    *,
+    ts: str | None = None,
+    session: str | None = None,
+    step: int | None = None,
+    total: int | None = None,
+    percent: float | None = None,
+    eta_s: float | None = None,
+    message: str | None = None,
+    error: str | None = None,
+    data: Any = None,
+) -> Envelope:
+    """Build and validate an envelope, leaving out the fields that are ``None``."""
+    event: Envelope = {"type": type, "ts": ts or now_ts()}
+    for key, value in (
+        ("session", session),
+        ("step", step),
+        ("total", total),
+        ("percent", percent),
+        ("eta_s", eta_s),
+        ("message", message),
+        ("error", error),
+        ("data", data),
+    ):
+        if value is not None:
+            event[key] = value
+    return validate(event)
+
+
+def encode(event: Mapping[str, Any], *, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
+    """Encode a validated envelope as compact JSON bytes.
+
+    Raises ``InvalidEvent`` if a value is not JSON-serialisable (orjson's rules: str, int,
+    float, bool, None, dict with str keys, list, tuple, datetime, UUID, dataclass, enum)
+    or the encoding is larger than ``max_bytes``.
+    """
+    try:
+        raw = orjson.dumps(event)
+    except TypeError as exc:
+        raise InvalidEvent(f"event data is not JSON-serialisable: {exc}") from exc
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"event is {len(raw)} bytes encoded, more than the {max_bytes} allowed")
+    return raw
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Decode and validate an envelope; raise ``InvalidEvent`` if it is not one."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"event is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"an event must be a JSON object, got {type(value).__name__}")
+    return validate(value)

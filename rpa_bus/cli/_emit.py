@@ -1,0 +1,3 @@
+"""``rpa-bus emit``: placeholder until the producer lands."""
+
+from __future__ import annotations

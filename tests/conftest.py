@@ -1,0 +1,60 @@
+"""Shared fixtures: a private Redis server per test, a fault proxy, one time unit.
+
+Every integration test talks to a real Redis started here on a free port (never the
+machine's own on 6379), so tests can stop, kill and restart it. If no server binary can be
+found the test fails with instructions; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rpa_bus.cli._embedded import EmbeddedRedis, ServerNotFound, find_server_binary
+from tests._proxy import FaultProxy
+
+# One scaled unit for every wait in the tests: raise RPA_BUS_TEST_UNIT on a slow machine.
+UNIT_S = float(os.environ.get("RPA_BUS_TEST_UNIT", "1.0"))
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> Path:
+    try:
+        return find_server_binary()
+    except ServerNotFound as exc:
+        pytest.fail(f"{exc}. The test suite needs a real Redis server.", pytrace=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path, server_binary: Path) -> Iterator[EmbeddedRedis]:
+    """A private, persistent (AOF) Redis on a free loopback port; stop()/start() keep data."""
+    server = EmbeddedRedis(tmp_path / "redis", binary=server_binary, persistent=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def proxy(redis_server: EmbeddedRedis) -> Iterator[FaultProxy]:
+    p = FaultProxy(redis_server.port)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
