@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 
 # One module per command family; each does ``@app.command()`` at import time.
-_MODULES = ("rpa_bus.cli._emit",)
+_MODULES = (
+    "rpa_bus.cli._emit",  # emit (producer)
+    "rpa_bus.cli._relay",  # relay, token, tail, bench (relay)
+    "rpa_bus.cli._monitor",  # monitor (monitor)
+    "rpa_bus.cli._up",  # up, demo, status, sessions (newcomer and operator)
+)
 
 
 def register_all() -> None:
