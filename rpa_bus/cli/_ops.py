@@ -1,0 +1,115 @@
+"""Reads for the operator commands (`sessions`, `status`): plain, bounded redis-py calls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+import redis
+
+from rpa_bus import Keys, Settings, state_from_meta
+
+# What redis-py returns for XRANGE/XREVRANGE on a client without decode_responses.
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def connect(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s,
+        retry_on_timeout=False,
+    )
+
+
+def _age_s(ts: str | None, now_s: float) -> float | None:
+    if not ts:
+        return None
+    try:
+        return max(0.0, now_s - datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    session: str
+    status: str | None
+    step: int | None
+    total: int | None
+    percent: float | None
+    message: str | None
+    error: str | None
+    updated: str | None
+    age_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_sessions(client: redis.Redis, keys: Keys, *, limit: int = 50) -> list[SessionRow]:
+    """The newest ``limit`` sessions named in the lifecycle index that still have state.
+
+    Reads the index backwards in pages (bounded: at most 20 pages), then one pipelined
+    HGETALL per session.
+    """
+    seen: list[str] = []
+    last = "+"
+    for _ in range(20):
+        page = cast(Entries, client.xrevrange(keys.sessions, max=last, count=500))
+        if not page:
+            break
+        for _entry_id, fields in page:
+            try:
+                sid = orjson.loads(fields[b"e"]).get("session")
+            except (KeyError, orjson.JSONDecodeError):
+                continue
+            if isinstance(sid, str) and sid not in seen:
+                seen.append(sid)
+        if len(seen) >= limit:
+            break
+        last = "(" + page[-1][0].decode()
+    seen = seen[:limit]
+    pipe = client.pipeline(transaction=False)
+    for sid in seen:
+        pipe.hgetall(keys.meta(sid))
+    now = time.time()
+    rows: list[SessionRow] = []
+    for sid, meta in zip(seen, pipe.execute(), strict=True):
+        if not meta:
+            continue  # expired after its retention period
+        state = state_from_meta(meta)
+        rows.append(
+            SessionRow(
+                session=sid,
+                status=state.get("status"),
+                step=state.get("step"),
+                total=state.get("total"),
+                percent=state.get("percent"),
+                message=state.get("message"),
+                error=state.get("error"),
+                updated=state.get("updated"),
+                age_s=_age_s(state.get("updated"), now),
+            )
+        )
+    return rows
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
