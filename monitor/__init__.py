@@ -1,5 +1,23 @@
-"""monitor package (being built)."""
+"""The metrics service: samples the host (psutil) and the bus (Redis) into its stream.
+
+``Monitor`` writes ``metrics`` and ``alert`` events to ``P:monitor:{host}``; see
+docs/monitor.md for the sample's fields, the alerts and their settings.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from monitor._alerts import Alert, AlertBook, Rule
+from monitor._service import Monitor, rules_of
+from monitor._settings import MonitorSettings
+from monitor._writer import RedisWriter, Writer
+
+__all__ = [
+    "Alert",
+    "AlertBook",
+    "Monitor",
+    "MonitorSettings",
+    "RedisWriter",
+    "Rule",
+    "Writer",
+    "rules_of",
+]

@@ -1,0 +1,219 @@
+"""The monitor service: sample, evaluate alerts, write; on a drift-free schedule.
+
+Why a thread and not asyncio: every source is a blocking call that returns in
+microseconds (psutil reads /proc; the bus probe is three round trips to Redis with tight
+timeouts), there is nothing to overlap, and sync redis-py costs less CPU per call than its
+asyncio twin, which matters against a budget of a few ms per sample. The network side
+that can be slow (writing samples while Redis is down) runs in the writer's own thread,
+so sampling never waits on it. ``run()`` blocks the calling thread until ``stop()``;
+``stop()`` only sets an event, so a signal handler may call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from monitor._alerts import Alert, AlertBook, Rule
+from monitor._bus import BusProbe
+from monitor._host import HostSampler
+from monitor._settings import MonitorSettings
+from monitor._throttle import Throttle
+from monitor._writer import RETRYABLE, RedisWriter, Writer
+from rpa_bus import Envelope, make, now_ts
+
+log = logging.getLogger(__name__)
+
+
+def rules_of(settings: MonitorSettings) -> list[Rule]:
+    """The alert rules the settings ask for."""
+    k = settings.alert_samples
+    m = settings.alert_margin
+    return [
+        Rule("cpu", settings.cpu_warn, "warning", settings.cpu_warn * m, k, k),
+        Rule("memory", settings.memory_crit, "critical", settings.memory_crit * m, k, k),
+        Rule("disk", settings.disk_crit, "critical", settings.disk_crit * m, k, k),
+        Rule("relay_lag", settings.relay_lag_warn, "warning", settings.relay_lag_warn * m, k, k),
+        # Stall is its own hysteresis: idle time only drops when the session moves.
+        Rule("stalled", settings.stall_after_s, "warning"),
+    ]
+
+
+def _client(settings: MonitorSettings, *, probe: bool) -> redis.Redis:
+    bus = settings.bus
+    connect_s, socket_s = bus.connect_timeout_s, bus.socket_timeout_s
+    if probe:
+        # A probe must not hold a sample back much longer than a fraction of the interval;
+        # the next sample is the retry.
+        connect_s = min(connect_s, max(0.05, settings.interval_s / 4))
+        socket_s = min(socket_s, max(0.1, settings.interval_s / 2))
+    return redis.Redis.from_url(
+        bus.redis_url,
+        socket_connect_timeout=connect_s,
+        socket_timeout=socket_s,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+
+
+class Monitor:
+    """Samples this host and the bus into ``P:monitor:{host}`` every ``interval_s``.
+
+    ::
+
+        with Monitor(settings) as mon:     # settings: MonitorSettings, built by the CLI
+            mon.run()                      # until mon.stop() (signal-safe)
+        # leaving the block flushes what is buffered (bounded by flush_timeout_s)
+
+    ``client`` is the Redis client the bus probe reads with (default: one built from the
+    settings, with timeouts bounded by the interval); ``writer`` takes the events (default:
+    a ``RedisWriter`` on a client of its own). Injected ones are not closed by ``close()``.
+    """
+
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        *,
+        client: redis.Redis | None = None,
+        writer: Writer | None = None,
+    ) -> None:
+        self.settings = settings
+        keys = settings.bus.keys
+        self.stream = keys.monitor(settings.host_name)
+        self._own_client = client is None
+        self._client = client if client is not None else _client(settings, probe=True)
+        self._own_writer = writer is None
+        self._writer_client: redis.Redis | None = None
+        if writer is None:
+            self._writer_client = _client(settings, probe=False)
+            writer = RedisWriter(
+                self._writer_client,
+                stream=self.stream,
+                window_s=settings.window_s,
+                buffer_max=settings.buffer_max,
+            )
+        self.writer: Writer = writer
+        self._host = HostSampler()
+        self._bus = BusProbe(
+            self._client,
+            keys,
+            host_name=settings.host_name,
+            streams_per_tick=settings.streams_per_tick,
+            max_sessions=settings.max_sessions,
+        )
+        self.alerts = AlertBook.of(rules_of(settings))
+        self._stop = threading.Event()
+        self._closed = False
+        self._seq = 0
+        self._down = Throttle(log)
+        self.skipped = 0
+
+    def run(self) -> None:
+        """Sample every ``interval_s`` on monotonic deadlines until ``stop()``.
+
+        Deadlines are ``start + n * interval``, so time spent sampling never accumulates
+        as drift. A sample that overruns its slot skips the deadlines it missed instead
+        of catching up in a burst.
+        """
+        interval = self.settings.interval_s
+        start = time.monotonic()
+        n = 1
+        log.info(
+            "monitor %s: sampling every %gs into %s", self.settings.host_name, interval, self.stream
+        )
+        while not self._stop.wait(max(0.0, start + n * interval - time.monotonic())):
+            self.tick()
+            n += 1
+            late = int((time.monotonic() - start) / interval) + 1 - n
+            if late > 0:
+                self.skipped += late
+                n += late
+                log.warning("sampling overran its interval: skipped %d sample(s)", late)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the current sample. Safe from a signal handler."""
+        self._stop.set()
+
+    def tick(self) -> list[Envelope]:
+        """Take one sample now, evaluate the alerts, queue the events; return them."""
+        cpu0 = time.thread_time()
+        now_s = time.time()
+        now_ms = int(now_s * 1000)
+        self._seq += 1
+        data: dict[str, Any] = {
+            "host": self.settings.host_name,
+            "interval_s": self.settings.interval_s,
+            "seq": self._seq,
+        }
+        data.update(self._host.sample())
+        alerts = self._host_alerts(data)
+        try:
+            reading = self._bus.probe(
+                now_ms=now_ms,
+                stall_after_s=self.settings.stall_after_s,
+                stalled=[s for m, s in self.alerts.firing() if m == "stalled"],
+            )
+        except RETRYABLE as exc:
+            self._down.warn("bus probe failed, sampling the host only: %r", exc)
+            data["bus"] = {"reachable": False}
+        else:
+            self._down.recovered("bus probe works again")
+            data["bus"] = reading.health
+            alerts += self.alerts.observe("relay_lag", reading.relay_lag)
+            alerts += self.alerts.observe("stalled", reading.idle_s)
+        data["monitor"]["sample_cpu_ms"] = round((time.thread_time() - cpu0) * 1000, 3)
+        ts = now_ts(now_s)
+        events = [make("metrics", ts=ts, data=data)]
+        for alert in alerts:
+            log.warning("alert %s: %s", alert.state, alert.message())
+            events.append(make("alert", ts=ts, message=alert.message(), data=alert.data()))
+        for event in events:
+            self.writer.write(event)
+        return events
+
+    def _host_alerts(self, data: dict[str, Any]) -> list[Alert]:
+        out: list[Alert] = []
+        if "percent" in data.get("cpu", {}):
+            out += self.alerts.observe("cpu", {"": data["cpu"]["percent"]})
+        if "memory" in data:
+            out += self.alerts.observe("memory", {"": data["memory"]["percent"]})
+        if "disks" in data:
+            out += self.alerts.observe(
+                "disk", {mount: d["percent"] for mount, d in data["disks"].items()}
+            )
+        return out
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every sample taken so far is written (bounded)."""
+        return self.writer.flush(self.settings.flush_timeout_s if timeout_s is None else timeout_s)
+
+    def close(self) -> None:
+        """Stop, write what is buffered (bounded by ``flush_timeout_s``), release. Idempotent.
+
+        Call it after ``run()`` returned (or from the thread that will not run it again).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if not self.flush():
+            log.warning("monitor closed before every sample was written")
+        if self._own_writer:
+            self.writer.close()
+        if self._writer_client is not None:
+            self._writer_client.close()
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
