@@ -1,0 +1,1071 @@
+/**
+ * rpa-bus dashboard: live sessions, their event logs, host charts and alerts.
+ *
+ * Everything arrives over one relay WebSocket (rpa-bus.js):
+ * - `sessions`       the lifecycle index (started / finished / failed) builds the list;
+ * - `session:SID`    running sessions are watched from "$" (the `subscribed` state gives
+ *                    their current status, live events move them); the selected session is
+ *                    subscribed from "0" for its whole log; ended ones are peeked once for
+ *                    their final state;
+ * - `monitor:HOST`   metrics and alerts, replayed from the start of the chart window.
+ *
+ * URL parameters: ?token=JWT  ?hosts=a,b (or ?host=a)  ?window=1h  ?relay=ws://host:port/ws
+ * The selected session lives in the hash (#session=SID), so a reload shows it again.
+ */
+
+import { compareIds, connect, idAtTime, idTime } from "./rpa-bus.js";
+
+const params = new URLSearchParams(location.search);
+
+const MAX_ROWS = 300; // sessions shown
+const MAX_WATCHED = 100; // running sessions with a live subscription
+const MAX_LOG_ROWS = 3000; // event-log rows kept in the page
+const PEEKS_AT_ONCE = 4;
+const STALE_AFTER_MS = 120_000; // a running session silent this long is shown in amber
+const TERMINAL = new Set(["finished", "failed"]);
+const BUILTIN = new Set([
+  "started", "progress", "log", "result", "error", "finished", "failed", "metrics", "alert",
+]);
+
+// ---- small helpers -------------------------------------------------------------------
+
+const $ = (sel) => document.querySelector(sel);
+
+/** Create an element: h("td", {class: "x"}, "text", child...). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c != null) el.append(c);
+  return el;
+}
+
+/** Set text only when it changed (keeps layout and selection stable). */
+function setText(el, text) {
+  const t = text == null ? "" : String(text);
+  if (el.textContent !== t) el.textContent = t;
+}
+
+function parseTs(ts) {
+  const t = Date.parse(ts);
+  return Number.isFinite(t) ? t : null;
+}
+
+function fmtDuration(s) {
+  if (s == null || !Number.isFinite(s)) return "—";
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${String(s % 60).padStart(2, "0")}s`;
+  const h_ = Math.floor(m / 60);
+  if (h_ < 48) return `${h_}h ${String(m % 60).padStart(2, "0")}m`;
+  return `${Math.floor(h_ / 24)}d ${h_ % 24}h`;
+}
+
+function fmtAge(ms) {
+  if (ms == null) return "—";
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 5) return "now";
+  if (s < 60) return `${Math.floor(s)}s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h ago`;
+  return `${Math.floor(s / 86400)}d ago`;
+}
+
+function fmtClock(ms, withMs = false) {
+  const d = new Date(ms);
+  const p = (n, w = 2) => String(n).padStart(w, "0");
+  const base = `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  return withMs ? `${base}.${p(d.getMilliseconds(), 3)}` : base;
+}
+
+function fmtBytesRate(v) {
+  if (v == null || !Number.isFinite(v)) return "—";
+  const units = ["B/s", "kB/s", "MB/s", "GB/s"];
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i += 1;
+  }
+  return `${v >= 10 || i === 0 ? Math.round(v) : v.toFixed(1)} ${units[i]}`;
+}
+
+function fmtAxisPct(v) {
+  return `${Math.round(v)}%`;
+}
+
+function fmtPct(v) {
+  return v == null || !Number.isFinite(v) ? "—" : `${v.toFixed(1)}%`;
+}
+
+function parseWindow(text) {
+  const m = /^(\d+(?:\.\d+)?)\s*([smhd]?)$/.exec(text || "");
+  if (!m) return 3600_000;
+  const mult = { s: 1000, m: 60_000, h: 3600_000, d: 86_400_000 }[m[2] || "m"];
+  return Math.min(7 * 86_400_000, Math.max(60_000, Number(m[1]) * mult));
+}
+
+/** First finite number found at any of the dotted paths. */
+function pick(obj, paths) {
+  for (const path of paths) {
+    let v = obj;
+    for (const key of path.split(".")) {
+      v = v != null && typeof v === "object" ? v[key] : undefined;
+    }
+    if (typeof v === "number" && Number.isFinite(v)) return v;
+  }
+  return null;
+}
+
+// ---- connection ----------------------------------------------------------------------
+
+const token = params.get("token") || null;
+const relayUrl = params.get("relay") || "/ws";
+const conn = $("#conn");
+const banner = $("#banner");
+
+const bus = connect(relayUrl, {
+  token,
+  onStatus(status, info) {
+    conn.dataset.status = status;
+    const label = conn.querySelector(".label");
+    if (status === "open") {
+      setText(label, "live");
+      banner.hidden = true;
+    } else if (status === "reconnecting") {
+      const secs = Math.max(1, Math.round((info.delayMs ?? 0) / 1000));
+      setText(label, `reconnecting… (${info.attempt})`);
+      setText($("#banner-text"),
+        `Connection to the relay lost — reconnecting… (attempt ${info.attempt}, next in ${secs}s). ` +
+        "Events will resume where they stopped.");
+      banner.hidden = false;
+    } else if (status === "connecting") {
+      setText(label, "connecting…");
+    } else {
+      setText(label, status);
+    }
+  },
+  onError(err) {
+    console.warn(`relay: ${err.code}: ${err.message}`);
+  },
+});
+
+// ---- sessions ------------------------------------------------------------------------
+
+/**
+ * @typedef {Object} Session
+ * @property {string} sid
+ * @property {string} status      running | finished | failed | unknown
+ * @property {Object} state       folded state: step, total, percent, eta_s, message, error, updated
+ * @property {number|null} started  ms
+ * @property {number|null} ended    ms
+ * @property {string|null} sub    "watch" | "full" | "peek" | null
+ * @property {string|null} last   last id of the current subscription's `subscribed` frame
+ * @property {HTMLTableRowElement|null} row
+ * @property {boolean} stalled
+ */
+
+/** @type {Map<string, Session>} */
+const sessions = new Map();
+const peekQueue = [];
+let peeking = 0;
+let selected = null;
+let filterText = "";
+let sessionsLive = false;
+
+function session(sid) {
+  let s = sessions.get(sid);
+  if (!s) {
+    s = {
+      sid, status: "unknown", state: {}, started: null, ended: null,
+      sub: null, last: null, row: null, stalled: false, handle: null,
+    };
+    sessions.set(sid, s);
+  }
+  return s;
+}
+
+/** Fold one session event into its state, as the producer folds it into the meta hash. */
+function fold(s, data) {
+  const st = s.state;
+  const kind = data.type;
+  if (data.ts) st.updated = data.ts;
+  if (kind === "started") {
+    Object.assign(st, { step: 0, percent: 0, eta_s: null, error: null });
+    s.status = "running";
+    s.started = parseTs(data.ts) ?? s.started;
+    s.ended = null;
+  } else if (kind === "progress") {
+    s.status = "running";
+  } else if (kind === "finished") {
+    s.status = "finished";
+    Object.assign(st, { percent: 100, eta_s: 0 });
+  } else if (kind === "failed") {
+    s.status = "failed";
+  }
+  for (const key of ["step", "total", "percent", "eta_s"]) if (key in data) st[key] = data[key];
+  if (kind === "finished") Object.assign(st, { percent: 100, eta_s: 0 });
+  if (typeof data.message === "string") st.message = data.message;
+  if (kind === "error" || kind === "failed") st.error = data.error || data.message || kind;
+  if (TERMINAL.has(kind)) s.ended = parseTs(data.ts);
+}
+
+/** The `sessions` index: one entry per start and per end. */
+bus.subscribe("sessions", {
+  from: "0",
+  onEvent(id, data) {
+    if (!data || typeof data.session !== "string") return;
+    const s = session(data.session);
+    const t = parseTs(data.ts) ?? idTime(id);
+    if (data.type === "started") {
+      s.started = t;
+      s.ended = null;
+      if (TERMINAL.has(s.status) || s.status === "unknown") s.status = "running";
+    } else if (TERMINAL.has(data.type)) {
+      s.status = data.type;
+      s.ended = t;
+    }
+    if (!s.state.updated) s.state.updated = data.ts;
+    if (sessionsLive) planSubscription(s);
+    scheduleRender();
+  },
+  onLive() {
+    sessionsLive = true;
+    for (const s of sessions.values()) planSubscription(s);
+    scheduleRender();
+  },
+  onReset() {
+    for (const s of sessions.values()) s.handle?.unsubscribe();
+    sessions.clear();
+    $("#sessions").replaceChildren();
+    sessionsLive = false;
+  },
+  onError(err) {
+    setText($("#sessions-sub"), `sessions: ${err.code}`);
+  },
+});
+
+/** Pick the right subscription for a session: full log, live watch, one peek, or none. */
+function planSubscription(s) {
+  if (s.sid === selected) return; // the log view owns it
+  const recent = [...sessions.values()].sort(byOrder).slice(0, MAX_ROWS);
+  const inView = recent.includes(s);
+  if (s.status === "running" && inView) {
+    const watched = [...sessions.values()].filter((x) => x.sub === "watch").length;
+    if (s.sub !== "watch" && watched < MAX_WATCHED) subscribeSession(s, "watch");
+    return;
+  }
+  if (s.sub === "watch") {
+    // Ended: its stream has nothing more to say.
+    s.handle?.unsubscribe();
+    s.handle = null;
+    s.sub = null;
+  }
+  if (TERMINAL.has(s.status) && inView && !s.peeked && !s.sub) {
+    s.peeked = true;
+    peekQueue.push(s);
+    pumpPeeks();
+  }
+}
+
+function pumpPeeks() {
+  while (peeking < PEEKS_AT_ONCE && peekQueue.length) {
+    const s = peekQueue.shift();
+    if (s.sub) continue;
+    peeking += 1;
+    subscribeSession(s, "peek");
+  }
+}
+
+/** Subscribe one session stream in the given mode, replacing its current subscription. */
+function subscribeSession(s, mode) {
+  const from = mode === "full" ? "0" : "$";
+  if (s.sub === "peek") peeking -= 1;
+  s.sub = mode;
+  s.last = null;
+  s.handle = bus.subscribe(`session:${s.sid}`, {
+    from,
+    onState(state, info) {
+      // The relay's folded state is the truth at subscription time: a late joiner sees the
+      // status even when the early history was trimmed.
+      if (state && Object.keys(state).length) {
+        Object.assign(s.state, state);
+        if (state.status) s.status = state.status;
+        const up = parseTs(state.updated);
+        if (TERMINAL.has(s.status) && up && !s.ended) s.ended = up;
+      }
+      s.last = info.last;
+      if (mode === "peek") {
+        s.handle?.unsubscribe();
+        s.handle = null;
+        s.sub = null;
+        peeking -= 1;
+        pumpPeeks();
+      }
+      scheduleRender();
+    },
+    onEvent(id, data) {
+      // History older than the `subscribed` frame is already in its state.
+      const isNew = !s.last || compareIds(id, s.last) > 0;
+      if (isNew && data) {
+        fold(s, data);
+        if (mode === "watch" && TERMINAL.has(data.type)) setTimeout(() => planSubscription(s), 0);
+        scheduleRender();
+      }
+      if (mode === "full") log.add(id, data);
+    },
+    onLive() {
+      if (mode === "full") log.live();
+    },
+    onGap(info) {
+      if (mode === "full") log.marker(`events trimmed by retention: resuming at ${info.first}`);
+    },
+    onReset() {
+      if (mode === "full") log.reset("stream recreated: showing it from its start");
+    },
+    onError(err) {
+      if (mode === "peek" && err.fatal) {
+        s.sub = null;
+        peeking -= 1;
+        pumpPeeks();
+      }
+      if (mode === "full") log.marker(`${err.code}: ${err.message}`);
+      if (err.fatal) s.sub = null;
+    },
+  });
+}
+
+function byOrder(a, b) {
+  const ra = a.status === "running" ? 0 : 1;
+  const rb = b.status === "running" ? 0 : 1;
+  if (ra !== rb) return ra - rb;
+  return (b.started ?? 0) - (a.started ?? 0) || (a.sid < b.sid ? -1 : 1);
+}
+
+function shownStatus(s) {
+  return s.status === "running" && s.stalled ? "stalled" : s.status;
+}
+
+function buildRow(s) {
+  const fill = h("div", { class: "fill" });
+  const row = h("tr", { "data-sid": s.sid },
+    h("td", {}, h("span", { class: "pill" })),
+    h("td", { class: "sid", title: s.sid, text: s.sid }),
+    h("td", {}, h("div", { class: "progress" }, h("div", { class: "bar" }, fill), h("span", { class: "pct" }))),
+    h("td", { class: "num step" }),
+    h("td", { class: "num eta" }),
+    h("td", { class: "msg" }),
+    h("td", { class: "num age" }),
+  );
+  row.addEventListener("click", () => select(s.sid));
+  s.row = row;
+  return row;
+}
+
+function updateRow(s) {
+  const row = s.row;
+  const st = s.state;
+  const status = shownStatus(s);
+  if (row.dataset.status !== status) row.dataset.status = status;
+  const pill = row.cells[0].firstChild;
+  pill.dataset.status = status;
+  setText(pill, status === "unknown" ? "…" : status);
+  const pct = st.percent ?? (st.step != null && st.total ? (100 * st.step) / st.total : null);
+  const fill = row.querySelector(".fill");
+  const width = `${Math.max(0, Math.min(100, pct ?? 0)).toFixed(1)}%`;
+  if (fill.style.width !== width) fill.style.width = width;
+  setText(row.querySelector(".pct"), pct == null ? "—" : `${Math.round(pct)}%`);
+  setText(row.cells[3], st.step != null ? (st.total ? `${st.step}/${st.total}` : st.step) : "—");
+  const msg = s.status === "failed" && st.error ? st.error : st.message;
+  setText(row.cells[5], msg ?? "");
+  row.cells[5].title = msg ?? "";
+  row.classList.toggle("selected", s.sid === selected);
+  updateTimes(s);
+}
+
+/** Cells that move with the clock: ETA countdown (or run time) and age. */
+function updateTimes(s) {
+  const row = s.row;
+  const updated = parseTs(s.state.updated);
+  let eta = "—";
+  if (s.status === "running" && s.state.eta_s != null && updated) {
+    eta = fmtDuration(s.state.eta_s - (Date.now() - updated) / 1000);
+  } else if (TERMINAL.has(s.status) && s.started && s.ended) {
+    eta = fmtDuration((s.ended - s.started) / 1000);
+  }
+  setText(row.cells[4], eta);
+  row.cells[4].title = TERMINAL.has(s.status) ? "run time" : "estimated time left";
+  const ageCell = row.cells[6];
+  setText(ageCell, fmtAge(updated));
+  ageCell.classList.toggle("stale",
+    s.status === "running" && updated != null && Date.now() - updated > STALE_AFTER_MS);
+}
+
+let renderPending = false;
+function scheduleRender() {
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    renderSessions();
+  });
+}
+
+function renderSessions() {
+  const tbody = $("#sessions");
+  const all = [...sessions.values()].sort(byOrder);
+  const shown = all
+    .filter((s) => !filterText || s.sid.toLowerCase().includes(filterText) ||
+      (s.state.message ?? "").toLowerCase().includes(filterText))
+    .slice(0, MAX_ROWS);
+  // Reorder by moving existing rows: a row keeps its node (and its bar's transition).
+  let cursor = tbody.firstChild;
+  for (const s of shown) {
+    const row = s.row ?? buildRow(s);
+    updateRow(s);
+    if (row !== cursor) tbody.insertBefore(row, cursor);
+    else cursor = cursor.nextSibling;
+  }
+  while (cursor) {
+    const next = cursor.nextSibling;
+    cursor.remove();
+    cursor = next;
+  }
+  const counts = { running: 0, finished: 0, failed: 0 };
+  for (const s of all) if (s.status in counts) counts[s.status] += 1;
+  for (const [k, v] of Object.entries(counts)) setText($(`.count[data-status="${k}"] b`), v);
+  $("#sessions-empty").hidden = shown.length > 0;
+  setText($("#sessions-empty"), sessionsLive
+    ? (filterText ? "No session matches the filter." : "No sessions in the retained history yet.")
+    : "Waiting for sessions…");
+  setText($("#sessions-sub"), all.length > shown.length
+    ? `${shown.length} of ${all.length} shown` : `${all.length} in the retained history`);
+}
+
+// ---- event log of the selected session -----------------------------------------------
+
+const log = {
+  body: $("#log"),
+  wrap: $("#log-wrap"),
+  count: 0,
+  isLive: false,
+  pinned: true, // follow the tail while the user is at the bottom
+
+  clear() {
+    this.body.replaceChildren();
+    this.count = 0;
+    this.isLive = false;
+    this.pinned = true;
+    $("#follow").hidden = true;
+  },
+
+  add(id, data) {
+    if (!data) return;
+    // Defence in depth: rpa-bus.js already drops repeats; a row per id, never two.
+    if (this.body.querySelector(`tr[data-id="${CSS.escape(id)}"]`)) return;
+    const t = parseTs(data.ts) ?? idTime(id);
+    const kind = String(data.type ?? "?");
+    const step = data.step != null ? (data.total ? `${data.step}/${data.total}` : String(data.step)) : "";
+    let text = data.message ?? "";
+    if (data.error && data.error !== text) text = text ? `${text} — ${data.error}` : data.error;
+    if (!text && data.percent != null) text = `${data.percent}%`;
+    const msgCell = h("td", { class: "m" }, text);
+    const hasData = data.data !== undefined;
+    if (hasData) {
+      msgCell.append(h("code", { class: "data", text: JSON.stringify(data.data) }));
+    }
+    const row = h("tr", { "data-id": id, "data-type": kind, class: hasData ? "has-data" : null },
+      h("td", { class: "t", title: `${new Date(t).toISOString()}\nid ${id}`, text: fmtClock(t, true) }),
+      h("td", {}, h("span", { class: BUILTIN.has(kind) ? "type" : "type custom", "data-type": kind, text: kind })),
+      h("td", { class: "step", text: step }),
+      msgCell,
+    );
+    if (hasData) {
+      row.addEventListener("click", () => {
+        const open = row.classList.toggle("open");
+        row.querySelector(".data").textContent = JSON.stringify(data.data, null, open ? 2 : 0);
+      });
+    }
+    if (this.isLive) row.classList.add("fresh");
+    this.body.append(row);
+    this.count += 1;
+    if (this.count > MAX_LOG_ROWS) {
+      this.body.firstChild.remove();
+      this.count -= 1;
+    }
+    this.afterAppend();
+  },
+
+  marker(text) {
+    this.body.append(h("tr", { class: "marker" }, h("td", { colspan: "4", text })));
+    this.afterAppend();
+  },
+
+  reset(text) {
+    this.clear();
+    this.marker(text);
+  },
+
+  live() {
+    this.isLive = true;
+    updateLogHeader();
+  },
+
+  afterAppend() {
+    $("#log-empty").hidden = true;
+    if (this.pinned) this.scrollPending();
+    else $("#follow").hidden = false;
+    updateLogHeader();
+  },
+
+  scrollPending() {
+    if (this._raf) return;
+    this._raf = requestAnimationFrame(() => {
+      this._raf = null;
+      this.wrap.scrollTop = this.wrap.scrollHeight;
+    });
+  },
+};
+
+log.wrap.addEventListener("scroll", () => {
+  const w = log.wrap;
+  log.pinned = w.scrollHeight - w.scrollTop - w.clientHeight < 24;
+  if (log.pinned) $("#follow").hidden = true;
+});
+$("#follow").addEventListener("click", () => {
+  log.pinned = true;
+  $("#follow").hidden = true;
+  log.scrollPending();
+});
+
+function updateLogHeader() {
+  const s = selected ? sessions.get(selected) : null;
+  const pill = $("#log-status");
+  if (!s) {
+    pill.hidden = true;
+    setText($("#log-title"), "Event log");
+    setText($("#log-sub"), "select a session");
+    return;
+  }
+  setText($("#log-title"), s.sid);
+  pill.hidden = false;
+  pill.dataset.status = shownStatus(s);
+  setText(pill, shownStatus(s));
+  setText($("#log-sub"), `${log.count} events${log.isLive ? " · live" : " · loading history…"}`);
+}
+
+/** Show one session's log: its whole retained history, then live events. */
+function select(sid) {
+  if (sid === selected) return;
+  const prev = selected ? sessions.get(selected) : null;
+  selected = sid;
+  if (prev) {
+    prev.handle?.unsubscribe();
+    prev.handle = null;
+    prev.sub = null;
+    planSubscription(prev);
+  }
+  log.clear();
+  $("#log-empty").hidden = !!sid;
+  if (sid) {
+    history.replaceState(null, "", `${location.pathname}${location.search}#session=${encodeURIComponent(sid)}`);
+    subscribeSession(session(sid), "full");
+  }
+  updateLogHeader();
+  scheduleRender();
+}
+
+function selectionFromHash() {
+  const m = /(?:^#|&)session=([^&]+)/.exec(location.hash);
+  return m ? decodeURIComponent(m[1]) : null;
+}
+
+// ---- hosts: metrics charts -----------------------------------------------------------
+
+const windowMs = parseWindow(params.get("window"));
+setText($("#window-label"), `last ${fmtDuration(windowMs / 1000).replace(/ 0+s$/, "").replace(/ 00m$/, "")}`);
+
+/**
+ * Read the numbers the charts need from a `metrics` event's data. Accepts the monitor's
+ * layout and a few plausible variants, so a renamed field shows as a gap, not an error.
+ */
+function readMetrics(d) {
+  return {
+    cpu: pick(d, ["cpu.percent", "cpu.total", "cpu.total_percent", "cpu_percent", "cpu"]),
+    mem: pick(d, ["memory.percent", "mem.percent", "memory_percent", "memory.used_percent"]),
+    rx: pick(d, ["net.bytes_recv_per_s", "network.bytes_recv_per_s", "net.rx_bytes_per_s",
+      "network.rx_bytes_per_s", "net.recv_bytes_per_s", "net.rx_per_s", "net.recv_per_s"]),
+    tx: pick(d, ["net.bytes_sent_per_s", "network.bytes_sent_per_s", "net.tx_bytes_per_s",
+      "network.tx_bytes_per_s", "net.sent_bytes_per_s", "net.tx_per_s", "net.sent_per_s"]),
+    load: pick(d, ["cpu.load.0", "cpu.load1", "cpu.load_1", "load.0", "load1"]),
+    cores: pick(d, ["cpu.count", "cpu.cores"]) ?? (Array.isArray(d?.cpu?.per_core) ? d.cpu.per_core.length : null),
+    memUsed: pick(d, ["memory.used", "mem.used"]),
+    memTotal: pick(d, ["memory.total", "mem.total"]),
+  };
+}
+
+/** A time-series chart on a canvas: fixed x window ending now, one or two series. */
+class Chart {
+  /**
+   * @param {HTMLCanvasElement} canvas
+   * @param {{series: {key: string, color: string}[], max?: number, format: (v: number) => string}} opts
+   */
+  constructor(canvas, opts) {
+    this.canvas = canvas;
+    this.opts = opts;
+    this.hover = null;
+    canvas.addEventListener("mousemove", (e) => {
+      const r = canvas.getBoundingClientRect();
+      this.hover = e.clientX - r.left;
+      this.draw();
+    });
+    canvas.addEventListener("mouseleave", () => {
+      this.hover = null;
+      this.draw();
+    });
+  }
+
+  /** @param {{t: number}[]} points */
+  draw(points = this.points ?? []) {
+    this.points = points;
+    const c = this.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth;
+    const hgt = c.clientHeight;
+    if (!w || !hgt) return;
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(hgt * dpr)) {
+      c.width = Math.round(w * dpr);
+      c.height = Math.round(hgt * dpr);
+    }
+    const ctx = c.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, hgt);
+    const css = getComputedStyle(document.documentElement);
+    const grid = css.getPropertyValue("--border").trim();
+    const faint = css.getPropertyValue("--faint").trim();
+    const now = Date.now();
+    const t0 = now - windowMs;
+    const pad = { l: 0, r: 0, t: 12, b: 14 };
+    const pw = w - pad.l - pad.r;
+    const ph = hgt - pad.t - pad.b;
+    let max = this.opts.max;
+    if (max == null) {
+      max = 0;
+      for (const p of points) for (const s of this.opts.series) max = Math.max(max, p[s.key] ?? 0);
+      max = niceCeil(max || 1);
+    }
+    const x = (t) => pad.l + ((t - t0) / windowMs) * pw;
+    const y = (v) => pad.t + ph - (Math.min(v, max) / max) * ph;
+
+    // Grid: three horizontal lines with their values; time ticks along the bottom.
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.lineWidth = 1;
+    ctx.strokeStyle = grid;
+    ctx.fillStyle = faint;
+    ctx.textBaseline = "bottom";
+    for (const f of [0, 0.5, 1]) {
+      const yy = Math.round(y(max * f)) + 0.5;
+      ctx.beginPath();
+      ctx.setLineDash(f === 0 ? [] : [2, 3]);
+      ctx.moveTo(pad.l, yy);
+      ctx.lineTo(pad.l + pw, yy);
+      ctx.stroke();
+      if (f > 0) {
+        ctx.textAlign = "right";
+        ctx.fillText((this.opts.axis ?? this.opts.format)(max * f), pad.l + pw - 2, yy - 1);
+      }
+    }
+    ctx.setLineDash([]);
+    const tick = niceTick(windowMs);
+    ctx.textBaseline = "alphabetic";
+    ctx.textAlign = "center";
+    for (let t = Math.ceil(t0 / tick) * tick; t <= now; t += tick) {
+      const xx = x(t);
+      if (xx < 16 || xx > pw - 16) continue;
+      ctx.fillText(fmtClock(t).slice(0, windowMs > 3 * 3600_000 ? 5 : tick >= 60_000 ? 5 : 8), xx, hgt - 2);
+    }
+
+    // Series, averaged per pixel column when there are more points than pixels.
+    const visible = points.filter((p) => p.t >= t0);
+    for (const s of this.opts.series) {
+      const cols = columns(visible, s.key, x, pw);
+      if (!cols.length) continue;
+      ctx.beginPath();
+      let started = false;
+      let lastX = null;
+      for (const [xx, v] of cols) {
+        const yy = y(v);
+        // A hole longer than a few samples (monitor down) breaks the line.
+        if (!started || (lastX != null && xx - lastX > Math.max(12, pw / 40))) ctx.moveTo(xx, yy);
+        else ctx.lineTo(xx, yy);
+        started = true;
+        lastX = xx;
+      }
+      ctx.strokeStyle = s.color;
+      ctx.lineWidth = 1.5;
+      ctx.lineJoin = "round";
+      ctx.stroke();
+      if (this.opts.series.length === 1 || s === this.opts.series[0]) {
+        ctx.lineTo(cols[cols.length - 1][0], y(0));
+        ctx.lineTo(cols[0][0], y(0));
+        ctx.closePath();
+        const g = ctx.createLinearGradient(0, pad.t, 0, pad.t + ph);
+        g.addColorStop(0, withAlpha(s.color, 0.28));
+        g.addColorStop(1, withAlpha(s.color, 0.02));
+        ctx.fillStyle = g;
+        ctx.fill();
+      }
+    }
+
+    // Alert bands: when a threshold alert on this chart's metric was firing.
+    for (const band of this.opts.bands?.() ?? []) {
+      const x1 = Math.max(pad.l, x(band.from));
+      const x2 = Math.min(pad.l + pw, x(band.to ?? now));
+      if (x2 <= x1) continue;
+      ctx.fillStyle = withAlpha(css.getPropertyValue(band.severity === "critical" ? "--critical" : "--warning").trim(), 0.16);
+      ctx.fillRect(x1, pad.t, Math.max(2, x2 - x1), ph);
+    }
+
+    // Hover: crosshair and the values under it.
+    if (this.hover != null && visible.length) {
+      const tAt = t0 + ((this.hover - pad.l) / pw) * windowMs;
+      let best = visible[0];
+      for (const p of visible) if (Math.abs(p.t - tAt) < Math.abs(best.t - tAt)) best = p;
+      const xx = Math.round(x(best.t)) + 0.5;
+      ctx.strokeStyle = faint;
+      ctx.beginPath();
+      ctx.moveTo(xx, pad.t);
+      ctx.lineTo(xx, pad.t + ph);
+      ctx.stroke();
+      const label = `${fmtClock(best.t)}  ${this.opts.series
+        .map((s) => this.opts.format(best[s.key] ?? NaN)).join(" / ")}`;
+      ctx.font = "11px system-ui, sans-serif";
+      const tw = ctx.measureText(label).width + 10;
+      const lx = Math.min(Math.max(xx - tw / 2, 0), w - tw);
+      ctx.fillStyle = css.getPropertyValue("--panel-2").trim();
+      ctx.fillRect(lx, pad.t, tw, 17);
+      ctx.strokeStyle = grid;
+      ctx.strokeRect(lx + 0.5, pad.t + 0.5, tw - 1, 16);
+      ctx.fillStyle = css.getPropertyValue("--text").trim();
+      ctx.textAlign = "left";
+      ctx.textBaseline = "middle";
+      ctx.fillText(label, lx + 5, pad.t + 9);
+    }
+  }
+}
+
+/** [x, value] per pixel column (mean of the samples that fall in it). */
+function columns(points, key, x, pw) {
+  const out = [];
+  let col = null;
+  let sum = 0;
+  let n = 0;
+  for (const p of points) {
+    const v = p[key];
+    if (v == null) continue;
+    const xx = Math.round(x(p.t));
+    if (xx !== col && n) {
+      out.push([col, sum / n]);
+      sum = 0;
+      n = 0;
+    }
+    col = xx;
+    sum += v;
+    n += 1;
+  }
+  if (n) out.push([Math.min(col, pw), sum / n]);
+  return out;
+}
+
+function niceCeil(v) {
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  return 10 * p;
+}
+
+function niceTick(windowMs_) {
+  const target = windowMs_ / 5;
+  for (const t of [10e3, 30e3, 60e3, 300e3, 600e3, 900e3, 1800e3, 3600e3, 3 * 3600e3, 6 * 3600e3, 12 * 3600e3]) {
+    if (t >= target) return t;
+  }
+  return 86_400e3;
+}
+
+function withAlpha(color, a) {
+  if (/^#[0-9a-f]{6}$/i.test(color)) {
+    const n = parseInt(color.slice(1), 16);
+    return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${a})`;
+  }
+  return color;
+}
+
+/** @type {Map<string, Object>} */
+const hosts = new Map();
+
+function cssVar(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+function addHost(name) {
+  if (hosts.has(name) || !/^[A-Za-z0-9_.-]{1,128}$/.test(name)) return;
+  $("#hosts .empty")?.remove();
+  const chartEl = (title, valueEl) => {
+    const canvas = h("canvas");
+    const el = h("div", { class: "chart" },
+      h("div", { class: "chart-head" }, h("span", { class: "chart-title", text: title }), valueEl),
+      canvas);
+    return { el, canvas };
+  };
+  const cpuVal = h("span", { class: "chart-value", text: "—" });
+  const memVal = h("span", { class: "chart-value", text: "—" });
+  const netVal = h("span", { class: "chart-value", text: "—" });
+  const cpu = chartEl("CPU", cpuVal);
+  const mem = chartEl("Memory", memVal);
+  const net = chartEl("Network", netVal);
+  const meta = h("div", { class: "host-meta", text: "waiting for samples…" });
+  const el = h("div", { class: "host", "data-host": name },
+    h("div", {}, h("div", { class: "host-name", title: name, text: name }), meta),
+    cpu.el, mem.el, net.el);
+  $("#hosts").append(el);
+  const host = {
+    name, el, meta, points: [], lastSample: null, cpuVal, memVal, netVal, latest: null,
+    charts: [],
+  };
+  const bands = (prefix) => () => alertBands(name, prefix);
+  host.charts = [
+    new Chart(cpu.canvas, { series: [{ key: "cpu", color: cssVar("--cpu") }], max: 100, format: fmtPct, axis: fmtAxisPct, bands: bands("cpu") }),
+    new Chart(mem.canvas, { series: [{ key: "mem", color: cssVar("--mem") }], max: 100, format: fmtPct, axis: fmtAxisPct, bands: bands("mem") }),
+    new Chart(net.canvas, {
+      series: [{ key: "rx", color: cssVar("--rx") }, { key: "tx", color: cssVar("--tx") }],
+      format: fmtBytesRate, bands: bands("net"),
+    }),
+  ];
+  hosts.set(name, host);
+  bus.subscribe(`monitor:${name}`, {
+    from: idAtTime(Date.now() - windowMs),
+    onEvent(id, data) {
+      if (!data) return;
+      const t = parseTs(data.ts) ?? idTime(id);
+      if (data.type === "metrics") {
+        const m = readMetrics(data.data ?? {});
+        host.points.push({ t, ...m });
+        host.latest = m;
+        host.lastSample = t;
+        scheduleCharts();
+      } else if (data.type === "alert") {
+        onAlert(name, id, t, data);
+      }
+    },
+    onReset() {
+      host.points = [];
+    },
+    onError(err) {
+      setText(meta, `${err.code}: ${err.message}`);
+    },
+  });
+}
+
+let chartsPending = false;
+function scheduleCharts() {
+  if (chartsPending) return;
+  chartsPending = true;
+  requestAnimationFrame(() => {
+    chartsPending = false;
+    drawCharts();
+  });
+}
+
+function drawCharts() {
+  const cutoff = Date.now() - windowMs;
+  for (const host of hosts.values()) {
+    let drop = 0;
+    while (drop < host.points.length && host.points[drop].t < cutoff) drop += 1;
+    if (drop) host.points.splice(0, drop);
+    for (const chart of host.charts) chart.draw(host.points);
+    const m = host.latest;
+    if (m) {
+      setText(host.cpuVal, fmtPct(m.cpu));
+      setText(host.memVal, fmtPct(m.mem));
+      host.netVal.replaceChildren(
+        h("span", { class: "k rx", title: "received", text: `↓ ${fmtBytesRate(m.rx)}` }),
+        h("span", { class: "k tx", title: "sent", text: `↑ ${fmtBytesRate(m.tx)}` }));
+    }
+    const lines = [];
+    if (host.lastSample) {
+      const stale = Date.now() - host.lastSample > 60_000;
+      lines.push(h("div", { class: stale ? "stale" : null, text: `sample ${fmtAge(host.lastSample)}` }));
+    } else {
+      lines.push(h("div", { text: "no samples in the window" }));
+    }
+    if (m?.load != null) lines.push(h("div", { text: `load ${m.load.toFixed(2)}${m.cores ? ` · ${m.cores} cores` : ""}` }));
+    if (m?.memUsed != null && m?.memTotal) {
+      lines.push(h("div", { text: `mem ${(m.memUsed / 1e9).toFixed(1)} / ${(m.memTotal / 1e9).toFixed(1)} GB` }));
+    }
+    host.meta.replaceChildren(...lines);
+  }
+}
+
+function hostsFromUrl() {
+  const names = [];
+  for (const key of ["hosts", "host"]) {
+    for (const v of params.getAll(key)) names.push(...v.split(",").map((x) => x.trim()).filter(Boolean));
+  }
+  return names;
+}
+
+/** Hosts the relay knows about, if it offers a listing; [] otherwise. */
+async function hostsFromRelay() {
+  for (const path of ["api/hosts", "healthz"]) {
+    try {
+      const res = await fetch(path, { headers: { accept: "application/json" } });
+      if (!res.ok && res.status !== 503) continue;
+      const body = await res.json();
+      const list = Array.isArray(body) ? body : body.hosts ?? body.monitors ?? body.monitor?.hosts;
+      if (Array.isArray(list)) return list.map((x) => (typeof x === "string" ? x : x?.host ?? x?.name)).filter(Boolean);
+      if (list && typeof list === "object") return Object.keys(list);
+    } catch {
+      // No listing: the page still works with ?hosts=.
+    }
+  }
+  return [];
+}
+
+// ---- alerts --------------------------------------------------------------------------
+
+/** key -> alert; a key is one alert condition: host, metric and session. */
+const alerts = new Map();
+
+function onAlert(host, id, t, ev) {
+  const d = ev.data && typeof ev.data === "object" ? ev.data : {};
+  const metric = String(d.metric ?? d.name ?? "alert");
+  const sid = typeof d.session === "string" ? d.session : null;
+  const key = `${host}|${metric}|${sid ?? ""}`;
+  const state = d.state === "resolved" ? "resolved" : "firing";
+  const prev = alerts.get(key);
+  const a = {
+    key, host, metric, sid, state, id,
+    severity: String(d.severity ?? "warning"),
+    value: d.value, threshold: d.threshold,
+    message: ev.message ?? d.message ?? null,
+    since: state === "firing" ? (prev?.state === "firing" ? prev.since : t) : prev?.since ?? t,
+    at: t,
+    history: prev?.history ?? [],
+  };
+  if (state === "firing" && prev?.state !== "firing") a.history.push({ from: t, to: null, severity: a.severity });
+  if (state === "resolved" && a.history.length) a.history[a.history.length - 1].to ??= t;
+  if (a.history.length > 50) a.history.shift();
+  alerts.set(key, a);
+  if (sid) {
+    const s = session(sid);
+    s.stalled = state === "firing" && /stall/i.test(metric);
+    scheduleRender();
+  }
+  scheduleAlerts();
+  scheduleCharts();
+}
+
+function alertBands(host, prefix) {
+  const out = [];
+  for (const a of alerts.values()) {
+    if (a.host === host && a.metric.toLowerCase().startsWith(prefix)) out.push(...a.history);
+  }
+  return out;
+}
+
+let alertsPending = false;
+function scheduleAlerts() {
+  if (alertsPending) return;
+  alertsPending = true;
+  requestAnimationFrame(() => {
+    alertsPending = false;
+    renderAlerts();
+  });
+}
+
+function fmtValue(metric, v) {
+  if (typeof v !== "number") return v == null ? "" : String(v);
+  if (/percent|pct|cpu|mem|disk|swap/i.test(metric) && v <= 100) return `${v.toFixed(1)}%`;
+  if (/bytes/i.test(metric)) return fmtBytesRate(v);
+  if (/_s$|seconds|stall|age|lag/i.test(metric)) return fmtDuration(v);
+  return Number.isInteger(v) ? String(v) : v.toFixed(2);
+}
+
+function renderAlerts() {
+  const list = $("#alerts");
+  const all = [...alerts.values()].sort((a, b) =>
+    (a.state === "firing" ? 0 : 1) - (b.state === "firing" ? 0 : 1) || b.at - a.at);
+  const firing = all.filter((a) => a.state === "firing").length;
+  const items = all.slice(0, 40).map((a) => {
+    const what = a.sid ? `${a.metric}: session ${a.sid}` : `${a.metric} on ${a.host}`;
+    const detail = h("div", { class: "alert-detail" });
+    if (a.value != null) {
+      detail.append(`${fmtValue(a.metric, a.value)}`);
+      if (a.threshold != null) detail.append(` (threshold ${fmtValue(a.metric, a.threshold)})`);
+    }
+    if (a.message) detail.append(`${detail.textContent ? " · " : ""}${a.message}`);
+    if (a.sid) {
+      const link = h("a", { text: `open ${a.sid}` });
+      link.addEventListener("click", () => select(a.sid));
+      detail.append(detail.textContent ? " · " : "", link);
+    }
+    const when = a.state === "firing" ? `for ${fmtDuration((Date.now() - a.since) / 1000)}` : `resolved ${fmtAge(a.at)}`;
+    return h("li", { class: "alert", "data-state": a.state, "data-severity": a.severity, "data-key": a.key },
+      h("div", { class: "alert-what" }, h("span", { class: "state", text: a.state === "firing" ? a.severity : "resolved" }), what),
+      h("div", { class: "alert-when", text: when }),
+      detail);
+  });
+  if (!items.length) items.push(h("li", { class: "empty", text: "No alerts in the window. All quiet." }));
+  list.replaceChildren(...items);
+  setText($("#alerts-sub"), firing ? `${firing} firing` : "none firing");
+  const c = $('.count[data-status="firing"]');
+  setText(c.querySelector("b"), firing);
+  c.classList.toggle("hot", firing > 0);
+}
+
+// ---- wiring --------------------------------------------------------------------------
+
+$("#filter").addEventListener("input", (e) => {
+  filterText = e.target.value.trim().toLowerCase();
+  scheduleRender();
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "/" && document.activeElement !== $("#filter")) {
+    e.preventDefault();
+    $("#filter").focus();
+  } else if (e.key === "Escape") {
+    if (document.activeElement === $("#filter")) $("#filter").blur();
+  }
+});
+window.addEventListener("hashchange", () => select(selectionFromHash()));
+new ResizeObserver(() => scheduleCharts()).observe($("#hosts"));
+matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => location.reload());
+
+setInterval(() => {
+  setText($("#clock"), fmtClock(Date.now()));
+  for (const s of sessions.values()) if (s.row?.isConnected) updateTimes(s);
+  scheduleCharts();
+  scheduleAlerts();
+}, 1000);
+setText($("#clock"), fmtClock(Date.now()));
+
+for (const name of hostsFromUrl()) addHost(name);
+if (!hosts.size) {
+  hostsFromRelay().then((names) => {
+    for (const name of names) addHost(name);
+    if (!hosts.size) {
+      $("#hosts").replaceChildren(h("p", { class: "empty" },
+        "No monitored hosts. Add ", h("code", { text: "?hosts=NAME" }),
+        " to the URL (the monitor's --host-name)."));
+    }
+  });
+}
+renderAlerts();
+select(selectionFromHash());
+scheduleRender();
+
+// For tests and the curious: the live model, read-only by convention.
+window.rpaDashboard = { bus, sessions, hosts, alerts, log };

@@ -1,0 +1,489 @@
+/**
+ * rpa-bus.js — browser client for the rpa-bus relay (WebSocket protocol of DESIGN.md).
+ *
+ * Dependency-free ES module. One WebSocket per bus, shared by all its subscriptions;
+ * reconnects with capped, jittered exponential backoff and resubscribes every stream from
+ * the last id it delivered (and the epoch it saw), so a caller sees each event once, in
+ * order, across relay restarts.
+ *
+ *     import { connect } from "/rpa-bus.js";
+ *     const bus = connect("/ws", { token, onStatus: (s) => console.log(s) });
+ *     const sub = bus.subscribe("session:quote-123", {
+ *       from: "0",
+ *       onEvent: (id, data) => console.log(id, data.type, data.percent),
+ *       onState: (state) => console.log(state.status),
+ *       onLive: () => console.log("caught up"),
+ *     });
+ *     sub.unsubscribe();
+ *
+ * @module rpa-bus
+ */
+
+/** Close codes after which the relay asks us to come back soon (going away, restart). */
+const PROMPT_RECONNECT_CODES = new Set([1001, 1012]);
+
+/** Relay error codes that end a subscription: retrying the same frame cannot succeed. */
+const FATAL_SUBSCRIPTION_ERRORS = new Set([
+  "bad_request",
+  "invalid_stream",
+  "invalid_offset",
+  "forbidden",
+  "too_many_subscriptions",
+]);
+
+const ID_RE = /^(\d{1,20})(?:-(\d{1,20}))?$/;
+
+/**
+ * Split a stream id into its two decimal parts, without losing precision.
+ * @param {string} id  "ms-seq" (or a bare "ms", meaning "ms-0")
+ * @returns {[string, string]} the parts with leading zeros stripped
+ */
+function splitId(id) {
+  const m = ID_RE.exec(String(id));
+  if (!m) throw new TypeError(`invalid stream id ${JSON.stringify(id)}`);
+  const strip = (s) => s.replace(/^0+(?=\d)/, "");
+  return [strip(m[1]), strip(m[2] ?? "0")];
+}
+
+/** Compare two non-negative decimal integers given as digit strings (no leading zeros). */
+function compareDigits(a, b) {
+  if (a.length !== b.length) return a.length < b.length ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * Compare two Redis stream ids in stream order. Parts may exceed 2^53, so they are
+ * compared as digit strings (by length, then lexicographically), never as Numbers.
+ * @param {string} a
+ * @param {string} b
+ * @returns {-1|0|1}
+ */
+export function compareIds(a, b) {
+  const [am, as] = splitId(a);
+  const [bm, bs] = splitId(b);
+  return compareDigits(am, bm) || compareDigits(as, bs);
+}
+
+/**
+ * Whether `id` is a well-formed stream id ("ms-seq" or a bare "ms").
+ * @param {unknown} id
+ * @returns {boolean}
+ */
+export function isId(id) {
+  return typeof id === "string" && ID_RE.test(id);
+}
+
+/**
+ * The stream id just below the first entry written at `ms` (ms since the Unix epoch):
+ * subscribing `from` it replays everything written since that moment.
+ * @param {number} ms
+ * @returns {string}
+ */
+export function idAtTime(ms) {
+  return `${Math.max(0, Math.floor(ms) - 1)}-18446744073709551615`;
+}
+
+/**
+ * The time (ms since the Unix epoch) a stream id was assigned at.
+ * @param {string} id
+ * @returns {number}
+ */
+export function idTime(id) {
+  return Number(splitId(id)[0]);
+}
+
+/**
+ * Next reconnect delay: exponential in the attempt number, capped, with jitter drawn from
+ * [delay/2, delay] so a fleet of pages does not reconnect in lockstep after a restart.
+ * @param {number} attempt  0 for the first retry
+ * @param {{initialMs?: number, maxMs?: number, factor?: number}} [opts]
+ * @param {() => number} [random]
+ * @returns {number} milliseconds
+ */
+export function backoffDelay(attempt, opts = {}, random = Math.random) {
+  const { initialMs = 500, maxMs = 15000, factor = 2 } = opts;
+  const capped = Math.min(maxMs, initialMs * factor ** Math.min(attempt, 30));
+  return Math.round(capped / 2 + (random() * capped) / 2);
+}
+
+/**
+ * The relay's WebSocket URL for a page it serves: same host, `/ws`, ws: or wss:.
+ * Relative URLs ("/ws") resolve against the page.
+ * @param {string} [url]
+ * @returns {string}
+ */
+export function resolveUrl(url) {
+  const base = globalThis.location ? globalThis.location.href : "http://localhost/";
+  const u = new URL(url || "/ws", base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  return u.toString();
+}
+
+/**
+ * @typedef {Object} SubscribeOptions
+ * @property {string} [from]  exclusive start: "0" (default) the whole retained history,
+ *   "$" only new events, or an id to resume after.
+ * @property {(id: string, data: Object, stream: string) => void} [onEvent]
+ *   each event once, in id order (history first, then live).
+ * @property {(state: Object, info: SubscribedInfo) => void} [onState]
+ *   on every (re)subscription: the stream's folded state (sessions only; `{}` otherwise).
+ * @property {() => void} [onLive]  replay has caught up; what follows is live.
+ * @property {(info: {from: string, first: string}) => void} [onGap]
+ *   events after `from` were trimmed away; delivery goes on from `first`.
+ * @property {(info: {epoch: string}) => void} [onReset]
+ *   the stream was recreated; delivery restarts at its beginning (forget earlier events).
+ * @property {(err: {code: string, message: string, fatal: boolean}) => void} [onError]
+ *   an error from the relay about this subscription; `fatal` ones end it.
+ */
+
+/**
+ * @typedef {Object} SubscribedInfo
+ * @property {string|null} epoch
+ * @property {string|null} first  first retained id
+ * @property {string|null} last   last id at subscription time
+ * @property {boolean} resumed    true when this is a resubscription after a reconnect
+ */
+
+/** One stream's subscription on a bus. Obtain it from {@link Bus#subscribe}. */
+export class Subscription {
+  /**
+   * @param {Bus} bus
+   * @param {string} stream
+   * @param {SubscribeOptions} opts
+   */
+  constructor(bus, stream, opts) {
+    /** @type {string} */
+    this.stream = stream;
+    /** @type {string|null} last id delivered to onEvent; resubscriptions resume after it */
+    this.lastId = null;
+    /** @type {string|null} epoch the relay announced; sent back on resubscription */
+    this.epoch = null;
+    /** @type {boolean} true once replay has caught up on the current connection */
+    this.live = false;
+    /** @type {boolean} false after unsubscribe() or a fatal error */
+    this.active = true;
+    this._bus = bus;
+    this._opts = opts;
+    this._from = opts.from ?? "0";
+    this._subscribedOnce = false;
+    this._resetEpoch = undefined;
+  }
+
+  /** Stop receiving events for this stream. Idempotent. */
+  unsubscribe() {
+    if (!this.active) return;
+    this.active = false;
+    this._bus._drop(this, true);
+  }
+
+  /** The subscribe frame that resumes exactly after what was delivered. @private */
+  _frame() {
+    const frame = { op: "subscribe", stream: this.stream, from: this.lastId ?? this._from };
+    if (this.epoch != null) frame.epoch = this.epoch;
+    return frame;
+  }
+
+  /** @private */
+  _call(name, ...args) {
+    const fn = this._opts[name];
+    if (typeof fn !== "function") return;
+    try {
+      fn(...args);
+    } catch (err) {
+      // A page's handler bug must not break delivery to other subscriptions.
+      console.error(`rpa-bus: ${name} handler for ${this.stream} failed`, err);
+    }
+  }
+
+  /** The stream was recreated: forget the position, replay starts at its beginning. @private */
+  _reset(epoch) {
+    this.epoch = epoch;
+    this._resetEpoch = epoch;
+    this.lastId = null;
+    this._from = "0";
+    this._call("onReset", { epoch });
+  }
+
+  /** Handle one relay frame addressed to this stream. @private */
+  _handle(msg) {
+    switch (msg.type) {
+      case "subscribed": {
+        this.live = false;
+        if (this.epoch != null && msg.epoch != null && msg.epoch !== this.epoch) {
+          // The stream was recreated while we were away. The relay says `reset` too; this
+          // covers the order where `subscribed` comes first.
+          this._reset(msg.epoch);
+        }
+        this.epoch = msg.epoch ?? this.epoch;
+        // Subscribed from "$": the resume point is what existed at subscription time, so
+        // events written while we are disconnected later are not skipped.
+        if (this.lastId == null && this._from === "$" && isId(msg.last)) this._from = msg.last;
+        const resumed = this._subscribedOnce;
+        this._subscribedOnce = true;
+        this._call("onState", msg.state ?? {}, {
+          epoch: msg.epoch ?? null,
+          first: msg.first ?? null,
+          last: msg.last ?? null,
+          resumed,
+        });
+        break;
+      }
+      case "event": {
+        if (!isId(msg.id)) return;
+        // Never deliver an id twice, whatever the relay sends after a reconnect.
+        if (this.lastId != null && compareIds(msg.id, this.lastId) <= 0) return;
+        this.lastId = msg.id;
+        this._call("onEvent", msg.id, msg.data, this.stream);
+        break;
+      }
+      case "live":
+        this.live = true;
+        this._call("onLive");
+        break;
+      case "gap":
+        this._call("onGap", { from: msg.from ?? null, first: msg.first ?? null });
+        break;
+      case "reset":
+        this.live = false;
+        if (msg.epoch == null || msg.epoch !== this._resetEpoch) this._reset(msg.epoch ?? null);
+        break;
+      case "error": {
+        const fatal = FATAL_SUBSCRIPTION_ERRORS.has(msg.code);
+        if (fatal) {
+          this.active = false;
+          this._bus._drop(this, false);
+        }
+        this._call("onError", { code: msg.code, message: msg.message ?? "", fatal });
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/**
+ * @typedef {Object} ConnectOptions
+ * @property {string} [token]  JWT sent with an `auth` frame on every connection.
+ * @property {(status: "connecting"|"open"|"reconnecting"|"closed", info: Object) => void} [onStatus]
+ * @property {(err: {code: string, message: string}) => void} [onError]
+ *   relay errors not tied to a subscription.
+ * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff]
+ * @property {number} [pingIntervalMs]  keepalive ping period (default 15000); a connection
+ *   that hears nothing for three periods is dropped and reconnected.
+ * @property {typeof WebSocket} [WebSocket]  constructor to use (tests, Node).
+ */
+
+/** A connection to one relay, shared by all its subscriptions. Create it with {@link connect}. */
+export class Bus {
+  /**
+   * @param {string} url
+   * @param {ConnectOptions} [opts]
+   */
+  constructor(url, opts = {}) {
+    /** @type {string} the WebSocket URL */
+    this.url = resolveUrl(url);
+    /** @type {"connecting"|"open"|"reconnecting"|"closed"|null} */
+    this.status = null;
+    this._opts = opts;
+    this._token = opts.token ?? null;
+    /** @type {Map<string, Subscription>} */
+    this._subs = new Map();
+    this._ws = null;
+    this._attempt = 0;
+    this._timer = null;
+    this._pingTimer = null;
+    this._lastHeard = 0;
+    this._closed = false;
+    this._onOnline = () => {
+      if (this.status === "reconnecting" && this._timer != null) {
+        clearTimeout(this._timer);
+        this._timer = null;
+        this._open();
+      }
+    };
+    globalThis.addEventListener?.("online", this._onOnline);
+    this._setStatus("connecting", { attempt: 0 });
+    this._open();
+  }
+
+  /**
+   * Subscribe to a stream (`sessions`, `session:SID`, `monitor:HOST`). One subscription per
+   * stream per bus: subscribing again to a stream replaces the earlier subscription.
+   * @param {string} stream
+   * @param {SubscribeOptions} [opts]
+   * @returns {Subscription}
+   */
+  subscribe(stream, opts = {}) {
+    if (this._closed) throw new Error("rpa-bus: subscribe() on a closed bus");
+    const old = this._subs.get(stream);
+    if (old) {
+      old.active = false;
+      this._subs.delete(stream);
+      this._send({ op: "unsubscribe", stream });
+    }
+    const sub = new Subscription(this, stream, opts);
+    this._subs.set(stream, sub);
+    this._send(sub._frame());
+    return sub;
+  }
+
+  /**
+   * Replace the token (e.g. before it expires): sent at once and on every reconnection.
+   * @param {string|null} token
+   */
+  setToken(token) {
+    this._token = token;
+    if (token) this._send({ op: "auth", token });
+  }
+
+  /** Close the connection for good; no reconnection. Idempotent. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._timer);
+    clearInterval(this._pingTimer);
+    globalThis.removeEventListener?.("online", this._onOnline);
+    for (const sub of this._subs.values()) sub.active = false;
+    this._subs.clear();
+    if (this._ws) this._ws.close(1000, "client closed");
+    this._setStatus("closed", {});
+  }
+
+  /** @private */
+  _drop(sub, tellRelay) {
+    if (this._subs.get(sub.stream) !== sub) return;
+    this._subs.delete(sub.stream);
+    if (tellRelay) this._send({ op: "unsubscribe", stream: sub.stream });
+  }
+
+  /** @private */
+  _send(frame) {
+    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(frame));
+  }
+
+  /** @private */
+  _setStatus(status, info) {
+    const changed = status !== this.status;
+    this.status = status;
+    if (changed || status === "reconnecting") {
+      const fn = this._opts.onStatus;
+      if (typeof fn === "function") {
+        try {
+          fn(status, info);
+        } catch (err) {
+          console.error("rpa-bus: onStatus handler failed", err);
+        }
+      }
+    }
+  }
+
+  /** @private */
+  _open() {
+    if (this._closed) return;
+    const WS = this._opts.WebSocket ?? globalThis.WebSocket;
+    let ws;
+    try {
+      ws = new WS(this.url);
+    } catch (err) {
+      this._scheduleReconnect({ error: String(err) });
+      return;
+    }
+    this._ws = ws;
+    ws.onopen = () => {
+      if (this._ws !== ws) return;
+      this._lastHeard = Date.now();
+      if (this._token) ws.send(JSON.stringify({ op: "auth", token: this._token }));
+      for (const sub of this._subs.values()) ws.send(JSON.stringify(sub._frame()));
+      this._startPing(ws);
+      this._setStatus("open", { attempt: this._attempt });
+    };
+    ws.onmessage = (ev) => {
+      if (this._ws !== ws) return;
+      this._lastHeard = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      this._dispatch(msg);
+    };
+    ws.onclose = (ev) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      clearInterval(this._pingTimer);
+      for (const sub of this._subs.values()) sub.live = false;
+      this._scheduleReconnect({ code: ev.code, reason: ev.reason });
+    };
+    // Errors are always followed by close; nothing to do here.
+    ws.onerror = () => {};
+  }
+
+  /** @private */
+  _dispatch(msg) {
+    if (!msg || typeof msg !== "object") return;
+    // The relay works: reset the backoff once it has answered with something useful.
+    if (msg.type === "subscribed" || msg.type === "pong" || msg.type === "event") {
+      this._attempt = 0;
+    }
+    if (typeof msg.stream === "string") {
+      const sub = this._subs.get(msg.stream);
+      if (sub) sub._handle(msg);
+      else if (msg.type === "error") this._busError(msg);
+      return;
+    }
+    if (msg.type === "error") this._busError(msg);
+  }
+
+  /** @private */
+  _busError(msg) {
+    const fn = this._opts.onError;
+    if (typeof fn === "function") fn({ code: msg.code, message: msg.message ?? "" });
+    else console.warn(`rpa-bus: relay error ${msg.code}: ${msg.message}`);
+  }
+
+  /** @private */
+  _startPing(ws) {
+    const period = this._opts.pingIntervalMs ?? 15000;
+    clearInterval(this._pingTimer);
+    this._pingTimer = setInterval(() => {
+      if (this._ws !== ws) return;
+      if (Date.now() - this._lastHeard > 3 * period) {
+        // Half-open connection (sleeping laptop, dead proxy): drop it and resume elsewhere.
+        ws.onclose({ code: 4000, reason: "relay silent" });
+        ws.close();
+        return;
+      }
+      this._send({ op: "ping" });
+    }, period);
+  }
+
+  /** @private */
+  _scheduleReconnect(info) {
+    if (this._closed) return;
+    const prompt = PROMPT_RECONNECT_CODES.has(info.code) && this._attempt === 0;
+    const delayMs = prompt
+      ? Math.round(Math.random() * 250)
+      : backoffDelay(this._attempt, this._opts.backoff);
+    this._attempt += 1;
+    this._setStatus("reconnecting", { ...info, attempt: this._attempt, delayMs });
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      this._open();
+    }, delayMs);
+  }
+}
+
+/**
+ * Connect to a relay. The connection opens at once and stays open (reconnecting as
+ * needed) until `bus.close()`.
+ * @param {string} [url]  WebSocket URL; default: the `/ws` of the relay serving this page.
+ * @param {ConnectOptions} [opts]
+ * @returns {Bus}
+ */
+export function connect(url, opts = {}) {
+  return new Bus(url, opts);
+}
