@@ -28,8 +28,8 @@ def monitor(
         str | None,
         typer.Option(
             "--host-name",
-            help="This host's name in `monitor:HOST` [default: the machine's host name; "
-            "RPA_BUS_MONITOR_HOST].",
+            help="This host's name in `monitor:HOST` (default: the machine's host name; "
+            "RPA_BUS_MONITOR_HOST).",
         ),
     ] = None,
     stall_after: Annotated[
@@ -74,8 +74,8 @@ def monitor(
         typer.Option(
             "--window",
             min=1,
-            help="Seconds of history the monitor stream keeps [default: 86400; "
-            "RPA_BUS_MONITOR_WINDOW_S].",
+            help="Seconds of history the monitor stream keeps (default 86400; "
+            "RPA_BUS_MONITOR_WINDOW_S).",
         ),
     ] = None,
     redis_url: Annotated[
