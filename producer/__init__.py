@@ -1,5 +1,48 @@
-"""producer package (being built)."""
+"""The producer library: a job writes its progress events to the bus.
+
+::
+
+    from producer import Producer
+    bus = Producer("redis://localhost:6379/0")        # or Producer.from_env()
+    with bus.session("quote-123", total=15, meta={"user": "ana"}) as s:   # started
+        s.progress(1, "Tela 1")                        # percent and eta_s computed
+        s.emit("estimates", {"plans": [1, 2]})         # a job's own event type
+        s.log("message"); s.error("non-fatal")
+        s.finish({"premium": 1234.5})                  # or s.fail(exc); an exception
+                                                       # escaping the block emits failed
+    bus.flush(timeout_s=5.0) -> bool                   # all emitted so far is in Redis?
+    bus.close(timeout_s=5.0)                           # drains, bounded; rest -> journal
+
+``AsyncProducer`` / ``AsyncSession``: the same on ``redis.asyncio`` with ``async with``,
+``await bus.flush()`` and ``await bus.close()``; emitting stays a plain call.
+
+Lower level, for streams without a session object (the monitor's samples and alerts)::
+
+    bus.publish(stream, event, *, window_s=None) -> None
+        stream:   "session:SID" | "sessions" | "monitor:HOST" (or an rpa_bus.StreamRef)
+        event:    an envelope mapping; "ts" is filled in when missing
+        window_s: monitor streams keep this time window (XADD MINID ~ now - window),
+                  default settings.retention_s (24 h)
+
+Guarantees: emitting never blocks on the network and never raises because Redis is slow
+or down; events are kept in order (in memory, then in a journal on disk) until written,
+also across a restart of the process; a session event is never written twice (an
+idempotent append script checks a per-producer sequence number); bad input raises
+``rpa_bus.InvalidInput`` subclasses at once. See docs/producer.md.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from producer._async import AsyncProducer, AsyncSession
+from producer._core import ProducerClosed
+from producer._retry import is_retryable
+from producer._sync import Producer, Session
+
+__all__ = [
+    "AsyncProducer",
+    "AsyncSession",
+    "Producer",
+    "ProducerClosed",
+    "Session",
+    "is_retryable",
+]

@@ -1,0 +1,532 @@
+"""What the sync and async producers share: input checks, envelopes, sequence numbers,
+pace and eta, the queue and journals, and the flusher's decisions (what to write next, how,
+and what a reply means). The twins add only the I/O: a thread and ``redis.Redis``, or a
+task and ``redis.asyncio.Redis``.
+
+Order of unwritten events, oldest first: adopted journals (left by dead processes), this
+producer's own journal, the batch in flight (``_held``), the memory queue. The flusher
+always writes from the oldest non-empty source, so each session's events reach Redis in
+the order they were emitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from redis import exceptions as rx
+
+from producer._journal import Item, Journal, adopt_all
+from producer._retry import RateLimitedLog, is_retryable
+from producer._script import APPEND_LUA, APPEND_SHA, INDEX_MAXLEN
+from rpa_bus import (
+    TERMINAL_TYPES,
+    BusError,
+    ConfigError,
+    ConfigMismatch,
+    Envelope,
+    InvalidEvent,
+    InvalidEventType,
+    Keys,
+    Settings,
+    StreamRef,
+    encode,
+    make,
+    now_ts,
+    parse_stream_name,
+    state_fields,
+    validate,
+    validate_session_id,
+    validate_type,
+)
+
+log = logging.getLogger("producer")
+
+# Lifecycle types have their own Session methods; emit() refuses them.
+_LIFECYCLE: Final = frozenset({"started", "finished", "failed"})
+_INDEX_TYPES: Final = frozenset({"started", "finished", "failed"})
+
+Call = tuple[tuple[Any, ...], list[Item]]
+
+
+class ProducerClosed(BusError):
+    """An event was emitted after ``close()``."""
+
+
+class Batch:
+    """Events written in one round trip, and where they came from."""
+
+    __slots__ = ("calls", "end", "items", "journal")
+
+    def __init__(self, items: list[Item], journal: Journal | None, end: int) -> None:
+        self.items = items
+        self.journal = journal  # None: from the memory queue (``_held``)
+        self.end = end  # journal offset after the batch
+        self.calls: list[Call] = []
+
+
+class BaseProducer:
+    """Shared base of ``Producer`` and ``AsyncProducer``; not used directly."""
+
+    # Events per round trip: big enough to amortise it, small enough to keep one script
+    # (which blocks the server while it runs) well under a millisecond.
+    batch_max: int = 256
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 1.0
+    # While writes fail, the memory queue is moved to the journal this often, so a job
+    # killed during an outage loses at most this much.
+    spill_interval_s: float = 0.05
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if url is not None and client is not None:
+            raise ValueError("pass url= or client=, not both")
+        if settings is None:
+            settings = Settings() if url is None else Settings.from_url(url)
+        elif url is not None:
+            settings = settings.with_(redis_url=url)
+        if overrides:
+            try:
+                settings = settings.with_(**overrides)
+            except TypeError as exc:
+                raise ValueError(f"unknown producer setting: {exc}") from exc
+        self.settings: Final = settings
+        self.keys: Final[Keys] = settings.keys
+        #: Random per instance: the name under which the append script records this
+        #: producer's highest applied sequence number in each session's meta hash.
+        self.id: Final = secrets.token_hex(8)
+        #: The last error the flusher met (a Redis failure, a config mismatch), or None.
+        self.last_error: BaseException | None = None
+        #: Events refused by Redis for good (e.g. WRONGTYPE) and so not written.
+        self.dropped = 0
+
+        self._lock = threading.Lock()  # _queue, _seq
+        self._jlock = threading.Lock()  # journals and _held; taken before _lock
+        self._queue: deque[Item] = deque()
+        self._seq = 0
+        self._held: list[Item] = []
+        self._journal: Journal | None = None
+        try:
+            settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the spool folder {settings.spool_dir}: {exc}"
+            ) from exc
+        self._adopted: list[Journal] = adopt_all(settings.spool_dir)
+        self._written_seq = 0  # every own event with seq <= this is in Redis
+        self._closed = False
+        self._config_checked = False
+        self._fatal: ConfigMismatch | None = None
+        self._down_log = RateLimitedLog(log)
+        self._key_cache: dict[tuple[str, str], str] = {}
+
+    # -- public, shared --------------------------------------------------------------
+
+    def publish(
+        self, stream: str | StreamRef, event: Mapping[str, Any], *, window_s: float | None = None
+    ) -> None:
+        """Append one envelope to any stream, without a session object.
+
+        ``stream``: ``session:SID``, ``sessions`` or ``monitor:HOST`` (or a ``StreamRef``).
+        ``event``: an envelope; ``ts`` is filled in when missing. Session events are
+        appended by the idempotent script (folded state, index, retention, dedup);
+        monitor streams keep a time window (``XADD MINID ~ now - window_s``, default
+        ``settings.retention_s``, 24 h); ``sessions`` is capped by length. Never blocks;
+        raises ``InvalidInput`` subclasses for bad input.
+        """
+        ref = stream if isinstance(stream, StreamRef) else parse_stream_name(stream)
+        if not isinstance(event, Mapping):
+            raise InvalidEvent(f"an event must be a mapping, got {type(event).__name__}")
+        if "ts" not in event:
+            event = {**event, "ts": now_ts()}
+        checked = validate(event)
+        window_ms = 0
+        if ref.kind == "monitor":
+            w = self.settings.retention_s if window_s is None else window_s
+            if not w > 0:
+                raise InvalidEvent(f"window_s must be > 0, got {window_s}")
+            window_ms = int(w * 1000)
+        self._enqueue(ref.name, checked, window_ms)
+
+    def session_stream(self, sid: str) -> str:
+        return "session:" + validate_session_id(sid)
+
+    # -- the caller's side: never blocks ------------------------------------------------
+
+    def _enqueue(self, stream: str, event: Envelope, window_ms: int = 0) -> None:
+        if self._closed:
+            raise ProducerClosed("this producer is closed; events can no longer be emitted")
+        env = encode(event, max_bytes=self.settings.max_event_bytes)
+        with self._lock:
+            self._seq = seq = self._seq + 1
+            self._queue.append(Item(stream, self.id, seq, env, event, window_ms))
+        self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    # -- the flusher's decisions ----------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(self._queue or self._held or self._adopted) or (
+            self._journal is not None and self._journal.pending
+        )
+
+    def _next_batch(self) -> Batch | None:
+        """The oldest unwritten events, or None. Moves a queue past its bound to disk."""
+        with self._jlock:
+            while self._adopted:
+                j = self._adopted[0]
+                items, end = j.read(self.batch_max)
+                if items:
+                    return self._batch(items, j, end)
+                log.info("journal %s delivered; removing it", j.path)
+                j.remove()
+                self._adopted.pop(0)
+            if len(self._queue) > self.settings.queue_max:
+                # The memory bound: everything queued goes to disk, in order, behind
+                # whatever the journal already holds.
+                self._spill_locked()
+            own = self._journal
+            if own is not None:
+                items, end = own.read(self.batch_max)
+                if items:
+                    return self._batch(items, own, end)
+                # Drained: all that is newer sits in the queue.
+                own.remove()
+                self._journal = None
+                log.info("journal delivered: %d events written after the outage", own.count)
+            if not self._held:
+                with self._lock:
+                    q = self._queue
+                    n = min(len(q), self.batch_max)
+                    self._held = [q.popleft() for _ in range(n)]
+            if not self._held:
+                return None
+            return self._batch(list(self._held), None, 0)
+
+    def _batch(self, items: list[Item], journal: Journal | None, end: int) -> Batch:
+        batch = Batch(items, journal, end)
+        batch.calls = self._build_calls(items)
+        return batch
+
+    def _build_calls(self, items: list[Item]) -> list[Call]:
+        """One EVALSHA per (session, producer id), one XADD per non-session event."""
+        now_ms = int(time.time() * 1000)
+        epoch = secrets.token_hex(8)
+        s = self.settings
+        groups: dict[tuple[str, str], list[Item]] = {}
+        calls: list[Call] = []
+        for item in items:
+            if item.stream.startswith("session:"):
+                groups.setdefault((item.stream, item.pid), []).append(item)
+            else:
+                calls.append((self._plain_args(item, now_ms), [item]))
+        head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
+        for (stream, pid), group in groups.items():
+            sid = stream[8:]
+            args: list[Any] = [
+                "EVALSHA",
+                APPEND_SHA,
+                3,
+                self._key("s", sid),
+                self._key("m", sid),
+                self.keys.sessions,
+                pid,
+                *head,
+            ]
+            for item in group:
+                event = item.event
+                kind = event["type"]
+                index = b""
+                flag = b""
+                if kind in _INDEX_TYPES:
+                    index = orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]})
+                    flag = b"s" if kind == "started" else b"t"
+                args += (item.seq, item.env, orjson.dumps(state_fields(event)), index, flag)
+            calls.append((tuple(args), group))
+        return calls
+
+    def _plain_args(self, item: Item, now_ms: int) -> tuple[Any, ...]:
+        # Not deduplicated: a retry after a lost reply may append a monitor sample twice.
+        ref = parse_stream_name(item.stream)
+        key = self.keys.key_for(ref)
+        if item.window_ms:
+            return ("XADD", key, "MINID", "~", max(0, now_ms - item.window_ms), "*", "e", item.env)
+        return ("XADD", key, "MAXLEN", "~", INDEX_MAXLEN, "*", "e", item.env)
+
+    def _key(self, kind: str, sid: str) -> str:
+        key = self._key_cache.get((kind, sid))
+        if key is None:
+            key = self.keys.session(sid) if kind == "s" else self.keys.meta(sid)
+            if len(self._key_cache) > 10_000:
+                self._key_cache.clear()
+            self._key_cache[(kind, sid)] = key
+        return key
+
+    def _sort_results(self, calls: list[Call], results: list[Any]) -> tuple[list[Call], bool]:
+        """Split a pipeline's replies: the calls to send again, and whether the script
+        must be loaded first. A transient error reply raises; a permanent one drops the
+        call's events (logged and counted): retrying it would block every session."""
+        again: list[Call] = []
+        reload = False
+        transient: BaseException | None = None
+        for call, result in zip(calls, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if isinstance(result, rx.NoScriptError):
+                reload = True
+                again.append(call)
+            elif is_retryable(result):
+                transient = result
+                again.append(call)
+            else:
+                self.dropped += len(call[1])
+                self.last_error = result
+                log.error(
+                    "Redis refused %d events for %s for good (%s); they are dropped",
+                    len(call[1]),
+                    call[1][0].stream,
+                    result,
+                )
+        if transient is not None:
+            raise transient
+        return again, reload
+
+    def _config_commands(self) -> list[tuple[Any, ...]]:
+        ((field, value),) = self.keys.config_fields().items()
+        return [
+            ("HSETNX", self.keys.config, field, value),
+            ("HGETALL", self.keys.config),
+            ("SCRIPT", "LOAD", APPEND_LUA),
+        ]
+
+    def _check_config_reply(self, results: list[Any]) -> None:
+        stored = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in results[1].items()
+        }
+        try:
+            self.keys.check_config(stored)
+        except ConfigMismatch as exc:
+            self._fatal = exc
+            self.last_error = exc
+            log.error(
+                "%s; not writing, events are kept in the journal in %s",
+                exc,
+                self.settings.spool_dir,
+            )
+            raise
+        self._config_checked = True
+
+    def _done(self, batch: Batch) -> bool:
+        """Record a written batch; True if flush() waiters should look again."""
+        with self._jlock:
+            if self._closed:
+                return True
+            j = batch.journal
+            if j is None:
+                self._held = []
+            else:
+                j.read_pos = batch.end
+                if j.adopted and not j.pending:
+                    log.info("journal %s delivered; removing it", j.path)
+                    j.remove()
+                    self._adopted.remove(j)
+                    return True
+            own = max((item.seq for item in batch.items if item.pid == self.id), default=0)
+            if own > self._written_seq:
+                self._written_seq = own
+                return True
+        return False
+
+    def _all_written(self, target: int) -> bool:
+        """Every own event up to ``target`` and every adopted journal is in Redis."""
+        return self._written_seq >= target and not self._adopted
+
+    def _failed(self, batch: Batch | None, exc: BaseException) -> None:
+        """A write failed: keep everything unwritten on disk, in order."""
+        self.last_error = exc
+        with self._jlock:
+            if not self._closed:
+                self._spill_locked()
+        where = f"{self._journal.path}" if self._journal is not None else "memory"
+        self._down_log(
+            logging.WARNING,
+            "Redis unavailable at %s (%s: %s); events are kept (%s) and written when it returns",
+            self._redacted_url(),
+            type(exc).__name__,
+            exc,
+            where,
+        )
+
+    def _spill(self) -> None:
+        with self._jlock:
+            if not self._closed and (self._queue or self._held):
+                self._spill_locked()
+
+    def _spill_locked(self) -> None:
+        """Move held + queued events to the end of our journal. Caller holds ``_jlock``."""
+        with self._lock:
+            items = self._held + list(self._queue)
+            self._queue.clear()
+        self._held = []
+        if not items:
+            return
+        if self._journal is None:
+            self._journal = Journal.create(self.settings.spool_dir, self.id)
+        self._journal.append(items)
+
+    def _spill_at_close(self) -> int:
+        """Everything unwritten to disk for the next start; returns how many events."""
+        with self._jlock:
+            with self._lock:
+                n = len(self._held) + len(self._queue)
+            self._spill_locked()
+            self._closed = True
+            pending = n
+            for j in [*self._adopted, *([self._journal] if self._journal else [])]:
+                if j.pending:
+                    pending += 1
+                j.close()
+            self._adopted = []
+            self._journal = None
+        return pending
+
+    def _redacted_url(self) -> str:
+        url = self.settings.redis_url
+        scheme, sep, rest = url.partition("://")
+        if sep and "@" in rest:
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return url
+
+    def _pending_own(self) -> bool:
+        return self._written_seq < self._seq
+
+
+class BaseSession:
+    """One run of a session: ``started`` ... ``finished``/``failed``. Shared base."""
+
+    def __init__(
+        self,
+        bus: BaseProducer,
+        sid: str,
+        *,
+        total: int | None = None,
+        meta: Any = None,
+    ) -> None:
+        self.sid: Final = validate_session_id(sid)
+        if total is not None and (
+            isinstance(total, bool) or not isinstance(total, int) or total < 1
+        ):
+            raise InvalidEvent(f"total must be an integer >= 1 or None, got {total!r}")
+        self.total: Final = total
+        self.meta = meta
+        self._bus = bus
+        self._stream = "session:" + sid
+        self._t0: float | None = None
+        self._ended: str | None = None
+        # Fail fast: meta that is not JSON should not wait for __enter__ to be refused.
+        encode({"type": "started", "ts": "", "data": meta})
+
+    @property
+    def ended(self) -> str | None:
+        """``finished``, ``failed`` or None while the run goes on."""
+        return self._ended
+
+    def start(self) -> None:
+        """Emit ``started`` (with ``meta`` as its data). ``with``/``async with`` call it."""
+        if self._t0 is not None:
+            raise InvalidEvent(f"session {self.sid!r} was already started")
+        self._t0 = time.monotonic()
+        self._put(make("started", total=self.total, data=self.meta))
+
+    def progress(self, step: int, message: str | None = None, data: Any = None) -> None:
+        """Report step ``step`` of ``total``; ``percent`` and ``eta_s`` are computed from
+        the pace so far (average time per step since ``started``)."""
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise InvalidEvent(f"step must be an integer, got {step!r}")
+        total = self.total
+        if step < 0:
+            raise InvalidEvent(f"step must be >= 0, got {step}")
+        percent: float | None = None
+        eta_s: float | None = None
+        if total is not None:
+            if step > total:
+                raise InvalidEvent(f"step {step} is beyond total {total}")
+            percent = round(100.0 * step / total, 1)
+            if step > 0 and self._t0 is not None:
+                elapsed = time.monotonic() - self._t0
+                eta_s = round(elapsed / step * (total - step), 1)
+        self._put(
+            make("progress", step=step, total=total, percent=percent, eta_s=eta_s,
+                 message=message, data=data)
+        )  # fmt: skip
+
+    def emit(self, type: str, data: Any = None, *, message: str | None = None) -> None:
+        """Emit an event of a job's own type (or ``log``, ``result``, ``error``...)."""
+        validate_type(type)
+        if type in _LIFECYCLE:
+            raise InvalidEventType(
+                f"event type {type!r} is emitted by the session itself: use "
+                "start(), finish() or fail()"
+            )
+        self._put(make(type, message=message, data=data))
+
+    def log(self, message: str, data: Any = None) -> None:
+        self._put(make("log", message=_text(message, "message"), data=data))
+
+    def error(self, message: str, data: Any = None) -> None:
+        """A non-fatal error: recorded as the session's last error; the run goes on."""
+        text = _text(message, "message")
+        self._put(make("error", message=text, error=text, data=data))
+
+    def finish(self, result: Any = None) -> None:
+        """Emit ``finished`` with ``result`` as its data. The session's keys then expire
+        after the retention period."""
+        self._end(make("finished", total=self.total, step=self.total, data=result))
+
+    def fail(self, error: str | BaseException, data: Any = None) -> None:
+        """Emit ``failed``; an exception becomes ``"ExcType: message"``."""
+        if isinstance(error, BaseException):
+            text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        else:
+            text = _text(error, "error")
+        self._end(make("failed", error=text, message=text, data=data))
+
+    def _end(self, event: Envelope) -> None:
+        if self._ended is not None:
+            raise InvalidEvent(f"session {self.sid!r} already {self._ended}")
+        self._put(event)
+        self._ended = event["type"]
+
+    def _put(self, event: Envelope) -> None:
+        if self._ended is not None and event["type"] not in TERMINAL_TYPES:
+            raise InvalidEvent(f"session {self.sid!r} already {self._ended}")
+        self._bus._enqueue(self._stream, event)
+
+    def _exit(self, exc: BaseException | None) -> None:
+        if self._ended is not None:
+            return
+        if exc is None:
+            self.finish()
+        else:
+            self.fail(exc)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{what} must be a string, got {value!r}")
+    return value

@@ -1,0 +1,214 @@
+"""``Producer`` and ``Session``: the flusher is a daemon thread on ``redis.Redis``."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from producer._core import BaseProducer, BaseSession, Batch
+from producer._retry import Backoff
+from producer._script import APPEND_LUA
+from rpa_bus import ConfigMismatch, Settings
+
+log = logging.getLogger("producer")
+
+
+class Session(BaseSession):
+    """A session run for ``Producer``: ``with bus.session(...) as s:``."""
+
+    def __enter__(self) -> Session:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit(exc)  # the exception, if any, propagates
+
+
+class Producer(BaseProducer):
+    """Writes events to Redis from a background thread; emitting never blocks.
+
+    ``Producer(url)``, ``Producer(client=redis.Redis(...))`` (the caller's client and its
+    timeouts are used as they are), ``Producer(settings=...)`` or ``Producer.from_env()``;
+    keyword overrides set ``Settings`` fields (``maxlen=``, ``spool_dir=``...).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__(url, client=client, settings=settings, **overrides)
+        s = self.settings
+        self._owns_client = client is None
+        self._client: redis.Redis = client or redis.Redis.from_url(
+            s.redis_url,
+            socket_connect_timeout=s.connect_timeout_s,
+            socket_timeout=s.socket_timeout_s,
+            # No retries inside redis-py: the flusher retries with its own backoff,
+            # keeping events safe on disk meanwhile.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._wake_event = threading.Event()
+        self._stop_event = threading.Event()
+        self._written = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._run, name=f"rpa-bus-producer-{self.id}", daemon=True
+        )
+        self._thread.start()
+        # Events still queued when the interpreter exits go to the journal, not nowhere.
+        self._atexit = _closer(weakref.ref(self))
+        atexit.register(self._atexit)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Producer:
+        """Settings from ``RPA_BUS_*`` variables; keyword overrides win."""
+        return cls(settings=Settings.from_env(**overrides))
+
+    def session(self, sid: str, *, total: int | None = None, meta: Any = None) -> Session:
+        """A session run; ``with`` emits ``started`` on enter and ``finished`` (or
+        ``failed``, when an exception escapes) on exit."""
+        return Session(self, sid, total=total, meta=meta)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every event emitted before the call is in Redis; False on timeout
+        (the events are kept and written later) or while the bus config mismatches."""
+        target = self._seq
+        deadline = time.monotonic() + timeout_s
+        with self._written:
+            while not self._all_written(target):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._fatal is not None or not self._thread.is_alive():
+                    return False
+                self._written.wait(remaining)
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued, waiting at most ``timeout_s``; what is left goes to the
+        journal, delivered by the next producer started with the same spool folder.
+        Idempotent; never blocks past ``timeout_s`` (plus a file write)."""
+        if self._closed:
+            return
+        atexit.unregister(self._atexit)
+        deadline = time.monotonic() + timeout_s
+        self.flush(timeout_s)
+        self._stop_event.set()
+        self._wake_event.set()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        # If the thread is still inside a Redis call, it finds _closed set when it
+        # returns and touches nothing; a write it completes is deduplicated on replay.
+        left = self._spill_at_close()
+        if left:
+            log.warning(
+                "closed with %d events not yet written; they are in the journal in %s",
+                left,
+                self.settings.spool_dir,
+            )
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the flusher thread -------------------------------------------------------------
+
+    def _wake(self) -> None:
+        # Checking first keeps emit() cheap: set() takes a lock and notifies. The flusher
+        # clears the event before it looks at the queue, so no wake-up is lost.
+        if not self._wake_event.is_set():
+            self._wake_event.set()
+
+    def _run(self) -> None:
+        backoff = Backoff(initial_s=self.backoff_initial_s, max_s=self.backoff_max_s)
+        try:
+            while not self._stop_event.is_set():
+                if self._fatal is not None:
+                    self._spill()
+                    self._stop_event.wait(self.spill_interval_s)
+                    continue
+                batch = self._next_batch()
+                if batch is None:
+                    self._wake_event.clear()
+                    if not self._has_work():
+                        self._wake_event.wait()
+                    continue
+                try:
+                    self._write(batch)
+                except ConfigMismatch:
+                    continue
+                except (redis.RedisError, OSError) as exc:
+                    self._failed(batch, exc)
+                    self._pause(backoff.delay())
+                    continue
+                backoff.reset()
+                self._down_log.reset()
+                if self._done(batch):
+                    with self._written:
+                        self._written.notify_all()
+        except Exception as exc:  # a bug: say so loudly; close() still saves the queue
+            self.last_error = exc
+            log.exception("rpa-bus producer flusher stopped by an unexpected error")
+        finally:
+            with self._written:
+                self._written.notify_all()
+
+    def _pause(self, delay_s: float) -> None:
+        """Back off, moving new events to disk meanwhile."""
+        end = time.monotonic() + delay_s
+        while not self._stop_event.is_set():
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop_event.wait(min(remaining, self.spill_interval_s))
+            self._spill()
+
+    def _write(self, batch: Batch) -> None:
+        """One round trip for the batch (plus one to load the script if Redis lost it)."""
+        client = self._client
+        if not self._config_checked:
+            pipe = client.pipeline(transaction=False)
+            for cmd in self._config_commands():
+                pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
+            self._check_config_reply(pipe.execute())
+        calls = batch.calls
+        while calls:
+            pipe = client.pipeline(transaction=False)
+            for args, _items in calls:
+                pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            results = pipe.execute(raise_on_error=False)
+            calls, reload = self._sort_results(calls, results)
+            if reload:
+                # NOSCRIPT: the server restarted or flushed its script cache.
+                client.script_load(APPEND_LUA)
+            if self._closed:
+                return
+
+
+def _closer(ref: weakref.ref[Producer]) -> Callable[[], None]:
+    def close_at_exit() -> None:
+        bus = ref()
+        if bus is not None:
+            bus.close(timeout_s=1.0)
+
+    return close_at_exit
