@@ -8,8 +8,10 @@ moment it returns and can compare it with what the page shows.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +20,7 @@ from typing import Any
 
 import redis
 
-from rpa_bus import Keys, encode, make, state_fields
+from rpa_bus import Keys, encode, make, now_ts, state_fields
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -84,9 +86,20 @@ class BusWriter:
         entry_id = result[2]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    def monitor_event(self, host: str, kind: str, **fields: Any) -> str:
-        """Append one ``metrics`` or ``alert`` event to ``monitor:HOST``; returns its id."""
-        entry_id = self.client.xadd(self.keys.monitor(host), {"e": encode(make(kind, **fields))})
+    def monitor_event(
+        self, host: str, kind: str, *, at_ms: int | None = None, **fields: Any
+    ) -> str:
+        """Append one ``metrics`` or ``alert`` event to ``monitor:HOST``; returns its id.
+
+        ``at_ms`` back-dates the entry (its id and ``ts``), to fill a chart's window.
+        """
+        if at_ms is not None:
+            fields.setdefault("ts", now_ts(at_ms / 1000))
+        entry_id = self.client.xadd(
+            self.keys.monitor(host),
+            {"e": encode(make(kind, **fields))},
+            id="*" if at_ms is None else f"{at_ms}-*",
+        )
         self.client.hset(self.keys.monitors, host, str(int(time.time() * 1000)))
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -116,3 +129,79 @@ def chromium_page(base_url: str) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+class RelayThread:
+    """A real ``relay.Relay`` on 127.0.0.1, run by an event loop in a thread of its own.
+
+    The browser tests are synchronous (Playwright's sync API); the relay is asyncio. The
+    first ``start()`` binds a free port; later ones bind the same port again, so a page
+    open on it reconnects to the restarted relay.
+    """
+
+    def __init__(self, redis_url: str, *, port: int = 0, secret: str | None = None) -> None:
+        self.redis_url = redis_url
+        self.port = port
+        self.secret = secret
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._ready.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise AssertionError(f"relay did not start within {timeout_s}s")
+        if self._error is not None:
+            raise AssertionError(f"relay failed to start: {self._error!r}") from self._error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Close every connection with 1012 (service restart) and stop; idempotent."""
+        if self._thread is None:
+            return
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise AssertionError(f"relay did not stop within {timeout_s}s")
+        self._thread = None
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from relay import Relay, RelaySettings
+
+        from rpa_bus import Settings
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        settings = RelaySettings(
+            bus=Settings(redis_url=self.redis_url, secret=self.secret),
+            host="127.0.0.1",
+            port=self.port,
+            name="relay-test",
+        )
+        try:
+            relay = Relay(settings)
+            await relay.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+        self.port = relay.port
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            relay.close(1012, "relay restarting")
+            await relay.wait_closed()

@@ -18,7 +18,7 @@ import { compareIds, connect, idAtTime, idTime } from "./rpa-bus.js";
 const params = new URLSearchParams(location.search);
 
 const MAX_ROWS = 300; // sessions shown
-const MAX_WATCHED = 100; // running sessions with a live subscription
+const MAX_WATCHED = 60; // running sessions with a live subscription (the relay allows 100 per connection)
 const MAX_LOG_ROWS = 3000; // event-log rows kept in the page
 const PEEKS_AT_ONCE = 4;
 const STALE_AFTER_MS = 120_000; // a running session silent this long is shown in amber
@@ -98,6 +98,17 @@ function fmtAxisPct(v) {
   return `${Math.round(v)}%`;
 }
 
+function fmtBytes(v) {
+  if (v == null || !Number.isFinite(v)) return "—";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (v >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i += 1;
+  }
+  return `${v >= 10 || i === 0 ? Math.round(v) : v.toFixed(1)} ${units[i]}`;
+}
+
 function fmtPct(v) {
   return v == null || !Number.isFinite(v) ? "—" : `${v.toFixed(1)}%`;
 }
@@ -166,7 +177,6 @@ const bus = connect(relayUrl, {
  * @property {string|null} sub    "watch" | "full" | "peek" | null
  * @property {string|null} last   last id of the current subscription's `subscribed` frame
  * @property {HTMLTableRowElement|null} row
- * @property {boolean} stalled
  */
 
 /** @type {Map<string, Session>} */
@@ -182,7 +192,7 @@ function session(sid) {
   if (!s) {
     s = {
       sid, status: "unknown", state: {}, started: null, ended: null,
-      sub: null, last: null, row: null, stalled: false, handle: null,
+      sub: null, last: null, row: null, handle: null,
     };
     sessions.set(sid, s);
   }
@@ -347,7 +357,7 @@ function byOrder(a, b) {
 }
 
 function shownStatus(s) {
-  return s.status === "running" && s.stalled ? "stalled" : s.status;
+  return s.status === "running" && stalledSids.has(s.sid) ? "stalled" : s.status;
 }
 
 function buildRow(s) {
@@ -594,17 +604,24 @@ setText($("#window-label"), `last ${fmtDuration(windowMs / 1000).replace(/ 0+s$/
  * layout and a few plausible variants, so a renamed field shows as a gap, not an error.
  */
 function readMetrics(d) {
+  const disks = d?.disks && typeof d.disks === "object" ? Object.entries(d.disks) : [];
+  let disk = null;
+  for (const [mount, v] of disks) {
+    if (typeof v?.percent === "number" && (!disk || v.percent > disk.percent)) disk = { mount, percent: v.percent };
+  }
+  const bus = d?.bus && typeof d.bus === "object" ? d.bus : null;
   return {
-    cpu: pick(d, ["cpu.percent", "cpu.total", "cpu.total_percent", "cpu_percent", "cpu"]),
-    mem: pick(d, ["memory.percent", "mem.percent", "memory_percent", "memory.used_percent"]),
-    rx: pick(d, ["net.bytes_recv_per_s", "network.bytes_recv_per_s", "net.rx_bytes_per_s",
-      "network.rx_bytes_per_s", "net.recv_bytes_per_s", "net.rx_per_s", "net.recv_per_s"]),
-    tx: pick(d, ["net.bytes_sent_per_s", "network.bytes_sent_per_s", "net.tx_bytes_per_s",
-      "network.tx_bytes_per_s", "net.sent_bytes_per_s", "net.tx_per_s", "net.sent_per_s"]),
-    load: pick(d, ["cpu.load.0", "cpu.load1", "cpu.load_1", "load.0", "load1"]),
-    cores: pick(d, ["cpu.count", "cpu.cores"]) ?? (Array.isArray(d?.cpu?.per_core) ? d.cpu.per_core.length : null),
+    cpu: pick(d, ["cpu.percent", "cpu.total", "cpu_percent", "cpu"]),
+    mem: pick(d, ["memory.percent", "mem.percent", "memory_percent"]),
+    rx: pick(d, ["net.total.rx_bytes_s", "net.rx_bytes_s", "net.bytes_recv_per_s"]),
+    tx: pick(d, ["net.total.tx_bytes_s", "net.tx_bytes_s", "net.bytes_sent_per_s"]),
+    load: pick(d, ["cpu.load.0", "load.0"]),
+    cores: pick(d, ["cpu.count"]) ?? (Array.isArray(d?.cpu?.per_core) ? d.cpu.per_core.length : null),
     memUsed: pick(d, ["memory.used", "mem.used"]),
     memTotal: pick(d, ["memory.total", "mem.total"]),
+    swap: pick(d, ["swap.percent"]),
+    disk,
+    bus,
   };
 }
 
@@ -662,6 +679,7 @@ class Chart {
     const y = (v) => pad.t + ph - (Math.min(v, max) / max) * ph;
 
     // Grid: three horizontal lines with their values; time ticks along the bottom.
+    const labels = [];
     ctx.font = "10px system-ui, sans-serif";
     ctx.lineWidth = 1;
     ctx.strokeStyle = grid;
@@ -674,10 +692,7 @@ class Chart {
       ctx.moveTo(pad.l, yy);
       ctx.lineTo(pad.l + pw, yy);
       ctx.stroke();
-      if (f > 0) {
-        ctx.textAlign = "right";
-        ctx.fillText((this.opts.axis ?? this.opts.format)(max * f), pad.l + pw - 2, yy - 1);
-      }
+      if (f > 0) labels.push([(this.opts.axis ?? this.opts.format)(max * f), yy]);
     }
     ctx.setLineDash([]);
     const tick = niceTick(windowMs);
@@ -728,6 +743,18 @@ class Chart {
       if (x2 <= x1) continue;
       ctx.fillStyle = withAlpha(css.getPropertyValue(band.severity === "critical" ? "--critical" : "--warning").trim(), 0.16);
       ctx.fillRect(x1, pad.t, Math.max(2, x2 - x1), ph);
+    }
+
+    // Axis values last, on a backing, so a line never hides them.
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "middle";
+    for (const [text, yy] of labels) {
+      const tw = ctx.measureText(text).width + 6;
+      ctx.fillStyle = withAlpha(css.getPropertyValue("--panel").trim(), 0.85);
+      ctx.fillRect(pad.l, yy - 6, tw, 12);
+      ctx.fillStyle = faint;
+      ctx.fillText(text, pad.l + 3, yy);
     }
 
     // Hover: crosshair and the values under it.
@@ -903,7 +930,13 @@ function drawCharts() {
     }
     if (m?.load != null) lines.push(h("div", { text: `load ${m.load.toFixed(2)}${m.cores ? ` · ${m.cores} cores` : ""}` }));
     if (m?.memUsed != null && m?.memTotal) {
-      lines.push(h("div", { text: `mem ${(m.memUsed / 1e9).toFixed(1)} / ${(m.memTotal / 1e9).toFixed(1)} GB` }));
+      lines.push(h("div", { text: `mem ${fmtBytes(m.memUsed)} / ${fmtBytes(m.memTotal)}` }));
+    }
+    if (m?.disk) lines.push(h("div", { title: m.disk.mount, text: `disk ${m.disk.percent.toFixed(0)}% full` }));
+    if (m?.bus) {
+      lines.push(m.bus.reachable === false
+        ? h("div", { class: "stale", text: "Redis unreachable" })
+        : h("div", { text: `redis ${fmtBytes(m.bus.used_memory ?? NaN)} · ${m.bus.connected_clients ?? "?"} clients` }));
     }
     host.meta.replaceChildren(...lines);
   }
@@ -936,18 +969,21 @@ async function hostsFromRelay() {
 
 // ---- alerts --------------------------------------------------------------------------
 
-/** key -> alert; a key is one alert condition: host, metric and session. */
+/** key -> alert; a key is one alert condition: host, metric and subject. */
 const alerts = new Map();
+/** Sessions a `stalled` alert is firing for. */
+const stalledSids = new Set();
 
 function onAlert(host, id, t, ev) {
   const d = ev.data && typeof ev.data === "object" ? ev.data : {};
   const metric = String(d.metric ?? d.name ?? "alert");
   const sid = typeof d.session === "string" ? d.session : null;
-  const key = `${host}|${metric}|${sid ?? ""}`;
+  const subject = sid ?? d.mount ?? d.relay ?? null;
+  const key = `${host}|${metric}|${subject ?? ""}`;
   const state = d.state === "resolved" ? "resolved" : "firing";
   const prev = alerts.get(key);
   const a = {
-    key, host, metric, sid, state, id,
+    key, host, metric, sid, subject, state, id,
     severity: String(d.severity ?? "warning"),
     value: d.value, threshold: d.threshold,
     message: ev.message ?? d.message ?? null,
@@ -959,9 +995,9 @@ function onAlert(host, id, t, ev) {
   if (state === "resolved" && a.history.length) a.history[a.history.length - 1].to ??= t;
   if (a.history.length > 50) a.history.shift();
   alerts.set(key, a);
-  if (sid) {
-    const s = session(sid);
-    s.stalled = state === "firing" && /stall/i.test(metric);
+  if (sid && metric === "stalled") {
+    if (state === "firing") stalledSids.add(sid);
+    else stalledSids.delete(sid);
     scheduleRender();
   }
   scheduleAlerts();
@@ -986,11 +1022,17 @@ function scheduleAlerts() {
   });
 }
 
+/** How the monitor's alert families read to a person. */
+const ALERT_NAMES = {
+  cpu: "CPU busy", memory: "Memory full", disk: "Disk full", relay_lag: "Relay lagging",
+  stalled: "Session stalled",
+};
+
 function fmtValue(metric, v) {
   if (typeof v !== "number") return v == null ? "" : String(v);
-  if (/percent|pct|cpu|mem|disk|swap/i.test(metric) && v <= 100) return `${v.toFixed(1)}%`;
-  if (/bytes/i.test(metric)) return fmtBytesRate(v);
-  if (/_s$|seconds|stall|age|lag/i.test(metric)) return fmtDuration(v);
+  if (/^(cpu|memory|disk|swap)/.test(metric) || /percent/.test(metric)) return `${v.toFixed(1)}%`;
+  if (metric === "stalled" || /_s$/.test(metric)) return `${fmtDuration(v)} silent`;
+  if (metric === "relay_lag") return `${Math.round(v)} entries behind`;
   return Number.isInteger(v) ? String(v) : v.toFixed(2);
 }
 
@@ -1000,15 +1042,19 @@ function renderAlerts() {
     (a.state === "firing" ? 0 : 1) - (b.state === "firing" ? 0 : 1) || b.at - a.at);
   const firing = all.filter((a) => a.state === "firing").length;
   const items = all.slice(0, 40).map((a) => {
-    const what = a.sid ? `${a.metric}: session ${a.sid}` : `${a.metric} on ${a.host}`;
+    const name = ALERT_NAMES[a.metric] ?? a.metric;
+    const what = a.sid ? `${name}: ${a.sid}` : `${name}${a.subject ? ` ${a.subject}` : ""} · ${a.host}`;
     const detail = h("div", { class: "alert-detail" });
     if (a.value != null) {
       detail.append(`${fmtValue(a.metric, a.value)}`);
-      if (a.threshold != null) detail.append(` (threshold ${fmtValue(a.metric, a.threshold)})`);
+      if (a.threshold != null) {
+        detail.append(` · threshold ${fmtValue(a.metric, a.threshold).replace(/ silent$/, "")}`);
+      }
+    } else if (a.message) {
+      detail.append(a.message);
     }
-    if (a.message) detail.append(`${detail.textContent ? " · " : ""}${a.message}`);
     if (a.sid) {
-      const link = h("a", { text: `open ${a.sid}` });
+      const link = h("a", { text: "open log" });
       link.addEventListener("click", () => select(a.sid));
       detail.append(detail.textContent ? " · " : "", link);
     }

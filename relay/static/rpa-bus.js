@@ -168,6 +168,9 @@ export class Subscription {
     this._from = opts.from ?? "0";
     this._subscribedOnce = false;
     this._resetEpoch = undefined;
+    // True from sending a subscribe frame until its `subscribed` answer: events before it
+    // belong to an earlier subscription of the same stream and are dropped.
+    this._awaiting = true;
   }
 
   /** Stop receiving events for this stream. Idempotent. */
@@ -209,6 +212,7 @@ export class Subscription {
   _handle(msg) {
     switch (msg.type) {
       case "subscribed": {
+        this._awaiting = false;
         this.live = false;
         if (this.epoch != null && msg.epoch != null && msg.epoch !== this.epoch) {
           // The stream was recreated while we were away. The relay says `reset` too; this
@@ -230,7 +234,7 @@ export class Subscription {
         break;
       }
       case "event": {
-        if (!isId(msg.id)) return;
+        if (this._awaiting || !isId(msg.id)) return;
         // Never deliver an id twice, whatever the relay sends after a reconnect.
         if (this.lastId != null && compareIds(msg.id, this.lastId) <= 0) return;
         this.lastId = msg.id;
@@ -238,6 +242,7 @@ export class Subscription {
         break;
       }
       case "live":
+        if (this._awaiting) return;
         this.live = true;
         this._call("onLive");
         break;
@@ -272,6 +277,9 @@ export class Subscription {
  * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff]
  * @property {number} [pingIntervalMs]  keepalive ping period (default 15000); a connection
  *   that hears nothing for three periods is dropped and reconnected.
+ * @property {number} [opsPerSecond]  sustained rate of frames sent (default 10), with
+ * @property {number} [opsBurst]  a burst allowance (default 30): below the relay's own
+ *   per-connection limit, so subscribing to many streams is paced, never refused.
  * @property {typeof WebSocket} [WebSocket]  constructor to use (tests, Node).
  */
 
@@ -296,6 +304,11 @@ export class Bus {
     this._pingTimer = null;
     this._lastHeard = 0;
     this._closed = false;
+    /** @type {{frame: Object, sub: Subscription|null}[]} frames waiting for the rate limit */
+    this._queue = [];
+    this._tokens = opts.opsBurst ?? 30;
+    this._tokensAt = Date.now();
+    this._pumpTimer = null;
     this._onOnline = () => {
       if (this.status === "reconnecting" && this._timer != null) {
         clearTimeout(this._timer);
@@ -319,13 +332,14 @@ export class Bus {
     if (this._closed) throw new Error("rpa-bus: subscribe() on a closed bus");
     const old = this._subs.get(stream);
     if (old) {
+      // The relay restarts a stream subscribed again from the new offset: no unsubscribe.
       old.active = false;
       this._subs.delete(stream);
-      this._send({ op: "unsubscribe", stream });
+      this._unqueue(old);
     }
     const sub = new Subscription(this, stream, opts);
     this._subs.set(stream, sub);
-    this._send(sub._frame());
+    this._send(sub._frame(), sub);
     return sub;
   }
 
@@ -343,7 +357,9 @@ export class Bus {
     if (this._closed) return;
     this._closed = true;
     clearTimeout(this._timer);
+    clearTimeout(this._pumpTimer);
     clearInterval(this._pingTimer);
+    this._queue = [];
     globalThis.removeEventListener?.("online", this._onOnline);
     for (const sub of this._subs.values()) sub.active = false;
     this._subs.clear();
@@ -355,12 +371,54 @@ export class Bus {
   _drop(sub, tellRelay) {
     if (this._subs.get(sub.stream) !== sub) return;
     this._subs.delete(sub.stream);
+    // Never sent: nothing to undo on the relay.
+    if (this._unqueue(sub)) return;
     if (tellRelay) this._send({ op: "unsubscribe", stream: sub.stream });
   }
 
+  /** Remove a subscription's unsent subscribe frame; true if there was one. @private */
+  _unqueue(sub) {
+    const i = this._queue.findIndex((q) => q.sub === sub);
+    if (i < 0) return false;
+    this._queue.splice(i, 1);
+    return true;
+  }
+
+  /**
+   * Queue a frame for the open connection; frames are sent in order, paced by a token
+   * bucket. Frames queued while disconnected are dropped: on (re)connection the auth and
+   * subscribe frames are rebuilt from the subscriptions' current positions.
+   * @private
+   */
+  _send(frame, sub = null) {
+    if (!this._ws || this._ws.readyState !== 1) return;
+    if (sub) sub._awaiting = true;
+    this._queue.push({ frame, sub });
+    this._pump();
+  }
+
   /** @private */
-  _send(frame) {
-    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(frame));
+  _pump() {
+    const rate = (this._opts.opsPerSecond ?? 10) / 1000;
+    const burst = this._opts.opsBurst ?? 30;
+    const now = Date.now();
+    this._tokens = Math.min(burst, this._tokens + (now - this._tokensAt) * rate);
+    this._tokensAt = now;
+    while (this._queue.length && this._tokens >= 1) {
+      if (!this._ws || this._ws.readyState !== 1) {
+        this._queue = [];
+        return;
+      }
+      const { frame } = this._queue.shift();
+      this._tokens -= 1;
+      this._ws.send(JSON.stringify(frame));
+    }
+    if (this._queue.length && this._pumpTimer == null) {
+      this._pumpTimer = setTimeout(() => {
+        this._pumpTimer = null;
+        this._pump();
+      }, Math.ceil((1 - this._tokens) / rate));
+    }
   }
 
   /** @private */
@@ -394,8 +452,9 @@ export class Bus {
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._lastHeard = Date.now();
-      if (this._token) ws.send(JSON.stringify({ op: "auth", token: this._token }));
-      for (const sub of this._subs.values()) ws.send(JSON.stringify(sub._frame()));
+      this._queue = [];
+      if (this._token) this._send({ op: "auth", token: this._token });
+      for (const sub of this._subs.values()) this._send(sub._frame(), sub);
       this._startPing(ws);
       this._setStatus("open", { attempt: this._attempt });
     };
@@ -413,6 +472,7 @@ export class Bus {
     ws.onclose = (ev) => {
       if (this._ws !== ws) return;
       this._ws = null;
+      this._queue = [];
       clearInterval(this._pingTimer);
       for (const sub of this._subs.values()) sub.live = false;
       this._scheduleReconnect({ code: ev.code, reason: ev.reason });
@@ -450,7 +510,7 @@ export class Bus {
     clearInterval(this._pingTimer);
     this._pingTimer = setInterval(() => {
       if (this._ws !== ws) return;
-      if (Date.now() - this._lastHeard > 3 * period) {
+      if (Date.now() - this._lastHeard > 3 * period + 1000) {
         // Half-open connection (sleeping laptop, dead proxy): drop it and resume elsewhere.
         ws.onclose({ code: 4000, reason: "relay silent" });
         ws.close();
