@@ -47,19 +47,26 @@ def test_session_lands_in_order_with_state_and_index(bus: Producer, redis_url: s
     assert [e["type"] for e in got] == [
         "started", "progress", "progress", "estimates", "log", "error", "finished",
     ]  # fmt: skip
-    assert got[0]["data"] == {"user": "ana"} and got[0]["total"] == 4
+    assert got[0]["data"] == {"user": "ana"}
+    assert got[0]["total"] == 4
     p1, p2 = got[1], got[2]
     assert (p1["step"], p1["total"], p1["percent"], p1["message"]) == (1, 4, 25.0, "Tela 1")
-    assert p2["percent"] == 50.0 and p2["data"] == {"x": 1}
+    assert p2["percent"] == 50.0
+    assert p2["data"] == {"x": 1}
     # The pace so far: ~0.05 s for 2 steps -> ~0.05 s for the 2 left.
     assert 0.0 < p2["eta_s"] < 5.0
     assert got[3]["data"] == {"plans": [1, 2]}
     assert got[5]["error"] == "non-fatal"
     assert got[6]["data"] == {"premium": 1234.5}
     m = meta(r, "quote-123")
-    assert m["status"] == "finished" and m["percent"] == "100.0" and m["step"] == "4"
-    assert m["error"] == "non-fatal" and m["message"] == "non-fatal"
-    assert m[f"seq:{bus.id}"] == "7" and m["epoch"] and m["created"]
+    assert m["status"] == "finished"
+    assert m["percent"] == "100.0"
+    assert m["step"] == "4"
+    assert m["error"] == "non-fatal"
+    assert m["message"] == "non-fatal"
+    assert m[f"seq:{bus.id}"] == "7"
+    assert m["epoch"]
+    assert m["created"]
     idx = index(r)
     assert [(e["type"], e["session"]) for e in idx] == [
         ("started", "quote-123"),
@@ -69,16 +76,21 @@ def test_session_lands_in_order_with_state_and_index(bus: Producer, redis_url: s
 
 
 def test_exception_in_block_emits_failed_and_reraises(bus: Producer, redis_url: str) -> None:
-    with pytest.raises(KeyError), bus.session("job-1", total=2) as s:
-        s.progress(1, "one")
-        raise KeyError("boom")
+    def job() -> None:
+        with bus.session("job-1", total=2) as s:
+            s.progress(1, "one")
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        job()
     assert bus.flush(5 * UNIT_S)
     r = client(redis_url)
     got = events(r, "job-1")
     assert [e["type"] for e in got] == ["started", "progress", "failed"]
     assert got[-1]["error"] == "KeyError: 'boom'"
     m = meta(r, "job-1")
-    assert m["status"] == "failed" and m["error"] == "KeyError: 'boom'"
+    assert m["status"] == "failed"
+    assert m["error"] == "KeyError: 'boom'"
     assert index(r)[-1] == {"type": "failed", "session": "job-1", "ts": got[-1]["ts"]}
 
 
@@ -108,11 +120,13 @@ def test_retention_maxlen_ttl_and_persist_on_rerun(redis_url: str, spool_dir: Pa
         assert r.pttl(key) == -1
         s.finish()
     assert bus.flush(5 * UNIT_S)
-    assert 0 < r.pttl(key) <= 60_000 and 0 < r.pttl(key + ":meta") <= 60_000
+    assert 0 < r.pttl(key) <= 60_000
+    assert 0 < r.pttl(key + ":meta") <= 60_000
     # A new run of the same id: its keys must not expire under it.
     with bus.session("long") as s:
         assert bus.flush(5 * UNIT_S)
-        assert r.pttl(key) == -1 and r.pttl(key + ":meta") == -1
+        assert r.pttl(key) == -1
+        assert r.pttl(key + ":meta") == -1
         assert meta(r, "long")["status"] == "running"
     bus.close()
 
@@ -137,7 +151,8 @@ def test_publish_monitor_and_session_streams(bus: Producer, redis_url: str) -> N
     r = client(redis_url)
     got = [__import__("orjson").loads(f[b"e"]) for _i, f in r.xrange("rpa:monitor:web-1")]
     assert [e["type"] for e in got] == ["metrics", "alert"]
-    assert got[0]["data"] == {"cpu": 12.5} and got[0]["ts"]
+    assert got[0]["data"] == {"cpu": 12.5}
+    assert got[0]["ts"]
     assert events(r, "raw-1")[0]["ts"] == "2026-11-22T10:00:00.000Z"
     assert meta(r, "raw-1")["status"] == "running"
     assert index(r)[-1]["session"] == "raw-1"
