@@ -1,0 +1,352 @@
+"""Integration tests of the monitor: real psutil, a real private Redis, real time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from monitor import Monitor, MonitorSettings
+from rpa_bus import ConfigMismatch, Keys, Settings, encode, make
+from rpa_bus.cli._embedded import EmbeddedRedis
+from tests._proxy import FaultProxy
+from tests.conftest import UNIT_S
+
+KEYS = Keys()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_for(url: str, **kw: Any) -> MonitorSettings:
+    kw.setdefault("host_name", "test-host")
+    kw.setdefault("interval_s", 0.2)
+    return MonitorSettings(bus=Settings(redis_url=url), **kw)
+
+
+@contextmanager
+def running(mon: Monitor) -> Iterator[Monitor]:
+    """Run the monitor in a thread; on exit stop it and flush (as the CLI does)."""
+    thread = threading.Thread(target=mon.run, name="monitor-under-test")
+    thread.start()
+    try:
+        yield mon
+    finally:
+        mon.stop()
+        thread.join(10 * UNIT_S)
+        assert not thread.is_alive()
+        mon.close()
+
+
+def events(client: redis.Redis, host: str = "test-host") -> list[dict[str, Any]]:
+    entries = client.xrange(KEYS.monitor(host))
+    return [orjson.loads(fields[b"e"]) for _, fields in entries]
+
+
+def samples(client: redis.Redis, host: str = "test-host") -> list[dict[str, Any]]:
+    return [e["data"] for e in events(client, host) if e["type"] == "metrics"]
+
+
+def alerts(
+    client: redis.Redis, metric: str | None = None, host: str = "test-host"
+) -> list[dict[str, Any]]:
+    found = [e["data"] for e in events(client, host) if e["type"] == "alert"]
+    return [a for a in found if metric is None or a["metric"] == metric]
+
+
+def wait_for(what: str, check: Any, timeout_s: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout_s * UNIT_S
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_session(client: redis.Redis, sid: str) -> None:
+    """What the producer writes for ``started``: meta, session stream, lifecycle index."""
+    event = make("started")
+    client.hset(KEYS.meta(sid), mapping={"status": "running", "updated": event["ts"]})
+    client.xadd(KEYS.session(sid), {"e": encode(event)})
+    client.xadd(KEYS.sessions, {"e": encode(make("started", session=sid))})
+
+
+def progress(client: redis.Redis, sid: str, step: int) -> None:
+    event = make("progress", step=step)
+    client.hset(KEYS.meta(sid), mapping={"updated": event["ts"]})
+    client.xadd(KEYS.session(sid), {"e": encode(event)})
+
+
+def end_session(client: redis.Redis, sid: str, *, index: bool = True) -> None:
+    client.hset(KEYS.meta(sid), mapping={"status": "finished"})
+    client.xadd(KEYS.session(sid), {"e": encode(make("finished"))})
+    if index:
+        client.xadd(KEYS.sessions, {"e": encode(make("finished", session=sid))})
+
+
+def ts_s(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def is_rate(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and x >= 0
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    yield c
+    c.close()
+
+
+def test_samples_hold_every_field(redis_url: str, client: redis.Redis) -> None:
+    start_session(client, "job-1")
+    with running(Monitor(settings_for(redis_url))):
+        wait_for("3 samples", lambda: len(samples(client)) >= 3)
+    found = samples(client)
+    for i, d in enumerate(found, 1):
+        assert d["seq"] == i
+        assert d["host"] == "test-host"
+        assert d["interval_s"] == 0.2
+        cpu = d["cpu"]
+        assert 0 <= cpu["percent"] <= 100
+        assert cpu["count"] == len(cpu["per_core"]) == os.cpu_count()
+        assert all(0 <= c <= 100 for c in cpu["per_core"])
+        assert len(cpu["load"]) == 3
+        assert 0 < d["memory"]["percent"] <= 100
+        assert d["memory"]["total"] >= d["memory"]["used"] > 0
+        assert set(d["swap"]) == {"total", "used", "percent"}
+        assert d["disks"], "at least one real mount"
+        for mount, disk in d["disks"].items():
+            assert mount.startswith("/")
+            assert 0 <= disk["percent"] <= 100
+            assert disk["total"] > 0
+        assert set(d["disk_io"]) == {"read_bytes_s", "write_bytes_s", "read_ops_s", "write_ops_s"}
+        assert all(is_rate(v) for v in d["disk_io"].values())
+        rates = {"rx_bytes_s", "tx_bytes_s", "rx_packets_s", "tx_packets_s"}
+        assert set(d["net"]["total"]) == rates
+        assert all(is_rate(v) for v in d["net"]["total"].values())
+        assert d["net"]["interfaces"]
+        for nic in d["net"]["interfaces"].values():
+            assert set(nic) == rates
+            assert all(is_rate(v) for v in nic.values())
+        assert d["processes"] > 1
+        own = d["monitor"]
+        assert is_rate(own["cpu_s"])
+        assert is_rate(own["sample_cpu_ms"])
+        assert own["rss"] > 0
+        bus = d["bus"]
+        assert bus["reachable"] is True
+        assert bus["used_memory"] > 0
+        assert bus["connected_clients"] >= 2  # this test's client and the monitor's
+        assert bus["ops_s"] >= 0
+        assert bus["active_sessions"] == 1
+        assert bus["relays"] == {}
+    # The loopback traffic of the monitor itself shows up as a rate on `lo`.
+    assert any(s["net"]["interfaces"].get("lo", {}).get("rx_packets_s", 0) > 0 for s in found)
+    # The host is discoverable, with the time of its last sample.
+    last_ms = int(client.hget(KEYS.monitors, "test-host") or 0)
+    assert abs(last_ms / 1000 - ts_s(events(client)[-1]["ts"])) < 0.01
+
+
+def test_interval_holds_without_drift(redis_url: str, client: redis.Redis) -> None:
+    interval = 0.2
+    with running(Monitor(settings_for(redis_url, interval_s=interval))) as mon:
+        time.sleep(2.1)
+    times = [ts_s(e["ts"]) for e in events(client) if e["type"] == "metrics"]
+    assert len(times) >= 10 - mon.skipped - 1
+    # Every sample sits on the grid start + n * interval: lateness never accumulates.
+    tolerance = 0.06 * UNIT_S
+    slots = [(t - times[0]) / interval for t in times]
+    assert all(abs(s - round(s)) * interval < tolerance for s in slots), slots
+    assert round(slots[-1]) == len(times) - 1 + mon.skipped
+
+
+def test_relay_lag_alert_fires_and_resolves(redis_url: str, client: redis.Redis) -> None:
+    start_session(client, "job-1")
+    for step in range(1, 31):
+        progress(client, "job-1", step)
+    stream = KEYS.session("job-1")
+    group = KEYS.relay_group("relay-a")
+    client.xgroup_create(stream, group, id="0")  # 31 entries not yet read: lag 31
+    settings = settings_for(redis_url, relay_lag_warn=10.0, alert_samples=2, stall_after_s=60)
+    with running(Monitor(settings)):
+        wait_for("lag alert", lambda: alerts(client, "relay_lag"))
+        relay = samples(client)[-1]["bus"]["relays"]["relay-a"]
+        assert relay == {"lag": 31, "pending": 0, "streams": 1}
+        client.xreadgroup(group, "c1", {stream: ">"}, count=100)  # read: lag 0, 31 pending
+        wait_for("resolved", lambda: len(alerts(client, "relay_lag")) >= 2)
+        seen = samples(client)[-1]["bus"]["relays"]["relay-a"]
+        assert (seen["lag"], seen["pending"]) == (0, 31)
+    firing, resolved = alerts(client, "relay_lag")
+    assert firing == {
+        "metric": "relay_lag",
+        "value": 31.0,
+        "threshold": 10.0,
+        "severity": "warning",
+        "state": "firing",
+        "relay": "relay-a",
+    }
+    assert resolved | {"value": 0.0} == firing | {"state": "resolved", "value": 0.0}
+    # Hysteresis: two samples above before firing; the value never flapped.
+    lags = [s["bus"]["relays"]["relay-a"]["lag"] for s in samples(client)]
+    assert lags[:2] == [31, 31]
+
+
+def test_host_alerts_follow_their_thresholds(redis_url: str, client: redis.Redis) -> None:
+    low = settings_for(redis_url, memory_crit=0.0, disk_crit=0.0, alert_samples=1)
+    with running(Monitor(low)):
+        wait_for("2 samples", lambda: len(samples(client)) >= 2)
+    fired = {(a["metric"], a.get("mount")): a for a in alerts(client) if a["metric"] != "cpu"}
+    assert fired[("memory", None)]["severity"] == "critical"
+    assert fired[("memory", None)]["state"] == "firing"
+    assert fired[("memory", None)]["value"] > 0
+    assert any(metric == "disk" for metric, _ in fired)
+    for metric, _ in fired:  # each fired once, not once per sample
+        assert len(alerts(client, metric)) == sum(1 for m, _ in fired if m == metric)
+
+    client.delete(KEYS.monitor("test-host"))
+    high = settings_for(redis_url, cpu_warn=100.0, memory_crit=100.0, disk_crit=100.0)
+    with running(Monitor(high)):
+        wait_for("3 samples", lambda: len(samples(client)) >= 3)
+    assert alerts(client) == []
+
+
+def test_stalled_sessions(redis_url: str, client: redis.Redis) -> None:
+    settings = settings_for(redis_url, stall_after_s=0.6 * UNIT_S)
+    client.xadd(KEYS.sessions, {"e": encode(make("started", session="forgotten"))})
+    client.hset(KEYS.meta("forgotten"), mapping={"status": "finished"})  # its end never indexed
+    start_session(client, "moves")
+    start_session(client, "ends")
+    with running(Monitor(settings)):
+
+        def stalled() -> dict[str, dict[str, Any]]:
+            return {a["session"]: a for a in alerts(client, "stalled")}
+
+        both = wait_for("two stalled", lambda: len(stalled()) == 2 and stalled())
+        assert set(both) == {"moves", "ends"}
+        for alert in both.values():
+            assert alert["state"] == "firing"
+            assert alert["severity"] == "warning"
+            assert alert["value"] > alert["threshold"] == 0.6 * UNIT_S
+        progress(client, "moves", 1)
+        end_session(client, "ends")
+        wait_for("resolved", lambda: all(a["state"] == "resolved" for a in stalled().values()))
+        wait_for("1 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 1)
+        end_session(client, "moves")
+        wait_for("0 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 0)
+    by_session: dict[str, list[str]] = {}
+    for a in alerts(client, "stalled"):
+        by_session.setdefault(a["session"], []).append(a["state"])
+    assert by_session["ends"] == ["firing", "resolved"]
+    # "moves" may stall again before it ends; either way firing and resolved alternate.
+    assert by_session["moves"][:2] == ["firing", "resolved"]
+    assert by_session["moves"] == ["firing", "resolved"] * (len(by_session["moves"]) // 2)
+    # "forgotten" was checked against its meta status, never reported, then dropped.
+    assert set(by_session) == {"moves", "ends"}
+
+
+def test_redis_restart_loses_no_sample(
+    redis_server: EmbeddedRedis, redis_url: str, client: redis.Redis
+) -> None:
+    with running(Monitor(settings_for(redis_url))):
+        wait_for("samples", lambda: len(samples(client)) >= 3)
+        redis_server.stop()
+        time.sleep(1.0)
+        redis_server.start()
+        wait_for("bus back", lambda: samples(client)[-1]["bus"]["reachable"])
+    found = samples(client)
+    seqs = [s["seq"] for s in found]
+    assert seqs == list(range(1, len(seqs) + 1)), "every sample, once, in order"
+    down = [s for s in found if not s["bus"]["reachable"]]
+    assert len(down) >= 3, "sampling went on while Redis was down"
+    assert all("cpu" in s and "memory" in s for s in down)
+    assert down[0]["bus"] == {"reachable": False}
+
+
+def test_monitor_stream_keeps_a_time_window(redis_url: str, client: redis.Redis) -> None:
+    key = KEYS.monitor("test-host")
+    old = int(time.time() * 1000) - 3_600_000
+    pipe = client.pipeline()
+    for i in range(500):
+        pipe.xadd(key, {"e": encode(make("log", message="old"))}, id=f"{old + i}-0")
+    pipe.execute()
+    with running(Monitor(settings_for(redis_url, window_s=600.0))):
+        wait_for("2 samples", lambda: len(samples(client)) >= 2)
+    # MINID ~ trims whole stream nodes (100 entries): what is older than the window goes,
+    # but for at most one node that also holds newer entries.
+    left = [e for e in events(client) if e["type"] == "log"]
+    assert len(left) < 100
+
+
+def test_bucket_count_mismatch_stops_the_monitor(redis_url: str, client: redis.Redis) -> None:
+    client.hset(KEYS.config, "buckets", "16")
+    mon = Monitor(settings_for(redis_url))
+    with pytest.raises(ConfigMismatch, match="RPA_BUS_BUCKETS=16"):
+        mon.tick()
+    mon.close()
+
+
+def rpa_bus(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    code = "import sys; from rpa_bus.cli import main; sys.argv[0] = 'rpa-bus'; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPA_BUS_")}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["RPA_BUS_SOCKET_TIMEOUT_S"] = str(10 * UNIT_S)
+    return env
+
+
+def test_sigterm_flushes_buffered_samples_and_exits_0(
+    redis_server: EmbeddedRedis, client: redis.Redis, cli_env: dict[str, str]
+) -> None:
+    proxy = FaultProxy(redis_server.port)
+    try:
+        args = ("monitor", "--interval", "0.2", "--host-name", "cli-host")
+        proc = rpa_bus(*args, "--redis-url", proxy.url, env=cli_env)
+        wait_for("samples", lambda: len(samples(client, "cli-host")) >= 2, timeout_s=15)
+        proxy.stall()  # writes hang: the next samples wait in the monitor's buffer
+        time.sleep(0.8)
+        proc.send_signal(signal.SIGTERM)
+        sent_at = time.time()
+        time.sleep(0.3)
+        proxy.resume()
+        _, err = proc.communicate(timeout=15 * UNIT_S)
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, err
+    found = samples(client, "cli-host")
+    assert [s["seq"] for s in found] == list(range(1, len(found) + 1))
+    last = max(ts_s(e["ts"]) for e in events(client, "cli-host"))
+    assert sent_at - last < 0.2 + 0.3 * UNIT_S, "the samples taken up to SIGTERM were flushed"
+    assert sum(1 for s in found if not s["bus"]["reachable"]) >= 2
+
+
+def test_bad_host_name_is_a_clear_error(redis_url: str, cli_env: dict[str, str]) -> None:
+    proc = rpa_bus("monitor", "--host-name", "web 1/a", "--redis-url", redis_url, env=cli_env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "invalid host name 'web 1/a'" in err
+    assert "--host-name" in err
+    assert "Traceback" not in err
