@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from producer._core import BaseProducer, BaseSession, Batch
 from producer._retry import Backoff
 from producer._script import APPEND_LUA
-from rpa_bus import BusError, ConfigMismatch, Settings
+from rpa_bus import BusError, ConfigMismatch, Envelope, Settings
 
 log = logging.getLogger("producer")
 
@@ -146,9 +146,12 @@ class AsyncProducer(BaseProducer):
                 raise BusError("AsyncProducer needs a running event loop to emit") from exc
             self._task = loop.create_task(self._run(), name=f"rpa-bus-producer-{self.id}")
 
-    def _wake(self) -> None:
+    def _enqueue(self, stream: str, event: Envelope, window_ms: int = 0) -> None:
         if self._task is None:
-            self._ensure_task()
+            self._ensure_task()  # refuse before anything is queued
+        super()._enqueue(stream, event, window_ms)
+
+    def _wake(self) -> None:
         if not self._wake_event.is_set():
             self._wake_event.set()
 
