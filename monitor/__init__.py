@@ -9,14 +9,14 @@ from __future__ import annotations
 from monitor._alerts import Alert, AlertBook, Rule
 from monitor._service import Monitor, rules_of
 from monitor._settings import MonitorSettings
-from monitor._writer import RedisWriter, Writer
+from monitor._writer import ProducerWriter, Writer
 
 __all__ = [
     "Alert",
     "AlertBook",
     "Monitor",
     "MonitorSettings",
-    "RedisWriter",
+    "ProducerWriter",
     "Rule",
     "Writer",
     "rules_of",

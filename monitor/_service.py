@@ -25,10 +25,14 @@ from monitor._bus import BusProbe
 from monitor._host import HostSampler
 from monitor._settings import MonitorSettings
 from monitor._throttle import Throttle
-from monitor._writer import RETRYABLE, RedisWriter, Writer
+from monitor._writer import ProducerWriter, Writer
+from producer import Producer
 from rpa_bus import Envelope, make, now_ts
 
 log = logging.getLogger(__name__)
+
+# What a bus probe may fail with while Redis is away; anything else is a bug and raises.
+RETRYABLE = (redis.RedisError, OSError)
 
 
 def rules_of(settings: MonitorSettings) -> list[Rule]:
@@ -45,14 +49,12 @@ def rules_of(settings: MonitorSettings) -> list[Rule]:
     ]
 
 
-def _client(settings: MonitorSettings, *, probe: bool) -> redis.Redis:
+def _probe_client(settings: MonitorSettings) -> redis.Redis:
     bus = settings.bus
-    connect_s, socket_s = bus.connect_timeout_s, bus.socket_timeout_s
-    if probe:
-        # A probe must not hold a sample back much longer than a fraction of the interval;
-        # the next sample is the retry.
-        connect_s = min(connect_s, max(0.05, settings.interval_s / 4))
-        socket_s = min(socket_s, max(0.1, settings.interval_s / 2))
+    # A probe must not hold a sample back much longer than a fraction of the interval;
+    # the next sample is the retry, so redis-py does not retry either.
+    connect_s = min(bus.connect_timeout_s, max(0.05, settings.interval_s / 4))
+    socket_s = min(bus.socket_timeout_s, max(0.1, settings.interval_s / 2))
     return redis.Redis.from_url(
         bus.redis_url,
         socket_connect_timeout=connect_s,
@@ -74,7 +76,8 @@ class Monitor:
 
     ``client`` is the Redis client the bus probe reads with (default: one built from the
     settings, with timeouts bounded by the interval); ``writer`` takes the events (default:
-    a ``RedisWriter`` on a client of its own). Injected ones are not closed by ``close()``.
+    a ``ProducerWriter`` on a ``Producer`` of its own, built from ``settings.bus``).
+    Injected ones are not closed by ``close()``.
     """
 
     def __init__(
@@ -88,16 +91,13 @@ class Monitor:
         keys = settings.bus.keys
         self.stream = keys.monitor(settings.host_name)
         self._own_client = client is None
-        self._client = client if client is not None else _client(settings, probe=True)
+        self._client = client if client is not None else _probe_client(settings)
         self._own_writer = writer is None
-        self._writer_client: redis.Redis | None = None
         if writer is None:
-            self._writer_client = _client(settings, probe=False)
-            writer = RedisWriter(
-                self._writer_client,
-                stream=self.stream,
+            writer = ProducerWriter(
+                Producer(settings=settings.bus),
+                host_name=settings.host_name,
                 window_s=settings.window_s,
-                buffer_max=settings.buffer_max,
             )
         self.writer: Writer = writer
         self._host = HostSampler()
@@ -207,8 +207,6 @@ class Monitor:
             log.warning("monitor closed before every sample was written")
         if self._own_writer:
             self.writer.close()
-        if self._writer_client is not None:
-            self._writer_client.close()
         if self._own_client:
             self._client.close()
 

@@ -38,8 +38,6 @@ class MonitorSettings:
     streams_per_tick: int = 1000
     # Running sessions tracked at most; the oldest are forgotten past it.
     max_sessions: int = 100_000
-    # Samples kept in memory while Redis is down (the fallback writer only).
-    buffer_max: int = 17_280
     # How long close() waits for buffered samples to be written.
     flush_timeout_s: float = 5.0
 
@@ -56,7 +54,6 @@ class MonitorSettings:
             ("window_s must be >= 1", self.window_s >= 1),
             ("streams_per_tick must be >= 1", self.streams_per_tick >= 1),
             ("max_sessions must be >= 1", self.max_sessions >= 1),
-            ("buffer_max must be >= 1", self.buffer_max >= 1),
             ("flush_timeout_s must be >= 0", self.flush_timeout_s >= 0),
         )
         for message, ok in checks:
@@ -93,7 +90,6 @@ class MonitorSettings:
             "window_s": env.number("MONITOR_WINDOW_S", 24 * 3600.0, lo=1.0),
             "streams_per_tick": env.integer("MONITOR_STREAMS_PER_TICK", 1000, lo=1),
             "max_sessions": env.integer("MONITOR_MAX_SESSIONS", 100_000, lo=1),
-            "buffer_max": env.integer("MONITOR_BUFFER_MAX", 17_280, lo=1),
             "flush_timeout_s": env.number("MONITOR_FLUSH_TIMEOUT_S", 5.0, hi=3600),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,9 +1,8 @@
-"""Rate-limited warnings and a capped, jittered backoff: the two halves of retrying."""
+"""Rate-limited warnings: a Redis outage is reported, not repeated every sample."""
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 
@@ -31,20 +30,3 @@ class Throttle:
             self._log.info(msg, *args)
         self._last = -float("inf")
         self._count = 0
-
-
-class Backoff:
-    """Capped exponential delays with jitter; ``reset()`` after a success."""
-
-    def __init__(self, base_s: float = 0.1, cap_s: float = 5.0) -> None:
-        self._base_s = base_s
-        self._cap_s = cap_s
-        self._n = 0
-
-    def next_s(self) -> float:
-        delay = min(self._cap_s, self._base_s * 2.0**self._n)
-        self._n = min(self._n + 1, 30)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self._n = 0

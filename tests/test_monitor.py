@@ -8,17 +8,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 import redis
 
 from monitor import Monitor, MonitorSettings
+from producer import Producer, Session
 from rpa_bus import ConfigMismatch, Keys, Settings, encode, make
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._proxy import FaultProxy
@@ -28,10 +29,17 @@ KEYS = Keys()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings_for(url: str, **kw: Any) -> MonitorSettings:
-    kw.setdefault("host_name", "test-host")
-    kw.setdefault("interval_s", 0.2)
-    return MonitorSettings(bus=Settings(redis_url=url), **kw)
+MakeSettings = Callable[..., MonitorSettings]
+
+
+@pytest.fixture
+def settings_for(spool_dir: Path) -> MakeSettings:
+    def make_settings(url: str, **kw: Any) -> MonitorSettings:
+        kw.setdefault("host_name", "test-host")
+        kw.setdefault("interval_s", 0.2)
+        return MonitorSettings(bus=Settings(redis_url=url, spool_dir=spool_dir), **kw)
+
+    return make_settings
 
 
 @contextmanager
@@ -49,7 +57,7 @@ def running(mon: Monitor) -> Iterator[Monitor]:
 
 
 def events(client: redis.Redis, host: str = "test-host") -> list[dict[str, Any]]:
-    entries = client.xrange(KEYS.monitor(host))
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(KEYS.monitor(host)))
     return [orjson.loads(fields[b"e"]) for _, fields in entries]
 
 
@@ -74,25 +82,23 @@ def wait_for(what: str, check: Any, timeout_s: float = 5.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_session(client: redis.Redis, sid: str) -> None:
-    """What the producer writes for ``started``: meta, session stream, lifecycle index."""
-    event = make("started")
-    client.hset(KEYS.meta(sid), mapping={"status": "running", "updated": event["ts"]})
-    client.xadd(KEYS.session(sid), {"e": encode(event)})
-    client.xadd(KEYS.sessions, {"e": encode(make("started", session=sid))})
+@pytest.fixture
+def jobs(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
+    """The producer library, writing sessions as real jobs do."""
+    bus = Producer(redis_url, spool_dir=spool_dir)
+    yield bus
+    bus.close()
 
 
-def progress(client: redis.Redis, sid: str, step: int) -> None:
-    event = make("progress", step=step)
-    client.hset(KEYS.meta(sid), mapping={"updated": event["ts"]})
-    client.xadd(KEYS.session(sid), {"e": encode(event)})
+def start_session(jobs: Producer, sid: str) -> Session:
+    session = jobs.session(sid, total=100)
+    session.start()
+    assert jobs.flush(5 * UNIT_S)
+    return session
 
 
-def end_session(client: redis.Redis, sid: str, *, index: bool = True) -> None:
-    client.hset(KEYS.meta(sid), mapping={"status": "finished"})
-    client.xadd(KEYS.session(sid), {"e": encode(make("finished"))})
-    if index:
-        client.xadd(KEYS.sessions, {"e": encode(make("finished", session=sid))})
+def written(jobs: Producer) -> None:
+    assert jobs.flush(5 * UNIT_S)
 
 
 def ts_s(ts: str) -> float:
@@ -110,8 +116,10 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
-def test_samples_hold_every_field(redis_url: str, client: redis.Redis) -> None:
-    start_session(client, "job-1")
+def test_samples_hold_every_field(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, jobs: Producer
+) -> None:
+    start_session(jobs, "job-1")
     with running(Monitor(settings_for(redis_url))):
         wait_for("3 samples", lambda: len(samples(client)) >= 3)
     found = samples(client)
@@ -160,7 +168,9 @@ def test_samples_hold_every_field(redis_url: str, client: redis.Redis) -> None:
     assert abs(last_ms / 1000 - ts_s(events(client)[-1]["ts"])) < 0.01
 
 
-def test_interval_holds_without_drift(redis_url: str, client: redis.Redis) -> None:
+def test_interval_holds_without_drift(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
     interval = 0.2
     with running(Monitor(settings_for(redis_url, interval_s=interval))) as mon:
         time.sleep(2.1)
@@ -173,10 +183,13 @@ def test_interval_holds_without_drift(redis_url: str, client: redis.Redis) -> No
     assert round(slots[-1]) == len(times) - 1 + mon.skipped
 
 
-def test_relay_lag_alert_fires_and_resolves(redis_url: str, client: redis.Redis) -> None:
-    start_session(client, "job-1")
+def test_relay_lag_alert_fires_and_resolves(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, jobs: Producer
+) -> None:
+    job = start_session(jobs, "job-1")
     for step in range(1, 31):
-        progress(client, "job-1", step)
+        job.progress(step)
+    written(jobs)
     stream = KEYS.session("job-1")
     group = KEYS.relay_group("relay-a")
     client.xgroup_create(stream, group, id="0")  # 31 entries not yet read: lag 31
@@ -204,7 +217,9 @@ def test_relay_lag_alert_fires_and_resolves(redis_url: str, client: redis.Redis)
     assert lags[:2] == [31, 31]
 
 
-def test_host_alerts_follow_their_thresholds(redis_url: str, client: redis.Redis) -> None:
+def test_host_alerts_follow_their_thresholds(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
     low = settings_for(redis_url, memory_crit=0.0, disk_crit=0.0, alert_samples=1)
     with running(Monitor(low)):
         wait_for("2 samples", lambda: len(samples(client)) >= 2)
@@ -223,12 +238,15 @@ def test_host_alerts_follow_their_thresholds(redis_url: str, client: redis.Redis
     assert alerts(client) == []
 
 
-def test_stalled_sessions(redis_url: str, client: redis.Redis) -> None:
+def test_stalled_sessions(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, jobs: Producer
+) -> None:
     settings = settings_for(redis_url, stall_after_s=0.6 * UNIT_S)
+    # A session whose end never reached the lifecycle index (written by hand here).
     client.xadd(KEYS.sessions, {"e": encode(make("started", session="forgotten"))})
-    client.hset(KEYS.meta("forgotten"), mapping={"status": "finished"})  # its end never indexed
-    start_session(client, "moves")
-    start_session(client, "ends")
+    client.hset(KEYS.meta("forgotten"), mapping={"status": "finished"})
+    moves = start_session(jobs, "moves")
+    ends = start_session(jobs, "ends")
     with running(Monitor(settings)):
 
         def stalled() -> dict[str, dict[str, Any]]:
@@ -240,11 +258,13 @@ def test_stalled_sessions(redis_url: str, client: redis.Redis) -> None:
             assert alert["state"] == "firing"
             assert alert["severity"] == "warning"
             assert alert["value"] > alert["threshold"] == 0.6 * UNIT_S
-        progress(client, "moves", 1)
-        end_session(client, "ends")
+        moves.progress(1)
+        ends.finish()
+        written(jobs)
         wait_for("resolved", lambda: all(a["state"] == "resolved" for a in stalled().values()))
         wait_for("1 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 1)
-        end_session(client, "moves")
+        moves.fail("gave up")
+        written(jobs)
         wait_for("0 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 0)
     by_session: dict[str, list[str]] = {}
     for a in alerts(client, "stalled"):
@@ -258,7 +278,10 @@ def test_stalled_sessions(redis_url: str, client: redis.Redis) -> None:
 
 
 def test_redis_restart_loses_no_sample(
-    redis_server: EmbeddedRedis, redis_url: str, client: redis.Redis
+    redis_server: EmbeddedRedis,
+    redis_url: str,
+    client: redis.Redis,
+    settings_for: MakeSettings,
 ) -> None:
     with running(Monitor(settings_for(redis_url))):
         wait_for("samples", lambda: len(samples(client)) >= 3)
@@ -275,7 +298,9 @@ def test_redis_restart_loses_no_sample(
     assert down[0]["bus"] == {"reachable": False}
 
 
-def test_monitor_stream_keeps_a_time_window(redis_url: str, client: redis.Redis) -> None:
+def test_monitor_stream_keeps_a_time_window(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
     key = KEYS.monitor("test-host")
     old = int(time.time() * 1000) - 3_600_000
     pipe = client.pipeline()
@@ -290,7 +315,9 @@ def test_monitor_stream_keeps_a_time_window(redis_url: str, client: redis.Redis)
     assert len(left) < 100
 
 
-def test_bucket_count_mismatch_stops_the_monitor(redis_url: str, client: redis.Redis) -> None:
+def test_bucket_count_mismatch_stops_the_monitor(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
     client.hset(KEYS.config, "buckets", "16")
     mon = Monitor(settings_for(redis_url))
     with pytest.raises(ConfigMismatch, match="RPA_BUS_BUCKETS=16"):
