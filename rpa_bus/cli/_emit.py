@@ -1,3 +1,88 @@
-"""``rpa-bus emit``: placeholder until the producer lands."""
+"""``rpa-bus emit``: write one event from a shell or any other language.
+
+Exit status: 0 when the event is in Redis; 1 when it could not be written in time (it is
+then kept in the journal and written by the next producer started with the same spool
+folder, e.g. the next ``rpa-bus emit``); 2 for bad input or settings. Errors are one line
+on stderr.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from producer import Producer
+from rpa_bus import BusError, InvalidEvent, Settings, make, validate_session_id
+from rpa_bus.cli._app import app
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    typer.echo(f"rpa-bus emit: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def emit(
+    sid: Annotated[
+        str, typer.Argument(metavar="SID", help="Session id ([A-Za-z0-9_.-], 1 to 128).")
+    ],
+    event_type: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE", help="Event type: started, progress, log, finished... or your own."
+        ),
+    ],
+    step: Annotated[int | None, typer.Option(help="Step number (progress).")] = None,
+    total: Annotated[int | None, typer.Option(help="Total steps.")] = None,
+    message: Annotated[str | None, typer.Option(help="A human-readable message.")] = None,
+    data: Annotated[str | None, typer.Option(help="The event's data, as JSON.")] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds to wait for the write (default 5).")
+    ] = 5.0,
+) -> None:
+    """Append one event to session SID (settings from RPA_BUS_* variables)."""
+    # The producer's own warnings would repeat what the one-line error below says.
+    logging.getLogger("producer").addHandler(logging.NullHandler())
+    try:
+        settings = Settings.from_env()
+        validate_session_id(sid)
+        payload: Any = None
+        if data is not None:
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidEvent(f"--data is not valid JSON: {exc}") from exc
+        percent = None
+        if step is not None and total is not None and 0 <= step <= total:
+            percent = round(100.0 * step / total, 1)
+        error = message if event_type in ("error", "failed") else None
+        event = make(
+            event_type,
+            step=step,
+            total=total,
+            percent=percent,
+            message=message,
+            error=error,
+            data=payload,
+        )
+        bus = Producer(settings=settings)
+    except BusError as exc:
+        raise _fail(2, str(exc)) from None
+    try:
+        bus.publish(f"session:{sid}", event)
+    except BusError as exc:
+        bus.close(timeout_s=0)
+        raise _fail(2, str(exc)) from None
+    written = bus.flush(timeout)
+    reason = bus.last_error
+    bus.close(timeout_s=0)
+    if not written:
+        why = f"{type(reason).__name__}: {reason}" if reason is not None else "timed out"
+        raise _fail(
+            1,
+            f"not written within {timeout:g}s ({why}); the event is kept in the journal in "
+            f"{settings.spool_dir} and is written by the next producer started with it",
+        )

@@ -1,0 +1,71 @@
+"""``rpa-bus emit`` through the real console script, against the test server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from rpa_bus.cli._embedded import free_port
+from tests.test_producer_helpers import client, events, index, meta
+
+ROOT = Path(__file__).resolve().parents[1]
+RPA_BUS = ROOT / ".venv" / "bin" / "rpa-bus"
+
+
+def run(url: str, spool_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RPA_BUS_REDIS_URL": url, "RPA_BUS_SPOOL_DIR": str(spool_dir)}
+    exe = str(RPA_BUS) if RPA_BUS.exists() else "rpa-bus"
+    return subprocess.run(
+        [exe, "emit", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_emit_writes_events(redis_url: str, spool_dir: Path) -> None:
+    assert run(redis_url, spool_dir, "cli-1", "started", "--total", "4").returncode == 0
+    done = run(
+        redis_url, spool_dir, "cli-1", "progress", "--step", "1", "--total", "4",
+        "--message", "Tela 1", "--data", '{"plate": "ABC1D23"}',
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert run(redis_url, spool_dir, "cli-1", "finished", "--data", "[1, 2]").returncode == 0
+    r = client(redis_url)
+    got = events(r, "cli-1")
+    assert [e["type"] for e in got] == ["started", "progress", "finished"]
+    assert got[1]["percent"] == 25.0
+    assert got[1]["message"] == "Tela 1"
+    assert got[1]["data"] == {"plate": "ABC1D23"}
+    assert got[2]["data"] == [1, 2]
+    assert meta(r, "cli-1")["status"] == "finished"
+    assert [e["type"] for e in index(r)] == ["started", "finished"]
+
+
+def test_emit_refuses_bad_input_with_one_line(redis_url: str, spool_dir: Path) -> None:
+    cases = [
+        (("s", "log", "--data", "{not json"), "not valid JSON"),
+        (("bad id", "log"), "invalid session id 'bad id'"),
+        (("s", "Not-A-Type"), "invalid event type 'Not-A-Type'"),
+        (("s", "progress", "--step", "9", "--total", "3"), "step 9 is beyond total 3"),
+    ]
+    for args, words in cases:
+        done = run(redis_url, spool_dir, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert events(client(redis_url), "s") == []
+
+
+def test_emit_redis_down_fails_clearly_and_keeps_the_event(redis_url: str, spool_dir: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    done = run(dead, spool_dir, "cli-2", "log", "--message", "kept", "--timeout", "0.3")
+    assert done.returncode == 1
+    assert "not written within 0.3s" in done.stderr
+    assert "journal" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert len(list(spool_dir.glob("*.journal"))) == 1
+    # The next emit, with Redis up, delivers the kept event first.
+    assert run(redis_url, spool_dir, "cli-2", "log", "--message", "next").returncode == 0
+    got = events(client(redis_url), "cli-2")
+    assert [e["message"] for e in got] == ["kept", "next"]
+    assert list(spool_dir.iterdir()) == []
