@@ -36,13 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from quote_site import FAILING_PLATE, TOTAL_SCREENS, start_site
 
-from producer import Producer
+from producer import Producer, Session
 
 log = logging.getLogger("rpa_quote")
 
@@ -66,16 +66,6 @@ def chromium_path() -> str | None:
         if candidate and Path(candidate).is_file():
             return candidate
     return shutil.which("chromium")
-
-
-class Session(Protocol):
-    """What the robot uses of a producer session (``Producer.session(...)``)."""
-
-    def progress(
-        self, step: int, message: str | None = ..., *, data: dict[str, Any] | None = ...
-    ) -> Any: ...
-
-    def emit(self, type: str, data: dict[str, Any] | None = ...) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     screenshots = args.screenshots or Path(tempfile.gettempdir()) / "rpa-quote-screens"
     site = None if args.site_url else start_site()
-    site_url = args.site_url or site.url
+    site_url = site.url if site is not None else args.site_url
     bus = Producer(args.redis_url) if args.redis_url else Producer.from_env()
     print(f"{len(jobs)} quote(s), {args.robots} robot(s), site {site_url}, shots in {screenshots}")
     try:
@@ -452,9 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        bus.close()
         if site is not None:
             site.stop()
+        # Events are written in the background; wait for them (bounded) before exiting.
+        if not bus.flush(timeout_s=10.0):
+            print("some events are not in Redis yet: they are journaled and sent next run")
+        bus.close()
     return 0 if all(o.status == "finished" for o in outcomes) else 1
 
 

@@ -298,7 +298,9 @@ def start_site(
     server = _Server(
         (host, port), QuoteSite(estimate_delay_s=estimate_delay_s, latency_s=latency_s)
     )
-    thread = threading.Thread(target=server.serve_forever, name="quote-site", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="quote-site", daemon=True
+    )
     thread.start()
     stopped = threading.Event()
 
