@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from playwright.sync_api import Page, sync_playwright
 
 from rpa_bus import Keys, encode, make, now_ts, state_fields
 
@@ -78,7 +79,7 @@ class BusWriter:
         pipe.hsetnx(meta, "epoch", "1")
         pipe.hsetnx(meta, "created", str(int(time.time() * 1000)))
         pipe.xadd(key, {"e": encode(event)})
-        pipe.hset(meta, mapping=state_fields(event))
+        pipe.hset(meta, items=[x for kv in state_fields(event).items() for x in kv])
         if kind in ("started", "finished", "failed"):
             index = make(kind, session=sid, ts=event["ts"])
             pipe.xadd(self.keys.sessions, {"e": encode(index)})
@@ -105,14 +106,12 @@ class BusWriter:
 
 
 @contextmanager
-def chromium_page(base_url: str) -> Iterator[Any]:
-    """A fresh headless Chromium page (1440x900) with console errors collected.
+def chromium_page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
+    """A fresh headless Chromium page (1440x900) and the list of its console errors.
 
-    Yields the Playwright ``Page``; ``page.console_errors`` lists the page's console errors
-    and uncaught exceptions, which tests assert are empty.
+    The list collects the page's ``console.error`` messages and uncaught exceptions as
+    they happen, for the tests to assert on.
     """
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
@@ -120,13 +119,11 @@ def chromium_page(base_url: str) -> Iterator[Any]:
                 viewport={"width": 1440, "height": 900}, base_url=base_url
             )
             page = context.new_page()
+            page.set_default_timeout(10_000)
             errors: list[str] = []
-            page.on(
-                "console", lambda msg: errors.append(msg.text) if msg.type == "error" else None
-            )
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.console_errors = errors
-            yield page
+            yield page, errors
         finally:
             browser.close()
 
@@ -180,7 +177,6 @@ class RelayThread:
 
     async def _serve(self) -> None:
         from relay import Relay, RelaySettings
-
         from rpa_bus import Settings
 
         self._loop = asyncio.get_running_loop()

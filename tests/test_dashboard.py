@@ -1,0 +1,576 @@
+"""The dashboard and rpa-bus.js in real headless Chromium, against a real relay and Redis.
+
+Events are written by the real producer (and the real monitor for host samples), the page
+is served by the real relay, and assertions read the page's DOM: every event-log row
+carries its stream id (``tr[data-id]``), so "no duplicate rows" is a plain comparison with
+the ids in Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from playwright.sync_api import Page
+
+from monitor import Monitor, MonitorSettings
+from producer import Producer
+from rpa_bus import Keys, Settings
+from tests._browser import BusWriter, RelayThread, chromium_page, wait_for
+from tests.conftest import UNIT_S
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+WAIT_S = 15 * UNIT_S
+
+
+@pytest.fixture
+def relay(redis_url: str) -> Iterator[RelayThread]:
+    r = RelayThread(redis_url)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def page(relay: RelayThread) -> Iterator[Page]:
+    with chromium_page(relay.base_url) as (p, console_errors):
+        yield p
+        # The browser's own network messages (a refused WebSocket while the relay is down,
+        # the optional host listing) are not the page's errors.
+        network = ("Failed to load resource", "WebSocket connection to")
+        errors = [e for e in console_errors if not e.startswith(network)]
+        assert errors == []
+
+
+@pytest.fixture
+def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
+    p = Producer(redis_url, spool_dir=spool_dir)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def stream_ids(client: redis.Redis, sid: str) -> list[str]:
+    entries = client.xrange(Keys().session(sid))
+    assert entries is not None
+    return [i.decode() if isinstance(i, bytes) else str(i) for i, _ in entries]
+
+
+def log_ids(page: Page) -> list[str]:
+    ids: list[str] = page.eval_on_selector_all(
+        "#log tr[data-id]", "rows => rows.map(r => r.dataset.id)"
+    )
+    return ids
+
+
+def row_state(page: Page, sid: str) -> dict[str, Any] | None:
+    state: dict[str, Any] | None = page.evaluate(
+        """sid => {
+            const row = document.querySelector(`#sessions tr[data-sid="${sid}"]`);
+            if (!row) return null;
+            return {
+                status: row.dataset.status,
+                width: parseFloat(row.querySelector('.fill').style.width) || 0,
+                step: row.cells[3].textContent,
+                message: row.cells[5].textContent,
+            };
+        }""",
+        sid,
+    )
+    return state
+
+
+def flushed(p: Producer) -> None:
+    assert p.flush(timeout_s=5 * UNIT_S), "producer did not write its events in time"
+
+
+# -- rpa-bus.js, in the browser ---------------------------------------------------------
+
+RPA_BUS_UNIT = """
+async () => {
+  const m = await import('/rpa-bus.js');
+  const out = {};
+  const c = m.compareIds;
+  // Ids beyond 2**53: Numbers would call these equal.
+  out.big = [
+    c('9007199254740993-0', '9007199254740992-0'),
+    c('9007199254740992-5', '9007199254740993-0'),
+    c('18446744073709551615-18446744073709551615', '18446744073709551615-18446744073709551614'),
+    c('10-0', '9-9'), c('1', '1-0'), c('007-1', '7-1'), c('5-10', '5-9'),
+  ];
+  out.isId = [m.isId('1-0'), m.isId('12'), m.isId('$'), m.isId('1-'), m.isId('a-1'), m.isId(7)];
+  const at = m.idAtTime(1000);
+  out.idAtTime = m.compareIds(at, '999-99') > 0 && m.compareIds(at, '1000-0') < 0;
+  const delays = [];
+  for (let a = 0; a < 40; a++) delays.push(m.backoffDelay(a));
+  out.delays = delays;
+
+  // A scripted WebSocket: the test plays the relay.
+  class FakeWS {
+    static all = [];
+    constructor(url) { this.url = url; this.readyState = 0; this.sent = []; FakeWS.all.push(this); }
+    send(t) { this.sent.push(JSON.parse(t)); }
+    close() { this.readyState = 3; }
+    open() { this.readyState = 1; this.onopen(); }
+    recv(msg) { this.onmessage({ data: JSON.stringify(msg) }); }
+    drop(code = 1006) { this.readyState = 3; this.onclose({ code, reason: '' }); }
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const until = async (f) => { for (let i = 0; i < 200 && !f(); i++) await sleep(5); return f(); };
+  const statuses = [];
+  const got = [];
+  const calls = [];
+  const bus = m.connect('ws://relay.test/ws', {
+    WebSocket: FakeWS, token: 'T', backoff: { initialMs: 2, maxMs: 4 },
+    onStatus: (s) => statuses.push(s),
+  });
+  const sub = bus.subscribe('session:a', {
+    from: '0',
+    onEvent: (id, data) => got.push(id),
+    onState: (state, info) => calls.push(['state', state.status, info.resumed]),
+    onLive: () => calls.push(['live']),
+    onGap: (g) => calls.push(['gap', g.from, g.first]),
+    onReset: (r) => calls.push(['reset', r.epoch]),
+    onError: (e) => calls.push(['error', e.code, e.fatal]),
+  });
+  const ws1 = FakeWS.all[0];
+  ws1.open();
+  await until(() => ws1.sent.length >= 2);
+  out.firstFrames = ws1.sent.slice();
+  const ev = (ws, id) => ws.recv({ type: 'event', stream: 'session:a', id, data: {} });
+  ws1.recv({ type: 'subscribed', stream: 'session:a', epoch: 'e1', first: '1-0', last: '2-0',
+             state: { status: 'running' } });
+  for (const id of ['1-0', '2-0', '2-0', '1-5']) ev(ws1, id);
+  ws1.recv({ type: 'live', stream: 'session:a' });
+  ws1.recv({ type: 'event', stream: 'session:other', id: '9-0', data: {} });
+  out.afterFirst = got.slice();
+
+  // The relay goes away: reconnect, resume after 2-0 with the epoch seen.
+  ws1.drop(1012);
+  await until(() => FakeWS.all.length === 2);
+  const ws2 = FakeWS.all[1];
+  ws2.open();
+  await until(() => ws2.sent.length >= 2);
+  out.resumeFrames = ws2.sent.slice();
+  // Frames of a subscription before its `subscribed` belong to an earlier one: dropped.
+  ev(ws2, '3-0');
+  ws2.recv({ type: 'subscribed', stream: 'session:a', epoch: 'e1', first: '1-0', last: '4-0',
+             state: {} });
+  for (const id of ['2-0', '3-0', '4-0']) ev(ws2, id);
+  ws2.recv({ type: 'gap', stream: 'session:a', from: '4-0', first: '7-0' });
+  ws2.recv({ type: 'reset', stream: 'session:a', epoch: 'e2' });
+  ev(ws2, '1-0');
+  out.afterResume = got.slice();
+  out.lastId = sub.lastId;
+  out.epoch = sub.epoch;
+
+  // A fatal error ends a subscription; it is not resubscribed on reconnection.
+  bus.subscribe('session:b', {});
+  // "$": the resume point is the `last` of the subscribed frame.
+  bus.subscribe('session:c', { from: '$' });
+  await until(() => ws2.sent.length >= 4);
+  ws2.recv({ type: 'error', stream: 'session:b', code: 'forbidden', message: 'no' });
+  ws2.recv({ type: 'subscribed', stream: 'session:c', epoch: 'x', first: null, last: '9-0',
+             state: {} });
+  sub.unsubscribe();
+  sub.unsubscribe();
+  await until(() => ws2.sent.some((f) => f.op === 'unsubscribe'));
+  out.unsubscribes = ws2.sent.filter((f) => f.op === 'unsubscribe').length;
+  ws2.drop(1006);
+  await until(() => FakeWS.all.length === 3);
+  const ws3 = FakeWS.all[2];
+  ws3.open();
+  await until(() => ws3.sent.length >= 2);
+  await sleep(20);
+  out.thirdFrames = ws3.sent.slice();
+  out.calls = calls;
+  bus.close();
+  out.statuses = statuses;
+  out.afterClose = FakeWS.all.length;
+  await sleep(30);
+  out.noReconnectAfterClose = FakeWS.all.length === out.afterClose;
+
+  // Pacing: a burst of subscriptions is sent at the configured rate, never refused.
+  FakeWS.all.length = 0;
+  const paced = m.connect('ws://relay.test/ws',
+                          { WebSocket: FakeWS, opsBurst: 3, opsPerSecond: 100 });
+  const ws4 = FakeWS.all[0];
+  ws4.open();
+  for (let i = 0; i < 10; i++) paced.subscribe(`session:p${i}`, {});
+  out.pacedAtOnce = ws4.sent.length;
+  await until(() => ws4.sent.length === 10);
+  out.pacedLater = ws4.sent.length;
+  paced.close();
+  return out;
+}
+"""
+
+
+def test_rpa_bus_js_ids_resume_and_pacing(page: Page) -> None:
+    page.goto("/healthz")
+    out = page.evaluate(RPA_BUS_UNIT)
+    assert out["big"] == [1, -1, 1, 1, 0, 0, 1]
+    assert out["isId"] == [True, True, False, False, False, False]
+    assert out["idAtTime"] is True
+    # Capped and jittered: within [cap/2, cap], never above the 15 s ceiling.
+    for attempt, delay in enumerate(out["delays"]):
+        cap = min(15000, 500 * 2**attempt)
+        assert cap / 2 - 1 <= delay <= cap + 1, (attempt, delay)
+
+    assert out["firstFrames"] == [
+        {"op": "auth", "token": "T"},
+        {"op": "subscribe", "stream": "session:a", "from": "0"},
+    ]
+    # Duplicates and older ids are never delivered; other streams' frames are not ours.
+    assert out["afterFirst"] == ["1-0", "2-0"]
+    assert out["resumeFrames"] == [
+        {"op": "auth", "token": "T"},
+        {"op": "subscribe", "stream": "session:a", "from": "2-0", "epoch": "e1"},
+    ]
+    # After the reset the stream starts over, so 1-0 of the new stream is delivered.
+    assert out["afterResume"] == ["1-0", "2-0", "3-0", "4-0", "1-0"]
+    assert out["lastId"] == "1-0"
+    assert out["epoch"] == "e2"
+    assert out["calls"] == [
+        ["state", "running", False],
+        ["live"],
+        ["state", None, True],
+        ["gap", "4-0", "7-0"],
+        ["reset", "e2"],
+    ]
+    assert out["unsubscribes"] == 1
+    # Only session:c comes back (b died of `forbidden`, a was unsubscribed), from its `last`.
+    assert out["thirdFrames"] == [
+        {"op": "auth", "token": "T"},
+        {"op": "subscribe", "stream": "session:c", "from": "9-0", "epoch": "x"},
+    ]
+    assert out["statuses"] == [
+        "connecting",
+        "open",
+        "reconnecting",
+        "open",
+        "reconnecting",
+        "open",
+        "closed",
+    ]
+    assert out["noReconnectAfterClose"] is True
+    assert out["pacedAtOnce"] == 3
+    assert out["pacedLater"] == 10
+
+
+# -- the dashboard ------------------------------------------------------------------------
+
+
+def test_sessions_list_shows_running_session_progress(page: Page, producer: Producer) -> None:
+    s = producer.session("quote-1", total=10)
+    s.start()
+    s.progress(1, "Screen 1: login")
+    flushed(producer)
+    page.goto("/")
+    first = wait_for(
+        lambda: (st := row_state(page, "quote-1")) and st["step"] == "1/10" and st,
+        timeout_s=WAIT_S,
+        what="quote-1 in the sessions list at step 1",
+    )
+    assert first["status"] == "running"
+    assert first["message"] == "Screen 1: login"
+    assert 9 <= first["width"] <= 11
+
+    for step in (2, 3, 4):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    later = wait_for(
+        lambda: (st := row_state(page, "quote-1")) and st["step"] == "4/10" and st,
+        timeout_s=WAIT_S,
+        what="the progress bar to advance to step 4",
+    )
+    assert later["width"] > first["width"]
+    assert later["message"] == "Screen 4"
+
+    s.finish({"premium": 1234.5})
+    flushed(producer)
+    done = wait_for(
+        lambda: (st := row_state(page, "quote-1")) and st["status"] == "finished" and st,
+        timeout_s=WAIT_S,
+        what="quote-1 to finish",
+    )
+    assert done["width"] == 100
+    assert page.text_content('.count[data-status="finished"] b') == "1"
+
+
+def test_late_joiner_sees_state_of_trimmed_session(
+    page: Page, producer: Producer, client: redis.Redis
+) -> None:
+    s = producer.session("quote-old", total=5)
+    s.start()
+    for step in range(1, 4):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    # Retention trimmed the early history away: the folded state still tells the story.
+    client.xtrim(Keys().session("quote-old"), maxlen=0)
+    page.goto("/")
+    st = wait_for(
+        lambda: (st := row_state(page, "quote-old")) and st["step"] == "3/5" and st,
+        timeout_s=WAIT_S,
+        what="the trimmed session's state",
+    )
+    assert st["status"] == "running"
+    assert st["message"] == "Screen 3"
+
+
+def test_reload_shows_the_same_history(page: Page, producer: Producer, client: redis.Redis) -> None:
+    s = producer.session("quote-2", total=15, meta={"insurer": "Atlas"})
+    s.start()
+    for step in range(1, 6):
+        s.progress(step, f"Screen {step}")
+    s.emit("estimates", {"plans": [{"name": "basic", "premium": 980.0}]})
+    s.log("captcha solved")
+    s.error("insurer slow to answer")
+    flushed(producer)
+    expected = stream_ids(client, "quote-2")
+    assert len(expected) == 9
+
+    page.goto("/#session=quote-2")
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="the event log")
+    wait_for(lambda: "live" in (page.text_content("#log-sub") or ""), timeout_s=WAIT_S, what="live")
+    first_view = page.eval_on_selector_all("#log tr[data-id]", "rows => rows.map(r => r.innerText)")
+
+    page.reload()
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="the log after reload")
+    second_view = page.eval_on_selector_all(
+        "#log tr[data-id]", "rows => rows.map(r => r.innerText)"
+    )
+    assert second_view == first_view
+    assert page.text_content("#log-title") == "quote-2"
+    assert page.get_attribute('#sessions tr[data-sid="quote-2"]', "class") == "selected"
+
+
+def test_relay_restart_reconnects_and_resumes_without_duplicates(
+    page: Page, relay: RelayThread, producer: Producer, client: redis.Redis
+) -> None:
+    s = producer.session("quote-3", total=20)
+    s.start()
+    for step in range(1, 4):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    page.goto("/#session=quote-3")
+    wait_for(lambda: len(log_ids(page)) == 4, timeout_s=WAIT_S, what="the first 4 rows")
+    assert page.is_hidden("#banner")
+
+    relay.stop()
+    wait_for(lambda: page.is_visible("#banner"), timeout_s=WAIT_S, what="the reconnecting banner")
+    assert "reconnecting" in (page.text_content("#banner") or "")
+    assert page.get_attribute("#conn", "data-status") == "reconnecting"
+
+    # Events written while the relay is down arrive after it returns, once each.
+    for step in range(4, 7):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    time.sleep(0.5 * UNIT_S)
+    relay.start()
+    wait_for(lambda: page.is_hidden("#banner"), timeout_s=WAIT_S, what="the banner to go away")
+    assert page.get_attribute("#conn", "data-status") == "open"
+
+    for step in range(7, 9):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    expected = stream_ids(client, "quote-3")
+    assert len(expected) == 9
+    wait_for(lambda: len(log_ids(page)) >= 9, timeout_s=WAIT_S, what="the resumed rows")
+    time.sleep(0.3 * UNIT_S)
+    assert log_ids(page) == expected
+    assert row_state(page, "quote-3") == {
+        "status": "running",
+        "width": 40.0,
+        "step": "8/20",
+        "message": "Screen 8",
+    }
+
+
+def test_host_charts_read_real_monitor_samples(
+    page: Page, redis_url: str, relay: RelayThread
+) -> None:
+    settings = MonitorSettings(host_name="worker-7", bus=Settings(redis_url=redis_url))
+    with Monitor(settings) as mon:
+        mon.tick()
+        time.sleep(0.2)
+        mon.tick()
+        assert mon.flush(5 * UNIT_S)
+    page.goto("/?hosts=worker-7")
+    host = '.host[data-host="worker-7"]'
+
+    def shown() -> list[str]:
+        texts: list[str] = page.eval_on_selector_all(
+            f"{host} .chart-value", "els => els.map(e => e.innerText)"
+        )
+        return texts
+
+    wait_for(
+        lambda: len(shown()) == 3 and "—" not in shown()[0],
+        timeout_s=WAIT_S,
+        what="the CPU value from the monitor's sample",
+    )
+    values = shown()
+    assert values[0].endswith("%")
+    assert values[1].endswith("%")
+    assert "B/s" in values[2]
+    assert "sample" in (page.text_content(f"{host} .host-meta") or "")
+
+
+def test_alerts_fire_and_resolve(page: Page, client: redis.Redis, producer: Producer) -> None:
+    w = BusWriter(client)
+    s = producer.session("quote-9", total=15)
+    s.start()
+    s.progress(2, "Screen 2")
+    flushed(producer)
+    page.goto("/?hosts=worker-1")
+    wait_for(lambda: row_state(page, "quote-9"), timeout_s=WAIT_S, what="quote-9")
+    alert = {"metric": "stalled", "value": 312.0, "threshold": 300.0, "severity": "warning"}
+    w.monitor_event(
+        "worker-1",
+        "alert",
+        message="stalled",
+        data={**alert, "state": "firing", "session": "quote-9"},
+    )
+    item = '#alerts li[data-key="worker-1|stalled|quote-9"]'
+    wait_for(
+        lambda: page.get_attribute(item, "data-state") == "firing", timeout_s=WAIT_S, what="firing"
+    )
+    wait_for(
+        lambda: (row_state(page, "quote-9") or {}).get("status") == "stalled",
+        timeout_s=WAIT_S,
+        what="the session marked stalled",
+    )
+    assert page.text_content('.count[data-status="firing"] b') == "1"
+    w.monitor_event(
+        "worker-1",
+        "alert",
+        message="ok",
+        data={**alert, "value": 0.5, "state": "resolved", "session": "quote-9"},
+    )
+    wait_for(
+        lambda: page.get_attribute(item, "data-state") == "resolved",
+        timeout_s=WAIT_S,
+        what="resolved",
+    )
+    assert page.text_content('.count[data-status="firing"] b') == "0"
+    assert (row_state(page, "quote-9") or {}).get("status") == "running"
+
+
+# -- the screenshot in docs/ --------------------------------------------------------------
+
+
+def _busy_scene(redis_url: str, client: redis.Redis) -> None:
+    """Sessions in every state, an hour of host samples and a few alerts."""
+    w = BusWriter(client)
+    screens = [
+        "insurer portal login", "policyholder details", "driver details", "vehicle details",
+        "premium estimates", "coverages", "roadside assistance", "deductible",
+        "risk questionnaire", "overnight address", "payment method", "review",
+        "terms acceptance", "proposal issued", "policy PDF downloaded",
+    ]  # fmt: skip
+
+    def run(sid: str, steps: int, end: str | None = None) -> None:
+        w.session_event(sid, "started", total=15, data={"insurer": "Atlas Seguros"})
+        for step in range(1, steps + 1):
+            left = (15 - step) * 3.8
+            w.session_event(
+                sid, "progress", step=step, total=15, percent=round(step * 100 / 15, 1),
+                eta_s=left, message=f"Screen {step}: {screens[step - 1]}",
+            )  # fmt: skip
+            if step == 5:
+                w.session_event(
+                    sid, "estimates", data={"plans": [{"name": "basic", "premium": 1180.4}]}
+                )
+        if end == "finished":
+            w.session_event(sid, "finished", step=15, total=15, data={"premium": 1234.5})
+        elif end == "failed":
+            msg = "insurer site returned HTTP 502 on the quote calculation"
+            w.session_event(sid, "failed", message=msg, error=msg)
+
+    run("quote-2417", 15, "finished")
+    run("quote-2418", 9, "failed")
+    run("quote-2419", 15, "finished")
+    run("quote-2420", 4)
+    run("quote-2421", 11)
+    run("quote-2422", 7)
+    run("quote-2423", 2)
+
+    # Host samples: the shape comes from one real monitor sample, the values vary.
+    settings = MonitorSettings(host_name="rpa-worker-01", bus=Settings(redis_url=redis_url))
+    with Monitor(settings) as mon:
+        sample = mon.tick()[0]["data"]
+        mon.flush()
+    client.delete(Keys().monitor("rpa-worker-01"))
+    now_ms = int(time.time() * 1000)
+    for i in range(720, 0, -1):
+        t = now_ms - i * 5000
+        k = i / 720
+        cpu = 38 + 22 * math.sin(k * 9) + 12 * math.sin(k * 47) ** 2 + (30 if 90 < i < 160 else 0)
+        data = {
+            **sample,
+            "cpu": {**sample.get("cpu", {}), "percent": round(min(99.0, max(2.0, cpu)), 1)},
+            "memory": {**sample.get("memory", {}), "percent": round(61 + 6 * math.sin(k * 4), 1)},
+            "net": {"total": {
+                "rx_bytes_s": round(420_000 + 260_000 * math.sin(k * 31) ** 2, 1),
+                "tx_bytes_s": round(95_000 + 40_000 * math.cos(k * 23) ** 2, 1),
+            }},
+        }  # fmt: skip
+        w.monitor_event("rpa-worker-01", "metrics", at_ms=t, data=data)
+        if i == 160:
+            w.monitor_event("rpa-worker-01", "alert", at_ms=t + 1, message="cpu 91.5 > 80",
+                            data={"metric": "cpu", "value": 91.5, "threshold": 80.0,
+                                  "severity": "warning", "state": "firing"})  # fmt: skip
+        if i == 90:
+            w.monitor_event("rpa-worker-01", "alert", at_ms=t + 1, message="cpu back to 52",
+                            data={"metric": "cpu", "value": 52.0, "threshold": 80.0,
+                                  "severity": "warning", "state": "resolved"})  # fmt: skip
+    stalled = {"metric": "stalled", "value": 184.0, "threshold": 120.0, "severity": "warning"}
+    w.monitor_event("rpa-worker-01", "alert", message="stalled quote-2423",
+                    data={**stalled, "state": "firing", "session": "quote-2423"})  # fmt: skip
+    w.monitor_event("rpa-worker-01", "alert", message="disk /var 91.2 > 90",
+                    data={"metric": "disk", "value": 91.2, "threshold": 90.0,
+                          "severity": "critical", "state": "firing", "mount": "/var"})  # fmt: skip
+
+
+def test_screenshot_of_a_busy_dashboard(page: Page, redis_url: str, client: redis.Redis) -> None:
+    _busy_scene(redis_url, client)
+    page.emulate_media(color_scheme="dark")
+    page.goto("/?hosts=rpa-worker-01#session=quote-2421")
+    wait_for(lambda: len(log_ids(page)) == 13, timeout_s=WAIT_S, what="quote-2421's log")
+    wait_for(
+        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 7,
+        timeout_s=WAIT_S,
+        what="7 sessions",
+    )
+    wait_for(
+        lambda: (row_state(page, "quote-2418") or {}).get("message", "").startswith("insurer"),
+        timeout_s=WAIT_S,
+        what="the failed session's error",
+    )
+    wait_for(
+        lambda: page.eval_on_selector_all("#alerts li.alert", "els => els.length") == 3,
+        timeout_s=WAIT_S,
+        what="3 alerts",
+    )
+    page.mouse.move(10, 10)
+    time.sleep(1.2)  # bars finish their transition
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "dashboard.png"))
