@@ -26,6 +26,7 @@ UNREADABLE: Final = (OSError, psutil.Error, NotImplementedError, AttributeError)
 
 # Read-only images (snap packages, CDs) are always 100% full: never worth an alert.
 SKIP_FSTYPES: Final = frozenset({"squashfs", "iso9660", "udf", "cramfs", "erofs"})
+MOUNTS_EVERY_S: Final = 60.0
 
 
 def _is_loopback(nic: str) -> bool:
@@ -58,6 +59,8 @@ class HostSampler:
 
     def __init__(self) -> None:
         self._missing: set[str] = set()
+        self._mounts_cache: list[str] | None = None
+        self._mounts_at = 0.0
         self._proc = psutil.Process()
         self._last_t = time.monotonic()
         self._last_proc_cpu = time.process_time()
@@ -116,7 +119,7 @@ class HostSampler:
         if sw is not None:
             out["swap"] = {"total": sw.total, "used": sw.used, "percent": sw.percent}
 
-        disks = self._disks()
+        disks = self._disks(now)
         if disks is not None:
             out["disks"] = disks
 
@@ -149,14 +152,24 @@ class HostSampler:
         out["monitor"] = own
         return out
 
-    def _disks(self) -> dict[str, Any] | None:
+    def _mounts(self, now: float) -> list[str] | None:
+        # Mounts rarely change and listing them costs more than reading their usage:
+        # list them again at most every MOUNTS_EVERY_S.
+        if self._mounts_cache is not None and now - self._mounts_at < MOUNTS_EVERY_S:
+            return self._mounts_cache
         parts = self._read("disks", lambda: psutil.disk_partitions(all=False))
         if parts is None:
             return None
         mounts = [p.mountpoint for p in parts if p.fstype not in SKIP_FSTYPES]
-        if not mounts:
-            # In a container the root is often an overlay, which psutil counts as virtual.
-            mounts = ["/"]
+        # In a container the root is often an overlay, which psutil counts as virtual.
+        self._mounts_cache = mounts or ["/"]
+        self._mounts_at = now
+        return self._mounts_cache
+
+    def _disks(self, now: float) -> dict[str, Any] | None:
+        mounts = self._mounts(now)
+        if mounts is None:
+            return None
         disks: dict[str, Any] = {}
         for mount in mounts:
             try:
