@@ -325,10 +325,12 @@ def run_quote(
                 return Outcome(sid, "failed", error=str(exc))
             s.finish(quote)
             return Outcome(sid, "finished", quote=quote)
-    except (PlaywrightError, RobotStopped) as exc:
-        # The exception left the session block, so the producer has emitted `failed` with it.
-        # A timeout or a stop ends this robot's quote, not the whole fleet.
-        log.warning("%s: %s", sid, exc)
+    # Below, the exception has left the session block, so the producer has emitted `failed`
+    # with it. A browser timeout or a stop ends this robot's quote, not the whole fleet.
+    except PlaywrightError as exc:
+        log.warning("%s: the browser gave up: %s", sid, exc)
+        return Outcome(sid, "failed", error=f"{type(exc).__name__}: {exc}")
+    except RobotStopped as exc:
         return Outcome(sid, "failed", error=f"{type(exc).__name__}: {exc}")
     finally:
         context.close()
@@ -362,7 +364,11 @@ def run_robots(
     def robot_thread() -> list[Outcome]:
         outcomes = []
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
+            # handle_sigint=False: on Ctrl-C the browser stays up, so each robot can stop
+            # at its next screen and say so on the bus, instead of dying mid-click.
+            browser = pw.chromium.launch(
+                executable_path=browser_path, args=CHROMIUM_ARGS, handle_sigint=False
+            )
             try:
                 while (job := next_job()) is not None:
                     sid, request = job

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -154,8 +153,6 @@ def run_real_demo(
     from producer import Producer
 
     screenshots = opts.screenshots or Path(tempfile.gettempdir()) / "rpa-bus-demo-screens"
-    site = quote_site.start_site(estimate_delay_s=opts.estimate_delay_s, latency_s=opts.latency_s)
-    bus = Producer(settings=settings)
     outcomes: dict[str, int] = {"finished": 0, "failed": 0}
 
     def on_outcome(outcome: Any) -> None:
@@ -163,13 +160,15 @@ def run_real_demo(
         detail = f"premium {outcome.quote['premium']:.2f}" if outcome.quote else outcome.error or ""
         echo(f"demo --real: {outcome.session} {outcome.status}: {detail}")
 
-    endless = "until Ctrl-C" if opts.count is None else f"{opts.count} quotes"
-    echo(
-        f"demo --real: {opts.robots} Chromium robots ({browser}), {endless}, filling the "
-        f"quote site at {site.url}, writing to {settings.redis_url}; screenshots in {screenshots}"
-    )
-    stop = threading.Event()
+    bus = Producer(settings=settings)
+    site = quote_site.start_site(estimate_delay_s=opts.estimate_delay_s, latency_s=opts.latency_s)
     try:
+        endless = "until Ctrl-C" if opts.count is None else f"{opts.count} quotes"
+        echo(
+            f"demo --real: {opts.robots} Chromium robots ({browser}), {endless}, filling the "
+            f"quote site at {site.url}, writing to {settings.redis_url}; "
+            f"screenshots in {screenshots}"
+        )
         robot.run_robots(
             bus,
             site_url=site.url,
@@ -177,11 +176,11 @@ def run_real_demo(
             robots=opts.robots,
             screenshots=screenshots,
             browser_path=browser,
-            stop=stop,
             on_outcome=on_outcome,
         )
     except KeyboardInterrupt:
-        echo("demo --real: stopping")
+        # run_robots has told the robots to stop and waited for them.
+        echo("demo --real: stopped")
     finally:
         site.stop()
         written = bus.flush(timeout_s=10.0)
