@@ -574,3 +574,36 @@ def test_screenshot_of_a_busy_dashboard(page: Page, redis_url: str, client: redi
     time.sleep(1.2)  # bars finish their transition
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "dashboard.png"))
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+
+def test_token_in_the_page_url_reaches_the_relay(redis_url: str, producer: Producer) -> None:
+    from relay import mint_token
+
+    secret = "test-secret-0123456789abcdef0123456789"
+    s = producer.session("quote-auth", total=4)
+    s.start()
+    s.progress(1, "Screen 1")
+    flushed(producer)
+    r = RelayThread(redis_url, secret=secret)
+    r.start()
+    try:
+        with chromium_page(r.base_url) as (page, _):
+            page.goto("/")
+            wait_for(lambda: page.is_visible("#notice"), timeout_s=WAIT_S, what="the auth notice")
+            assert "?token=" in (page.text_content("#notice") or "")
+            assert row_state(page, "quote-auth") is None
+
+            token = mint_token(secret, ["sessions", "session:*", "monitor:*"], ttl_s=600)
+            page.goto(f"/?token={token}")
+            st = wait_for(
+                lambda: (st := row_state(page, "quote-auth")) and st["step"] == "1/4" and st,
+                timeout_s=WAIT_S,
+                what="the session, read with the token",
+            )
+            assert st["status"] == "running"
+            assert page.is_hidden("#notice")
+    finally:
+        r.stop()

@@ -134,6 +134,30 @@ function pick(obj, paths) {
 
 // ---- connection ----------------------------------------------------------------------
 
+/** A lasting problem the operator must act on (auth, limits): shown until reload. */
+function showNotice(...parts) {
+  const el = $("#notice");
+  if (!el.hidden) return;
+  el.replaceChildren(...parts);
+  el.hidden = false;
+}
+
+/** Relay refusals that need the operator, with what to do about them. */
+function noticeFor(err, stream) {
+  if (err.code === "forbidden") {
+    const mint = h("code", { text: "rpa-bus token --stream '*'" });
+    if (token) {
+      showNotice(`The relay refused ${stream}: ${err.message}. The token in the URL does not ` +
+        "grant it or has expired; mint a new one with ", mint, ".");
+    } else {
+      showNotice(`The relay refused ${stream}: ${err.message}. Open this page with `,
+        h("code", { text: "?token=JWT" }), "; mint one with ", mint, ".");
+    }
+  } else if (err.code === "too_many_subscriptions") {
+    showNotice(`The relay refused ${stream}: ${err.message}. Some rows show less detail.`);
+  }
+}
+
 const token = params.get("token") || null;
 const relayUrl = params.get("relay") || "/ws";
 const conn = $("#conn");
@@ -162,6 +186,7 @@ const bus = connect(relayUrl, {
   },
   onError(err) {
     console.warn(`relay: ${err.code}: ${err.message}`);
+    if (err.code === "forbidden") noticeFor(err, "the bus");
   },
 });
 
@@ -182,7 +207,8 @@ const bus = connect(relayUrl, {
 /** @type {Map<string, Session>} */
 const sessions = new Map();
 const peekQueue = [];
-let peeking = 0;
+let peeking = 0; // peek subscriptions in flight
+let watching = 0; // watch subscriptions open
 let selected = null;
 let filterText = "";
 let sessionsLive = false;
@@ -249,43 +275,60 @@ bus.subscribe("sessions", {
     scheduleRender();
   },
   onReset() {
-    for (const s of sessions.values()) s.handle?.unsubscribe();
+    const keep = selected ? sessions.get(selected) : null;
+    for (const s of sessions.values()) if (s !== keep) endSubscription(s);
     sessions.clear();
+    if (keep) sessions.set(keep.sid, keep);
     $("#sessions").replaceChildren();
     sessionsLive = false;
   },
   onError(err) {
     setText($("#sessions-sub"), `sessions: ${err.code}`);
+    noticeFor(err, "the sessions index");
   },
 });
 
-/** Pick the right subscription for a session: full log, live watch, one peek, or none. */
+/** Pick the right subscription for a session: full log, live watch, or none. */
 function planSubscription(s) {
   if (s.sid === selected) return; // the log view owns it
-  const recent = [...sessions.values()].sort(byOrder).slice(0, MAX_ROWS);
-  const inView = recent.includes(s);
-  if (s.status === "running" && inView) {
-    const watched = [...sessions.values()].filter((x) => x.sub === "watch").length;
-    if (s.sub !== "watch" && watched < MAX_WATCHED) subscribeSession(s, "watch");
+  if (s.status === "running") {
+    if (s.sub !== "watch" && watching < MAX_WATCHED) subscribeSession(s, "watch");
     return;
   }
-  if (s.sub === "watch") {
-    // Ended: its stream has nothing more to say.
-    s.handle?.unsubscribe();
-    s.handle = null;
-    s.sub = null;
-  }
-  if (TERMINAL.has(s.status) && inView && !s.peeked && !s.sub) {
-    s.peeked = true;
-    peekQueue.push(s);
-    pumpPeeks();
-  }
+  // Ended (or gone): its stream has nothing more to say. Rows of ended sessions are peeked
+  // for their final state once they scroll into view (see rowObserver).
+  if (s.sub === "watch") endSubscription(s);
 }
+
+/** Drop a session's subscription, whatever its mode. */
+function endSubscription(s) {
+  if (s.sub === "watch") watching -= 1;
+  if (s.sub === "peek") {
+    peeking -= 1;
+    setTimeout(pumpPeeks, 0);
+  }
+  s.handle?.unsubscribe();
+  s.handle = null;
+  s.sub = null;
+}
+
+/** Peek at ended sessions whose row is on screen: their last message, error, progress. */
+const rowObserver = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    const s = sessions.get(entry.target.dataset.sid);
+    if (s && !s.peeked && !s.sub && s.status !== "running") {
+      s.peeked = true;
+      peekQueue.push(s);
+    }
+  }
+  pumpPeeks();
+});
 
 function pumpPeeks() {
   while (peeking < PEEKS_AT_ONCE && peekQueue.length) {
     const s = peekQueue.shift();
-    if (s.sub) continue;
+    if (s.sub || s.sid === selected) continue;
     peeking += 1;
     subscribeSession(s, "peek");
   }
@@ -294,10 +337,15 @@ function pumpPeeks() {
 /** Subscribe one session stream in the given mode, replacing its current subscription. */
 function subscribeSession(s, mode) {
   const from = mode === "full" ? "0" : "$";
-  if (s.sub === "peek") peeking -= 1;
+  if (s.sub === "watch") watching -= 1;
+  if (s.sub === "peek") {
+    peeking -= 1;
+    setTimeout(pumpPeeks, 0);
+  }
+  if (mode === "watch") watching += 1;
   s.sub = mode;
   s.last = null;
-  s.handle = bus.subscribe(`session:${s.sid}`, {
+  const handle = bus.subscribe(`session:${s.sid}`, {
     from,
     onState(state, info) {
       // The relay's folded state is the truth at subscription time: a late joiner sees the
@@ -309,13 +357,11 @@ function subscribeSession(s, mode) {
         if (TERMINAL.has(s.status) && up && !s.ended) s.ended = up;
       }
       s.last = info.last;
-      if (mode === "peek") {
-        s.handle?.unsubscribe();
-        s.handle = null;
-        s.sub = null;
-        peeking -= 1;
-        pumpPeeks();
+      if (!info.first && !info.last && !Object.keys(state ?? {}).length) {
+        // Nothing left of it: its keys expired after the retention period.
+        s.status = "expired";
       }
+      if (mode === "peek" || (mode === "watch" && s.status !== "running")) endSubscription(s);
       scheduleRender();
     },
     onEvent(id, data) {
@@ -338,15 +384,12 @@ function subscribeSession(s, mode) {
       if (mode === "full") log.reset("stream recreated: showing it from its start");
     },
     onError(err) {
-      if (mode === "peek" && err.fatal) {
-        s.sub = null;
-        peeking -= 1;
-        pumpPeeks();
-      }
       if (mode === "full") log.marker(`${err.code}: ${err.message}`);
-      if (err.fatal) s.sub = null;
+      if (mode !== "peek") noticeFor(err, `session:${s.sid}`);
+      if (err.fatal && s.handle === handle) endSubscription(s);
     },
   });
+  s.handle = handle;
 }
 
 function byOrder(a, b) {
@@ -373,6 +416,7 @@ function buildRow(s) {
   );
   row.addEventListener("click", () => select(s.sid));
   s.row = row;
+  rowObserver.observe(row);
   return row;
 }
 
@@ -464,6 +508,7 @@ const log = {
   count: 0,
   isLive: false,
   pinned: true, // follow the tail while the user is at the bottom
+  autoTop: null, // scrollTop our last automatic scroll left
 
   clear() {
     this.body.replaceChildren();
@@ -537,12 +582,17 @@ const log = {
     this._raf = requestAnimationFrame(() => {
       this._raf = null;
       this.wrap.scrollTop = this.wrap.scrollHeight;
+      this.autoTop = this.wrap.scrollTop;
     });
   },
 };
 
 log.wrap.addEventListener("scroll", () => {
   const w = log.wrap;
+  // Our own scroll to the tail: rows may have arrived since, so "not at the bottom" here
+  // does not mean the user scrolled away.
+  if (log.autoTop != null && Math.abs(w.scrollTop - log.autoTop) < 2) return;
+  log.autoTop = null;
   log.pinned = w.scrollHeight - w.scrollTop - w.clientHeight < 24;
   if (log.pinned) $("#follow").hidden = true;
 });
@@ -574,9 +624,7 @@ function select(sid) {
   const prev = selected ? sessions.get(selected) : null;
   selected = sid;
   if (prev) {
-    prev.handle?.unsubscribe();
-    prev.handle = null;
-    prev.sub = null;
+    endSubscription(prev);
     planSubscription(prev);
   }
   log.clear();
@@ -858,6 +906,9 @@ function addHost(name) {
     h("div", {}, h("div", { class: "host-name", title: name, text: name }), meta),
     cpu.el, mem.el, net.el);
   $("#hosts").append(el);
+  // The top row is sized once for the hosts shown (up to two, then it scrolls), so alerts
+  // arriving later never push the sessions table down.
+  document.documentElement.style.setProperty("--host-rows", String(Math.min(2, hosts.size + 1)));
   const host = {
     name, el, meta, points: [], lastSample: null, cpuVal, memVal, netVal, latest: null,
     charts: [],
@@ -892,6 +943,7 @@ function addHost(name) {
     },
     onError(err) {
       setText(meta, `${err.code}: ${err.message}`);
+      noticeFor(err, `monitor:${name}`);
     },
   });
 }
@@ -936,7 +988,7 @@ function drawCharts() {
     if (m?.bus) {
       lines.push(m.bus.reachable === false
         ? h("div", { class: "stale", text: "Redis unreachable" })
-        : h("div", { text: `redis ${fmtBytes(m.bus.used_memory ?? NaN)} · ${m.bus.connected_clients ?? "?"} clients` }));
+        : h("div", { title: `${m.bus.connected_clients ?? "?"} Redis clients`, text: `redis ${fmtBytes(m.bus.used_memory ?? NaN)} used` }));
     }
     host.meta.replaceChildren(...lines);
   }
