@@ -76,7 +76,7 @@ class BaseProducer:
 
     # Events per round trip: big enough to amortise it, small enough to keep one script
     # (which blocks the server while it runs) well under a millisecond.
-    batch_max: int = 256
+    batch_max: int = 512
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 1.0
     # While writes fail, the memory queue is moved to the journal this often, so a job
@@ -131,6 +131,7 @@ class BaseProducer:
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
         self._key_cache: dict[tuple[str, str], str] = {}
+        self._max_bytes = settings.max_event_bytes
 
     # -- public, shared --------------------------------------------------------------
 
@@ -168,7 +169,12 @@ class BaseProducer:
     def _enqueue(self, stream: str, event: Envelope, window_ms: int = 0) -> None:
         if self._closed:
             raise ProducerClosed("this producer is closed; events can no longer be emitted")
-        env = encode(event, max_bytes=self.settings.max_event_bytes)
+        try:
+            env = orjson.dumps(event)
+        except TypeError as exc:
+            raise InvalidEvent(f"event data is not JSON-serialisable: {exc}") from exc
+        if len(env) > self._max_bytes:
+            encode(event, max_bytes=self._max_bytes)  # raises, naming the size
         with self._lock:
             self._seq = seq = self._seq + 1
             self._queue.append(Item(stream, self.id, seq, env, event, window_ms))
@@ -237,7 +243,19 @@ class BaseProducer:
         head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
         for (stream, pid), group in groups.items():
             sid = stream[8:]
-            args: list[Any] = [
+            state: dict[str, str] = {}
+            tail: list[Any] = []
+            for item in group:
+                event = item.event
+                state.update(state_fields(event))
+                kind = event["type"]
+                life = b""
+                if kind in _INDEX_TYPES:
+                    life = (b"s" if kind == "started" else b"t") + orjson.dumps(
+                        {"type": kind, "session": sid, "ts": event["ts"]}
+                    )
+                tail += (item.seq, item.env, life)
+            args = (
                 "EVALSHA",
                 APPEND_SHA,
                 3,
@@ -246,17 +264,10 @@ class BaseProducer:
                 self.keys.sessions,
                 pid,
                 *head,
-            ]
-            for item in group:
-                event = item.event
-                kind = event["type"]
-                index = b""
-                flag = b""
-                if kind in _INDEX_TYPES:
-                    index = orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]})
-                    flag = b"s" if kind == "started" else b"t"
-                args += (item.seq, item.env, orjson.dumps(state_fields(event)), index, flag)
-            calls.append((tuple(args), group))
+                orjson.dumps(state),
+                *tail,
+            )
+            calls.append((args, group))
         return calls
 
     def _plain_args(self, item: Item, now_ms: int) -> tuple[Any, ...]:
@@ -453,45 +464,65 @@ class BaseSession:
         self._t0 = time.monotonic()
         self._put(make("started", total=self.total, data=self.meta))
 
+    # The hot paths below build envelopes directly (the same fields, in the same order,
+    # as rpa_bus.make) and check only what the caller supplied: make()'s generic
+    # validation costs several times more than the whole rest of an emit.
+
     def progress(self, step: int, message: str | None = None, data: Any = None) -> None:
         """Report step ``step`` of ``total``; ``percent`` and ``eta_s`` are computed from
         the pace so far (average time per step since ``started``)."""
-        if isinstance(step, bool) or not isinstance(step, int):
+        if step.__class__ is not int:  # bool is refused too
             raise InvalidEvent(f"step must be an integer, got {step!r}")
-        total = self.total
         if step < 0:
             raise InvalidEvent(f"step must be >= 0, got {step}")
-        percent: float | None = None
-        eta_s: float | None = None
+        event: Envelope = {"type": "progress", "ts": fast_ts(), "step": step}
+        total = self.total
         if total is not None:
             if step > total:
                 raise InvalidEvent(f"step {step} is beyond total {total}")
-            percent = round(100.0 * step / total, 1)
+            event["total"] = total
+            # One decimal, half up; round(x, 1) costs several times more.
+            event["percent"] = int(1000.0 * step / total + 0.5) / 10
             if step > 0 and self._t0 is not None:
                 elapsed = time.monotonic() - self._t0
-                eta_s = round(elapsed / step * (total - step), 1)
-        self._put(
-            make("progress", step=step, total=total, percent=percent, eta_s=eta_s,
-                 message=message, data=data)
-        )  # fmt: skip
+                event["eta_s"] = int(10.0 * elapsed / step * (total - step) + 0.5) / 10
+        if message is not None:
+            event["message"] = _text(message, "message")
+        if data is not None:
+            event["data"] = data
+        self._put(event)
 
     def emit(self, type: str, data: Any = None, *, message: str | None = None) -> None:
         """Emit an event of a job's own type (or ``log``, ``result``, ``error``...)."""
-        validate_type(type)
-        if type in _LIFECYCLE:
-            raise InvalidEventType(
-                f"event type {type!r} is emitted by the session itself: use "
-                "start(), finish() or fail()"
-            )
-        self._put(make(type, message=message, data=data))
+        if type not in _CHECKED_TYPES:
+            validate_type(type)
+            if type in _LIFECYCLE:
+                raise InvalidEventType(
+                    f"event type {type!r} is emitted by the session itself: use "
+                    "start(), finish() or fail()"
+                )
+            if len(_CHECKED_TYPES) < 1024:
+                _CHECKED_TYPES.add(type)
+        event: Envelope = {"type": type, "ts": fast_ts()}
+        if message is not None:
+            event["message"] = _text(message, "message")
+        if data is not None:
+            event["data"] = data
+        self._put(event)
 
     def log(self, message: str, data: Any = None) -> None:
-        self._put(make("log", message=_text(message, "message"), data=data))
+        event: Envelope = {"type": "log", "ts": fast_ts(), "message": _text(message, "message")}
+        if data is not None:
+            event["data"] = data
+        self._put(event)
 
     def error(self, message: str, data: Any = None) -> None:
         """A non-fatal error: recorded as the session's last error; the run goes on."""
         text = _text(message, "message")
-        self._put(make("error", message=text, error=text, data=data))
+        event: Envelope = {"type": "error", "ts": fast_ts(), "message": text, "error": text}
+        if data is not None:
+            event["data"] = data
+        self._put(event)
 
     def finish(self, result: Any = None) -> None:
         """Emit ``finished`` with ``result`` as its data. The session's keys then expire
@@ -526,7 +557,24 @@ class BaseSession:
             self.fail(exc)
 
 
+# Custom type names already checked (a bounded cache; most jobs use a handful).
+_CHECKED_TYPES: set[str] = set()
+_TS_CACHE: tuple[int, str] = (-1, "")
+
+
+def fast_ts() -> str:
+    """``rpa_bus.now_ts()``, with the formatted second cached: 0.3 us instead of 3."""
+    global _TS_CACHE
+    ms = time.time_ns() // 1_000_000
+    sec, frac = divmod(ms, 1000)
+    cached_sec, prefix = _TS_CACHE  # one tuple: threads see a consistent pair
+    if cached_sec != sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _TS_CACHE = (sec, prefix)
+    return f"{prefix}.{frac:03d}Z"
+
+
 def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
+    if value.__class__ is not str and not isinstance(value, str):
         raise InvalidEvent(f"{what} must be a string, got {value!r}")
     return value

@@ -2,9 +2,10 @@
 
 ``KEYS``: the session stream, its meta hash, the sessions index stream.
 
-``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, then
-five per event: seq, envelope bytes, state fields (JSON object of strings), index envelope
-or ``""``, flag (``s`` started, ``t`` terminal, ``""`` neither).
+``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
+folded state fields of the call's events (one JSON object of strings, merged in order),
+then three per event: seq, envelope bytes, and ``""`` or the index envelope prefixed with
+``s`` (started) or ``t`` (terminal).
 
 The meta hash holds ``seq:<producer id>``, the highest sequence number applied from that
 producer. An event is applied only if its seq is higher, so a batch re-sent after a lost
@@ -12,6 +13,12 @@ reply (the server applied it, the reply never came) is skipped, not written twic
 script runs atomically, so for one session either all of a batch's events are applied or
 none; sequence numbers grow per producer across all its sessions, so the check holds
 whichever way batches were cut.
+
+The folded state is merged client-side per call (one ``cjson.decode`` and one ``HSET`` per
+call instead of per event) and written when at least one event of the call is new. Only a
+call that is applied in part (a journal replayed with other batch boundaries than the lost
+attempt) writes fields of already-applied events again; with a second producer writing the
+same session in between, such a field may step back until the next event.
 
 Redis semantics relied on:
 - A script cannot be interrupted half-way by another client, and since Redis refuses an
@@ -39,30 +46,28 @@ redis.call('HSETNX', meta, 'epoch', ARGV[4])
 redis.call('HSETNX', meta, 'created', ARGV[5])
 local top = stored
 local applied = 0
-local state = {}
 local expire = nil
-for i = 7, #ARGV, 5 do
+for i = 8, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
   if seq > top then
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', ARGV[i + 1])
-    for k, v in pairs(cjson.decode(ARGV[i + 2])) do state[k] = v end
-    if ARGV[i + 3] ~= '' then
-      redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', ARGV[i + 3])
+    local life = ARGV[i + 2]
+    if life ~= '' then
+      redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', string.sub(life, 2))
+      -- Only the batch's last lifecycle event counts: started then finished expires.
+      expire = string.sub(life, 1, 1) == 't'
     end
-    local flag = ARGV[i + 4]
-    if flag == 's' then expire = false elseif flag == 't' then expire = true end
     top = seq
     applied = applied + 1
   end
 end
 if applied > 0 then
   local fields = {seqfield, top}
-  for k, v in pairs(state) do
+  for k, v in pairs(cjson.decode(ARGV[7])) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
   redis.call('HSET', meta, unpack(fields))
-  -- Only the last lifecycle flag of the batch counts: started then finished expires.
   if expire == true then
     redis.call('PEXPIRE', stream, retention)
     redis.call('PEXPIRE', meta, retention)
