@@ -401,20 +401,18 @@ class BaseProducer:
         self._journal.append(items)
 
     def _spill_at_close(self) -> int:
-        """Everything unwritten to disk for the next start; returns how many events."""
+        """Move everything unwritten to disk for the next start, release the journals;
+        returns how many own events were not yet written."""
         with self._jlock:
-            with self._lock:
-                n = len(self._held) + len(self._queue)
             self._spill_locked()
             self._closed = True
-            pending = n
-            for j in [*self._adopted, *([self._journal] if self._journal else [])]:
-                if j.pending:
-                    pending += 1
+            for j in self._adopted:
                 j.close()
+            if self._journal is not None:
+                self._journal.close()
             self._adopted = []
             self._journal = None
-        return pending
+        return self._seq - self._written_seq
 
     def _redacted_url(self) -> str:
         url = self.settings.redis_url

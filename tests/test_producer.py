@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from producer import Producer, ProducerClosed
@@ -43,7 +44,7 @@ def test_session_lands_in_order_with_state_and_index(bus: Producer, redis_url: s
     r = client(redis_url)
     got = events(r, "quote-123")
     for e in got:
-        decode(__import__("orjson").dumps(e))  # every entry is a valid envelope
+        decode(orjson.dumps(e))  # every entry is a valid envelope
     assert [e["type"] for e in got] == [
         "started", "progress", "progress", "estimates", "log", "error", "finished",
     ]  # fmt: skip
@@ -149,7 +150,7 @@ def test_publish_monitor_and_session_streams(bus: Producer, redis_url: str) -> N
     bus.publish("session:raw-1", {"type": "started", "ts": "2026-11-22T10:00:00.000Z"})
     assert bus.flush(5 * UNIT_S)
     r = client(redis_url)
-    got = [__import__("orjson").loads(f[b"e"]) for _i, f in r.xrange("rpa:monitor:web-1")]
+    got = [orjson.loads(f[b"e"]) for _i, f in r.xrange("rpa:monitor:web-1")]
     assert [e["type"] for e in got] == ["metrics", "alert"]
     assert got[0]["data"] == {"cpu": 12.5}
     assert got[0]["ts"]
@@ -223,3 +224,33 @@ def test_config_mismatch_stops_writing_and_keeps_events(redis_url: str, spool_di
     ]  # fmt: skip
     fixed.close()
     assert list(spool_dir.iterdir()) == []
+
+
+def test_append_script_applies_a_batch_once(redis_url: str, spool_dir: Path) -> None:
+    """The same call sent twice (a retry after a lost reply) appends nothing the 2nd time."""
+    from producer._journal import Item
+    from producer._script import APPEND_LUA, APPEND_SHA
+
+    bus = Producer(redis_url, spool_dir=spool_dir)
+    r = client(redis_url)
+    items = [
+        Item("session:idem", "p1", seq, orjson.dumps(ev), ev)
+        for seq, ev in (
+            (3, {"type": "started", "ts": "2026-11-22T10:00:00.000Z"}),
+            (7, {"type": "log", "ts": "2026-11-22T10:00:00.001Z", "message": "m"}),
+        )
+    ]
+    ((args, _),) = bus._build_calls(items)
+    assert args[0] == "EVALSHA"
+    assert args[1] == APPEND_SHA
+    r.script_load(APPEND_LUA)
+    assert r.execute_command(*args) == [2, 7]
+    assert r.execute_command(*args) == [0, 7]
+    # A later batch that overlaps (replayed with other boundaries) applies only what is new.
+    more = Item("session:idem", "p1", 9, b'{"type":"log","ts":"x"}', {"type": "log", "ts": "x"})
+    ((args2, _),) = bus._build_calls([items[1], more])
+    assert r.execute_command(*args2) == [1, 9]
+    assert len(events(r, "idem")) == 3
+    assert len(index(r)) == 1
+    assert meta(r, "idem")["seq:p1"] == "9"
+    bus.close()

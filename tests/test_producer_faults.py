@@ -269,3 +269,24 @@ def test_close_is_bounded_when_redis_hangs(
     assert nxt.flush(10 * UNIT_S)
     assert messages(events(client(redis_url), "hung")) == [f"m{i}" for i in range(20)]
     nxt.close()
+
+
+def test_redis_restart_loses_script_cache_and_it_is_reloaded(
+    redis_server: EmbeddedRedis, spool_dir: Path
+) -> None:
+    from producer._script import APPEND_SHA
+
+    bus = Producer(redis_server.url, spool_dir=spool_dir)
+    with bus.session("restart") as s:
+        s.log("m0")
+        assert bus.flush(5 * UNIT_S)
+        redis_server.stop()
+        redis_server.start()
+        r = client(redis_server.url)
+        assert r.script_exists(APPEND_SHA) == [False]  # NOSCRIPT awaits the next write
+        s.log("m1")
+        assert bus.flush(10 * UNIT_S)
+    assert bus.flush(5 * UNIT_S)
+    assert messages(events(r, "restart")) == ["m0", "m1"]
+    assert r.script_exists(APPEND_SHA) == [True]
+    bus.close()
