@@ -407,9 +407,9 @@ class BaseProducer:
             self._spill_locked()
             self._closed = True
             for j in self._adopted:
-                j.close()
+                j.release()
             if self._journal is not None:
-                self._journal.close()
+                self._journal.release()
             self._adopted = []
             self._journal = None
         return self._seq - self._written_seq

@@ -166,6 +166,25 @@ class Journal:
             pos += start
         return items, pos
 
+    def release(self) -> None:
+        """Let go of the journal for the next start: removed if fully delivered, else the
+        delivered head is cut off (so it is not replayed) and the lock released."""
+        if not self.pending:
+            self.remove()
+            return
+        if self.read_pos > 0:
+            rest = os.pread(self.fd, self.size - self.read_pos, self.read_pos)
+            tmp = self.path.with_name(self.path.name + ".tmp")  # not *.journal: not adopted
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(rest)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.replace(tmp, self.path)  # the path now names the new, still locked, file
+            os.close(self.fd)
+            self.fd = fd
+        self.close()
+
     def remove(self) -> None:
         """Unlink, then unlock by closing: an adopter racing us sees the link count 0."""
         with contextlib.suppress(FileNotFoundError):
