@@ -175,7 +175,7 @@ class BusProbe:
         server_ms = sec * 1000 + usec // 1000
 
         self._read_index()
-        self._probe_streams(server_ms)
+        probed = self._probe_streams(server_ms)
 
         relays: dict[str, dict[str, int]] = {}
         for groups in self._relays.values():
@@ -201,7 +201,7 @@ class BusProbe:
             server_ms=server_ms,
             relay_lag={name: float(r["lag"]) for name, r in relays.items()},
         )
-        reading.idle_s = self._stalls(server_ms, stall_after_s, stalled)
+        reading.idle_s = self._stalls(server_ms, stall_after_s, stalled, probed)
         return reading
 
     def _check_config(self) -> None:
@@ -267,7 +267,8 @@ class BusProbe:
             self._relays.pop(tracked.key, None)
             self._probe_list = None
 
-    def _probe_streams(self, server_ms: int) -> None:
+    def _probe_streams(self, server_ms: int) -> list[str]:
+        """Refresh the last activity and relay groups of the next slice; return its sessions."""
         if self._probe_list is None:
             sids = list(self._running)
             keys = [self._running[sid].key for sid in sids]
@@ -307,10 +308,17 @@ class BusProbe:
             index, name, lag, pending = groups[i : i + 4]
             relay = name.decode() if isinstance(name, bytes) else str(name)
             self._relays.setdefault(keys[int(index) - 1], {})[relay] = (int(lag), int(pending))
+        return sids
 
     def _stalls(
-        self, server_ms: int, stall_after_s: float, stalled: Collection[str]
+        self,
+        server_ms: int,
+        stall_after_s: float,
+        stalled: Collection[str],
+        probed: list[str],
     ) -> dict[str, float]:
+        # Only the sessions just probed are candidates: their last activity is fresh, and
+        # the cost per sample stays bounded by streams_per_tick.
         running = self._running
 
         def idle_s(sid: str) -> float:
@@ -318,7 +326,7 @@ class BusProbe:
 
         out = {sid: idle_s(sid) for sid in stalled if sid in running}
         cutoff = server_ms - stall_after_s * 1000
-        candidates = [sid for sid, t in running.items() if t.last_ms < cutoff and sid not in out][
+        candidates = [sid for sid in probed if running[sid].last_ms < cutoff and sid not in out][
             :CONFIRM_PER_TICK
         ]
         if not candidates:
