@@ -26,13 +26,13 @@ from pathlib import Path
 # the monitor package: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import psutil
-import redis
+import psutil  # noqa: E402
+import redis  # noqa: E402
 
-from monitor import Monitor, MonitorSettings
-from producer import Producer, Session
-from rpa_bus import Settings
-from rpa_bus.cli._embedded import EmbeddedRedis
+from monitor import Monitor, MonitorSettings  # noqa: E402
+from producer import Producer, Session  # noqa: E402
+from rpa_bus import Settings  # noqa: E402
+from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
