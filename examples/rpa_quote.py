@@ -266,6 +266,7 @@ class QuoteRobot:
             error = self.page.inner_text("#error")
             raise SiteError(f"screen {step}: the site failed with HTTP {status}: {error}")
         if status >= 400:
+            self.page.wait_for_selector("#errors")  # the page with the errors, once loaded
             errors = "; ".join(self.page.locator("#errors li").all_inner_texts())
             raise SiteError(f"screen {step}: the site refused the input: {errors}")
 
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshots", type=Path, help="folder for screenshots")
     parser.add_argument("--session-prefix", default="quote", help="session ids start with it")
     args = parser.parse_args(argv)
+    if args.robots < 1 or (args.count is not None and args.count < 1):
+        parser.error("--robots and --count must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     browser_path = chromium_path()
@@ -433,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     screenshots = args.screenshots or Path(tempfile.gettempdir()) / "rpa-quote-screens"
     site = None if args.site_url else start_site()
     site_url = site.url if site is not None else args.site_url
-    bus = Producer(args.redis_url) if args.redis_url else Producer.from_env()
+    # Settings from RPA_BUS_* variables (Redis URL, prefix, spool folder); --redis-url wins.
+    bus = Producer.from_env(**({"redis_url": args.redis_url} if args.redis_url else {}))
     print(f"{len(jobs)} quote(s), {args.robots} robot(s), site {site_url}, shots in {screenshots}")
     try:
         outcomes = run_robots(
