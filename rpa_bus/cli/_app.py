@@ -20,3 +20,7 @@ def configure_logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # websockets logs every HTTP request and closed connection at INFO: too chatty for a
+    # service log; its warnings and errors still show.
+    if not verbose:
+        logging.getLogger("websockets").setLevel(logging.WARNING)

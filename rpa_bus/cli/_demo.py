@@ -64,7 +64,11 @@ async def run_quote_job(bus: AsyncProducer, sid: str, rng: random.Random, opts: 
         async with bus.session(sid, total=len(SCREENS), meta={"vehicle": vehicle}) as s:
             for step, title in enumerate(SCREENS, start=1):
                 # Irregular pacing: most screens are quick, some wait on the insurer.
-                await asyncio.sleep(rng.choice((0.4, 0.6, 0.9, 1.5, 2.5)) / opts.speed)
+                try:
+                    await asyncio.sleep(rng.choice((0.4, 0.6, 0.9, 1.5, 2.5)) / opts.speed)
+                except asyncio.CancelledError:
+                    s.fail("demo stopped before this quote was done")
+                    raise
                 if step == fail_at:
                     raise QuoteFailed(rng.choice(FAILURES))
                 s.progress(step, title, data={"screenshot": f"screens/{sid}/{step:02d}.png"})

@@ -113,3 +113,53 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorRow:
+    host: str
+    age_s: float | None
+    active_sessions: int | None
+    relays: dict[str, dict[str, int]]
+
+
+def list_monitors(client: redis.Redis, keys: Keys, *, now_ms: int) -> list[MonitorRow]:
+    """Every host in the monitors index with the age of its last sample and the bus
+    health that sample reported (relay lag and pending, active sessions)."""
+    hosts = cast(dict[bytes, bytes], client.hgetall(keys.monitors))
+    names = sorted(h.decode() for h in hosts)
+    pipe = client.pipeline(transaction=False)
+    for host in names:
+        pipe.xrevrange(keys.monitor(host), count=10)
+    rows: list[MonitorRow] = []
+    for host, entries in zip(names, pipe.execute(), strict=True):
+        health: dict[str, Any] = {}
+        for _id, fields in cast(Entries, entries):
+            try:
+                event = orjson.loads(fields[b"e"])
+            except (KeyError, orjson.JSONDecodeError):
+                continue
+            if event.get("type") == "metrics" and isinstance(event.get("data"), dict):
+                bus = event["data"].get("bus")
+                health = bus if isinstance(bus, dict) else {}
+                break
+        last_ms = int(hosts[host.encode()])
+        rows.append(
+            MonitorRow(
+                host=host,
+                age_s=max(0.0, (now_ms - last_ms) / 1000),
+                active_sessions=health.get("active_sessions"),
+                relays=health.get("relays") or {},
+            )
+        )
+    return rows
+
+
+def redis_info(client: redis.Redis) -> dict[str, Any]:
+    info: dict[str, Any] = client.info()
+    return {
+        "version": info.get("redis_version"),
+        "used_memory": info.get("used_memory"),
+        "connected_clients": info.get("connected_clients"),
+        "uptime_s": info.get("uptime_in_seconds"),
+    }
