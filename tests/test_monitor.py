@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import psutil
 import pytest
 import redis
 
 from monitor import Monitor, MonitorSettings, ProducerWriter, Writer
+from monitor._host import HostSampler
 from producer import Producer, Session
 from rpa_bus import ConfigMismatch, Envelope, Keys, Settings, encode, make
 from rpa_bus.cli._embedded import EmbeddedRedis
@@ -403,3 +405,56 @@ def test_bad_host_name_is_a_clear_error(redis_url: str, cli_env: dict[str, str])
     assert "invalid host name 'web 1/a'" in err
     assert "--host-name" in err
     assert "Traceback" not in err
+
+
+def test_redis_down_at_start_loses_no_sample(
+    redis_server: EmbeddedRedis, redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
+    redis_server.stop()
+    with running(Monitor(settings_for(redis_url))) as mon:
+        time.sleep(0.7)
+        taken = mon._seq
+        redis_server.start()
+        wait_for("bus back", lambda: any(s["bus"]["reachable"] for s in samples(client)))
+    found = samples(client)
+    assert [s["seq"] for s in found] == list(range(1, len(found) + 1))
+    assert taken >= 2
+    assert all(not s["bus"]["reachable"] for s in found[:taken])
+
+
+def test_round_robin_probe_covers_every_session(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, jobs: Producer
+) -> None:
+    sids = [f"rr-{i}" for i in range(5)]
+    for sid in sids:
+        start_session(jobs, sid)
+        client.xgroup_create(KEYS.session(sid), KEYS.relay_group("relay-b"), id="0")
+    settings = settings_for(redis_url, streams_per_tick=2, stall_after_s=0.5 * UNIT_S)
+    with running(Monitor(settings)):
+        wait_for(
+            "all stalled",
+            lambda: {a["session"] for a in alerts(client, "stalled")} == set(sids),
+            timeout_s=8,
+        )
+        wait_for(
+            "every stream's lag",
+            lambda: samples(client)[-1]["bus"]["relays"].get("relay-b", {}).get("streams") == 5,
+        )
+    last = samples(client)[-1]["bus"]
+    assert last["active_sessions"] == 5
+    assert last["relays"]["relay-b"] == {"lag": 5, "pending": 0, "streams": 5}
+
+
+def test_an_unreadable_metric_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    sampler = HostSampler()
+    missing = "/no/such/mount/here"
+    assert sampler._read("disk", lambda: psutil.disk_usage(missing)) is None
+    assert sampler._read("disk", lambda: psutil.Process(2**22 + 1).name()) is None
+    assert sum("cannot read disk" in r.message for r in caplog.records) == 1  # once
+    # A mount that vanished between listing and reading: the others are still reported.
+    sampler._mounts(time.monotonic())
+    assert sampler._mounts_cache is not None
+    sampler._mounts_cache.append(missing)
+    disks = sampler.sample()["disks"]
+    assert missing not in disks
+    assert disks
