@@ -26,6 +26,7 @@ from producer._journal import Item, Journal, adopt_all
 from producer._retry import RateLimitedLog, is_retryable
 from producer._script import APPEND_LUA, APPEND_SHA, INDEX_MAXLEN
 from rpa_bus import (
+    STATE_FIELDS,
     TERMINAL_TYPES,
     BusError,
     ConfigError,
@@ -57,6 +58,30 @@ Call = tuple[tuple[Any, ...], list[Item]]
 
 class ProducerClosed(BusError):
     """An event was emitted after ``close()``."""
+
+
+# state_fields() of any event type outside _RESETTING sets only these keys.
+_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error"}
+_RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
+
+
+def _fold(group: list[Item]) -> dict[str, str]:
+    """The meta fields a run of events leaves: for each field, the last event's value.
+
+    Walks backwards keeping the first value seen, and skips events that cannot add a
+    field any more (state_fields() is the costly part of building a batch).
+    """
+    state: dict[str, str] = {}
+    for item in reversed(group):
+        event = item.event
+        if event["type"] not in _RESETTING and state.keys() >= _COMMON_KEYS:
+            continue
+        for key, value in state_fields(event).items():
+            if key not in state:
+                state[key] = value
+        if len(state) == len(STATE_FIELDS):
+            break
+    return state
 
 
 class Batch:
@@ -243,11 +268,9 @@ class BaseProducer:
         head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
         for (stream, pid), group in groups.items():
             sid = stream[8:]
-            state: dict[str, str] = {}
             tail: list[Any] = []
             for item in group:
                 event = item.event
-                state.update(state_fields(event))
                 kind = event["type"]
                 life = b""
                 if kind in _INDEX_TYPES:
@@ -255,6 +278,7 @@ class BaseProducer:
                         {"type": kind, "session": sid, "ts": event["ts"]}
                     )
                 tail += (item.seq, item.env, life)
+            state = _fold(group)
             args = (
                 "EVALSHA",
                 APPEND_SHA,
