@@ -4,8 +4,8 @@ Why a thread and not asyncio: every source is a blocking call that returns in
 microseconds (psutil reads /proc; the bus probe is three round trips to Redis with tight
 timeouts), there is nothing to overlap, and sync redis-py costs less CPU per call than its
 asyncio twin, which matters against a budget of a few ms per sample. The network side
-that can be slow (writing samples while Redis is down) runs in the writer's own thread,
-so sampling never waits on it. ``run()`` blocks the calling thread until ``stop()``;
+that can be slow (writing samples while Redis is down) runs in the producer's flusher
+thread, so sampling never waits on it. ``run()`` blocks the calling thread until ``stop()``;
 ``stop()`` only sets an event, so a signal handler may call it.
 """
 
