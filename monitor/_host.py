@@ -1,8 +1,9 @@
 """Host metrics from psutil: CPU, memory, swap, disks, disk I/O, network, processes.
 
-Counters (disk I/O, network) become rates from the difference with the previous reading,
-so the sampler keeps that reading; it is primed at construction, like psutil's CPU
-percent, whose first reading would otherwise be a meaningless 0.0. A metric this host
+Counters (CPU times, disk I/O, network) become percentages and rates from the difference
+with the previous reading, so the sampler keeps that reading; it is primed at
+construction, so the first sample is already meaningful (unlike psutil's first
+``cpu_percent()``, which is 0.0 for want of a baseline). A metric this host
 cannot provide (a container without /proc/diskstats, a platform without load average) is
 left out of the sample instead of failing it.
 """

@@ -137,6 +137,11 @@ class Monitor:
                 n += late
                 log.warning("sampling overran its interval: skipped %d sample(s)", late)
 
+    @property
+    def seq(self) -> int:
+        """How many samples this monitor has taken (the ``seq`` of the last one)."""
+        return self._seq
+
     def stop(self) -> None:
         """Ask ``run()`` to return after the current sample. Safe from a signal handler."""
         self._stop.set()

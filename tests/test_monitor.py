@@ -413,7 +413,7 @@ def test_redis_down_at_start_loses_no_sample(
     redis_server.stop()
     with running(Monitor(settings_for(redis_url))) as mon:
         time.sleep(0.7)
-        taken = mon._seq
+        taken = mon.seq
         redis_server.start()
         wait_for("bus back", lambda: any(s["bus"]["reachable"] for s in samples(client)))
     found = samples(client)
