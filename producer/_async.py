@@ -178,7 +178,7 @@ class AsyncProducer(BaseProducer):
                     await self._pause(backoff.delay())
                     continue
                 backoff.reset()
-                self._down_log.reset()
+                self._recovered()
                 if self._done(batch):
                     async with self._written:
                         self._written.notify_all()

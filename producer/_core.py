@@ -155,6 +155,7 @@ class BaseProducer:
         self._config_checked = False
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
+        self._failing = False
         self._key_cache: dict[tuple[str, str], str] = {}
         self._max_bytes = settings.max_event_bytes
 
@@ -185,9 +186,6 @@ class BaseProducer:
                 raise InvalidEvent(f"window_s must be > 0, got {window_s}")
             window_ms = int(w * 1000)
         self._enqueue(ref.name, checked, window_ms)
-
-    def session_stream(self, sid: str) -> str:
-        return "session:" + validate_session_id(sid)
 
     # -- the caller's side: never blocks ------------------------------------------------
 
@@ -391,8 +389,16 @@ class BaseProducer:
         """Every own event up to ``target`` and every adopted journal is in Redis."""
         return self._written_seq >= target and not self._adopted
 
+    def _recovered(self) -> None:
+        """A write succeeded: say so once after an outage."""
+        if self._failing:
+            self._failing = False
+            self._down_log.reset()
+            log.info("Redis at %s is available again; writing kept events", self._redacted_url())
+
     def _failed(self, batch: Batch | None, exc: BaseException) -> None:
         """A write failed: keep everything unwritten on disk, in order."""
+        self._failing = True
         self.last_error = exc
         with self._jlock:
             if not self._closed:

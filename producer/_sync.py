@@ -162,7 +162,7 @@ class Producer(BaseProducer):
                     self._pause(backoff.delay())
                     continue
                 backoff.reset()
-                self._down_log.reset()
+                self._recovered()
                 if self._done(batch):
                     with self._written:
                         self._written.notify_all()
