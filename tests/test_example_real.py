@@ -39,7 +39,7 @@ def test_robots_fill_quotes_and_one_in_two_fails(
         robots=2,
         count=2,
         fail_every=2,
-        estimate_delay_s=0.5,
+        estimate_delay_s=0.0,
         latency_s=0.0,
         screenshots=tmp_path / "shots",
         session_prefix="real",

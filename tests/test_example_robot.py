@@ -147,20 +147,26 @@ def test_two_robots_at_once_one_quote_finishes_one_fails(
     assert shots == [f"screen-{n:02d}.png" for n in range(1, TOTAL + 1)]
 
 
-def test_runs_as_a_script(chromium: str, site: Any, redis_url: str, tmp_path: Path) -> None:
+def test_runs_as_a_script(
+    examples: tuple[ModuleType, ModuleType], chromium: str, redis_url: str, tmp_path: Path
+) -> None:
     """``python examples/rpa_quote.py`` with its flags, as docs/robot.md tells users to."""
     directory = examples_dir()
     assert directory is not None
+    site = examples[1].start_site(estimate_delay_s=0.0)
     env = {**os.environ, "RPA_BUS_SPOOL_DIR": str(tmp_path / "spool"), "RPA_BUS_CHROMIUM": chromium}
     args = ["--redis-url", redis_url, "--site-url", site.url, "--session-prefix", "cli"]
-    proc = subprocess.run(
-        [sys.executable, str(directory / "rpa_quote.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60 * UNIT_S,
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(directory / "rpa_quote.py"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60 * UNIT_S,
+            check=False,
+        )
+    finally:
+        site.stop()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("cli-")]
     sid = line.split(":", 1)[0]

@@ -50,7 +50,7 @@ def test_shell_robot_reports_each_step(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_a_failing_command_fails_the_session(redis_url: str, tmp_path: Path) -> None:
-    assert run_robot("shell-bad", redis_url, tmp_path, FAIL_AT="2") == 1
+    assert run_robot("shell-bad", redis_url, tmp_path, FAIL_AT="1") == 1
     events = stream_events(redis_url, "shell-bad")
-    assert [e["type"] for e in events] == ["started", "progress", "failed"]
-    assert events[-1]["error"] == "step 2 failed (exit 1): false"
+    assert [e["type"] for e in events] == ["started", "failed"]
+    assert events[-1]["error"] == "step 1 failed (exit 1): false"
