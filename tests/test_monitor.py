@@ -458,3 +458,18 @@ def test_an_unreadable_metric_is_left_out(caplog: pytest.LogCaptureFixture) -> N
     disks = sampler.sample()["disks"]
     assert missing not in disks
     assert disks
+
+
+def test_each_host_has_its_stream_and_is_discoverable(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings
+) -> None:
+    for host in ("web-1", "db.2"):
+        with Monitor(settings_for(redis_url, host_name=host)) as mon:
+            [sample] = mon.tick()[:1]
+            assert mon.flush(5 * UNIT_S)
+        assert sample["data"]["host"] == host
+        assert [s["host"] for s in samples(client, host)] == [host]
+    hosts = cast(dict[bytes, bytes], client.hgetall(KEYS.monitors))
+    assert set(hosts) == {b"web-1", b"db.2"}
+    now_ms = time.time() * 1000
+    assert all(0 <= now_ms - int(ms) < 10_000 * UNIT_S for ms in hosts.values())
