@@ -21,6 +21,7 @@ from playwright.sync_api import Page
 from monitor import Monitor, MonitorSettings
 from producer import Producer
 from rpa_bus import Keys, Settings
+from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._browser import BusWriter, RelayThread, chromium_page, wait_for
 from tests.conftest import UNIT_S
 
@@ -359,7 +360,11 @@ def test_reload_shows_the_same_history(page: Page, producer: Producer, client: r
     )
     assert second_view == first_view
     assert page.text_content("#log-title") == "quote-2"
-    assert page.get_attribute('#sessions tr[data-sid="quote-2"]', "class") == "selected"
+    wait_for(
+        lambda: page.get_attribute('#sessions tr[data-sid="quote-2"]', "class") == "selected",
+        timeout_s=WAIT_S,
+        what="the selected row",
+    )
 
 
 def test_relay_restart_reconnects_and_resumes_without_duplicates(
@@ -396,12 +401,8 @@ def test_relay_restart_reconnects_and_resumes_without_duplicates(
     wait_for(lambda: len(log_ids(page)) >= 9, timeout_s=WAIT_S, what="the resumed rows")
     time.sleep(0.3 * UNIT_S)
     assert log_ids(page) == expected
-    assert row_state(page, "quote-3") == {
-        "status": "running",
-        "width": 40.0,
-        "step": "8/20",
-        "message": "Screen 8",
-    }
+    final = {"status": "running", "width": 40.0, "step": "8/20", "message": "Screen 8"}
+    wait_for(lambda: row_state(page, "quote-3") == final, timeout_s=WAIT_S, what="the row")
 
 
 def test_host_charts_read_real_monitor_samples(
@@ -458,7 +459,11 @@ def test_alerts_fire_and_resolve(page: Page, client: redis.Redis, producer: Prod
         timeout_s=WAIT_S,
         what="the session marked stalled",
     )
-    assert page.text_content('.count[data-status="firing"] b') == "1"
+    wait_for(
+        lambda: page.text_content('.count[data-status="firing"] b') == "1",
+        timeout_s=WAIT_S,
+        what="1 firing",
+    )
     w.monitor_event(
         "worker-1",
         "alert",
@@ -470,8 +475,14 @@ def test_alerts_fire_and_resolve(page: Page, client: redis.Redis, producer: Prod
         timeout_s=WAIT_S,
         what="resolved",
     )
-    assert page.text_content('.count[data-status="firing"] b') == "0"
-    assert (row_state(page, "quote-9") or {}).get("status") == "running"
+    wait_for(
+        lambda: (
+            page.text_content('.count[data-status="firing"] b') == "0"
+            and (row_state(page, "quote-9") or {}).get("status") == "running"
+        ),
+        timeout_s=WAIT_S,
+        what="none firing and quote-9 running again",
+    )
 
 
 # -- the screenshot in docs/ --------------------------------------------------------------
@@ -607,3 +618,30 @@ def test_token_in_the_page_url_reaches_the_relay(redis_url: str, producer: Produ
             assert page.is_hidden("#notice")
     finally:
         r.stop()
+
+
+def test_redis_outage_is_shown_and_delivery_resumes(
+    page: Page, redis_server: EmbeddedRedis, producer: Producer, client: redis.Redis
+) -> None:
+    s = producer.session("quote-5", total=10)
+    s.start()
+    s.progress(1, "Screen 1")
+    flushed(producer)
+    page.goto("/#session=quote-5")
+    wait_for(lambda: len(log_ids(page)) == 2, timeout_s=WAIT_S, what="the first rows")
+
+    redis_server.stop()
+    wait_for(lambda: page.is_visible("#banner"), timeout_s=WAIT_S, what="the Redis banner")
+    assert "cannot reach Redis" in (page.text_content("#banner") or "")
+    redis_server.start()
+    wait_for(lambda: page.is_hidden("#banner"), timeout_s=WAIT_S, what="the all-clear")
+
+    s.progress(2, "Screen 2")
+    flushed(producer)
+    expected = stream_ids(client, "quote-5")
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="delivery to resume")
+    wait_for(
+        lambda: (row_state(page, "quote-5") or {}).get("step") == "2/10",
+        timeout_s=WAIT_S,
+        what="the row to show step 2",
+    )

@@ -142,9 +142,31 @@ function showNotice(...parts) {
   el.hidden = false;
 }
 
+let redisPoll = null;
+
+/** The relay lost Redis: say so until its /healthz is green again (it sends no all-clear). */
+function redisDown() {
+  if (redisPoll != null) return;
+  setText($("#banner-text"), "The relay cannot reach Redis — events resume when it returns.");
+  banner.hidden = false;
+  redisPoll = setInterval(async () => {
+    try {
+      const res = await fetch("healthz", { cache: "no-store" });
+      if (!res.ok) return;
+    } catch {
+      return;
+    }
+    clearInterval(redisPoll);
+    redisPoll = null;
+    if (bus.status === "open") banner.hidden = true;
+  }, 3000);
+}
+
 /** Relay refusals that need the operator, with what to do about them. */
 function noticeFor(err, stream) {
-  if (err.code === "forbidden") {
+  if (err.code === "unavailable") {
+    redisDown();
+  } else if (err.code === "forbidden") {
     const mint = h("code", { text: "rpa-bus token --stream '*'" });
     if (token) {
       showNotice(`The relay refused ${stream}: ${err.message}. The token in the URL does not ` +
@@ -170,7 +192,7 @@ const bus = connect(relayUrl, {
     const label = conn.querySelector(".label");
     if (status === "open") {
       setText(label, "live");
-      banner.hidden = true;
+      banner.hidden = redisPoll == null;
     } else if (status === "reconnecting") {
       const secs = Math.max(1, Math.round((info.delayMs ?? 0) / 1000));
       setText(label, `reconnecting… (${info.attempt})`);
@@ -186,7 +208,7 @@ const bus = connect(relayUrl, {
   },
   onError(err) {
     console.warn(`relay: ${err.code}: ${err.message}`);
-    if (err.code === "forbidden") noticeFor(err, "the bus");
+    noticeFor(err, "the bus");
   },
 });
 
@@ -385,7 +407,7 @@ function subscribeSession(s, mode) {
     },
     onError(err) {
       if (mode === "full") log.marker(`${err.code}: ${err.message}`);
-      if (mode !== "peek") noticeFor(err, `session:${s.sid}`);
+      if (mode !== "peek" || err.code === "unavailable") noticeFor(err, `session:${s.sid}`);
       if (err.fatal && s.handle === handle) endSubscription(s);
     },
   });
