@@ -238,10 +238,13 @@ class BaseProducer:
                 self._journal = None
                 log.info("journal delivered: %d events written after the outage", own.count)
             if not self._held:
-                with self._lock:
+                with self._lock:  # emitters wait on this: keep it short
                     q = self._queue
-                    n = min(len(q), self.batch_max)
-                    self._held = [q.popleft() for _ in range(n)]
+                    if len(q) <= self.batch_max:
+                        self._held = list(q)
+                        q.clear()
+                    else:
+                        self._held = [q.popleft() for _ in range(self.batch_max)]
             if not self._held:
                 return None
             return self._batch(list(self._held), None, 0)
