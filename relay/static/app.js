@@ -269,7 +269,10 @@ function fold(s, data) {
   if (kind === "finished") Object.assign(st, { percent: 100, eta_s: 0 });
   if (typeof data.message === "string") st.message = data.message;
   if (kind === "error" || kind === "failed") st.error = data.error || data.message || kind;
-  if (TERMINAL.has(kind)) s.ended = parseTs(data.ts);
+  if (TERMINAL.has(kind)) {
+    s.ended = parseTs(data.ts);
+    s.endSeen = true;
+  }
 }
 
 /** The `sessions` index: one entry per start and per end. */
@@ -281,6 +284,7 @@ bus.subscribe("sessions", {
     const t = parseTs(data.ts) ?? idTime(id);
     if (data.type === "started") {
       s.started = t;
+      s.endSeen = false;
       s.ended = null;
       if (TERMINAL.has(s.status) || s.status === "unknown") s.status = "running";
     } else if (TERMINAL.has(data.type)) {
@@ -319,7 +323,16 @@ function planSubscription(s) {
   }
   // Ended (or gone): its stream has nothing more to say. Rows of ended sessions are peeked
   // for their final state once they scroll into view (see rowObserver).
-  if (s.sub === "watch") endSubscription(s);
+  if (s.sub === "watch") {
+    endSubscription(s);
+    // The index can tell of the end before the session's own stream does (two streams,
+    // no order between them): then one peek reads the final state from the meta hash.
+    if (!s.endSeen) {
+      s.peeked = true;
+      peekQueue.push(s);
+      pumpPeeks();
+    }
+  }
 }
 
 /** Drop a session's subscription, whatever its mode. */
@@ -528,12 +541,14 @@ const log = {
   body: $("#log"),
   wrap: $("#log-wrap"),
   count: 0,
+  ids: new Set(), // ids of the rows in the page
   isLive: false,
   pinned: true, // follow the tail while the user is at the bottom
   autoTop: null, // scrollTop our last automatic scroll left
 
   clear() {
     this.body.replaceChildren();
+    this.ids.clear();
     this.count = 0;
     this.isLive = false;
     this.pinned = true;
@@ -543,7 +558,8 @@ const log = {
   add(id, data) {
     if (!data) return;
     // Defence in depth: rpa-bus.js already drops repeats; a row per id, never two.
-    if (this.body.querySelector(`tr[data-id="${CSS.escape(id)}"]`)) return;
+    if (this.ids.has(id)) return;
+    this.ids.add(id);
     const t = parseTs(data.ts) ?? idTime(id);
     const kind = String(data.type ?? "?");
     const step = data.step != null ? (data.total ? `${data.step}/${data.total}` : String(data.step)) : "";
@@ -571,7 +587,9 @@ const log = {
     this.body.append(row);
     this.count += 1;
     if (this.count > MAX_LOG_ROWS) {
-      this.body.firstChild.remove();
+      const oldest = this.body.querySelector("tr[data-id]");
+      this.ids.delete(oldest.dataset.id);
+      oldest.remove();
       this.count -= 1;
     }
     this.afterAppend();
