@@ -233,6 +233,7 @@ let peeking = 0; // peek subscriptions in flight
 let watching = 0; // watch subscriptions open
 let selected = null;
 let filterText = "";
+let revealSelected = false; // scroll the selected row into view once it is rendered
 let sessionsLive = false;
 
 function session(sid) {
@@ -449,7 +450,7 @@ function buildRow(s) {
     h("td", { class: "msg" }),
     h("td", { class: "num age" }),
   );
-  row.addEventListener("click", () => select(s.sid));
+  row.addEventListener("click", () => select(s.sid, true));
   s.row = row;
   rowObserver.observe(row);
   return row;
@@ -523,6 +524,11 @@ function renderSessions() {
     const next = cursor.nextSibling;
     cursor.remove();
     cursor = next;
+  }
+  const sel = selected ? sessions.get(selected) : null;
+  if (revealSelected && sessionsLive && sel?.row?.isConnected) {
+    revealSelected = false;
+    sel.row.scrollIntoView({ block: "center" });
   }
   const counts = { running: 0, finished: 0, failed: 0 };
   for (const s of all) if (s.status in counts) counts[s.status] += 1;
@@ -659,7 +665,7 @@ function updateLogHeader() {
 }
 
 /** Show one session's log: its whole retained history, then live events. */
-function select(sid) {
+function select(sid, fromClick = false) {
   if (sid === selected) return;
   const prev = selected ? sessions.get(selected) : null;
   selected = sid;
@@ -672,6 +678,7 @@ function select(sid) {
   if (sid) {
     history.replaceState(null, "", `${location.pathname}${location.search}#session=${encodeURIComponent(sid)}`);
     subscribeSession(session(sid), "full");
+    revealSelected = !fromClick;
   }
   updateLogHeader();
   scheduleRender();

@@ -277,6 +277,8 @@ export class Subscription {
  * @property {{initialMs?: number, maxMs?: number, factor?: number}} [backoff]
  * @property {number} [pingIntervalMs]  keepalive ping period (default 15000); a connection
  *   that hears nothing for three periods is dropped and reconnected.
+ * @property {number} [connectTimeoutMs]  give up on a connection attempt after this long
+ *   (default 10000) and retry.
  * @property {number} [opsPerSecond]  sustained rate of frames sent (default 10), with
  * @property {number} [opsBurst]  a burst allowance (default 30): below the relay's own
  *   per-connection limit, so subscribing to many streams is paced, never refused.
@@ -449,7 +451,15 @@ export class Bus {
       return;
     }
     this._ws = ws;
+    // A handshake that neither opens nor fails (a black-holed address) is given up on.
+    const connectTimer = setTimeout(() => {
+      if (this._ws === ws && ws.readyState !== 1) {
+        ws.onclose({ code: 4001, reason: "connect timeout" });
+        ws.close();
+      }
+    }, this._opts.connectTimeoutMs ?? 10000);
     ws.onopen = () => {
+      clearTimeout(connectTimer);
       if (this._ws !== ws) return;
       this._lastHeard = Date.now();
       this._queue = [];
@@ -470,6 +480,7 @@ export class Bus {
       this._dispatch(msg);
     };
     ws.onclose = (ev) => {
+      clearTimeout(connectTimer);
       if (this._ws !== ws) return;
       this._ws = null;
       this._queue = [];
