@@ -254,3 +254,37 @@ def test_append_script_applies_a_batch_once(redis_url: str, spool_dir: Path) -> 
     assert len(index(r)) == 1
     assert meta(r, "idem")["seq:p1"] == "9"
     bus.close()
+
+
+def test_from_env(redis_url: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPA_BUS_REDIS_URL", redis_url)
+    monkeypatch.setenv("RPA_BUS_SPOOL_DIR", str(spool_dir))
+    monkeypatch.setenv("RPA_BUS_MAXLEN", "123")
+    bus = Producer.from_env(retention_s=60.0)
+    assert bus.settings.maxlen == 123
+    assert bus.settings.retention_s == 60.0
+    bus.publish("session:env-1", {"type": "log", "message": "hi"})
+    assert bus.flush(5 * UNIT_S)
+    assert events(client(redis_url), "env-1")[0]["message"] == "hi"
+    bus.close()
+
+
+def test_emit_from_many_threads_keeps_each_threads_order(bus: Producer, redis_url: str) -> None:
+    import threading
+
+    s = bus.session("threads")
+
+    def work(name: str) -> None:
+        for i in range(300):
+            s.log(f"{name}{i}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bus.flush(10 * UNIT_S)
+    got = [e["message"] for e in events(client(redis_url), "threads")]
+    assert len(got) == 1200
+    for n in "abcd":
+        assert [m for m in got if m[0] == n] == [f"{n}{i}" for i in range(300)]
