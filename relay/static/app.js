@@ -197,14 +197,16 @@ const bus = connect(relayUrl, {
       const secs = Math.max(1, Math.round((info.delayMs ?? 0) / 1000));
       setText(label, `reconnecting… (${info.attempt})`);
       setText($("#banner-text"),
-        `Connection to the relay lost — reconnecting… (attempt ${info.attempt}, next in ${secs}s). ` +
-        "Events will resume where they stopped.");
+        `Relay connection lost — reconnecting… (attempt ${info.attempt}, next in ${secs}s); ` +
+        "events resume where they stopped.");
       banner.hidden = false;
     } else if (status === "connecting") {
       setText(label, "connecting…");
     } else {
       setText(label, status);
     }
+    // Deferred: the first call comes from inside connect(), before `bus` is assigned.
+    queueMicrotask(updateLogHeader);
   },
   onError(err) {
     console.warn(`relay: ${err.code}: ${err.message}`);
@@ -533,6 +535,8 @@ function renderSessions() {
   const counts = { running: 0, finished: 0, failed: 0 };
   for (const s of all) if (s.status in counts) counts[s.status] += 1;
   for (const [k, v] of Object.entries(counts)) setText($(`.count[data-status="${k}"] b`), v);
+  runningCount = counts.running;
+  updateTitle();
   $("#sessions-empty").hidden = shown.length > 0;
   setText($("#sessions-empty"), sessionsLive
     ? (filterText ? "No session matches the filter." : "No sessions in the retained history yet.")
@@ -661,7 +665,8 @@ function updateLogHeader() {
   pill.hidden = false;
   pill.dataset.status = shownStatus(s);
   setText(pill, shownStatus(s));
-  setText($("#log-sub"), `${log.count} events${log.isLive ? " · live" : " · loading history…"}`);
+  const phase = bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
+  setText($("#log-sub"), `${log.count} events · ${phase}`);
 }
 
 /** Show one session's log: its whole retained history, then live events. */
@@ -1166,12 +1171,33 @@ function renderAlerts() {
   if (!items.length) items.push(h("li", { class: "empty", text: "No alerts in the window. All quiet." }));
   list.replaceChildren(...items);
   setText($("#alerts-sub"), firing ? `${firing} firing` : "none firing");
+  firingCount = firing;
+  updateTitle();
   const c = $('.count[data-status="firing"]');
   setText(c.querySelector("b"), firing);
   c.classList.toggle("hot", firing > 0);
 }
 
 // ---- wiring --------------------------------------------------------------------------
+
+let runningCount = 0;
+let firingCount = 0;
+
+/** The tab title tells a glance what matters: alerts firing, sessions running. */
+function updateTitle() {
+  const title = `${firingCount ? `⚠ ${firingCount} firing · ` : ""}${runningCount} running — rpa-bus`;
+  if (document.title !== title) document.title = title;
+}
+
+/** ↑/↓ (or k/j) walk the sessions list and open the log of the row reached. */
+function moveSelection(delta) {
+  const rows = [...$("#sessions").rows];
+  if (!rows.length) return;
+  const at = rows.findIndex((r) => r.dataset.sid === selected);
+  const next = rows[Math.max(0, Math.min(rows.length - 1, at < 0 ? 0 : at + delta))];
+  select(next.dataset.sid, true);
+  next.scrollIntoView({ block: "nearest" });
+}
 
 $("#filter").addEventListener("input", (e) => {
   filterText = e.target.value.trim().toLowerCase();
@@ -1183,6 +1209,14 @@ document.addEventListener("keydown", (e) => {
     $("#filter").focus();
   } else if (e.key === "Escape") {
     if (document.activeElement === $("#filter")) $("#filter").blur();
+  } else if (document.activeElement?.tagName !== "INPUT" && !e.altKey && !e.ctrlKey && !e.metaKey) {
+    if (e.key === "ArrowDown" || e.key === "j") {
+      e.preventDefault();
+      moveSelection(1);
+    } else if (e.key === "ArrowUp" || e.key === "k") {
+      e.preventDefault();
+      moveSelection(-1);
+    }
   }
 });
 window.addEventListener("hashchange", () => select(selectionFromHash()));
