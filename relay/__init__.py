@@ -1,5 +1,19 @@
-"""relay package (being built)."""
+"""The rpa-bus relay: Redis Streams in, WebSocket out, with exact replay.
+
+::
+
+    from relay import Relay, RelaySettings
+
+    async with Relay(RelaySettings.from_env()) as relay:
+        await relay.serve_forever()
+
+The wire protocol is documented for client authors in docs/protocol.md.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from relay._auth import Grant, mint_token, verify_token
+from relay._relay import Relay
+from relay._settings import RelaySettings
+
+__all__ = ["Grant", "Relay", "RelaySettings", "mint_token", "verify_token"]

@@ -1,0 +1,352 @@
+"""One WebSocket client: its ops, its subscriptions and its bounded outbound queue.
+
+Everything sent to a client goes through one FIFO, so frames of one subscription
+(``subscribed``, replayed events, ``live``, live events) keep their order. The FIFO is
+bounded in frames and bytes:
+
+- live events use ``try_put`` and never wait; a full queue switches the subscription to
+  catching up from Redis (see ``relay._hub``), so the relay holds at most the bound;
+- replayed events use ``put_replay``, which waits until the queue is under half its bound,
+  leaving the other half as headroom for the live subscriptions of the same connection;
+- control frames (a handful per subscription or op, and ops are rate limited) always go in.
+
+One writer task drains the FIFO into ``websocket.send``, which itself waits while the
+transport's buffer is above ``write_limit``. A client that takes nothing for
+``stall_timeout_s`` is closed with 1013 (try again later) and resumes from its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import urllib.parse
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from relay import _frames as F
+from relay._auth import Grant, verify_token
+from relay._hub import Hub, Stats, Subscription
+from rpa_bus import Forbidden, InvalidOffset, InvalidStreamName, parse_offset, parse_stream_name
+
+if TYPE_CHECKING:
+    from relay._settings import RelaySettings
+
+log = logging.getLogger(__name__)
+
+# Rate-limited messages in a row after which a flooding client is closed (1008).
+_FLOOD_CLOSE_AFTER = 1000
+
+
+class TokenBucket:
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Connection:
+    """Serves one WebSocket connection until it closes. Implements ``relay._hub.Sink``."""
+
+    def __init__(
+        self, ws: ServerConnection, *, hub: Hub, settings: RelaySettings, stats: Stats
+    ) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.stats = stats
+        self.secret = settings.secret
+        self.max_subscriptions = settings.max_subscriptions
+        self.max_frames = settings.queue_frames
+        self.max_bytes = settings.queue_bytes
+        self.low_frames = max(1, settings.queue_frames // 2)
+        self.low_bytes = settings.queue_bytes // 2
+        self.stall_s = settings.stall_timeout_s
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
+        self._data = asyncio.Event()
+        self._room = asyncio.Event()
+        self.subs: dict[str, Subscription] = {}
+        self.grant: Grant | None = None
+        self._bucket = TokenBucket(settings.ops_per_s, settings.ops_burst)
+        self._limited_in_a_row = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._failure: BaseException | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    # -- Sink -----------------------------------------------------------------------------
+
+    def _push(self, frame: bytes) -> None:
+        self.queue.append(frame)
+        size = len(frame)
+        self.queued_bytes += size
+        self.stats.queued_frames += 1
+        self.stats.queued_bytes += size
+        if not self._data.is_set():
+            self._data.set()
+
+    def try_put(self, frame: bytes) -> bool:
+        if len(self.queue) >= self.max_frames or self.queued_bytes + len(frame) > self.max_bytes:
+            return False
+        self._push(frame)
+        return True
+
+    def put_control(self, frame: bytes) -> None:
+        self._push(frame)
+
+    async def put_replay(self, frame: bytes) -> None:
+        while len(self.queue) >= self.low_frames or self.queued_bytes >= self.low_bytes:
+            self._room.clear()
+            await self._room.wait()
+        self._push(frame)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._failure is None:
+            self._failure = exc
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._finished.done():
+            self._finished.set_result(None)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the client leaves, the relay closes, or a bug (re-raised: 1011)."""
+        writer = self.spawn(self._writer(), "writer")
+        writer.add_done_callback(lambda _: self._finish())
+        try:
+            await self._query_ops()
+            receiver = self.spawn(self._receiver(), "receiver")
+            receiver.add_done_callback(lambda _: self._finish())
+            await self._finished
+        finally:
+            await self._shutdown()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _shutdown(self) -> None:
+        for sub in list(self.subs.values()):
+            await self.hub.stop_subscription(sub)
+        self.stats.subscriptions -= len(self.subs)
+        self.subs.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.stats.queued_frames -= len(self.queue)
+        self.stats.queued_bytes -= self.queued_bytes
+        self.queue.clear()
+        self.queued_bytes = 0
+
+    async def _writer(self) -> None:
+        ws, queue = self.ws, self.queue
+        try:
+            while True:
+                if not queue:
+                    self._data.clear()
+                    await self._data.wait()
+                    continue
+                frame = queue.popleft()
+                size = len(frame)
+                self.queued_bytes -= size
+                self.stats.queued_frames -= 1
+                self.stats.queued_bytes -= size
+                if len(queue) < self.low_frames and self.queued_bytes < self.low_bytes:
+                    self._room.set()
+                try:
+                    async with asyncio.timeout(self.stall_s):
+                        await ws.send(frame, text=True)
+                except TimeoutError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        # 3.11: a cancel landing as the timeout expires surfaces as this.
+                        raise asyncio.CancelledError from None
+                    self.stats.slow_closes += 1
+                    log.info("closing %s: took nothing for %.0f s", _peer(ws), self.stall_s)
+                    await ws.close(F.CLOSE_TRY_AGAIN, "too slow: resume from your last id")
+                    return
+        except ConnectionClosed:
+            return
+
+    async def _receiver(self) -> None:
+        try:
+            async for message in self.ws:
+                if not self._bucket.take():
+                    self._limited(message)
+                    continue
+                self._limited_in_a_row = 0
+                if isinstance(message, bytes):
+                    self.put_control(F.error(F.BAD_REQUEST, "frames must be JSON text"))
+                    continue
+                await self._handle(message)
+        except ConnectionClosed:
+            return
+
+    def _limited(self, message: str | bytes) -> None:
+        self.stats.rate_limited += 1
+        self._limited_in_a_row += 1
+        if self._limited_in_a_row == 1:
+            # One error per burst: a flood must not turn into a flood of error frames.
+            self.put_control(F.error(F.RATE_LIMITED, "too many ops; slow down"))
+        elif self._limited_in_a_row >= _FLOOD_CLOSE_AFTER:
+            self.spawn(self.ws.close(F.CLOSE_POLICY, "op rate limit exceeded"), "close")
+
+    # -- ops ------------------------------------------------------------------------------
+
+    async def _query_ops(self) -> None:
+        """``/ws?token=...&stream=...&from=...&epoch=...``: auth and subscribe at connect."""
+        request = self.ws.request
+        if request is None:
+            return
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        token = query.get("token", [None])[-1]
+        if token is not None:
+            self._auth(token)
+        streams = query.get("stream")
+        if streams:
+            await self._subscribe(
+                {
+                    "stream": streams[-1],
+                    "from": query.get("from", [None])[-1],
+                    "epoch": query.get("epoch", [None])[-1],
+                }
+            )
+
+    async def _handle(self, message: str) -> None:
+        try:
+            op = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            self.put_control(F.error(F.BAD_REQUEST, f"not JSON: {exc}"))
+            return
+        if not isinstance(op, dict):
+            self.put_control(F.error(F.BAD_REQUEST, "a frame must be a JSON object with 'op'"))
+            return
+        name = op.get("op")
+        if name == "subscribe":
+            await self._subscribe(op)
+        elif name == "unsubscribe":
+            await self._unsubscribe(op)
+        elif name == "ping":
+            self.put_control(F.PONG)
+        elif name == "auth":
+            self._auth(op.get("token"))
+        elif name is None:
+            self.put_control(F.error(F.BAD_REQUEST, "missing 'op'"))
+        else:
+            self.put_control(
+                F.error(F.UNKNOWN_OP, f"unknown op {str(name)[:64]!r}: use subscribe, "
+                        "unsubscribe, auth or ping")
+            )  # fmt: skip
+
+    def _auth(self, token: object) -> None:
+        if self.secret is None:
+            return  # no secret: auth is off, every token is accepted and ignored
+        try:
+            self.grant = verify_token(self.secret, token)
+        except Forbidden as exc:
+            self.put_control(F.error(F.FORBIDDEN, str(exc)))
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self.spawn(self._expire(self.grant), "token-expiry")
+
+    async def _expire(self, grant: Grant) -> None:
+        """When the token expires, end the subscriptions it granted."""
+        await asyncio.sleep(max(0.0, grant.expires_s - time.time()))
+        for sub in list(self.subs.values()):
+            self.put_control(F.error(F.FORBIDDEN, "token expired", sub.name))
+            await self._drop(sub)
+
+    async def _subscribe(self, op: dict[str, Any]) -> None:
+        raw_name = op.get("stream")
+        shown = raw_name[:300] if isinstance(raw_name, str) else None
+        try:
+            ref = parse_stream_name(raw_name)
+        except InvalidStreamName as exc:
+            self.put_control(F.error(F.INVALID_STREAM, str(exc), shown))
+            return
+        name = ref.name
+        try:
+            offset = parse_offset(op.get("from"))
+        except InvalidOffset as exc:
+            self.put_control(F.error(F.INVALID_OFFSET, str(exc), name))
+            return
+        epoch = op.get("epoch")
+        if epoch is not None and not isinstance(epoch, str):
+            self.put_control(F.error(F.BAD_REQUEST, "'epoch' must be a string", name))
+            return
+        if self.secret is not None:
+            if self.grant is None:
+                self.put_control(
+                    F.error(F.FORBIDDEN, "authentication required: send {\"op\": \"auth\", "
+                            "\"token\": ...} or connect with ?token=", name)
+                )  # fmt: skip
+                return
+            if not self.grant.allows(name):
+                self.put_control(F.error(F.FORBIDDEN, f"token does not grant {name}", name))
+                return
+        old = self.subs.get(name)
+        if old is not None:
+            await self._drop(old)  # re-subscribing restarts from the new offset
+        elif len(self.subs) >= self.max_subscriptions:
+            self.put_control(
+                F.error(F.TOO_MANY_SUBSCRIPTIONS,
+                        f"at most {self.max_subscriptions} subscriptions per connection", name)
+            )  # fmt: skip
+            return
+        sub = Subscription(self, ref)
+        self.subs[name] = sub
+        self.stats.subscriptions += 1
+        from_id = None if offset is None else (offset.ms, offset.seq)
+        self.hub.start_subscription(sub, from_id=from_id, epoch=epoch or None)
+
+    async def _unsubscribe(self, op: dict[str, Any]) -> None:
+        try:
+            name = parse_stream_name(op.get("stream")).name
+        except InvalidStreamName as exc:
+            self.put_control(F.error(F.INVALID_STREAM, str(exc)))
+            return
+        sub = self.subs.get(name)
+        if sub is None:
+            self.put_control(F.error(F.BAD_REQUEST, f"not subscribed to {name}", name))
+            return
+        await self._drop(sub)
+
+    async def _drop(self, sub: Subscription) -> None:
+        if self.subs.get(sub.name) is sub:
+            del self.subs[sub.name]
+            self.stats.subscriptions -= 1
+        await self.hub.stop_subscription(sub)
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"

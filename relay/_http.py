@@ -1,0 +1,149 @@
+"""Plain HTTP on the WebSocket port: /healthz, /metrics and the dashboard's static files."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http
+import mimetypes
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from relay._hub import Stats
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+
+_TYPES: Final = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+}
+
+PLACEHOLDER: Final = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>rpa-bus relay</title></head>
+<body><h1>rpa-bus relay</h1>
+<p>The dashboard is not installed in this build. The WebSocket endpoint is <code>/ws</code>;
+health is at <a href="/healthz">/healthz</a> and metrics at <a href="/metrics">/metrics</a>.</p>
+</body></html>
+"""
+
+
+def response(status: int, body: bytes, content_type: str, *, cache: str = "no-cache") -> Response:
+    code = http.HTTPStatus(status)
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", cache),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    return Response(code.value, code.phrase, headers, body)
+
+
+def text(status: int, message: str) -> Response:
+    return response(status, message.encode(), "text/plain; charset=utf-8")
+
+
+def resolve_static(path: str, root: Path = STATIC_DIR) -> Path | None:
+    """The file under ``root`` that ``path`` names, or None; never anything outside it."""
+    if "\x00" in path or "\\" in path:
+        return None
+    relative = path.lstrip("/") or "index.html"
+    parts = relative.split("/")
+    if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        return None
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root) or not candidate.is_file():
+        return None
+    return candidate
+
+
+async def static_response(path: str, root: Path = STATIC_DIR) -> Response:
+    file = resolve_static(path, root)
+    if file is None:
+        if path in ("/", "/index.html"):
+            return response(200, PLACEHOLDER, _TYPES[".html"])
+        return text(404, "not found\n")
+    body = await asyncio.to_thread(file.read_bytes)
+    kind = _TYPES.get(file.suffix.lower()) or mimetypes.guess_type(file.name)[0]
+    return response(200, body, kind or "application/octet-stream")
+
+
+class RelayCollector(Collector):
+    """Reads the relay's plain counters at scrape time."""
+
+    def __init__(self, stats: Stats, name: str, tailed: Callable[[], int]) -> None:
+        self._stats = stats
+        self._name = name
+        self._tailed = tailed
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        labels = ["relay"]
+        value = [self._name]
+
+        def gauge(name: str, doc: str, number: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(value, number)
+            return g
+
+        def counter(name: str, doc: str, number: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(value, number)
+            return c
+
+        yield gauge("rpa_relay_connections", "Open WebSocket connections.", s.connections)
+        yield gauge("rpa_relay_subscriptions", "Active subscriptions.", s.subscriptions)
+        yield gauge("rpa_relay_tailed_streams", "Streams read with the group.", self._tailed())
+        yield gauge("rpa_relay_queued_frames", "Frames in outbound queues.", s.queued_frames)
+        yield gauge("rpa_relay_queued_bytes", "Bytes in outbound queues.", s.queued_bytes)
+        yield gauge(
+            "rpa_relay_lag_seconds",
+            "Age of the newest entry of the last batch read, when it was fanned out.",
+            s.lag_s,
+        )
+        yield gauge("rpa_relay_redis_up", "1 if Redis answered the last call.", s.redis_up)
+        yield counter("rpa_relay_events_out", "Event frames queued to clients.", s.events_out)
+        replays = CounterMetricFamily(
+            "rpa_relay_replays", "Replays ended, by outcome.", labels=[*labels, "outcome"]
+        )
+        for outcome in ("live", "reset", "error"):
+            replays.add_metric([*value, outcome], s.replays.get(outcome, 0))
+        yield replays
+        yield counter("rpa_relay_gaps", "Gap frames sent (history trimmed).", s.gaps)
+        yield counter("rpa_relay_resets", "Reset frames sent (stream recreated).", s.resets)
+        yield counter(
+            "rpa_relay_slow_switches",
+            "Live subscriptions switched to catching up (connection queue full).",
+            s.slow_switches,
+        )
+        yield counter(
+            "rpa_relay_slow_closes", "Connections closed 1013 (took nothing).", s.slow_closes
+        )
+        yield counter("rpa_relay_rate_limited", "Ops refused by the rate limit.", s.rate_limited)
+        yield counter(
+            "rpa_relay_refused_connections",
+            "Connections refused (origin, per-IP limit).",
+            s.refused_connections,
+        )
+
+
+def metrics_response(registry: CollectorRegistry) -> Response:
+    return response(200, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8")

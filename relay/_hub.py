@@ -1,0 +1,659 @@
+"""The Redis side of the relay: tailing with a consumer group, replay, and the handoff.
+
+One ``Hub`` per relay instance. It owns
+
+- a command client (a small pool) for XRANGE pages, HGETALL, XGROUP, XACK, CLIENT UNBLOCK;
+- one dedicated reader connection running ONE blocking XREADGROUP over every tailed stream
+  (``>``), woken with CLIENT UNBLOCK from the command client when the tailed set changes;
+- the tails: stream key -> the subscriptions watching it.
+
+A subscription moves through three modes::
+
+    PENDING      live events are buffered for it (bounded) while XRANGE pages replay
+    LIVE         live events go straight into its connection's bounded queue
+    CATCHING_UP  its connection fell behind: live events are ignored (not buffered) and it
+                 reads XRANGE pages from its last delivered id until it reaches the end,
+                 then rejoins through PENDING
+
+The invariant that makes replay, live, catch-up and reconnects exact: a subscription
+delivers an entry only if its id is greater than ``last``, the id it delivered last, and
+``last`` only grows. Duplicates are therefore impossible; the handoff argument for "no
+gap" is in ``Hub._catch_up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay import _frames as F
+from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
+from rpa_bus import Keys, StreamRef, state_from_meta
+
+log = logging.getLogger(__name__)
+
+# Transient: Redis unreachable, slow, or restarting. Anything else is a bug and propagates.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)
+
+# Begin tailing a key: a fresh group at "$" (dropping one a crashed run of this relay left
+# behind, with its stale pending entries). MKSTREAM so a session that has not started yet
+# can be tailed; its first XADD then goes live at once.
+_CREATE_GROUP = """
+redis.pcall('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+return redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+"""
+
+# Stop tailing a key: drop our group; if that leaves an empty stream nobody else reads and
+# no session owns (no meta hash), delete it, so subscribing to a session that never starts
+# leaves nothing behind. Atomic, so a producer's first XADD cannot slip in between.
+_DROP_GROUP = """
+redis.pcall('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('XLEN', KEYS[1]) == 0 then
+  local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+  if #groups == 0 and (KEYS[2] == KEYS[1] or redis.call('EXISTS', KEYS[2]) == 0) then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+end
+return 0
+"""
+
+
+class Sink(Protocol):
+    """What a subscription needs from its connection."""
+
+    def try_put(self, frame: bytes) -> bool:
+        """Enqueue a live frame if the connection is under its bound."""
+
+    def put_control(self, frame: bytes) -> None:
+        """Enqueue a small control frame (subscribed, live, gap, reset, error) always."""
+
+    async def put_replay(self, frame: bytes) -> None:
+        """Enqueue a replayed frame, waiting until the queue is below its low-water mark."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run a task owned by the connection (cancelled and awaited when it closes)."""
+
+
+class Mode(enum.Enum):
+    PENDING = "pending"
+    LIVE = "live"
+    CATCHING_UP = "catching_up"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Stats:
+    """Plain counters; the metrics collector reads them at scrape time (no per-event cost)."""
+
+    connections: int = 0
+    subscriptions: int = 0
+    events_out: int = 0
+    replays: collections.Counter[str] = field(default_factory=collections.Counter)
+    gaps: int = 0
+    resets: int = 0
+    slow_switches: int = 0
+    slow_closes: int = 0
+    rate_limited: int = 0
+    refused_connections: int = 0
+    lag_s: float = 0.0
+    redis_up: bool = False
+    reader_loops: int = 0
+    last_read_s: float = 0.0
+    queued_frames: int = 0
+    queued_bytes: int = 0
+
+
+class Backoff:
+    """Capped, jittered exponential backoff; ``reset()`` after a success."""
+
+    def __init__(self, base_s: float = 0.05, cap_s: float = 2.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self._attempt = 0
+
+    def next_s(self) -> float:
+        delay = min(self.cap_s, self.base_s * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 30)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class Subscription:
+    """One stream watched by one connection."""
+
+    __slots__ = (
+        "buffer",
+        "epoch",
+        "last",
+        "mode",
+        "name",
+        "notified_outage",
+        "overflow",
+        "ref",
+        "sink",
+        "task",
+    )
+
+    def __init__(self, sink: Sink, ref: StreamRef) -> None:
+        self.sink = sink
+        self.ref = ref
+        self.name = ref.name
+        self.last: Id = ZERO_ID
+        self.epoch: str | None = None
+        # A new subscription is pending-live from the start: the handoff buffers first.
+        self.mode = Mode.PENDING
+        self.buffer: collections.deque[tuple[Id, bytes]] = collections.deque()
+        self.overflow = False
+        self.task: asyncio.Task[None] | None = None
+        self.notified_outage = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.name} {self.mode.value} last={format_id(self.last)}>"
+
+
+class Tail:
+    """A stream this relay reads with its group, and who watches it."""
+
+    __slots__ = ("key", "meta", "name", "prefix", "subs")
+
+    def __init__(self, key: str, meta: str | None, name: str) -> None:
+        self.key = key
+        self.meta = meta
+        self.name = name
+        self.prefix = F.event_prefix(name)
+        self.subs: set[Subscription] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    epoch: str | None
+    first: Id | None
+    last: Id | None
+    state: dict[str, Any]
+
+
+class Hub:
+    """Tails streams for one relay instance and hands their events to subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        client: aioredis.Redis,
+        keys: Keys,
+        name: str,
+        stats: Stats,
+        block_ms: int,
+        read_count: int,
+        page_size: int,
+        replay_buffer: int,
+    ) -> None:
+        self._cmd = client
+        # A dedicated connection for the blocking read: its CLIENT ID is what UNBLOCK targets.
+        self._reader_client = client.client()
+        self._keys = keys
+        self.group = keys.relay_group(name)
+        self.consumer = name
+        self.stats = stats
+        self._block_ms = block_ms
+        self._read_count = read_count
+        self._page_size = page_size
+        self._replay_buffer = replay_buffer
+        self._tails: dict[str, Tail] = {}
+        self._idle: set[str] = set()  # tailed keys whose last subscriber left
+        # Group creation and removal are serialised, so a key is never dropped while a new
+        # subscriber is creating its group.
+        self._lock = asyncio.Lock()
+        self._gen = 0  # bumped when the tailed set changes
+        self._reading_gen = -1  # the generation the reader's current call was built from
+        self._blocked = False
+        self._reader_id: int | None = None
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._up = False
+        self.outage = 0  # number of the current/last outage (a subscriber is told once each)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._create_group = client.register_script(_CREATE_GROUP)
+        self._drop_group = client.register_script(_DROP_GROUP)
+        self._closed = False
+        self.idle = True  # the reader waits for a first subscription (healthz: not stale)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for coro, name in ((self._reader(), "relay-reader"), (self._waker(), "relay-waker")):
+            task = asyncio.create_task(coro, name=name)
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay %s task failed", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._reader_client.aclose()
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def tailed(self) -> int:
+        return len(self._tails)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._cmd.ping())
+        except TRANSIENT:
+            return False
+
+    # -- availability ---------------------------------------------------------------------
+
+    def mark_down(self, exc: BaseException) -> None:
+        if self._up or self.outage == 0:
+            self._up = False
+            self.stats.redis_up = False
+            self.outage += 1
+            log.warning("Redis unavailable (%s); subscribers are told and tailing retries", exc)
+            for tail in self._tails.values():
+                for sub in tail.subs:
+                    self.notify_unavailable(sub)
+
+    def mark_up(self) -> None:
+        if not self._up:
+            if self.outage:
+                log.warning("Redis reachable again; tailing resumes")
+            self._up = True
+            self.stats.redis_up = True
+
+    def notify_unavailable(self, sub: Subscription) -> None:
+        if sub.notified_outage != self.outage and sub.mode is not Mode.CLOSED:
+            sub.notified_outage = self.outage
+            sub.sink.put_control(
+                F.error(F.UNAVAILABLE, "Redis is unavailable; delivery resumes when it returns",
+                        sub.name)
+            )  # fmt: skip
+
+    async def _retrying(self, sub: Subscription, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a Redis call for ``sub`` until it succeeds, telling it once per outage."""
+        backoff = Backoff()
+        while True:
+            try:
+                result = await call()
+            except TRANSIENT as exc:
+                self.mark_down(exc)
+                self.notify_unavailable(sub)
+                await asyncio.sleep(backoff.next_s())
+            else:
+                self.mark_up()
+                return result
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def start_subscription(
+        self, sub: Subscription, *, from_id: Id | None, epoch: str | None
+    ) -> None:
+        """Begin a subscription: attach, send ``subscribed``, replay, then go live."""
+        sub.task = sub.sink.spawn(self._subscribe(sub, from_id, epoch), f"sub:{sub.name}")
+
+    async def stop_subscription(self, sub: Subscription) -> None:
+        sub.mode = Mode.CLOSED
+        sub.buffer.clear()
+        task, sub.task = sub.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])  # our own cancellation still propagates
+        tail = self._tails.get(self._keys.key_for(sub.ref))
+        if tail is not None:
+            tail.subs.discard(sub)
+            if not tail.subs:
+                self._idle.add(tail.key)
+                self._changed.set()  # the reader drops idle tails between reads
+
+    async def _subscribe(self, sub: Subscription, from_id: Id | None, epoch: str | None) -> None:
+        try:
+            await self._retrying(sub, lambda: self._attach(sub))
+        except ResponseError as exc:  # e.g. WRONGTYPE: the key holds something else
+            sub.mode = Mode.CLOSED
+            sub.sink.put_control(F.error(F.INVALID_STREAM, f"cannot read stream: {exc}", sub.name))
+            self.stats.replays["error"] += 1
+            return
+        info: StreamInfo = await self._retrying(sub, lambda: self._info(sub.ref))
+        sub.sink.put_control(
+            F.frame(
+                type="subscribed",
+                stream=sub.name,
+                epoch=info.epoch,
+                first=_fmt(info.first),
+                last=_fmt(info.last),
+                state=info.state,
+            )
+        )
+        sub.epoch = info.epoch
+        if from_id is None:  # "$": only what comes after the current end
+            sub.last = info.last or ZERO_ID
+        elif epoch and epoch != info.epoch and from_id != ZERO_ID:
+            # The client's history belongs to another incarnation of the stream.
+            self.stats.resets += 1
+            self.stats.replays["reset"] += 1
+            sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
+            sub.last = ZERO_ID
+        else:
+            sub.last = from_id
+        await self._catch_up(sub)
+
+    def _restart(self, sub: Subscription) -> None:
+        """Re-check a subscription against Redis (its stream lost our group: recreated or
+        lost in a restart): reset if the epoch changed, else catch up from ``last``."""
+        old = sub.task
+        sub.mode = Mode.CATCHING_UP
+        sub.buffer.clear()
+        sub.task = sub.sink.spawn(self._resume(sub, old), f"resume:{sub.name}")
+
+    async def _resume(self, sub: Subscription, old: asyncio.Task[None] | None) -> None:
+        if old is not None and not old.done():
+            old.cancel()
+            await asyncio.wait([old])
+        info: StreamInfo = await self._retrying(sub, lambda: self._info(sub.ref))
+        if sub.epoch != info.epoch and sub.ref.kind == "session":
+            self.stats.resets += 1
+            sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
+            sub.epoch = info.epoch
+            sub.last = ZERO_ID
+        await self._catch_up(sub)
+
+    def _fall_behind(self, sub: Subscription) -> None:
+        """The connection's queue is full: catch this subscription up from Redis instead."""
+        self.stats.slow_switches += 1
+        sub.mode = Mode.CATCHING_UP
+        sub.buffer.clear()
+        sub.task = sub.sink.spawn(self._catch_up(sub), f"catch-up:{sub.name}")
+
+    async def _catch_up(self, sub: Subscription) -> None:
+        """Replay XRANGE pages from ``sub.last`` to the end, then hand off to live.
+
+        No gap: while PENDING, every entry the reader fans out for this stream is buffered.
+        The final XRANGE pass starts after PENDING began, so an entry is either older than
+        that pass (and the pass returns it) or the reader fans it out after PENDING began
+        (the group was created before any pass, so ``>`` returns it) and it is buffered or,
+        once LIVE, delivered. Buffer overflow drops the buffer and reads Redis again.
+        No duplicate: everything goes through the ``id > last`` test.
+        """
+        while True:
+            await self._replay_pages(sub)
+            if sub.mode is not Mode.PENDING:  # coming from CATCHING_UP: one more pass
+                sub.mode = Mode.PENDING
+                sub.buffer.clear()
+                sub.overflow = False
+                continue
+            while sub.buffer and not sub.overflow:
+                entry_id, frame = sub.buffer.popleft()
+                if entry_id > sub.last:
+                    await sub.sink.put_replay(frame)
+                    sub.last = entry_id
+                    self.stats.events_out += 1
+            if sub.overflow:
+                sub.overflow = False
+                sub.buffer.clear()
+                continue
+            sub.mode = Mode.LIVE
+            sub.task = None
+            self.stats.replays["live"] += 1
+            sub.sink.put_control(F.frame(type="live", stream=sub.name))
+            return
+
+    async def _replay_pages(self, sub: Subscription) -> None:
+        key = self._keys.key_for(sub.ref)
+        prefix = F.event_prefix(sub.name)
+        page = self._page_size
+        while True:
+            first, entries = await self._retrying(sub, lambda: self._page(key, sub.last, page))
+            if first is not None and sub.last != ZERO_ID and first > sub.last:
+                # Entries after `last` may have been trimmed away (approximate MAXLEN); the
+                # client learns it, then gets the retained rest.
+                self.stats.gaps += 1
+                sub.sink.put_control(
+                    F.frame(type="gap", stream=sub.name, **{"from": format_id(sub.last)},
+                            first=format_id(first))
+                )  # fmt: skip
+            for raw_id, fields in entries:
+                entry_id = parse_id(raw_id)
+                if entry_id <= sub.last:
+                    continue
+                await sub.sink.put_replay(event_frame(prefix, raw_id, fields.get(b"e")))
+                sub.last = entry_id
+                self.stats.events_out += 1
+            if len(entries) < page:
+                return
+
+    async def _page(self, key: str, after: Id, count: int) -> tuple[Id | None, list[Any]]:
+        async with self._cmd.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, "-", "+", count=1)
+            pipe.xrange(key, "(" + format_id(after), "+", count=count)
+            head, entries = await pipe.execute()
+        return (parse_id(head[0][0]) if head else None), entries
+
+    async def _info(self, ref: StreamRef) -> StreamInfo:
+        key = self._keys.key_for(ref)
+        meta_key = self._keys.meta_for(ref)
+        async with self._cmd.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, "-", "+", count=1)
+            pipe.xrevrange(key, "+", "-", count=1)
+            if meta_key is not None:
+                pipe.hgetall(meta_key)
+            results = await pipe.execute()
+        head, tail = results[0], results[1]
+        if meta_key is None:
+            # Index and monitor streams are never recreated: a constant epoch.
+            epoch: str | None = ""
+            state: dict[str, Any] = {}
+        else:
+            meta = results[2]
+            raw_epoch = meta.get(b"epoch")
+            epoch = raw_epoch.decode() if raw_epoch is not None else None
+            state = state_from_meta(meta)
+        return StreamInfo(
+            epoch=epoch,
+            first=parse_id(head[0][0]) if head else None,
+            last=parse_id(tail[0][0]) if tail else None,
+            state=state,
+        )
+
+    async def _attach(self, sub: Subscription) -> None:
+        """Register ``sub`` on its stream's tail, creating the tail and our group if new."""
+        key = self._keys.key_for(sub.ref)
+        async with self._lock:
+            tail = self._tails.get(key)
+            if tail is None:
+                await self._create_group(keys=[key], args=[self.group])
+                tail = Tail(key, self._keys.meta_for(sub.ref), sub.name)
+                self._tails[key] = tail
+                self._gen += 1
+                self._changed.set()
+                self._wake.set()
+            tail.subs.add(sub)
+
+    # -- the reader -----------------------------------------------------------------------
+
+    async def _drop_idle(self) -> None:
+        if not self._idle:
+            return
+        async with self._lock:
+            for key in list(self._idle):
+                tail = self._tails.get(key)
+                if tail is not None and not tail.subs:
+                    await self._drop_group(keys=[key, tail.meta or key], args=[self.group])
+                    del self._tails[key]
+                    self._gen += 1
+                self._idle.discard(key)
+
+    async def _repair_groups(self) -> None:
+        """After NOGROUP/UNBLOCKED: recreate our group where it is gone and re-check the
+        subscriptions of those streams (the stream was recreated, or Redis lost it)."""
+        async with self._lock:
+            for tail in list(self._tails.values()):
+                try:
+                    await self._cmd.xgroup_create(tail.key, self.group, "$", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" in str(exc):
+                        continue
+                    raise
+                log.info("recreated group %s on %s", self.group, tail.key)
+                for sub in list(tail.subs):
+                    self._restart(sub)
+
+    async def _reader(self) -> None:
+        backoff = Backoff()
+        recovering = True  # first read our own pending entries (a reply lost in a drop)
+        reader = self._reader_client
+        while True:
+            try:
+                if self._reader_id is None:
+                    self._reader_id = int(await reader.client_id())
+                    self.mark_up()
+                    recovering = True
+                await self._drop_idle()
+                if not self._tails:
+                    # Idle: nothing to read until a subscription arrives. (No timeout here:
+                    # on 3.11 a timeout expiring as the task is cancelled can eat the cancel.)
+                    self._changed.clear()
+                    self.idle = True
+                    await self._changed.wait()
+                    self.idle = False
+                    continue
+                streams = dict.fromkeys(self._tails, "0" if recovering else ">")
+                self._reading_gen = self._gen
+                self._blocked = not recovering
+                try:
+                    response = await reader.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        streams,  # type: ignore[arg-type]
+                        count=self._read_count,
+                        block=None if recovering else self._block_ms,
+                    )
+                finally:
+                    self._blocked = False
+                self.stats.reader_loops += 1
+                self.stats.last_read_s = time.monotonic()
+                delivered = self._fan_out(response)
+                if delivered:
+                    await self._ack(delivered)
+                elif recovering:
+                    recovering = False
+                self.mark_up()
+                backoff.reset()
+            except ResponseError as exc:
+                text = str(exc)
+                if text.startswith(("NOGROUP", "UNBLOCKED")):
+                    await self._repair_groups()
+                else:
+                    raise
+            except TRANSIENT as exc:
+                self._reader_id = None
+                self.mark_down(exc)
+                await asyncio.sleep(backoff.next_s())
+
+    def _fan_out(self, response: Any) -> dict[str, list[bytes]]:
+        """Hand each entry to every subscription of its stream; return ids to acknowledge."""
+        if not response:
+            return {}
+        items: Iterable[Any] = response.items() if isinstance(response, dict) else response
+        delivered: dict[str, list[bytes]] = {}
+        newest = 0
+        for raw_key, entries in items:
+            if isinstance(entries, list) and entries and isinstance(entries[0], list):
+                entries = entries[0]  # RESP3 shape
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            tail = self._tails.get(key)
+            ids: list[bytes] = []
+            for raw_id, fields in entries:
+                ids.append(raw_id)
+                if tail is None or fields is None:  # entry deleted while pending
+                    continue
+                entry_id = parse_id(raw_id)
+                newest = max(newest, entry_id[0])
+                frame = event_frame(tail.prefix, raw_id, fields.get(b"e"))
+                for sub in tail.subs:
+                    self._offer(sub, entry_id, frame)
+            if ids:
+                delivered[key] = ids
+        if newest:
+            self.stats.lag_s = max(0.0, time.time() - newest / 1000)
+        return delivered
+
+    def _offer(self, sub: Subscription, entry_id: Id, frame: bytes) -> None:
+        if entry_id <= sub.last:
+            return
+        mode = sub.mode
+        if mode is Mode.LIVE:
+            if sub.sink.try_put(frame):
+                sub.last = entry_id
+                self.stats.events_out += 1
+            else:
+                self._fall_behind(sub)
+        elif mode is Mode.PENDING:
+            if sub.overflow:
+                return
+            if len(sub.buffer) < self._replay_buffer:
+                sub.buffer.append((entry_id, frame))
+            else:
+                sub.overflow = True
+                sub.buffer.clear()
+        # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
+
+    async def _ack(self, delivered: dict[str, list[bytes]]) -> None:
+        async with self._reader_client.pipeline(transaction=False) as pipe:
+            for key, ids in delivered.items():
+                pipe.xack(key, self.group, *ids)
+            await pipe.execute(raise_on_error=False)
+
+    async def _waker(self) -> None:
+        """Wake the reader with CLIENT UNBLOCK when the tailed set grew.
+
+        UNBLOCK only works once Redis has the XREADGROUP blocked: if the command is still
+        on its way, it returns 0 and we try again shortly, until the reader has picked up
+        the new set (or is not blocked).
+        """
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for _ in range(500):
+                reader_id = self._reader_id
+                if reader_id is None or self._reading_gen >= self._gen:
+                    break
+                if self._blocked:
+                    try:
+                        if await self._cmd.client_unblock(reader_id):
+                            break
+                    except TRANSIENT:
+                        break
+                await asyncio.sleep(0.002)
+
+
+def _fmt(value: Id | None) -> str | None:
+    return None if value is None else format_id(value)

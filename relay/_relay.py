@@ -1,0 +1,241 @@
+"""The relay service: a websockets server, a Hub, and HTTP on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import urllib.parse
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from relay import _http
+from relay._connection import Connection
+from relay._hub import TRANSIENT, Hub, Stats
+from relay._settings import RelaySettings
+from rpa_bus import Settings
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(bus: Settings) -> aioredis.Redis:
+    """A client whose every call is bounded in time and never retried behind our back."""
+    return aioredis.Redis.from_url(
+        bus.redis_url,
+        socket_timeout=bus.socket_timeout_s,
+        socket_connect_timeout=bus.connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        protocol=2,
+    )
+
+
+class Relay:
+    """One relay instance: ``async with Relay(settings) as relay: await relay.serve_forever()``.
+
+    ``client`` injects a ``redis.asyncio.Redis`` (its socket timeout must exceed
+    ``settings.block_ms``); otherwise one is made from ``settings.bus`` and closed with the
+    relay. ``close()`` is idempotent: it stops accepting, closes every connection with
+    ``code`` (1001 going away by default, 1012 for a restart) and stops tailing.
+    """
+
+    def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
+        self.settings = settings
+        self._own_client = client is None
+        self._client = client if client is not None else redis_client(settings.bus)
+        self.stats = Stats()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._hub: Hub | None = None
+        self._server: Server | None = None
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._close_task: asyncio.Task[None] | None = None
+        self._origins = frozenset(settings.origins)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        s = self.settings
+        keys = s.bus.keys
+        await self._check_config()
+        self._hub = Hub(
+            client=self._client,
+            keys=keys,
+            name=s.name,
+            stats=self.stats,
+            block_ms=s.block_ms,
+            read_count=s.read_count,
+            page_size=s.page_size,
+            replay_buffer=s.replay_buffer,
+        )
+        hub = self._hub
+        self.registry.register(_http.RelayCollector(self.stats, s.name, lambda: hub.tailed))
+        await hub.start()
+        self._server = await serve(
+            self._handler,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            compression="deflate" if s.compression else None,
+            max_size=s.max_frame_bytes,
+            max_queue=16,
+            write_limit=s.write_limit,
+            ping_interval=s.ping_interval_s,
+            ping_timeout=s.ping_timeout_s,
+            close_timeout=5,
+            open_timeout=10,
+            server_header=None,
+        )
+        log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
+
+    async def _check_config(self) -> None:
+        """Agree with the deployment on the bucket count; skip (with a warning) if Redis is
+        down: the relay starts anyway and serves once Redis is back."""
+        keys = self.settings.bus.keys
+        try:
+            await self._client.hsetnx(keys.config, "buckets", str(keys.buckets))
+            stored = await self._client.hgetall(keys.config)
+        except TRANSIENT as exc:
+            log.warning("Redis unavailable at start (%s); the relay retries in the background", exc)
+            return
+        keys.check_config({_text(k): _text(v) for k, v in stored.items()})
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("relay not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.settings.host}:{self.port}/ws"
+
+    def close(self, code: int = 1001, reason: str = "relay shutting down") -> None:
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            if self._server is not None:
+                self._server.close(code=code, reason=reason)
+                await self._server.wait_closed()
+        finally:
+            if self._hub is not None:
+                await self._hub.close()
+            if self._own_client:
+                await self._client.aclose()
+            log.info("relay %s closed", self.settings.name)
+
+    async def wait_closed(self) -> None:
+        if self._close_task is None:
+            if self._server is not None:
+                await self._server.wait_closed()
+            return
+        await asyncio.shield(self._close_task)
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        await self._server.wait_closed()
+        await self.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            self.close()
+            await self.wait_closed()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert self._hub is not None
+        ip = _ip(ws)
+        self._per_ip[ip] += 1
+        self.stats.connections += 1
+        try:
+            await Connection(ws, hub=self._hub, settings=self.settings, stats=self.stats).run()
+        finally:
+            self.stats.connections -= 1
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = urllib.parse.urlsplit(request.path).path
+        if path == "/ws":
+            return self._admit(ws, request)
+        if path == "/healthz":
+            return await self._healthz()
+        if path == "/metrics":
+            return _http.metrics_response(self.registry)
+        return await _http.static_response(path)
+
+    def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_ok(origin, request.headers.get("Host")):
+            self.stats.refused_connections += 1
+            return _http.text(403, f"origin {origin!r} not allowed\n")
+        limit = self.settings.max_connections_per_ip
+        if limit and self._per_ip[_ip(ws)] >= limit:
+            self.stats.refused_connections += 1
+            return _http.text(429, f"at most {limit} connections per client address\n")
+        return None
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        if "*" in self._origins or origin in self._origins:
+            return True
+        # Same origin: a page served by this relay (the dashboard).
+        netloc = urllib.parse.urlsplit(origin).netloc
+        return host is not None and netloc == host
+
+    async def _healthz(self) -> Response:
+        assert self._hub is not None
+        redis_ok = await self._hub.ping()
+        reader_age = time.monotonic() - self.stats.last_read_s if self.stats.last_read_s else None
+        # The reader returns at least every block_ms; well past that it is stuck.
+        stale_after = self.settings.block_ms / 1000 + self.settings.bus.socket_timeout_s + 5
+        reader_ok = self._hub.idle or (reader_age is not None and reader_age < stale_after)
+        ok = redis_ok and reader_ok
+        body: dict[str, Any] = {
+            "status": "ok" if ok else "unavailable",
+            "name": self.settings.name,
+            "redis": redis_ok,
+            "reader": reader_ok,
+            "lag_s": round(self.stats.lag_s, 6),
+            "connections": self.stats.connections,
+            "subscriptions": self.stats.subscriptions,
+            "tailed_streams": self._hub.tailed,
+        }
+        return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")
+
+
+def _ip(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if isinstance(address, tuple) else "?"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

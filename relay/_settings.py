@@ -1,0 +1,141 @@
+"""Relay settings: one frozen dataclass, read from ``RPA_BUS_RELAY_*`` once, by the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rpa_bus import ConfigError, EnvReader, Settings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only serves this machine."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """Everything ``Relay`` needs. Units live in the names.
+
+    ``bus`` holds what every part shares (Redis URL, prefix, buckets, timeouts, secret).
+    Build it with ``from_env()`` in an entry point; library code passes it around.
+    """
+
+    bus: Settings = field(default_factory=Settings)
+    host: str = "127.0.0.1"
+    port: int = 8765
+    name: str = "relay-1"
+    # Serve a non-loopback address without a secret (no auth at all).
+    insecure: bool = False
+    # Allowed ``Origin`` values besides same-origin and no Origin at all; "*" allows any.
+    origins: tuple[str, ...] = ()
+    # Largest incoming WebSocket message (close 1009 past it).
+    max_frame_bytes: int = 64 * 1024
+    max_subscriptions: int = 100
+    # 0 means no limit.
+    max_connections_per_ip: int = 256
+    # Token bucket per connection: sustained ops per second and burst.
+    ops_per_s: float = 20.0
+    ops_burst: int = 50
+    # Outbound bound per connection; past it a live subscription switches to catching up.
+    queue_frames: int = 1024
+    queue_bytes: int = 1024 * 1024
+    # websockets' transport write buffer high-water mark (bytes).
+    write_limit: int = 32 * 1024
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    # A connection whose queue is full and that has taken nothing for this long is closed 1013.
+    stall_timeout_s: float = 60.0
+    # Blocking XREADGROUP: must stay below the Redis socket timeout.
+    block_ms: int = 1000
+    read_count: int = 1000
+    page_size: int = 1000
+    # Live events held per subscription while its replay runs; past it, replay reads again.
+    replay_buffer: int = 10_000
+    compression: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.block_ms >= self.bus.socket_timeout_s * 1000:
+            raise ConfigError(
+                f"block_ms ({self.block_ms}) must be below the Redis socket timeout "
+                f"({self.bus.socket_timeout_s * 1000:.0f} ms)"
+            )
+        for name in ("max_frame_bytes", "max_subscriptions", "ops_burst", "queue_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.queue_bytes < 1024:
+            raise ConfigError(f"queue_bytes must be >= 1024, got {self.queue_bytes}")
+        if self.ops_per_s <= 0:
+            raise ConfigError(f"ops_per_s must be > 0, got {self.ops_per_s}")
+        if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
+            raise ConfigError("page_size, read_count and replay_buffer must be >= 1")
+
+    @property
+    def secret(self) -> str | None:
+        return self.bus.secret
+
+    def check_bind(self) -> None:
+        """Refuse to serve a non-loopback address without a secret unless ``insecure``."""
+        if self.bus.secret is None and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to serve {self.host!r} without RPA_BUS_SECRET: anyone who can reach "
+                "it could read every stream. Set RPA_BUS_SECRET (clients then need a token from "
+                "`rpa-bus token`), bind 127.0.0.1, or pass --insecure"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
+        """Read ``RPA_BUS_*`` (shared) and ``RPA_BUS_RELAY_*`` variables; overrides win.
+
+        Overrides whose value is ``None`` are ignored (unset CLI options). An override named
+        ``bus`` replaces the shared settings; ``redis_url`` and ``secret`` go into them.
+        """
+        bus_overrides = {k: overrides.pop(k) for k in ("redis_url", "secret") if k in overrides}
+        bus = overrides.pop("bus", None) or Settings.from_env(environ, **bus_overrides)
+        env = EnvReader(environ, prefix="RPA_BUS_RELAY_")
+        d = cls()
+        values: dict[str, Any] = {
+            "host": env.text("HOST", d.host),
+            "port": env.integer("PORT", d.port, hi=65535),
+            "name": env.text("NAME", d.name),
+            "insecure": env.flag("INSECURE", d.insecure),
+            "origins": env.items("ORIGINS", d.origins),
+            "max_frame_bytes": env.integer("MAX_FRAME_BYTES", d.max_frame_bytes, lo=64),
+            "max_subscriptions": env.integer("MAX_SUBSCRIPTIONS", d.max_subscriptions, lo=1),
+            "max_connections_per_ip": env.integer(
+                "MAX_CONNECTIONS_PER_IP", d.max_connections_per_ip
+            ),
+            "ops_per_s": env.number("OPS_PER_S", d.ops_per_s, lo=0.01),
+            "ops_burst": env.integer("OPS_BURST", d.ops_burst, lo=1),
+            "queue_frames": env.integer("QUEUE_FRAMES", d.queue_frames, lo=1),
+            "queue_bytes": env.integer("QUEUE_BYTES", d.queue_bytes, lo=1024),
+            "write_limit": env.integer("WRITE_LIMIT", d.write_limit, lo=1024),
+            "ping_interval_s": _optional_seconds(env, "PING_INTERVAL_S", d.ping_interval_s),
+            "ping_timeout_s": _optional_seconds(env, "PING_TIMEOUT_S", d.ping_timeout_s),
+            "stall_timeout_s": env.number("STALL_TIMEOUT_S", d.stall_timeout_s, lo=0.1),
+            "block_ms": env.integer("BLOCK_MS", d.block_ms, lo=1),
+            "read_count": env.integer("READ_COUNT", d.read_count, lo=1),
+            "page_size": env.integer("PAGE_SIZE", d.page_size, lo=1),
+            "replay_buffer": env.integer("REPLAY_BUFFER", d.replay_buffer, lo=1),
+            "compression": env.flag("COMPRESSION", d.compression),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(bus=bus, **values)
+
+    def with_(self, **changes: Any) -> RelaySettings:
+        return replace(self, **changes)
+
+
+def _optional_seconds(env: EnvReader, name: str, default: float | None) -> float | None:
+    """A number of seconds, where ``0`` turns the feature off (``None``)."""
+    value = env.number(name, default if default is not None else 0.0)
+    return value or None
