@@ -20,7 +20,7 @@ from playwright.sync_api import Page
 
 from monitor import Monitor, MonitorSettings
 from producer import Producer
-from rpa_bus import Keys, Settings
+from rpa_bus import Keys, Settings, now_ts
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._browser import BusWriter, RelayThread, chromium_page, wait_for
 from tests.conftest import UNIT_S
@@ -498,31 +498,49 @@ def _busy_scene(redis_url: str, client: redis.Redis) -> None:
         "terms acceptance", "proposal issued", "policy PDF downloaded",
     ]  # fmt: skip
 
-    def run(sid: str, steps: int, end: str | None = None) -> None:
-        w.session_event(sid, "started", total=15, data={"insurer": "Atlas Seguros"})
+    now_s = time.time()
+
+    def run(
+        sid: str, ago_s: float, steps: int, end: str | None = None, pace_s: float = 4.2
+    ) -> None:
+        """One robot that started ``ago_s`` seconds ago and took ``pace_s`` per screen."""
+
+        def at(k: float) -> str:
+            return now_ts(now_s - ago_s + k * pace_s)
+
+        w.session_event(sid, "started", ts=at(0), total=15, data={"insurer": "Atlas Seguros"})
         for step in range(1, steps + 1):
-            left = (15 - step) * 3.8
             w.session_event(
-                sid, "progress", step=step, total=15, percent=round(step * 100 / 15, 1),
-                eta_s=left, message=f"Screen {step}: {screens[step - 1]}",
+                sid, "progress", ts=at(step), step=step, total=15,
+                percent=round(step * 100 / 15, 1), eta_s=round((15 - step) * pace_s, 1),
+                message=f"Screen {step}: {screens[step - 1]}",
             )  # fmt: skip
             if step == 5:
-                w.session_event(
-                    sid, "estimates", data={"plans": [{"name": "basic", "premium": 1180.4}]}
-                )
+                plans = {"plans": [{"name": "basic", "premium": 1180.4}]}
+                w.session_event(sid, "estimates", ts=at(step + 0.1), data=plans)
         if end == "finished":
-            w.session_event(sid, "finished", step=15, total=15, data={"premium": 1234.5})
+            w.session_event(
+                sid, "finished", ts=at(steps + 0.2), step=15, total=15, data={"premium": 1234.5}
+            )
         elif end == "failed":
             msg = "insurer site returned HTTP 502 on the quote calculation"
-            w.session_event(sid, "failed", message=msg, error=msg)
+            w.session_event(sid, "failed", ts=at(steps + 0.5), message=msg, error=msg)
 
-    run("quote-2417", 15, "finished")
-    run("quote-2418", 9, "failed")
-    run("quote-2419", 15, "finished")
-    run("quote-2420", 4)
-    run("quote-2421", 11)
-    run("quote-2422", 7)
-    run("quote-2423", 2)
+    run("quote-2409", 1500, 15, "finished", pace_s=4.6)
+    run("quote-2410", 1320, 15, "finished", pace_s=3.9)
+    run("quote-2411", 1100, 6, "failed", pace_s=5.1)
+    run("quote-2412", 960, 15, "finished", pace_s=4.4)
+    run("quote-2413", 840, 15, "finished", pace_s=3.6)
+    run("quote-2414", 700, 15, "finished", pace_s=4.9)
+    run("quote-2415", 520, 15, "finished", pace_s=4.1)
+    run("quote-2416", 380, 15, "finished", pace_s=4.0)
+    run("quote-2417", 250, 15, "finished", pace_s=3.8)
+    run("quote-2418", 170, 9, "failed", pace_s=4.7)
+    run("quote-2419", 140, 15, "finished", pace_s=4.2)
+    run("quote-2420", 19, 4, pace_s=4.3)
+    run("quote-2421", 48, 11, pace_s=4.1)
+    run("quote-2422", 31, 7, pace_s=4.2)
+    run("quote-2423", 190, 2, pace_s=5.0)
 
     # Host samples: the shape comes from one real monitor sample, the values vary.
     settings = MonitorSettings(host_name="rpa-worker-01", bus=Settings(redis_url=redis_url))
@@ -567,9 +585,9 @@ def test_screenshot_of_a_busy_dashboard(page: Page, redis_url: str, client: redi
     page.goto("/?hosts=rpa-worker-01#session=quote-2421")
     wait_for(lambda: len(log_ids(page)) == 13, timeout_s=WAIT_S, what="quote-2421's log")
     wait_for(
-        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 7,
+        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 15,
         timeout_s=WAIT_S,
-        what="7 sessions",
+        what="15 sessions",
     )
     wait_for(
         lambda: (row_state(page, "quote-2418") or {}).get("message", "").startswith("insurer"),
