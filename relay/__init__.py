@@ -15,5 +15,14 @@ from __future__ import annotations
 from relay._auth import Grant, mint_token, verify_token
 from relay._relay import Relay
 from relay._settings import RelaySettings
+from relay._tail import TailError, tail
 
-__all__ = ["Grant", "Relay", "RelaySettings", "mint_token", "verify_token"]
+__all__ = [
+    "Grant",
+    "Relay",
+    "RelaySettings",
+    "TailError",
+    "mint_token",
+    "tail",
+    "verify_token",
+]

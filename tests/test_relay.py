@@ -31,9 +31,11 @@ async def test_subscribe_replays_history_then_goes_live(relay: Relay, writer: Wr
     sub = await c.expect("subscribed")
     assert sub["stream"] == S
     assert sub["epoch"] == epoch
-    assert sub["first"] == first and sub["last"] == second
+    assert sub["first"] == first
+    assert sub["last"] == second
     assert sub["state"]["status"] == "running"
-    assert sub["state"]["step"] == 1 and sub["state"]["message"] == "one"
+    assert sub["state"]["step"] == 1
+    assert sub["state"]["message"] == "one"
     e1 = await c.expect("event")
     assert e1 == {
         "type": "event",
@@ -45,7 +47,8 @@ async def test_subscribe_replays_history_then_goes_live(relay: Relay, writer: Wr
     assert await c.recv() == {"type": "live", "stream": S}
     third = await writer.add(S, "progress", step=2, total=3)
     live = await c.expect("event")
-    assert live["id"] == third and live["data"]["step"] == 2
+    assert live["id"] == third
+    assert live["data"]["step"] == 2
     await c.close()
 
 
@@ -87,7 +90,9 @@ async def test_stream_that_does_not_exist_yet_goes_live_when_job_starts(
     c = await Client.open(relay.url)
     await c.send(op="subscribe", stream="session:later")
     sub = await c.expect("subscribed")
-    assert sub["first"] is None and sub["last"] is None and sub["epoch"] is None
+    assert sub["first"] is None
+    assert sub["last"] is None
+    assert sub["epoch"] is None
     assert sub["state"] == {}
     await c.expect("live")
     await writer.start("later")
@@ -127,7 +132,8 @@ async def test_many_subscriptions_on_one_connection(relay: Relay, writer: Writer
         await c.expect("event")
     assert {s: c.ids(s) for s in streams} == {s: [i] for s, i in sent.items()}
     subscribed = {f["stream"]: f for f in c.frames if f["type"] == "subscribed"}
-    assert subscribed["sessions"]["epoch"] == "" and subscribed["sessions"]["state"] == {}
+    assert subscribed["sessions"]["epoch"] == ""
+    assert subscribed["sessions"]["state"] == {}
     await c.close()
 
 
@@ -175,7 +181,8 @@ async def test_bad_frames_get_an_error_and_the_connection_stays(
     c = await Client.open(relay.url)
     await c.ws.send(message)
     frame = await c.recv()
-    assert frame["type"] == "error" and frame["code"] == code, frame
+    assert frame["type"] == "error", frame
+    assert frame["code"] == code, frame
     assert frame["message"]
     await c.send(op="ping")
     assert await c.recv() == {"type": "pong"}

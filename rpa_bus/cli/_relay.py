@@ -1,3 +1,133 @@
-"""``rpa-bus relay`` commands: placeholder until that part lands."""
+"""``rpa-bus relay``, ``rpa-bus token`` and ``rpa-bus tail``."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Annotated
+
+import orjson
+import typer
+
+from rpa_bus import BusError, ConfigError, Settings
+from rpa_bus.cli._app import app, configure_logging
+
+log = logging.getLogger("rpa_bus.cli.relay")
+
+
+@app.command()
+def relay(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [env RPA_BUS_RELAY_HOST, 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env RPA_BUS_RELAY_PORT, 8765].")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Instance name; its consumer group is P:relay:NAME [RPA_BUS_RELAY_NAME]."
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL [env RPA_BUS_REDIS_URL].")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Serve a non-loopback address without RPA_BUS_SECRET (no auth).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve session streams over WebSocket (/ws), with /healthz, /metrics and the dashboard."""
+    from relay import RelaySettings
+
+    configure_logging(verbose)
+    try:
+        settings = RelaySettings.from_env(
+            host=host, port=port, name=name, redis_url=redis_url, insecure=insecure or None
+        )
+        settings.check_bind()
+    except ConfigError as exc:
+        typer.echo(f"rpa-bus relay: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        asyncio.run(_serve(settings))
+    except BusError as exc:
+        typer.echo(f"rpa-bus relay: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+async def _serve(settings: object) -> None:
+    from relay import Relay, RelaySettings
+
+    assert isinstance(settings, RelaySettings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Relay(settings) as server:
+        typer.echo(f"relay {settings.name} listening on {server.url}", err=True)
+        await stop.wait()
+        log.info("signal received: closing connections (1001) and stopping")
+        server.close(1001, "relay shutting down")
+        await server.wait_closed()
+
+
+@app.command()
+def token(
+    stream: Annotated[
+        list[str],
+        typer.Option(
+            "--stream", "-s", help="Stream name or prefix pattern (monitor:*); repeatable."
+        ),
+    ],
+    ttl: Annotated[float, typer.Option("--ttl", help="Seconds until the token expires.")] = 3600.0,
+) -> None:
+    """Print a token granting STREAM(s), signed with RPA_BUS_SECRET."""
+    from relay import mint_token
+
+    settings = Settings.from_env()
+    if settings.secret is None:
+        typer.echo("rpa-bus token: set RPA_BUS_SECRET (the relay's secret) first", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(mint_token(settings.secret, stream, ttl_s=ttl))
+    except BusError as exc:
+        typer.echo(f"rpa-bus token: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def tail(
+    stream: Annotated[str, typer.Argument(help="session:SID, sessions or monitor:HOST")],
+    from_id: Annotated[
+        str, typer.Option("--from", help="Exclusive start id; 0 = all, $ = only new.")
+    ] = "0",
+    url: Annotated[str, typer.Option("--url", help="Relay WebSocket URL.")] = (
+        "ws://127.0.0.1:8765/ws"
+    ),
+    token: Annotated[
+        str | None, typer.Option("--token", help="Token from `rpa-bus token`.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Print a stream's events as JSON lines; reconnects and resumes from the last id."""
+    configure_logging(verbose)
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(_tail(url, stream, from_id, token))
+        except BusError as exc:
+            typer.echo(f"rpa-bus tail: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+
+async def _tail(url: str, stream: str, from_id: str, token: str | None) -> None:
+    from relay import tail as follow
+
+    async for frame in follow(url, stream, from_id=from_id, token=token):
+        kind = frame.get("type")
+        if kind == "event":
+            sys.stdout.buffer.write(orjson.dumps(frame) + b"\n")
+            sys.stdout.flush()
+        elif kind in ("gap", "reset", "error"):
+            typer.echo(orjson.dumps(frame).decode(), err=True)
