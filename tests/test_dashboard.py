@@ -663,3 +663,40 @@ def test_redis_outage_is_shown_and_delivery_resumes(
         timeout_s=WAIT_S,
         what="the row to show step 2",
     )
+
+
+def test_recreated_stream_resets_the_log(
+    page: Page,
+    relay: RelayThread,
+    producer: Producer,
+    client: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    s = producer.session("quote-6", total=5)
+    s.start()
+    for step in (1, 2):
+        s.progress(step, f"Screen {step}")
+    flushed(producer)
+    page.goto("/#session=quote-6")
+    wait_for(lambda: len(log_ids(page)) == 3, timeout_s=WAIT_S, what="the first run")
+
+    # While the page is away, the session's keys go (expiry) and a new run recreates them
+    # with a new epoch: resuming after the old last id would be wrong.
+    relay.stop()
+    keys = Keys()
+    client.delete(keys.session("quote-6"), keys.meta("quote-6"))
+    spool = tmp_path / "spool-2"
+    spool.mkdir()
+    again = Producer(redis_url, spool_dir=spool)
+    try:
+        s2 = again.session("quote-6", total=5)
+        s2.start()
+        s2.progress(1, "Screen 1, second run")
+        flushed(again)
+    finally:
+        again.close()
+    expected = stream_ids(client, "quote-6")
+    relay.start()
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="the log of the new run")
+    assert "stream recreated" in (page.text_content("#log") or "")

@@ -264,7 +264,6 @@ function fold(s, data) {
     s.status = "running";
   } else if (kind === "finished") {
     s.status = "finished";
-    Object.assign(st, { percent: 100, eta_s: 0 });
   } else if (kind === "failed") {
     s.status = "failed";
   }
