@@ -92,7 +92,7 @@ class Relay:
             write_limit=s.write_limit,
             ping_interval=s.ping_interval_s,
             ping_timeout=s.ping_timeout_s,
-            close_timeout=5,
+            close_timeout=s.close_timeout_s,
             open_timeout=10,
             server_header=None,
         )
@@ -184,7 +184,7 @@ class Relay:
                 del self._per_ip[ip]
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        path = urllib.parse.urlsplit(request.path).path
+        path = request.path.partition("?")[0]
         if path == "/ws":
             return self._admit(ws, request)
         if path == "/healthz":

@@ -51,6 +51,8 @@ class RelaySettings:
     write_limit: int = 32 * 1024
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
+    # How long a closing handshake may take before the TCP connection is dropped.
+    close_timeout_s: float = 5.0
     # A connection whose queue is full and that has taken nothing for this long is closed 1013.
     stall_timeout_s: float = 60.0
     # Blocking XREADGROUP: must stay below the Redis socket timeout.
@@ -121,6 +123,7 @@ class RelaySettings:
             "write_limit": env.integer("WRITE_LIMIT", d.write_limit, lo=1024),
             "ping_interval_s": _optional_seconds(env, "PING_INTERVAL_S", d.ping_interval_s),
             "ping_timeout_s": _optional_seconds(env, "PING_TIMEOUT_S", d.ping_timeout_s),
+            "close_timeout_s": env.number("CLOSE_TIMEOUT_S", d.close_timeout_s, lo=0.01),
             "stall_timeout_s": env.number("STALL_TIMEOUT_S", d.stall_timeout_s, lo=0.1),
             "block_ms": env.integer("BLOCK_MS", d.block_ms, lo=1),
             "read_count": env.integer("READ_COUNT", d.read_count, lo=1),

@@ -78,6 +78,7 @@ def relay_settings(redis_url: str, **changes: Any) -> RelaySettings:
         block_ms=200,
         ping_interval_s=None,
         ping_timeout_s=None,
+        close_timeout_s=1.0,
         max_connections_per_ip=0,
         ops_per_s=1000.0,
         ops_burst=1000,
