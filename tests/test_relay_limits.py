@@ -72,7 +72,8 @@ async def test_auth_op_and_bad_tokens(secure_relay: Relay) -> None:
     c = await Client.open(secure_relay.url)
     await c.send(op="auth", token="not-a-jwt")
     assert (await c.recv())["code"] == "forbidden"
-    await c.send(op="auth", token=mint_token("another-secret-also-long-enough-!!!", ["*"], ttl_s=60))
+    other = mint_token("another-secret-also-long-enough-!!!", ["*"], ttl_s=60)
+    await c.send(op="auth", token=other)
     assert (await c.recv())["code"] == "forbidden"
     expired = mint_token(SECRET, ["*"], ttl_s=10, now_s=time.time() - 60)
     await c.send(op="auth", token=expired)
