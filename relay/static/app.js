@@ -1045,6 +1045,33 @@ function drawCharts() {
   }
 }
 
+/** No host known: say how to name one, and offer to add it here (kept in the URL). */
+function showHostForm() {
+  const input = h("input", {
+    type: "text", placeholder: "monitor host name", spellcheck: "false", autocomplete: "off",
+  });
+  const form = h("form", { class: "host-form" }, input, h("button", { type: "submit", text: "Chart it" }));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = input.value.trim();
+    if (!/^[A-Za-z0-9_.-]{1,128}$/.test(name)) {
+      input.setCustomValidity("1 to 128 characters from A-Z a-z 0-9 _ . -");
+      input.reportValidity();
+      return;
+    }
+    const url = new URL(location.href);
+    const names = [...hosts.keys(), name];
+    url.searchParams.set("hosts", names.join(","));
+    history.replaceState(null, "", url);
+    addHost(name);
+  });
+  input.addEventListener("input", () => input.setCustomValidity(""));
+  $("#hosts").replaceChildren(h("div", { class: "empty" },
+    h("p", {}, "No monitored hosts yet. Name one (the monitor's ", h("code", { text: "--host-name" }),
+      ") or open the page with ", h("code", { text: "?hosts=NAME" }), "."),
+    form));
+}
+
 function hostsFromUrl() {
   const names = [];
   for (const key of ["hosts", "host"]) {
@@ -1055,7 +1082,7 @@ function hostsFromUrl() {
 
 /** Hosts the relay knows about, if it offers a listing; [] otherwise. */
 async function hostsFromRelay() {
-  for (const path of ["api/hosts", "healthz"]) {
+  for (const path of ["healthz"]) {
     try {
       const res = await fetch(path, { headers: { accept: "application/json" } });
       if (!res.ok && res.status !== 503) continue;
@@ -1234,11 +1261,7 @@ for (const name of hostsFromUrl()) addHost(name);
 if (!hosts.size) {
   hostsFromRelay().then((names) => {
     for (const name of names) addHost(name);
-    if (!hosts.size) {
-      $("#hosts").replaceChildren(h("p", { class: "empty" },
-        "No monitored hosts. Add ", h("code", { text: "?hosts=NAME" }),
-        " to the URL (the monitor's --host-name)."));
-    }
+    if (!hosts.size) showHostForm();
   });
 }
 renderAlerts();
