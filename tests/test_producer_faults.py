@@ -185,7 +185,9 @@ def test_killed_after_lost_replies_replay_dedups(
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "emitted"
-        wait_for(lambda: len(events(r, "killed")) == 41 and journal_lines(spool_dir) >= 30)
+        # Some of m11..m40 were applied with their replies lost (later attempts die in the
+        # connection handshake, whose replies are cut too), and all are in the journal.
+        wait_for(lambda: len(events(r, "killed")) > 11 and journal_lines(spool_dir) >= 30)
     finally:
         _kill(child)
     bus = Producer(redis_url, spool_dir=spool_dir)
