@@ -1,0 +1,276 @@
+"""Relay under faults: Redis restarts and dropped connections, slow clients, handler bugs,
+SIGTERM of a real ``rpa-bus relay`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from relay import Relay, tail
+from relay._connection import Connection
+from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
+from tests._proxy import FaultProxy
+from tests.conftest import UNIT_S
+from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
+
+__all__ = ["relay", "writer"]
+
+S = "session:job-1"
+
+
+@pytest.mark.slow
+async def test_redis_restart_under_live_subscriptions(
+    redis_server: EmbeddedRedis, writer: Writer
+) -> None:
+    r = Relay(relay_settings(redis_server.url))
+    await r.start()
+    try:
+        clients = [await Client.open(r.url) for _ in range(3)]
+        for c in clients:
+            await c.send(op="subscribe", stream=S)
+            await c.send(op="subscribe", stream="sessions")
+            await c.expect("live")
+            await c.expect("live")
+        before = [await writer.add(S, message=str(i)) for i in range(20)]
+        redis_server.stop()
+        for c in clients:
+            error = await c.expect("error", 10)
+            assert error["code"] == "unavailable"
+        redis_server.start()
+        after = [await writer.add(S, message=f"after {i}") for i in range(30)]
+        for c in clients:
+            await c.until(lambda f: f.get("id") == after[-1], 15)
+            assert c.ids(S) == before + after
+            # Told once per outage per subscription, not once per retry.
+            errors = [f for f in c.frames if f["type"] == "error"]
+            assert len(errors) <= 2
+            assert {f["code"] for f in errors} == {"unavailable"}
+            await c.close()
+    finally:
+        await close_relay(r)
+
+
+@pytest.mark.slow
+async def test_redis_killed_and_restarted_while_writing(
+    redis_server: EmbeddedRedis, writer: Writer
+) -> None:
+    r = Relay(relay_settings(redis_server.url))
+    await r.start()
+    try:
+        c = await Client.open(r.url)
+        await c.send(op="subscribe", stream=S)
+        await c.expect("live")
+        first = [await writer.add(S) for _ in range(10)]
+        await c.until(lambda f: f.get("id") == first[-1])
+        redis_server.kill()
+        await asyncio.sleep(0.3)
+        redis_server.start()
+        # Subscribing while Redis was away, or just after: still exact.
+        late = await Client.open(r.url)
+        await late.send(op="subscribe", stream=S, **{"from": first[4]})
+        more = [await writer.add(S) for _ in range(10)]
+        await c.until(lambda f: f.get("id") == more[-1], 15)
+        await late.until(lambda f: f.get("id") == more[-1], 15)
+        assert c.ids(S) == first + more
+        assert late.ids(S) == first[5:] + more
+        await c.close()
+        await late.close()
+    finally:
+        await close_relay(r)
+
+
+@pytest.mark.slow
+async def test_dropped_redis_connections_lose_nothing(redis_url: str, writer: Writer) -> None:
+    """The relay talks to Redis through a proxy that keeps cutting its connections, also
+    mid-reply: entries the group delivered whose reply was lost come back from our PEL."""
+    proxy = FaultProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    r = Relay(relay_settings(proxy.url))
+    await r.start()
+    try:
+        c = await Client.open(r.url)
+        await c.send(op="subscribe", stream=S)
+        await c.expect("live")
+        written: list[str] = []
+        for round_ in range(8):
+            written += [await writer.add(S, message=f"{round_}.{i}") for i in range(25)]
+            if round_ % 2:
+                proxy.cut_replies(1)
+            else:
+                proxy.drop_connections()
+            await asyncio.sleep(0.05)
+        written += [await writer.add(S, message="end")]
+        await c.until(lambda f: f.get("id") == written[-1], 20)
+        assert c.ids(S) == written
+        await c.close()
+    finally:
+        await close_relay(r)
+        proxy.close()
+
+
+@pytest.mark.slow
+async def test_client_that_stops_reading_keeps_relay_memory_bounded(
+    redis_url: str, writer: Writer
+) -> None:
+    queue_bytes = 256 * 1024
+    r = Relay(relay_settings(redis_url, queue_bytes=queue_bytes, queue_frames=256))
+    await r.start()
+    try:
+        ws = await connect(r.url, max_queue=4, max_size=None)
+        await ws.send('{"op": "subscribe", "stream": "session:big", "from": "$"}')
+        assert b'"live"' in (await ws.recv(decode=False)) + (await ws.recv(decode=False))
+        rss_before = _rss_bytes()
+        peak_queue = 0
+
+        async def watch() -> None:
+            nonlocal peak_queue
+            while True:
+                peak_queue = max(peak_queue, r.stats.queued_bytes)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        # The client reads nothing while 20,000 events of 2 KB (40 MB) flow.
+        ids = await writer.add_many("session:big", 20_000, size=2048)
+        await asyncio.sleep(0.5)
+        watcher.cancel()
+        grown = _rss_bytes() - rss_before
+        assert r.stats.slow_switches >= 1
+        assert peak_queue <= queue_bytes + 64 * 1024
+        assert grown < 32 * 1024 * 1024, f"RSS grew {grown / 2**20:.1f} MiB"
+        got: list[str] = []
+        async with asyncio.timeout(60 * UNIT_S):
+            while len(got) < len(ids):
+                frame = await ws.recv()
+                if '"type":"event"' in frame:
+                    got.append(frame.split('"id":"', 1)[1].split('"', 1)[0])
+        assert got == ids
+        await ws.close()
+    finally:
+        await close_relay(r)
+
+
+def _rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+async def test_handler_bug_closes_one_connection_1011(
+    relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: an op named "boom" raises inside the handler."""
+    handle = Connection._handle
+
+    async def buggy(self: Connection, message: str) -> None:
+        if "boom" in message:
+            raise RuntimeError("injected handler bug")
+        await handle(self, message)
+
+    monkeypatch.setattr(Connection, "_handle", buggy)
+    victim = await Client.open(relay.url)
+    bystander = await Client.open(relay.url)
+    await victim.send(op="boom")
+    with pytest.raises(ConnectionClosed):
+        await victim.recv()
+    assert victim.ws.close_code == 1011
+    await bystander.send(op="ping")
+    assert await bystander.recv() == {"type": "pong"}
+    await bystander.close()
+
+
+async def test_close_sends_1001_to_clients(relay: Relay) -> None:
+    c = await Client.open(relay.url)
+    await c.send(op="subscribe", stream=S)
+    await c.expect("live")
+    await close_relay(relay)
+    with pytest.raises(ConnectionClosed):
+        await c.recv()
+    assert c.ws.close_code == 1001
+    relay.close()  # idempotent
+    await relay.wait_closed()
+
+
+async def test_tail_client_resumes_across_relay_restart(redis_url: str, writer: Writer) -> None:
+    port = free_port()
+    r = Relay(relay_settings(redis_url, port=port))
+    await r.start()
+    written = [await writer.add(S, message=str(i)) for i in range(5)]
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for frame in tail(f"ws://127.0.0.1:{port}", S):
+            if frame["type"] == "event":
+                seen.append(frame["id"])
+
+    task = asyncio.create_task(follow())
+    try:
+        await _until(lambda: len(seen) == 5)
+        await close_relay(r)
+        written += [await writer.add(S, message=str(i)) for i in range(5, 10)]
+        r = Relay(relay_settings(redis_url, port=port))
+        await r.start()
+        written += [await writer.add(S, message=str(i)) for i in range(10, 15)]
+        await _until(lambda: len(seen) >= 15, 10)
+        assert seen == written
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await close_relay(r)
+
+
+async def _until(check: object, timeout_s: float = 5.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s * UNIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.slow
+async def test_sigterm_closes_clients_1001_and_exits_0(redis_url: str, writer: Writer) -> None:
+    exe = shutil.which("rpa-bus") or f"{sys.prefix}/bin/rpa-bus"
+    port = free_port()
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url}
+    proc = subprocess.Popen(
+        [exe, "relay", "--port", str(port), "--name", "sig"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15 * UNIT_S
+        while not port_open("127.0.0.1", port):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "relay did not listen"
+            await asyncio.sleep(0.05)
+        clients = [await Client.open(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
+        for c in clients:
+            await c.send(op="subscribe", stream=S)
+            await c.expect("live")
+        event = await writer.add(S)
+        for c in clients:
+            assert (await c.expect("event"))["id"] == event
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for c in clients:
+            with pytest.raises(ConnectionClosed):
+                await c.recv(5)
+            assert c.ws.close_code == 1001
+        code = await asyncio.to_thread(proc.wait, 10 * UNIT_S)
+        assert code == 0
+        assert time.monotonic() - started < 5 * UNIT_S
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
