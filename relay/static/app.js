@@ -181,7 +181,8 @@ function noticeFor(err, stream) {
 }
 
 const token = params.get("token") || null;
-const relayUrl = params.get("relay") || "/ws";
+// Relative, so the page also works behind a reverse proxy that mounts the relay on a path.
+const relayUrl = params.get("relay") || "ws";
 const conn = $("#conn");
 const banner = $("#banner");
 
