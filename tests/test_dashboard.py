@@ -704,3 +704,39 @@ def test_recreated_stream_resets_the_log(
     relay.start()
     wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="the log of the new run")
     assert "stream recreated" in (page.text_content("#log") or "")
+
+
+def test_many_running_sessions_stay_within_the_relay_limits(
+    page: Page, client: redis.Redis
+) -> None:
+    w = BusWriter(client)
+    sids = [f"bulk-{i:03d}" for i in range(90)]
+    for i, sid in enumerate(sids):
+        w.session_event(sid, "started", total=10)
+        w.session_event(sid, "progress", step=1 + i % 9, total=10, message=f"job {i}")
+    page.goto("/?hosts=bulk-host")
+    wait_for(
+        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 90,
+        timeout_s=WAIT_S,
+        what="90 rows",
+    )
+    # The newest rows, at the top, are watched live; every row on screen has its state.
+    newest = sids[-1]
+    wait_for(
+        lambda: (row_state(page, newest) or {}).get("step") == "9/10",
+        timeout_s=WAIT_S,
+        what="the newest session's state",
+    )
+    watched = page.evaluate(
+        "() => [...window.rpaDashboard.sessions.values()].filter(s => s.sub === 'watch')"
+        ".map(s => s.sid)"
+    )
+    assert len(watched) == 60
+    assert newest in watched
+    w.session_event(newest, "progress", step=10, total=10, message="last screen")
+    wait_for(
+        lambda: (row_state(page, newest) or {}).get("step") == "10/10",
+        timeout_s=WAIT_S,
+        what="a live update of a watched session",
+    )
+    assert page.is_hidden("#notice")

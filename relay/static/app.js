@@ -300,7 +300,8 @@ bus.subscribe("sessions", {
   },
   onLive() {
     sessionsLive = true;
-    for (const s of sessions.values()) planSubscription(s);
+    // In display order, so the live watches go to the rows at the top.
+    for (const s of [...sessions.values()].sort(byOrder)) planSubscription(s);
     scheduleRender();
   },
   onReset() {
@@ -350,12 +351,15 @@ function endSubscription(s) {
   s.sub = null;
 }
 
-/** Peek at ended sessions whose row is on screen: their last message, error, progress. */
+/**
+ * Peek at rows on screen that have no live subscription (ended sessions, and running ones
+ * past the watch limit): their state as of now, once.
+ */
 const rowObserver = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
     const s = sessions.get(entry.target.dataset.sid);
-    if (s && !s.peeked && !s.sub && s.status !== "running") {
+    if (s && !s.peeked && !s.sub) {
       s.peeked = true;
       peekQueue.push(s);
     }
