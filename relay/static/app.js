@@ -5,8 +5,9 @@
  * - `sessions`       the lifecycle index (started / finished / failed) builds the list;
  * - `session:SID`    running sessions are watched from "$" (the `subscribed` state gives
  *                    their current status, live events move them); the selected session is
- *                    subscribed from "0" for its whole log; ended ones are peeked once for
- *                    their final state;
+ *                    subscribed from "0" for its whole log; other rows on screen (ended
+ *                    sessions, running ones past the watch limit) are peeked once for their
+ *                    state;
  * - `monitor:HOST`   metrics and alerts, replayed from the start of the chart window.
  *
  * URL parameters: ?token=JWT  ?hosts=a,b (or ?host=a)  ?window=1h  ?relay=ws://host:port/ws
