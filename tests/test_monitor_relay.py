@@ -1,0 +1,63 @@
+"""Cross-part: a relay subscriber receives ``monitor:HOST`` live, and the monitor reports
+that relay's consumer group (lag, pending) in its samples."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import websockets
+
+from monitor import Monitor, MonitorSettings
+from relay import Relay, RelaySettings
+from rpa_bus import Settings, StreamId
+from tests.conftest import UNIT_S
+
+
+async def next_event(ws: websockets.ClientConnection, stream: str) -> dict[str, Any]:
+    """The next ``event`` frame of ``stream`` (skipping ``live`` and other frames)."""
+    while True:
+        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10 * UNIT_S))
+        assert frame.get("type") != "error", frame
+        if frame.get("type") == "event" and frame.get("stream") == stream:
+            return dict(frame)
+
+
+async def test_relay_subscriber_receives_monitor_samples_live(
+    redis_url: str, spool_dir: Path
+) -> None:
+    bus = Settings(redis_url=redis_url, spool_dir=spool_dir)
+    relay_settings = RelaySettings(bus=bus, host="127.0.0.1", port=0, name="relay-m")
+    mon = Monitor(MonitorSettings(host_name="live-host", bus=bus, interval_s=0.2))
+    stream = "monitor:live-host"
+    async with Relay(relay_settings) as relay, websockets.connect(relay.url) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "stream": stream, "from": "$"}).decode())
+        sampler = threading.Thread(target=mon.run, name="monitor")
+        sampler.start()
+        try:
+            first = await next_event(ws, stream)
+            ids, seqs = [first["id"]], [first["data"]["data"]["seq"]]
+            relays: dict[str, Any] = {}
+            for _ in range(30):
+                frame = await next_event(ws, stream)
+                if frame["data"]["type"] != "metrics":
+                    continue  # an alert (CPU on a busy machine)
+                ids.append(frame["id"])
+                seqs.append(frame["data"]["data"]["seq"])
+                relays = frame["data"]["data"]["bus"]["relays"]
+                if "relay-m" in relays:
+                    break
+        finally:
+            mon.stop()
+            await asyncio.to_thread(sampler.join, 10 * UNIT_S)
+            mon.close()
+    assert first["data"]["type"] == "metrics"
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "live, in order, none missed"
+    offsets = [StreamId.parse(i) for i in ids]
+    assert offsets == sorted(set(offsets))
+    # The relay tails this stream with its own consumer group: the monitor sees it.
+    assert relays["relay-m"]["streams"] >= 1
+    assert relays["relay-m"]["lag"] >= 0
