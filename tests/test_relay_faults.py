@@ -240,16 +240,21 @@ async def test_sigterm_closes_clients_1001_and_exits_0(redis_url: str, writer: W
     exe = shutil.which("rpa-bus") or f"{sys.prefix}/bin/rpa-bus"
     port = free_port()
     env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url}
-    proc = subprocess.Popen(
-        [exe, "relay", "--port", str(port), "--name", "sig"],
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "relay",
+        "--port",
+        str(port),
+        "--name",
+        "sig",
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 15 * UNIT_S
-        while not port_open("127.0.0.1", port):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        while not await asyncio.to_thread(port_open, "127.0.0.1", port):
+            assert proc.returncode is None, "relay exited"
             assert time.monotonic() < deadline, "relay did not listen"
             await asyncio.sleep(0.05)
         clients = [await Client.open(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
@@ -265,12 +270,11 @@ async def test_sigterm_closes_clients_1001_and_exits_0(redis_url: str, writer: W
             with pytest.raises(ConnectionClosed):
                 await c.recv(5)
             assert c.ws.close_code == 1001
-        code = await asyncio.to_thread(proc.wait, 10 * UNIT_S)
+        async with asyncio.timeout(10 * UNIT_S):
+            code = await proc.wait()
         assert code == 0
         assert time.monotonic() - started < 5 * UNIT_S
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+            await proc.wait()
