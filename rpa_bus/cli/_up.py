@@ -94,16 +94,35 @@ def sessions(
 @app.command()
 def demo(
     redis_url: RedisUrl = None,
-    sessions: Annotated[int, typer.Option("--sessions", min=1, max=1000, help="Jobs at once.")] = 4,
+    sessions: Annotated[
+        int | None,
+        typer.Option("--sessions", min=1, max=1000, help="Jobs at once [default: 4; --real: 2]."),
+    ] = None,
     count: Annotated[
         int | None, typer.Option(min=1, help="Jobs in all (default: run until Ctrl-C).")
     ] = None,
     speed: Annotated[float, typer.Option(min=0.1, max=1000.0, help="Pace multiplier.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Random seed, for repeatable runs.")] = None,
+    real: Annotated[
+        bool,
+        typer.Option(
+            "--real", help="Real Playwright robots in Debian's Chromium on a local quote site."
+        ),
+    ] = False,
 ) -> None:
-    """Run simulated 15-screen insurance-quote robots that report through the bus."""
+    """Run simulated 15-screen insurance-quote robots that report through the bus.
+
+    With --real, real browser robots fill a local 15-screen quote site instead (needs
+    Chromium and Playwright; says how to install them when missing).
+    """
     configure_logging()
     settings = _settings(redis_url)
+    if real:
+        from rpa_bus.cli._real import RealDemoOptions, run_real_demo
+
+        options = RealDemoOptions(robots=sessions or 2, count=count)
+        raise typer.Exit(run_real_demo(settings=settings, options=options))
+    sessions = sessions or 4
     opts = DemoOptions(sessions=sessions, count=count, speed=speed, seed=seed)
     typer.echo(f"demo: {sessions} quote robots at a time, writing to {settings.redis_url}")
     try:
