@@ -42,6 +42,7 @@ def test_up_without_any_redis_starts_an_embedded_one(tmp_path: Path) -> None:
     assert "rpa_relay_connections" in seen["/metrics"][1]
     assert "started an embedded Redis (valkey-server)" in output
     assert "dashboard  http://127.0.0.1:" in output
+    assert seen["up.json"]["dashboard_url"].endswith("/?hosts=" + seen["up.json"]["monitor_host"])
     assert "RPA_BUS_REDIS_URL=redis://127.0.0.1:" in output
     started = [e for e in seen["sessions_index"] if e["type"] == "started"]
     assert started, "demo sessions should appear on the sessions stream"

@@ -345,15 +345,18 @@ async def _serve_up(
         try:
             async with Relay(relay_settings) as relay:
                 base = f"http://{relay_settings.host}:{relay.port}"
+                # The page charts the hosts named in ?hosts= (and any the relay lists).
+                dashboard = f"{base}/?hosts={monitor_settings.host_name}"
                 write_up_state(
                     {
                         "redis_url": bus.redis_url,
                         "relay_url": relay.url,
-                        "dashboard_url": base + "/",
+                        "dashboard_url": dashboard,
                         "embedded_redis_pid": embedded_pid,
+                        "monitor_host": monitor_settings.host_name,
                     }
                 )
-                typer.echo(f"dashboard  {base}/")
+                typer.echo(f"dashboard  {dashboard}")
                 typer.echo(f"relay      {relay.url}")
                 typer.echo(
                     f"redis      {bus.redis_url}   (producers: RPA_BUS_REDIS_URL={bus.redis_url})"
