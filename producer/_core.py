@@ -37,6 +37,7 @@ from rpa_bus import (
     Keys,
     Settings,
     StreamRef,
+    Unavailable,
     encode,
     make,
     now_ts,
@@ -132,7 +133,9 @@ class BaseProducer:
         #: Random per instance: the name under which the append script records this
         #: producer's highest applied sequence number in each session's meta hash.
         self.id: Final = secrets.token_hex(8)
-        #: The last error the flusher met (a Redis failure, a config mismatch), or None.
+        #: The last error the flusher met, or None: ``Unavailable`` (Redis could not be
+        #: written; the redis-py error is its ``__cause__``), ``ConfigMismatch``, or a
+        #: ``BusError`` for events Redis refused for good.
         self.last_error: BaseException | None = None
         #: Events refused by Redis for good (e.g. WRONGTYPE) and so not written.
         self.dropped = 0
@@ -330,7 +333,9 @@ class BaseProducer:
                 again.append(call)
             else:
                 self.dropped += len(call[1])
-                self.last_error = result
+                error = BusError(f"Redis refused {len(call[1])} events for good: {result}")
+                error.__cause__ = result
+                self.last_error = error
                 log.error(
                     "Redis refused %d events for %s for good (%s); they are dropped",
                     len(call[1]),
@@ -402,7 +407,12 @@ class BaseProducer:
     def _failed(self, batch: Batch | None, exc: BaseException) -> None:
         """A write failed: keep everything unwritten on disk, in order."""
         self._failing = True
-        self.last_error = exc
+        # Translated at this boundary: callers see the bus's own exception tree.
+        error = Unavailable(
+            f"Redis at {self._redacted_url()} unavailable: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        self.last_error = error
         with self._jlock:
             if not self._closed:
                 self._spill_locked()

@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 from producer import Producer
+from rpa_bus import Unavailable
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
@@ -240,6 +243,8 @@ def test_close_is_bounded_while_down_and_next_start_delivers(
         for i in range(50):
             s.log(f"m{i}")
     assert bus.flush(0.2) is False
+    assert isinstance(bus.last_error, Unavailable)
+    assert isinstance(bus.last_error.__cause__, redis.ConnectionError)
     t0 = time.monotonic()
     bus.close(timeout_s=0.5)
     assert time.monotonic() - t0 < 0.5 + 0.5 * UNIT_S
