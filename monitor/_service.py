@@ -113,6 +113,7 @@ class Monitor:
         self._closed = False
         self._seq = 0
         self._down = Throttle(log)
+        self._late = Throttle(log)
         self.skipped = 0
 
     def run(self) -> None:
@@ -135,7 +136,7 @@ class Monitor:
             if late > 0:
                 self.skipped += late
                 n += late
-                log.warning("sampling overran its interval: skipped %d sample(s)", late)
+                self._late.warn("sampling overran its interval: skipped %d sample(s)", late)
 
     @property
     def seq(self) -> int:
