@@ -158,6 +158,7 @@ class BaseProducer:
         self._config_checked = False
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
+        self._disk_log = RateLimitedLog(log)
         self._failing = False
         self._key_cache: dict[tuple[str, str], str] = {}
         self._max_bytes = settings.max_event_bytes
@@ -431,23 +432,43 @@ class BaseProducer:
             if not self._closed and (self._queue or self._held):
                 self._spill_locked()
 
-    def _spill_locked(self) -> None:
-        """Move held + queued events to the end of our journal. Caller holds ``_jlock``."""
+    def _spill_locked(self) -> bool:
+        """Move held + queued events to the end of our journal. Caller holds ``_jlock``.
+
+        Events leave memory only once they are on disk: if the journal cannot be written
+        (disk full, folder gone), they stay queued and the error is logged; False then.
+        """
         with self._lock:
+            queued = len(self._queue)
             items = self._held + list(self._queue)
-            self._queue.clear()
-        self._held = []
         if not items:
-            return
-        if self._journal is None:
-            self._journal = Journal.create(self.settings.spool_dir, self.id)
-        self._journal.append(items)
+            return True
+        try:
+            if self._journal is None:
+                self._journal = Journal.create(self.settings.spool_dir, self.id)
+            self._journal.append(items)
+        except OSError as exc:
+            self._disk_log(
+                logging.ERROR,
+                "cannot write the journal in %s (%s); %d events stay in memory",
+                self.settings.spool_dir,
+                exc,
+                len(items),
+            )
+            return False
+        with self._lock:
+            # Emitters may have appended meanwhile: drop only what was written.
+            for _ in range(queued):
+                self._queue.popleft()
+        self._held = []
+        return True
 
     def _spill_at_close(self) -> int:
         """Move everything unwritten to disk for the next start, release the journals;
         returns how many own events were not yet written."""
         with self._jlock:
-            self._spill_locked()
+            if not self._spill_locked():
+                log.error("closing: %d events could not be saved and are lost", len(self._queue))
             self._closed = True
             for j in self._adopted:
                 j.release()

@@ -297,3 +297,22 @@ def test_redis_restart_loses_script_cache_and_it_is_reloaded(
     assert messages(events(r, "restart")) == ["m0", "m1"]
     assert r.script_exists(APPEND_SHA) == [True]
     bus.close()
+
+
+def test_journal_unwritable_keeps_events_in_memory(
+    redis_server: EmbeddedRedis, spool_dir: Path
+) -> None:
+    bus = Producer(redis_server.url, spool_dir=spool_dir)
+    spool_dir.rmdir()
+    spool_dir.write_text("not a folder")  # the journal cannot be created
+    redis_server.stop()
+    with bus.session("nodisk") as s:
+        for i in range(30):
+            s.log(f"m{i}")
+        assert bus.flush(0.3 * UNIT_S) is False
+        redis_server.start()
+        for i in range(30, 40):
+            s.log(f"m{i}")
+    assert bus.flush(10 * UNIT_S)
+    assert messages(events(client(redis_server.url), "nodisk")) == [f"m{i}" for i in range(40)]
+    bus.close()
