@@ -277,12 +277,15 @@ class BaseProducer:
             for item in group:
                 event = item.event
                 kind = event["type"]
-                life = b""
                 if kind in _INDEX_TYPES:
-                    life = (b"s" if kind == "started" else b"t") + orjson.dumps(
-                        {"type": kind, "session": sid, "ts": event["ts"]}
+                    first: int | bytes = b"%d|%s%s" % (
+                        item.seq,
+                        b"s" if kind == "started" else b"t",
+                        orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]}),
                     )
-                tail += (item.seq, item.env, life)
+                else:
+                    first = item.seq
+                tail += (first, item.env)
             state = _fold(group)
             args = (
                 "EVALSHA",
