@@ -26,8 +26,9 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from relay import _frames as F
 from relay._auth import Grant, verify_token
@@ -78,6 +79,7 @@ class Connection:
         self.low_frames = max(1, settings.queue_frames // 2)
         self.low_bytes = settings.queue_bytes // 2
         self.stall_s = settings.stall_timeout_s
+        self.write_limit = settings.write_limit
         self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
         self._data = asyncio.Event()
@@ -93,7 +95,26 @@ class Connection:
 
     # -- Sink -----------------------------------------------------------------------------
 
+    def _write_now(self, frame: bytes) -> bool:
+        """Write ``frame`` to the socket at once if nothing is queued before it and the
+        transport's buffer is under ``write_limit``; else leave it to the writer task.
+
+        This is the fast path for nearly every frame: no task switch, no coroutine. It uses
+        ``broadcast`` (websockets' synchronous send) for ONE connection, and only below the
+        buffer limit, so it adds no unbounded buffering: above the limit, frames wait in our
+        bounded queue and the writer awaits ``send``, which waits for the buffer to drain.
+        """
+        ws = self.ws
+        if self.queue or ws.state is not State.OPEN:
+            return False
+        if ws.transport.get_write_buffer_size() >= self.write_limit:
+            return False
+        broadcast((ws,), frame, text=True)
+        return True
+
     def _push(self, frame: bytes) -> None:
+        if self._write_now(frame):
+            return
         self.queue.append(frame)
         size = len(frame)
         self.queued_bytes += size
@@ -103,6 +124,8 @@ class Connection:
             self._data.set()
 
     def try_put(self, frame: bytes) -> bool:
+        if self._write_now(frame):
+            return True
         if len(self.queue) >= self.max_frames or self.queued_bytes + len(frame) > self.max_bytes:
             return False
         self._push(frame)
@@ -112,7 +135,11 @@ class Connection:
         self._push(frame)
 
     async def put_replay(self, frame: bytes) -> None:
+        if self._write_now(frame):
+            return
         while len(self.queue) >= self.low_frames or self.queued_bytes >= self.low_bytes:
+            # The writer sets _room when the queue is down to a quarter: replay then refills
+            # a quarter of the bound in one go instead of one frame per task switch.
             self._room.clear()
             await self._room.wait()
         self._push(frame)
@@ -179,9 +206,13 @@ class Connection:
                 self.queued_bytes -= size
                 self.stats.queued_frames -= 1
                 self.stats.queued_bytes -= size
-                if len(queue) < self.low_frames and self.queued_bytes < self.low_bytes:
+                if len(queue) <= self.low_frames // 2 and self.queued_bytes <= self.low_bytes // 2:
                     self._room.set()
+                if ws.transport.get_write_buffer_size() < self.write_limit:
+                    await ws.send(frame, text=True)  # returns without waiting
+                    continue
                 try:
+                    # The buffer is full: send writes, then waits for it to drain.
                     async with asyncio.timeout(self.stall_s):
                         await ws.send(frame, text=True)
                 except TimeoutError:

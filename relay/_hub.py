@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import random
@@ -219,6 +220,8 @@ class Hub:
         self._replay_buffer = replay_buffer
         self._tails: dict[str, Tail] = {}
         self._idle: set[str] = set()  # tailed keys whose last subscriber left
+        self._acks: dict[str, list[bytes]] = {}
+        self._ack_wake = asyncio.Event()
         # Group creation and removal are serialised, so a key is never dropped while a new
         # subscriber is creating its group.
         self._lock = asyncio.Lock()
@@ -239,7 +242,11 @@ class Hub:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for coro, name in ((self._reader(), "relay-reader"), (self._waker(), "relay-waker")):
+        for coro, name in (
+            (self._reader(), "relay-reader"),
+            (self._waker(), "relay-waker"),
+            (self._acker(), "relay-acker"),
+        ):
             task = asyncio.create_task(coro, name=name)
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
@@ -561,8 +568,10 @@ class Hub:
                 self.stats.reader_loops += 1
                 self.stats.last_read_s = time.monotonic()
                 delivered = self._fan_out(response)
-                if delivered:
-                    await self._ack(delivered)
+                if delivered and recovering:
+                    await self._ack(delivered, self._reader_client)  # before re-reading "0"
+                elif delivered:
+                    self._queue_acks(delivered)  # off the hot path, coalesced
                 elif recovering:
                     recovering = False
                 self.mark_up()
@@ -626,11 +635,43 @@ class Hub:
                 sub.buffer.clear()
         # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
 
-    async def _ack(self, delivered: dict[str, list[bytes]]) -> None:
-        async with self._reader_client.pipeline(transaction=False) as pipe:
+    def _queue_acks(self, delivered: dict[str, list[bytes]]) -> None:
+        for key, ids in delivered.items():
+            self._acks.setdefault(key, []).extend(ids)
+        self._ack_wake.set()
+
+    async def _ack(self, delivered: dict[str, list[bytes]], client: aioredis.Redis) -> None:
+        if len(delivered) == 1:
+            [(key, ids)] = delivered.items()
+            # NOGROUP: the group went away, and its pending list with it.
+            with contextlib.suppress(ResponseError):
+                await client.xack(key, self.group, *ids)
+            return
+        async with client.pipeline(transaction=False) as pipe:
             for key, ids in delivered.items():
                 pipe.xack(key, self.group, *ids)
             await pipe.execute(raise_on_error=False)
+
+    async def _acker(self) -> None:
+        """Acknowledge fanned-out entries, batching whatever piled up since the last call.
+
+        Acks are bookkeeping (lag and pending in XINFO GROUPS), not what makes delivery exact,
+        so they run on the command client while the reader goes straight back to reading.
+        """
+        backoff = Backoff()
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            pending, self._acks = self._acks, {}
+            try:
+                await self._ack(pending, self._cmd)
+            except TRANSIENT:
+                for key, ids in pending.items():  # they stay pending in Redis meanwhile
+                    self._acks.setdefault(key, [])[:0] = ids
+                self._ack_wake.set()
+                await asyncio.sleep(backoff.next_s())
+            else:
+                backoff.reset()
 
     async def _waker(self) -> None:
         """Wake the reader with CLIENT UNBLOCK when the tailed set grew.

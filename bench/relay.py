@@ -1,0 +1,460 @@
+"""Relay benchmark: prints figures; not a test. Loopback only, bounded in count and time.
+
+    python bench/relay.py            # full run (~2-3 minutes)
+    python bench/relay.py --quick    # smaller counts, for a smoke run
+
+Runs, each in its own processes: a private Redis, the relay (`rpa-bus relay`), a client
+fleet (one asyncio process), a writer, and a bare websockets server for the raw baselines.
+
+1. latency: append (XADD) -> client receive, p50/p99, at 1,000 events/s over 100 sessions
+   with 1,000 clients (10 per session);
+2. delivery ceiling: events delivered per second to the same 1,000 clients when the writer
+   appends as fast as it can, vs a bare websockets server broadcasting the same pre-encoded
+   frames to the same clients (no Redis), as a ratio;
+3. replay: a 100,000-event history to one late joiner, vs the bare server sending the same
+   frames to one client;
+4. relay RSS per idle connection, and whether 10,000 concurrent connections are held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rpa_bus import Keys, encode, make  # noqa: E402
+from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open  # noqa: E402
+
+KEYS = Keys()
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def start_relay(redis_url: str, port: int) -> subprocess.Popen[bytes]:
+    exe = shutil.which("rpa-bus") or str(Path(sys.prefix) / "bin" / "rpa-bus")
+    env = {
+        **os.environ,
+        "RPA_BUS_REDIS_URL": redis_url,
+        "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
+        "RPA_BUS_RELAY_OPS_PER_S": "1000",
+        "RPA_BUS_RELAY_OPS_BURST": "1000",
+    }
+    proc = subprocess.Popen(
+        [exe, "relay", "--port", str(port), "--name", "bench"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc
+
+
+RAW_SERVER = r"""
+import asyncio, sys, orjson
+from websockets.asyncio.server import serve, broadcast
+port, mode, n_frames, sessions, expected = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
+                                            int(sys.argv[4]), int(sys.argv[5]))
+pad = sys.argv[6].encode()
+groups = {}
+ready = asyncio.Event()
+def frame(s, i):
+    env = b'{"type":"log","ts":"2026-11-22T10:00:00.000Z","message":"m","data":{"pad":"' + pad + b'"}}'
+    return (b'{"type":"event","stream":"session:s%d","id":"1732270000000-%d","data":' % (s, i)
+            + env + b"}")
+async def handler(ws):
+    s = int(ws.request.path.rsplit("=", 1)[1])
+    groups.setdefault(s, set()).add(ws)
+    if sum(len(g) for g in groups.values()) >= expected:
+        ready.set()
+    await ws.wait_closed()
+async def main():
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=None):
+        await ready.wait()
+        await asyncio.sleep(0.5)
+        if mode == "broadcast":
+            frames = [[frame(s, i) for s in range(sessions)] for i in range(n_frames // sessions)]
+            for row in frames:
+                for s, f in enumerate(row):
+                    broadcast(groups[s], f.decode())
+                await asyncio.sleep(0)
+        else:  # one client, awaited sends
+            [ws] = groups[0]
+            for i in range(n_frames):
+                await ws.send(frame(0, i), text=True)
+        await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def start_raw(port: int, mode: str, n_frames: int, sessions: int, expected: int, pad: str) -> Any:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RAW_SERVER, str(port), mode, str(n_frames), str(sessions),
+         str(expected), pad],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port, proc)
+    return proc
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit("server did not listen")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the client fleet (its own process) ---------------------------------------------------
+
+
+def fleet(task: str, args: dict[str, Any], out: Any, ready: Any, go: Any) -> None:
+    raise_nofile()
+    try:
+        result = asyncio.run(_fleet(task, args, ready, go))
+    except BaseException as exc:  # report to the parent instead of dying silently
+        result = {"error": repr(exc)}
+        ready.set()
+    out.put(result)
+
+
+async def _connect_all(urls: list[str], concurrency: int = 64) -> list[Any]:
+    from websockets.asyncio.client import connect
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(url: str) -> Any:
+        async with sem:
+            for attempt in range(5):
+                try:
+                    return await connect(
+                        url, open_timeout=30, compression=None, max_size=None, ping_interval=None
+                    )
+                except OSError:
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            raise RuntimeError(f"cannot connect {url}")
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))
+
+
+async def _fleet(task: str, a: dict[str, Any], ready: Any, go: Any) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    if task == "idle":
+        conns = await _connect_all([a["url"]] * a["n"])
+        ready.set()
+        await loop.run_in_executor(None, go.wait)
+        # Prove they are all alive: a ping on every one.
+        pongs = 0
+        for ws in conns:
+            await ws.send('{"op":"ping"}')
+        for ws in conns:
+            async with asyncio.timeout(30):
+                if await ws.recv() == '{"type":"pong"}':
+                    pongs += 1
+        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+        return {"held": pongs}
+
+    sessions, per = a["sessions"], a["per_session"]
+    if a.get("raw"):
+        urls = [f"{a['url']}?s={s}" for s in range(sessions) for _ in range(per)]
+    else:
+        urls = [f"{a['url']}?stream=session:s{s}&from=$" for s in range(sessions) for _ in range(per)]
+    conns = await _connect_all(urls)
+    if not a.get("raw"):  # wait until every subscription is live
+        for ws in conns:
+            while True:
+                if '"live"' in await ws.recv():
+                    break
+    latencies: list[int] = []
+    expected = a["expected"]
+    count = 0
+    first = last = 0.0
+    done = asyncio.Event()
+    measure_latency = task == "latency"
+
+    async def reader(ws: Any) -> None:
+        nonlocal count, first, last
+        async for message in ws:
+            now = time.time_ns()
+            if not first:
+                first = time.perf_counter()
+            if measure_latency:
+                latencies.append(now - orjson.loads(message)["data"]["data"]["t"])
+            count += 1
+            if count >= expected:
+                last = time.perf_counter()
+                done.set()
+
+    readers = [asyncio.create_task(reader(ws)) for ws in conns]
+    ready.set()
+    try:
+        async with asyncio.timeout(a["timeout_s"]):
+            await done.wait()
+    except TimeoutError:
+        last = time.perf_counter()
+    for r in readers:
+        r.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    return {"count": count, "elapsed_s": (last - first) if first else 0.0, "lat": latencies}
+
+
+def run_fleet(task: str, args: dict[str, Any], during: Any = None) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=fleet, args=(task, args, out, ready, go))
+    proc.start()
+    if not ready.wait(300):
+        proc.kill()
+        raise SystemExit("client fleet did not get ready")
+    extra = during(go) if during else None
+    go.set()
+    result: dict[str, Any] = out.get(timeout=args.get("timeout_s", 60) + 120)
+    proc.join(30)
+    if "error" in result:
+        raise SystemExit(f"client fleet failed: {result['error']}")
+    result["extra"] = extra
+    return result
+
+
+# -- writers ------------------------------------------------------------------------------
+
+
+def envelope(pad: str, t_ns: int = 0) -> bytes:
+    return encode(make("log", message="m", data={"t": t_ns, "pad": pad}))
+
+
+async def paced_writer(redis_url: str, sessions: int, rate: int, seconds: float, pad: str) -> int:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url, protocol=2)
+    keys = [KEYS.session(f"s{s}") for s in range(sessions)]
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await r.xadd(keys[i % sessions], {"e": envelope(pad, time.time_ns())})
+    await r.aclose()
+    return n
+
+
+async def blast_writer(redis_url: str, sessions: int, n: int, pad: str, key_of: Any = None) -> None:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url, protocol=2)
+    keys = [KEYS.session(f"s{s}") for s in range(sessions)]
+    raw = envelope(pad)
+    for start in range(0, n, 1000):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 1000)):
+                pipe.xadd(key_of or keys[i % sessions], {"e": raw})
+            await pipe.execute()
+    await r.aclose()
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    opts = parser.parse_args()
+    q = opts.quick
+    sessions, per = (20, 5) if q else (100, 10)
+    clients = sessions * per
+    lat_seconds = 3.0 if q else 10.0
+    ceiling_events = 2_000 if q else 10_000
+    replay_n = 10_000 if q else 100_000
+    idle_n = 1_000 if q else 10_000
+    pad = "x" * 100  # ~200-byte frames
+    nofile = raise_nofile()
+    print(f"rpa-bus relay benchmark ({'quick' if q else 'full'}); {os.cpu_count()} CPUs; "
+          f"RLIMIT_NOFILE {nofile}")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = EmbeddedRedis(Path(tmp), persistent=False)
+        redis.start()
+        port = free_port()
+        relay = start_relay(redis.url, port)
+        url = f"ws://127.0.0.1:{port}/ws"
+        try:
+            # 1. latency at 1,000 events/s
+            base = {"url": url, "sessions": sessions, "per_session": per}
+            n_lat = int(1000 * lat_seconds)
+
+            def paced(go: Any) -> None:
+                go.set()
+                asyncio.run(paced_writer(redis.url, sessions, 1000, lat_seconds, pad))
+
+            cpu0 = cpu_s(relay.pid)
+            res = run_fleet(
+                "latency",
+                {**base, "expected": n_lat * per, "timeout_s": lat_seconds + 30},
+                during=paced,
+            )
+            relay_cpu = cpu_s(relay.pid) - cpu0
+            lat = res["lat"]
+            print(f"\n1. latency, append -> receive, 1,000 ev/s x {per} clients/session over "
+                  f"{sessions} sessions ({clients} clients, {len(lat)} deliveries):")  # fmt: skip
+            print(f"   p50 {pct(lat, 0.50):.2f} ms   p90 {pct(lat, 0.90):.2f} ms   "
+                  f"p99 {pct(lat, 0.99):.2f} ms   max {max(lat) / 1e6:.1f} ms; "
+                  f"relay CPU {relay_cpu / (lat_seconds):.0%} of one core")  # fmt: skip
+
+            # 2. delivery ceiling, relay vs raw
+            def blast(go: Any) -> None:
+                go.set()
+                asyncio.run(blast_writer(redis.url, sessions, ceiling_events, pad))
+
+            res = run_fleet(
+                "ceiling",
+                {**base, "expected": ceiling_events * per, "timeout_s": 120},
+                during=blast,
+            )
+            relay_rate = res["count"] / res["elapsed_s"]
+            raw_port = free_port()
+            raw = start_raw(raw_port, "broadcast", ceiling_events, sessions, clients, pad)
+            try:
+                raw_res = run_fleet(
+                    "ceiling",
+                    {"url": f"ws://127.0.0.1:{raw_port}/", "sessions": sessions,
+                     "per_session": per, "raw": True, "expected": ceiling_events * per,
+                     "timeout_s": 120},
+                )  # fmt: skip
+            finally:
+                stop(raw)
+            raw_rate = raw_res["count"] / raw_res["elapsed_s"]
+            print(f"\n2. delivery ceiling, {ceiling_events:,} events x {per} clients "
+                  f"({ceiling_events * per:,} deliveries to {clients} clients):")  # fmt: skip
+            print(f"   relay {relay_rate:,.0f} deliveries/s ({res['count']:,} in "
+                  f"{res['elapsed_s']:.2f} s); raw broadcast {raw_rate:,.0f}/s; "
+                  f"ratio {relay_rate / raw_rate:.0%}")  # fmt: skip
+
+            # 3. replay of a long history to one late joiner
+            asyncio.run(blast_writer(redis.url, 1, replay_n, pad, key_of=KEYS.session("replay")))
+            replay_s = asyncio.run(replay_one(url, replay_n))
+            raw_port = free_port()
+            raw = start_raw(raw_port, "one", replay_n, 1, 1, pad)
+            try:
+                raw_s = asyncio.run(raw_one(f"ws://127.0.0.1:{raw_port}/?s=0", replay_n))
+            finally:
+                stop(raw)
+            print(f"\n3. replay of {replay_n:,} events to one late joiner: "
+                  f"{replay_n / replay_s:,.0f} events/s ({replay_s:.2f} s); raw one-client "
+                  f"send {replay_n / raw_s:,.0f}/s; ratio {raw_s / replay_s:.0%}")  # fmt: skip
+
+            # 4. idle connections
+            before = rss_kib(relay.pid)
+            held: dict[str, int] = {}
+
+            def measure(go: Any) -> None:
+                held["rss"] = rss_kib(relay.pid)
+                held["conns"] = health(port)["connections"]
+
+            res = run_fleet("idle", {"url": url, "n": idle_n, "timeout_s": 120}, during=measure)
+            per_conn = (held["rss"] - before) / idle_n
+            print(f"\n4. {idle_n:,} idle connections: relay reports {held['conns']:,} open, "
+                  f"{res['held']:,} answered a ping; relay RSS {before / 1024:.0f} -> "
+                  f"{held['rss'] / 1024:.0f} MiB = {per_conn:.1f} KiB per idle connection")  # fmt: skip
+        finally:
+            stop(relay)
+            redis.kill()
+
+
+def health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+        result: dict[str, Any] = orjson.loads(resp.read())
+        return result
+
+
+async def replay_one(url: str, n: int) -> float:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, compression=None, max_size=None) as ws:
+        start = time.perf_counter()
+        await ws.send('{"op":"subscribe","stream":"session:replay","from":"0"}')
+        count = 0
+        async for message in ws:
+            if message.startswith('{"type":"event"'):
+                count += 1
+            elif message.startswith('{"type":"live"'):
+                break
+        elapsed = time.perf_counter() - start
+    if count != n:
+        raise SystemExit(f"replay delivered {count}, expected {n}")
+    return elapsed
+
+
+async def raw_one(url: str, n: int) -> float:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, compression=None, max_size=None) as ws:
+        count = 0
+        start = 0.0
+        async for _ in ws:
+            if not count:
+                start = time.perf_counter()
+            count += 1
+            if count == n:
+                break
+        return (time.perf_counter() - start) * n / max(1, n - 1)
+
+
+if __name__ == "__main__":
+    statistics.mean([1])  # keep the import honest for readers who extend the figures
+    main()
