@@ -228,11 +228,12 @@ class BaseProducer:
                 log.info("journal %s delivered; removing it", j.path)
                 j.remove()
                 self._adopted.pop(0)
-            if len(self._queue) > self.settings.queue_max:
-                # The memory bound: everything queued goes to disk, in order, behind
-                # whatever the journal already holds.
-                self._spill_locked()
             own = self._journal
+            if own is not None and len(self._queue) > self.settings.queue_max:
+                # The memory bound while a journal drains after an outage: what is queued
+                # goes to disk too, behind it, in order. (A write that fails moves the
+                # queue to disk anyway; a burst while Redis keeps up stays in memory.)
+                self._spill_locked()
             if own is not None:
                 items, end = own.read(self.batch_max)
                 if items:

@@ -74,7 +74,10 @@ class Item:
             raise ValueError("not a journal record")
         stream = d["s"]
         parse_stream_name(stream)
-        return cls(stream, str(d["p"]), int(d["q"]), orjson.dumps(d["e"]), d["e"], int(d["w"]))
+        # The envelope's bytes as emitted: "e" is the last field, and the ones before it
+        # cannot contain its marker (validated names, numbers).
+        env = line[line.index(b',"e":') + 5 : line.rindex(b"}")]
+        return cls(stream, str(d["p"]), int(d["q"]), env, d["e"], int(d["w"]))
 
 
 class Journal:
