@@ -54,6 +54,10 @@ def producer_rate(url: str, spool: Path, n: int, sessions: int, tag: str) -> flo
     assert bus.flush(120), "producer did not drain"
     elapsed = time.perf_counter() - t0
     bus.close()
+    r = redis.Redis.from_url(url)
+    landed = sum(r.xlen(Keys().session(f"{tag}-{k}")) for k in range(sessions))
+    r.close()
+    assert landed == n + sessions, f"{landed} entries in Redis, expected {n + sessions}"
     return n / elapsed
 
 
