@@ -316,3 +316,23 @@ def test_journal_unwritable_keeps_events_in_memory(
     assert bus.flush(10 * UNIT_S)
     assert messages(events(client(redis_server.url), "nodisk")) == [f"m{i}" for i in range(40)]
     bus.close()
+
+
+def test_events_emitted_while_the_journal_drains_keep_their_order(
+    redis_server: EmbeddedRedis, spool_dir: Path
+) -> None:
+    bus = Producer(redis_server.url, spool_dir=spool_dir, queue_max=5)
+    bus.batch_max = 3  # a slow drain, so new events pass queue_max meanwhile
+    redis_server.stop()
+    with bus.session("drain") as s:
+        for i in range(200):
+            s.log(f"m{i}")
+        wait_for(lambda: journal_lines(spool_dir) >= 200)
+        redis_server.start()
+        for i in range(200, 400):
+            s.log(f"m{i}")
+            if i % 20 == 0:
+                time.sleep(0.002)
+    assert bus.flush(20 * UNIT_S)
+    assert messages(events(client(redis_server.url), "drain")) == [f"m{i}" for i in range(400)]
+    bus.close()
