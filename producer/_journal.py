@@ -130,9 +130,16 @@ class Journal:
         if not items:
             return
         data = memoryview(b"".join(item.record() for item in items))
-        while data:
-            n = os.write(self.fd, data)
-            data = data[n:]
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+        except OSError:
+            # A partial record (disk full) would glue onto the next one: cut it off. The
+            # events stay in memory and are appended again later.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            raise
         self.size = os.fstat(self.fd).st_size
         self.count += len(items)
 
@@ -144,8 +151,9 @@ class Journal:
         """
         items: list[Item] = []
         pos = self.read_pos
+        chunk_size = _READ_CHUNK
         while len(items) < max_items and pos < self.size:
-            chunk = os.pread(self.fd, min(_READ_CHUNK, self.size - pos), pos)
+            chunk = os.pread(self.fd, min(chunk_size, self.size - pos), pos)
             if not chunk:
                 break
             start = 0
@@ -160,12 +168,13 @@ class Journal:
                 except (ValueError, KeyError, TypeError, InvalidInput) as exc:
                     log.error("skipping a damaged line in journal %s: %s", self.path, exc)
             if start == 0:
-                if len(chunk) < _READ_CHUNK:
+                if pos + len(chunk) >= self.size:
                     # No newline up to the end of the file: a torn last line.
                     log.warning("ignoring a torn last line in journal %s", self.path)
                     self.size = pos
                     break
-                raise ValueError(f"journal line longer than {_READ_CHUNK} bytes in {self.path}")
+                chunk_size *= 2  # a line longer than the chunk (a big event): read more
+                continue
             pos += start
         return items, pos
 

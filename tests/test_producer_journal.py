@@ -70,3 +70,14 @@ def test_release_cuts_the_delivered_head(spool_dir: Path) -> None:
     assert [i.seq for i in adopted.read(10)[0]] == [3, 4, 5]
     adopted.close()
     assert not list(spool_dir.glob("*.tmp"))
+
+
+def test_a_line_longer_than_the_read_chunk(spool_dir: Path) -> None:
+    j = Journal.create(spool_dir, "pid1")
+    big = {"type": "log", "ts": "t", "data": "x" * 3_000_000}
+    j.append([item(1), Item("session:j-1", "pid1", 2, orjson.dumps(big), big), item(3)])
+    items, end = j.read(10)
+    assert [i.seq for i in items] == [1, 2, 3]
+    assert items[1].event["data"] == "x" * 3_000_000
+    assert end == j.size
+    j.close()
