@@ -17,6 +17,7 @@ import typer
 from producer import Producer
 from rpa_bus import BusError, InvalidEvent, Settings, make, validate_session_id
 from rpa_bus.cli._app import app
+from rpa_bus.cli._local import resolve_redis_url
 
 
 def _fail(code: int, message: str) -> typer.Exit:
@@ -42,12 +43,16 @@ def emit(
     timeout: Annotated[
         float, typer.Option(min=0.0, help="Seconds to wait for the write (default 5).")
     ] = 5.0,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis URL (default: RPA_BUS_REDIS_URL, a running `up`, or localhost)"),
+    ] = None,
 ) -> None:
     """Append one event to session SID (settings from RPA_BUS_* variables)."""
     # The producer's own warnings would repeat what the one-line error below says.
     logging.getLogger("producer").addHandler(logging.NullHandler())
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(redis_url=resolve_redis_url(redis_url))
         validate_session_id(sid)
         payload: Any = None
         if data is not None:
