@@ -8,16 +8,14 @@ import contextlib
 import logging
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from producer._connect import AsyncClient, async_client, node_kwargs
 from producer._core import BaseProducer, BaseSession, Batch
 from producer._retry import Backoff
-from producer._script import APPEND_LUA
 from rpa_bus import BusError, ConfigMismatch, Envelope, Settings
 
 log = logging.getLogger("producer")
@@ -50,20 +48,19 @@ class AsyncProducer(BaseProducer):
         self,
         url: str | None = None,
         *,
-        client: aredis.Redis | None = None,
+        client: AsyncClient | None = None,
         settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
         super().__init__(url, client=client, settings=settings, **overrides)
-        s = self.settings
         self._owns_client = client is None
-        self._client: aredis.Redis = client or aredis.Redis.from_url(
-            s.redis_url,
-            socket_connect_timeout=s.connect_timeout_s,
-            socket_timeout=s.socket_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        if isinstance(client, aredis.RedisCluster):
+            self._cluster = True
+        # Any form connects on first use; nothing here touches the network.
+        self._client: AsyncClient = client if client is not None else async_client(self.settings)
+        # Cluster: one plain client per node (by "host:port"), for a pipeline per node
+        # with WAIT on its connection; the cluster client only maps slots to nodes.
+        self._nodes: dict[str, aredis.Redis] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake_event = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -123,6 +120,9 @@ class AsyncProducer(BaseProducer):
                 left,
                 self.settings.spool_dir,
             )
+        for node in self._nodes.values():
+            await node.aclose()
+        self._nodes.clear()
         if self._owns_client:
             await self._client.aclose()
 
@@ -206,27 +206,87 @@ class AsyncProducer(BaseProducer):
             self._spill()
 
     async def _write(self, batch: Batch) -> None:
-        client = self._client
-        # redis-py bounds each socket read; this bounds the whole round trip as well.
-        bound = self.settings.connect_timeout_s + self.settings.socket_timeout_s
+        """One round trip for the batch (plus one to load the script if Redis lost it);
+        on a cluster, one per node serving the batch's sessions, concurrently."""
+        if self._cluster:
+            await self._write_cluster(batch)
+            return
+        client = cast(aredis.Redis, self._client)
         if not self._config_checked:
             async with client.pipeline(transaction=False) as pipe:
                 for cmd in self._config_commands():
                     pipe.execute_command(*cmd)
-                async with asyncio.timeout(bound):
+                async with asyncio.timeout(self._bound):
                     results = await pipe.execute()
             self._check_config_reply(results)
-        calls = batch.calls
+        await self._write_node(client, batch.calls, "Redis")
+
+    @property
+    def _bound(self) -> float:
+        # redis-py bounds each socket read; this bounds the whole round trip as well.
+        s = self.settings
+        return s.connect_timeout_s + s.socket_timeout_s + s.wait_timeout_ms / 1000
+
+    async def _write_node(self, client: aredis.Redis, calls: list[Any], where: str) -> None:
+        """The calls in one pipeline on one connection, then WAIT on that same connection
+        (WAIT counts the replicas that acknowledged this connection's last write)."""
+        wait = self._wait_args()
+        bound = self._bound
         while calls:
             async with client.pipeline(transaction=False) as pipe:
                 for args, _items in calls:
                     pipe.execute_command(*args)
+                if wait is not None:
+                    pipe.execute_command(*wait)
                 try:
                     async with asyncio.timeout(bound):
                         results = await pipe.execute(raise_on_error=False)
                 except TimeoutError as exc:
-                    raise redis.TimeoutError(f"no reply from Redis within {bound}s") from exc
+                    raise redis.TimeoutError(f"no reply from {where} within {bound}s") from exc
+            acked = results.pop() if wait is not None else None
             calls, reload = self._sort_results(calls, results)
+            if wait is not None:
+                self._check_replicas(acked, where)
             if reload:
                 async with asyncio.timeout(bound):
-                    await client.script_load(APPEND_LUA)
+                    for script in self._scripts:
+                        await client.script_load(script)
+
+    async def _write_cluster(self, batch: Batch) -> None:
+        cluster = cast(aredis.RedisCluster, self._client)
+        bound = self._bound
+        async with asyncio.timeout(bound):
+            if self._refresh:
+                # After MOVED, a dead master or READONLY: read the slot map again.
+                await cluster.nodes_manager.initialize()
+                self._refresh = False
+            else:
+                await cluster.initialize()  # a no-op once the slot map is known
+            if not self._config_checked:
+                config = self.keys.config
+                ((field, value),) = self.keys.config_fields().items()
+                await cluster.hsetnx(config, field, value)
+                stored = await cluster.hgetall(config)
+                self._check_config_reply([None, stored])
+        routed = self._route(batch.calls, cluster.get_node_from_key)
+        # Every node's pipeline at once, each awaited to its end (gather with
+        # return_exceptions: no task outlives this call); any failure leaves the batch to
+        # be sent again whole, which is safe: the scripts skip what they applied. The
+        # first error is raised as itself, for the flusher's narrow except.
+        results = await asyncio.gather(
+            *(
+                self._write_node(self._node(name, node), calls, name)
+                for name, (node, calls) in routed.items()
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _node(self, name: str, node: Any) -> aredis.Redis:
+        client = self._nodes.get(name)
+        if client is None:
+            client = aredis.Redis(host=node.host, port=node.port, **node_kwargs(self.settings))
+            self._nodes[name] = client
+        return client

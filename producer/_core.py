@@ -24,7 +24,7 @@ from redis import exceptions as rx
 
 from producer._journal import Item, Journal, adopt_all
 from producer._retry import RateLimitedLog, is_retryable
-from producer._script import APPEND_LUA, APPEND_SHA, INDEX_MAXLEN
+from producer._script import APPEND_LUA, APPEND_SHA, INDEX_LUA, INDEX_MAXLEN, INDEX_SHA
 from rpa_bus import (
     STATE_FIELDS,
     TERMINAL_TYPES,
@@ -59,6 +59,16 @@ Call = tuple[tuple[Any, ...], list[Item]]
 
 class ProducerClosed(BusError):
     """An event was emitted after ``close()``."""
+
+
+class NotReplicated(rx.RedisError):
+    """WAIT saw fewer replicas acknowledge a batch than ``min_replicas``: the batch does
+    not count as written and is sent again (the append script skips what it applied)."""
+
+
+def call_key(args: tuple[Any, ...]) -> str:
+    """The key a call is routed by on a cluster: EVALSHA's first key, XADD's key."""
+    return str(args[3] if args[0] == "EVALSHA" else args[1])
 
 
 # state_fields() of any event type outside _RESETTING sets only these keys.
@@ -162,6 +172,12 @@ class BaseProducer:
         self._failing = False
         self._key_cache: dict[tuple[str, str], str] = {}
         self._max_bytes = settings.max_event_bytes
+        #: On a cluster the sessions index lives in another slot than any session, so
+        #: its entries are written by their own script (``INDEX_LUA``), not the append.
+        self._cluster = settings.target.topology == "cluster"
+        # Cluster: the slot map is read again before the next write after a failure
+        # (MOVED, a dead master, READONLY from a demoted one).
+        self._refresh = False
 
     # -- public, shared --------------------------------------------------------------
 
@@ -272,6 +288,9 @@ class BaseProducer:
             else:
                 calls.append((self._plain_args(item, now_ms), [item]))
         head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
+        cluster = self._cluster
+        index_keys = 2 if cluster else 3
+        indexed: dict[str, list[tuple[int, bytes, Item]]] = {}
         for (stream, pid), group in groups.items():
             sid = stream[8:]
             tail: list[Any] = []
@@ -279,11 +298,14 @@ class BaseProducer:
                 event = item.event
                 kind = event["type"]
                 if kind in _INDEX_TYPES:
+                    entry = orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]})
                     first: int | bytes = b"%d|%s%s" % (
                         item.seq,
                         b"s" if kind == "started" else b"t",
-                        orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]}),
+                        b"" if cluster else entry,
                     )
+                    if cluster:
+                        indexed.setdefault(pid, []).append((item.seq, entry, item))
                 else:
                     first = item.seq
                 tail += (first, item.env)
@@ -291,16 +313,37 @@ class BaseProducer:
             args = (
                 "EVALSHA",
                 APPEND_SHA,
-                3,
+                index_keys,
                 self._key("s", sid),
                 self._key("m", sid),
-                self.keys.sessions,
+                *(() if cluster else (self.keys.sessions,)),
                 pid,
                 *head,
                 orjson.dumps(state),
                 *tail,
             )
             calls.append((args, group))
+        for pid, entries in indexed.items():
+            # One atomic call per producer, seqs ascending: either all of a batch's index
+            # entries are in, or none, so the sidecar's "highest seq" check stays exact
+            # however a replayed journal cuts its batches.
+            entries.sort(key=lambda e: e[0])
+            tail = []
+            for seq, entry, _item in entries:
+                tail += (seq, entry)
+            args = (
+                "EVALSHA",
+                INDEX_SHA,
+                2,
+                self.keys.sessions,
+                self.keys.index_seen(pid),
+                INDEX_MAXLEN,
+                int(s.retention_s * 1000),
+                *tail,
+            )
+            # Its events are counted by their append call; an empty list keeps the
+            # "dropped" count honest if Redis ever refuses this one.
+            calls.append((args, []))
         return calls
 
     def _plain_args(self, item: Item, now_ms: int) -> tuple[Any, ...]:
@@ -333,10 +376,19 @@ class BaseProducer:
             if isinstance(result, rx.NoScriptError):
                 reload = True
                 again.append(call)
+            elif isinstance(result, rx.AskError):
+                # MOVED/ASK (MovedError is an AskError): the slot map changed. Retried,
+                # safely (the scripts skip what they applied), once it is read again.
+                self._refresh = True
+                transient = result
+                again.append(call)
             elif is_retryable(result):
                 transient = result
                 again.append(call)
             else:
+                if not call[1]:
+                    log.error("Redis refused a sessions index write for good: %s", result)
+                    continue
                 self.dropped += len(call[1])
                 error = BusError(f"Redis refused {len(call[1])} events for good: {result}")
                 error.__cause__ = result
@@ -358,6 +410,35 @@ class BaseProducer:
             ("HGETALL", self.keys.config),
             ("SCRIPT", "LOAD", APPEND_LUA),
         ]
+
+    @property
+    def _scripts(self) -> tuple[str, ...]:
+        """The scripts this producer's calls use (loaded again after NOSCRIPT)."""
+        return (APPEND_LUA, INDEX_LUA) if self._cluster else (APPEND_LUA,)
+
+    def _wait_args(self) -> tuple[Any, ...] | None:
+        """WAIT sent last in a batch's pipeline (same connection), or None."""
+        n = self.settings.min_replicas
+        return ("WAIT", n, self.settings.wait_timeout_ms) if n else None
+
+    def _check_replicas(self, reply: Any, where: str) -> None:
+        """Raise ``NotReplicated`` (a transient error: the batch is sent again) if WAIT's
+        reply counts fewer replicas than ``min_replicas``."""
+        if isinstance(reply, BaseException):
+            raise reply
+        if int(reply) < self.settings.min_replicas:
+            raise NotReplicated(
+                f"{where}: {reply} of {self.settings.min_replicas} replicas acknowledged "
+                f"within {self.settings.wait_timeout_ms} ms"
+            )
+
+    def _route(self, calls: list[Call], node_of: Any) -> dict[str, tuple[Any, list[Call]]]:
+        """Cluster: the calls grouped by the node serving each call's slot, in order."""
+        by_node: dict[str, tuple[Any, list[Call]]] = {}
+        for call in calls:
+            node = node_of(call_key(call[0]))
+            by_node.setdefault(node.name, (node, []))[1].append(call)
+        return by_node
 
     def _check_config_reply(self, results: list[Any]) -> None:
         stored = {
@@ -412,6 +493,7 @@ class BaseProducer:
     def _failed(self, batch: Batch | None, exc: BaseException) -> None:
         """A write failed: keep everything unwritten on disk, in order."""
         self._failing = True
+        self._refresh = self._cluster
         # Translated at this boundary: callers see the bus's own exception tree.
         error = Unavailable(
             f"Redis at {self._redacted_url()} unavailable: {type(exc).__name__}: {exc}"

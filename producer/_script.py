@@ -1,6 +1,8 @@
 """The idempotent append: one Lua script per (session, batch).
 
-``KEYS``: the session stream, its meta hash, the sessions index stream.
+``KEYS``: the session stream, its meta hash, and on one server the sessions index stream.
+On a cluster the index lives in another slot, so it is left out (two keys: the script
+touches only its bucket's slot) and the index entries go to ``INDEX_LUA`` instead.
 
 ``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
 folded state fields of the call's events (one JSON object of strings, merged in order),
@@ -28,8 +30,10 @@ Redis semantics relied on:
   previous run's terminal event set, so a reused session id does not vanish mid-run.
 - Lua numbers are doubles: sequence numbers stay exact up to 2^53.
 
-On a cluster the index stream lives in another slot; splitting its ``XADD`` out into a
-separate command is a change local to ``session_call()`` and the two index lines below.
+- WAIT counts a connection's last *propagated* write. A retry whose events were all
+  applied by a lost attempt writes nothing, so its WAIT would return at once, proving
+  nothing about that attempt; the script then rewrites the producer's ``seq:`` field (same
+  value), so WAIT covers everything applied so far (``min_replicas``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import hashlib
 from typing import Final
 
 APPEND_LUA: Final = """
-local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]
+local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]  -- index: nil on a cluster
 local seqfield = 'seq:' .. ARGV[1]
 local maxlen, retention, index_maxlen = ARGV[2], ARGV[3], ARGV[6]
 local stored = tonumber(redis.call('HGET', meta, seqfield) or '0')
@@ -54,7 +58,9 @@ for i = 8, #ARGV, 2 do
   if seq > top then
     redis.call('XADD', stream, '*', 'e', ARGV[i + 1])
     if bar then
-      redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', string.sub(head, bar + 2))
+      if index then
+        redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', string.sub(head, bar + 2))
+      end
       -- Only the batch's last lifecycle event counts: started then finished expires.
       expire = string.sub(head, bar + 1, bar + 1) == 't'
     end
@@ -78,11 +84,39 @@ if applied > 0 then
     redis.call('PERSIST', stream)
     redis.call('PERSIST', meta)
   end
+elseif stored > 0 then
+  -- Nothing new: a retry after a lost reply. Propagate one no-op write so that a WAIT
+  -- after this call covers what the lost attempt applied.
+  redis.call('HSET', meta, seqfield, stored)
 end
 return {applied, top}
 """
 
 APPEND_SHA: Final = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
+
+# Cluster only: the sessions index entries of one batch and producer, deduplicated like
+# the append. KEYS: the index stream, the producer's sidecar ``Keys.index_seen(pid)`` (same
+# slot: its hash tag is the index key's name). ARGV: index maxlen, sidecar ttl ms, then
+# seq and index envelope per entry, seq ascending. The sidecar holds the highest seq
+# indexed and expires after the retention period (a producer silent that long starts anew).
+INDEX_LUA: Final = """
+local index, seen = KEYS[1], KEYS[2]
+local top = tonumber(redis.call('GET', seen) or '0')
+local applied = 0
+for i = 3, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > top then
+    redis.call('XADD', index, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i + 1])
+    top = seq
+    applied = applied + 1
+  end
+end
+-- Written even when nothing is new, like the append: WAIT then covers a lost attempt.
+redis.call('SET', seen, top, 'PX', ARGV[2])
+return applied
+"""
+
+INDEX_SHA: Final = hashlib.sha1(INDEX_LUA.encode()).hexdigest()
 
 # The sessions index holds two entries per session run; cap it like any stream.
 INDEX_MAXLEN: Final = 100_000

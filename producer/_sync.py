@@ -12,12 +12,10 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from producer._connect import SyncClient, sync_client
 from producer._core import BaseProducer, BaseSession, Batch
 from producer._retry import Backoff
-from producer._script import APPEND_LUA
 from rpa_bus import ConfigMismatch, Settings
 
 log = logging.getLogger("producer")
@@ -43,29 +41,30 @@ class Producer(BaseProducer):
     """Writes events to Redis from a background thread; emitting never blocks.
 
     ``Producer(url)``, ``Producer(client=redis.Redis(...))`` (the caller's client and its
-    timeouts are used as they are), ``Producer(settings=...)`` or ``Producer.from_env()``;
-    keyword overrides set ``Settings`` fields (``maxlen=``, ``spool_dir=``...).
+    timeouts are used as they are; a ``redis.RedisCluster`` too), ``Producer(settings=...)``
+    or ``Producer.from_env()``; keyword overrides set ``Settings`` fields (``maxlen=``,
+    ``spool_dir=``, ``min_replicas=``...). Every URL form works: one server, Sentinel,
+    Cluster (see ``rpa_bus.parse_redis_url``).
     """
 
     def __init__(
         self,
         url: str | None = None,
         *,
-        client: redis.Redis | None = None,
+        client: SyncClient | None = None,
         settings: Settings | None = None,
         **overrides: Any,
     ) -> None:
         super().__init__(url, client=client, settings=settings, **overrides)
-        s = self.settings
         self._owns_client = client is None
-        self._client: redis.Redis = client or redis.Redis.from_url(
-            s.redis_url,
-            socket_connect_timeout=s.connect_timeout_s,
-            socket_timeout=s.socket_timeout_s,
-            # No retries inside redis-py: the flusher retries with its own backoff,
-            # keeping events safe on disk meanwhile.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
+        if isinstance(client, redis.RedisCluster):
+            self._cluster = True
+        # A Cluster client reads the slot map when built, which may fail: it is built by
+        # the flusher (retried with backoff), so a producer never raises for a down Redis.
+        # No retries inside redis-py: the flusher retries with its own backoff, keeping
+        # events safe on disk meanwhile.
+        self._client: SyncClient | None = (
+            client if client is not None or self._cluster else sync_client(self.settings)
         )
         self._wake_event = threading.Event()
         self._stop_event = threading.Event()
@@ -122,7 +121,7 @@ class Producer(BaseProducer):
                 left,
                 self.settings.spool_dir,
             )
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             self._client.close()
 
     def __enter__(self) -> Producer:
@@ -184,25 +183,71 @@ class Producer(BaseProducer):
             self._spill()
 
     def _write(self, batch: Batch) -> None:
-        """One round trip for the batch (plus one to load the script if Redis lost it)."""
+        """One round trip for the batch (plus one to load the script if Redis lost it);
+        on a cluster, one per node serving the batch's sessions."""
+        if self._cluster:
+            self._write_cluster(batch)
+            return
         client = self._client
+        assert isinstance(client, redis.Redis)  # set in __init__ when not a cluster
         if not self._config_checked:
             pipe = client.pipeline(transaction=False)
             for cmd in self._config_commands():
                 pipe.execute_command(*cmd)  # type: ignore[no-untyped-call]
             self._check_config_reply(pipe.execute())
-        calls = batch.calls
+        self._write_node(client, batch.calls, "Redis")
+
+    def _write_node(self, client: redis.Redis, calls: list[Any], where: str) -> None:
+        """The calls in one pipeline on one connection, then WAIT on that same connection
+        (WAIT counts the replicas that acknowledged this connection's last write)."""
+        wait = self._wait_args()
         while calls:
             pipe = client.pipeline(transaction=False)
             for args, _items in calls:
                 pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            if wait is not None:
+                pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
             results = pipe.execute(raise_on_error=False)
+            acked = results.pop() if wait is not None else None
             calls, reload = self._sort_results(calls, results)
+            if wait is not None:
+                self._check_replicas(acked, where)
             if reload:
-                # NOSCRIPT: the server restarted or flushed its script cache.
-                client.script_load(APPEND_LUA)
+                # NOSCRIPT: the server restarted, flushed its script cache, or is a
+                # replica promoted by a failover that never saw SCRIPT LOAD.
+                for script in self._scripts:
+                    client.script_load(script)
             if self._closed:
                 return
+
+    def _write_cluster(self, batch: Batch) -> None:
+        cluster = self._cluster_client()
+        if not self._config_checked:
+            config = self.keys.config
+            ((field, value),) = self.keys.config_fields().items()
+            cluster.hsetnx(config, field, value)
+            self._check_config_reply([None, cluster.hgetall(config)])
+        # One pipeline per node, in turn; a failure leaves the batch to be sent again
+        # whole, which is safe: the scripts skip what they applied.
+        for name, (node, calls) in self._route(batch.calls, cluster.get_node_from_key).items():
+            self._write_node(cluster.get_redis_connection(node), calls, name)
+            if self._closed:
+                return
+
+    def _cluster_client(self) -> redis.RedisCluster:
+        if self._client is None:
+            self._client = sync_client(self.settings)
+            self._refresh = False
+        cluster = self._client
+        assert isinstance(cluster, redis.RedisCluster)
+        if self._refresh:
+            # After MOVED, a dead master or READONLY: read the slot map again.
+            try:
+                cluster.nodes_manager.initialize()
+            except redis.exceptions.RedisClusterException as exc:
+                raise redis.ConnectionError(f"cannot read the cluster's slot map: {exc}") from exc
+            self._refresh = False
+        return cluster
 
 
 def _closer(ref: weakref.ref[Producer]) -> Callable[[], None]:

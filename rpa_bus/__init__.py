@@ -47,6 +47,7 @@ from rpa_bus._keys import (
 )
 from rpa_bus._settings import DEFAULT_REDIS_URL, EnvReader, Settings, default_spool_dir
 from rpa_bus._state import STATE_FIELDS, state_fields, state_from_meta
+from rpa_bus._urls import RedisTarget, parse_redis_url
 
 __all__ = [
     "BUILTIN_TYPES",
@@ -72,6 +73,7 @@ __all__ = [
     "InvalidStreamName",
     "Keys",
     "Offset",
+    "RedisTarget",
     "Settings",
     "StreamId",
     "StreamRef",
@@ -83,6 +85,7 @@ __all__ = [
     "make",
     "now_ts",
     "parse_offset",
+    "parse_redis_url",
     "parse_stream_name",
     "state_fields",
     "state_from_meta",

@@ -83,6 +83,14 @@ class Keys:
         """The index stream of session lifecycle (started / finished / failed)."""
         return f"{self.prefix}:sessions"
 
+    def index_seen(self, producer_id: str) -> str:
+        """Cluster only: the highest sequence number of producer ``producer_id`` already
+        in the sessions index (a string, expiring after the retention period). Its hash
+        tag is the index's own key name, so it shares the index's slot and one script
+        deduplicates index entries there: ``rpa:{rpa:sessions}:indexed:PID``."""
+        validate_host_name(producer_id)
+        return f"{self.prefix}:{{{self.sessions}}}:indexed:{producer_id}"
+
     def monitor(self, host: str) -> str:
         validate_host_name(host)
         return f"{self.prefix}:monitor:{host}"

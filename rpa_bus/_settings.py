@@ -14,6 +14,7 @@ from typing import Any
 from rpa_bus._envelope import MAX_EVENT_BYTES
 from rpa_bus._errors import ConfigError
 from rpa_bus._keys import DEFAULT_BUCKETS, DEFAULT_PREFIX, MAX_BUCKETS, Keys
+from rpa_bus._urls import RedisTarget, parse_redis_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -106,8 +107,14 @@ class Settings:
     socket_timeout_s: float = 2.0
     max_event_bytes: int = MAX_EVENT_BYTES
     secret: str | None = field(default=None, repr=False)
+    # Producer durability: a batch counts as written only once this many replicas
+    # acknowledged it (WAIT after the batch, bounded by wait_timeout_ms); 0 = don't wait.
+    min_replicas: int = 0
 
     def __post_init__(self) -> None:
+        parse_redis_url(self.redis_url)  # a bad form fails here, naming the problem
+        if self.min_replicas < 0:
+            raise ConfigError(f"min_replicas must be >= 0, got {self.min_replicas}")
         if not 1 <= self.buckets <= MAX_BUCKETS:
             raise ConfigError(f"buckets must be 1..{MAX_BUCKETS}, got {self.buckets}")
         if self.maxlen < 1:
@@ -122,6 +129,17 @@ class Settings:
     @property
     def keys(self) -> Keys:
         return Keys(self.prefix, self.buckets)
+
+    @property
+    def target(self) -> RedisTarget:
+        """The parsed ``redis_url``: one server, Sentinel or Cluster."""
+        return parse_redis_url(self.redis_url)
+
+    @property
+    def wait_timeout_ms(self) -> int:
+        """WAIT's bound for ``min_replicas``: half the socket timeout (at most 1 s), so the
+        call ends, with a count, well before the socket gives up on it."""
+        return max(1, min(1000, int(self.socket_timeout_s * 500)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -139,6 +157,7 @@ class Settings:
             "socket_timeout_s": env.number("SOCKET_TIMEOUT_S", 2.0, lo=0.01, hi=60),
             "max_event_bytes": env.integer("MAX_EVENT_BYTES", MAX_EVENT_BYTES, lo=256),
             "secret": env.optional_text("SECRET"),
+            "min_replicas": env.integer("MIN_REPLICAS", 0, lo=0, hi=64),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
