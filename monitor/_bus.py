@@ -16,20 +16,27 @@ Cost is what matters here: the monitor must stay cheap with thousands of session
 - A session idle for longer than the stall limit is confirmed with one HGET of its meta
   ``status`` before it is reported (the lifecycle index may have lost its end).
 
-Multi-key scripts need every key on one server: the probe targets a single Redis (or
-one shard), not a cluster.
+On a Redis Cluster (``redis+cluster://``) the same script runs once per slot: the keys
+are grouped by slot (all sessions of a bucket share one, so at most one call per active
+bucket, plus the index's and this host's), sent in one ClusterPipeline (one round trip
+per node), and the replies merged; the meta hashes it reads undeclared are in their
+stream's slot, which is all a cluster requires. Redis health is INFO from every master
+(memory, clients and ops summed; ``masters`` counts them). On one server or Sentinel
+(a plain client on the current master) nothing changes: one script call per sample.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, cast
 
 import orjson
 import redis
+from redis import exceptions as rx
 
 from rpa_bus import InvalidSessionId, Keys, StreamId
 
@@ -78,6 +85,9 @@ for i = 1, #KEYS do
 end
 return {updated, groups}
 """
+PROBE_SHA: Final = hashlib.sha1(PROBE_LUA.encode()).hexdigest()
+
+SyncClient = redis.Redis | redis.RedisCluster
 
 
 # XREAD's reply on a RESP2 client without decode_responses.
@@ -122,22 +132,29 @@ class BusProbe:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient | None,
         keys: Keys,
         *,
         host_name: str,
         streams_per_tick: int,
         max_sessions: int,
+        connect: Callable[[], SyncClient] | None = None,
     ) -> None:
-        self._client = client
+        """``client``, or ``connect`` to build one at the first probe (a Cluster client
+        reads the slot map when built, which fails while the cluster is down: the probe's
+        caller retries each sample)."""
+        if (client is None) == (connect is None):
+            raise ValueError("pass client= or connect=, exactly one")
+        self._client_or_none = client
+        self._connect = connect
         self._keys = keys
         self._host = host_name
         self._monitor_key = keys.monitor(host_name)
         self._relay_prefix = keys.relay_group("x")[:-1]
         self._streams_per_tick = streams_per_tick
         self._max_sessions = max_sessions
-        self._script = client.register_script(PROBE_LUA)
         self._config_checked = False
+        self._script: Any = None  # one server: the registered probe script
         self._index_last = "0-0"
         # session -> its stream key and the ms (server clock) of its last known activity;
         # insertion order is start order. The key is computed once per session: per sample
@@ -149,6 +166,19 @@ class BusProbe:
         self._evicted = 0
         # stream key -> relay -> (lag, pending), refreshed whenever the stream is probed.
         self._relays: dict[str, dict[str, tuple[int, int]]] = {}
+
+    @property
+    def _client(self) -> SyncClient:
+        client = self._client_or_none
+        if client is None:
+            connect = cast(Callable[[], SyncClient], self._connect)  # __init__: one is set
+            client = self._client_or_none = connect()
+        return client
+
+    @property
+    def client(self) -> SyncClient | None:
+        """The client, once built."""
+        return self._client_or_none
 
     @property
     def running(self) -> Collection[str]:
@@ -164,15 +194,21 @@ class BusProbe:
         """
         if not self._config_checked:
             self._check_config()
-        pipe = self._client.pipeline(transaction=False)
-        pipe.info("memory")
-        pipe.info("clients")
-        pipe.info("stats")
-        pipe.time()
-        pipe.hset(self._keys.monitors, self._host, str(now_ms))
-        memory, clients, stats, server_time, _ = pipe.execute()
-        sec, usec = cast(tuple[int, int], server_time)
-        server_ms = sec * 1000 + usec // 1000
+        client = self._client
+        masters = 1
+        if isinstance(client, redis.RedisCluster):
+            memory, clients, stats, server_ms, masters = self._cluster_info(client)
+            client.hset(self._keys.monitors, self._host, str(now_ms))
+        else:
+            pipe = client.pipeline(transaction=False)
+            pipe.info("memory")
+            pipe.info("clients")
+            pipe.info("stats")
+            pipe.time()
+            pipe.hset(self._keys.monitors, self._host, str(now_ms))
+            memory, clients, stats, server_time, _ = pipe.execute()
+            sec, usec = cast(tuple[int, int], server_time)
+            server_ms = sec * 1000 + usec // 1000
 
         self._read_index()
         probed = self._probe_streams(server_ms)
@@ -196,6 +232,8 @@ class BusProbe:
             "active_sessions": len(self._running),
             "relays": relays,
         }
+        if isinstance(client, redis.RedisCluster):
+            health["masters"] = masters
         reading = BusReading(
             health=health,
             server_ms=server_ms,
@@ -203,6 +241,68 @@ class BusProbe:
         )
         reading.idle_s = self._stalls(server_ms, stall_after_s, stalled, probed)
         return reading
+
+    def _cluster_info(
+        self, client: redis.RedisCluster
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, int]:
+        """INFO from every master (one pipeline each), summed; the first one's clock."""
+        totals: list[dict[str, Any]] = [
+            {"used_memory": 0},
+            {"connected_clients": 0},
+            {"instantaneous_ops_per_sec": 0},
+        ]
+        server_ms = 0
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        for node in primaries:
+            pipe = client.get_redis_connection(node).pipeline(transaction=False)
+            pipe.info("memory")
+            pipe.info("clients")
+            pipe.info("stats")
+            pipe.time()
+            *sections, server_time = pipe.execute()
+            for total, section in zip(totals, sections, strict=True):
+                ((name, value),) = total.items()
+                total[name] = value + int(section.get(name, 0))
+            if not server_ms:
+                sec, usec = cast(tuple[int, int], server_time)
+                server_ms = sec * 1000 + usec // 1000
+        return totals[0], totals[1], totals[2], server_ms, len(primaries)
+
+    def _run_probe(self, keys: list[str]) -> tuple[list[Any], list[Any]]:
+        """The probe script's reply for ``keys``: one call on one server, one per slot on
+        a cluster (merged, indexes as if one call had covered every key)."""
+        client = self._client
+        if not isinstance(client, redis.RedisCluster):
+            if self._script is None:
+                self._script = client.register_script(PROBE_LUA)
+            reply = cast(list[list[Any]], self._script(keys=keys, args=[self._relay_prefix]))
+            return reply[0], reply[1]
+        by_slot: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            by_slot.setdefault(client.keyslot(key), []).append(i)  # type: ignore[no-untyped-call]
+        for attempt in (1, 2):
+            pipe = client.pipeline()  # type: ignore[no-untyped-call]
+            for indexes in by_slot.values():
+                pipe.evalsha(
+                    PROBE_SHA, len(indexes), *[keys[i] for i in indexes], self._relay_prefix
+                )
+            try:
+                replies = pipe.execute()
+                break
+            except rx.NoScriptError:
+                if attempt == 2:
+                    raise
+                # A new or restarted master (or a promoted replica) without the script.
+                client.script_load(PROBE_LUA)  # sent to every master
+        updated: list[Any] = [b""] * len(keys)
+        groups: list[Any] = []
+        for indexes, (part_updated, part_groups) in zip(by_slot.values(), replies, strict=True):
+            for j, value in enumerate(part_updated):
+                updated[indexes[j]] = value
+            for g in range(0, len(part_groups), 4):
+                local, name, lag, pending = part_groups[g : g + 4]
+                groups += [indexes[int(local) - 1] + 1, name, lag, pending]
+        return updated, groups
 
     def _check_config(self) -> None:
         # The bucket count decides session key names: this monitor must agree with the
@@ -284,8 +384,7 @@ class BusProbe:
             self._rr = start + per
             sids = [sids[i] for i in picked]
             keys = [keys[i] for i in picked] + keys[n:]
-        reply = cast(list[list[Any]], self._script(keys=keys, args=[self._relay_prefix]))
-        updated, groups = reply
+        updated, groups = self._run_probe(keys)
         running = self._running
         for sid, value in zip(sids, updated, strict=False):  # `updated` also has 2 more
             tracked = running[sid]

@@ -17,8 +17,6 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from monitor._alerts import Alert, AlertBook, Rule
 from monitor._bus import BusProbe
@@ -27,6 +25,7 @@ from monitor._settings import MonitorSettings
 from monitor._throttle import Throttle
 from monitor._writer import ProducerWriter, Writer
 from producer import Producer
+from producer._connect import SyncClient, sync_client
 from rpa_bus import Envelope, make, now_ts
 
 log = logging.getLogger(__name__)
@@ -49,19 +48,17 @@ def rules_of(settings: MonitorSettings) -> list[Rule]:
     ]
 
 
-def _probe_client(settings: MonitorSettings) -> redis.Redis:
+def _probe_client(settings: MonitorSettings) -> SyncClient:
+    """The probe's client for any URL form (one server, Sentinel, Cluster)."""
     bus = settings.bus
     # A probe must not hold a sample back much longer than a fraction of the interval;
-    # the next sample is the retry, so redis-py does not retry either.
-    connect_s = min(bus.connect_timeout_s, max(0.05, settings.interval_s / 4))
-    socket_s = min(bus.socket_timeout_s, max(0.1, settings.interval_s / 2))
-    return redis.Redis.from_url(
-        bus.redis_url,
-        socket_connect_timeout=connect_s,
-        socket_timeout=socket_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        health_check_interval=0,
+    # the next sample is the retry, so redis-py does not retry either (the factory sets
+    # no retries).
+    return sync_client(
+        bus.with_(
+            connect_timeout_s=min(bus.connect_timeout_s, max(0.05, settings.interval_s / 4)),
+            socket_timeout_s=min(bus.socket_timeout_s, max(0.1, settings.interval_s / 2)),
+        )
     )
 
 
@@ -84,14 +81,13 @@ class Monitor:
         self,
         settings: MonitorSettings,
         *,
-        client: redis.Redis | None = None,
+        client: SyncClient | None = None,
         writer: Writer | None = None,
     ) -> None:
         self.settings = settings
         keys = settings.bus.keys
         self.stream = keys.monitor(settings.host_name)
         self._own_client = client is None
-        self._client = client if client is not None else _probe_client(settings)
         self._own_writer = writer is None
         if writer is None:
             writer = ProducerWriter(
@@ -101,9 +97,12 @@ class Monitor:
             )
         self.writer: Writer = writer
         self._host = HostSampler()
+        # Built at the first sample when not injected: a Cluster client reads the slot
+        # map when built, and a monitor starts (and retries) while Redis is down.
         self._bus = BusProbe(
-            self._client,
+            client,
             keys,
+            connect=None if client is not None else lambda: _probe_client(settings),
             host_name=settings.host_name,
             streams_per_tick=settings.streams_per_tick,
             max_sessions=settings.max_sessions,
@@ -213,8 +212,9 @@ class Monitor:
             log.warning("monitor closed before every sample was written")
         if self._own_writer:
             self.writer.close()
-        if self._own_client:
-            self._client.close()
+        probe_client = self._bus.client
+        if self._own_client and probe_client is not None:
+            probe_client.close()
 
     def __enter__(self) -> Monitor:
         return self

@@ -47,12 +47,22 @@ def emit(
         str | None,
         typer.Option(help="Redis URL (default: RPA_BUS_REDIS_URL, a running `up`, or localhost)"),
     ] = None,
+    min_replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Written only once this many replicas acknowledged it (WAIT); "
+            "default RPA_BUS_MIN_REPLICAS or 0.",
+        ),
+    ] = None,
 ) -> None:
     """Append one event to session SID (settings from RPA_BUS_* variables)."""
     # The producer's own warnings would repeat what the one-line error below says.
     logging.getLogger("producer").addHandler(logging.NullHandler())
     try:
-        settings = Settings.from_env(redis_url=resolve_redis_url(redis_url))
+        settings = Settings.from_env(
+            redis_url=resolve_redis_url(redis_url), min_replicas=min_replicas
+        )
         validate_session_id(sid)
         payload: Any = None
         if data is not None:

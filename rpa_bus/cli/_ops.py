@@ -10,19 +10,18 @@ from typing import Any, cast
 import orjson
 import redis
 
+from producer._connect import SyncClient, sync_client
 from rpa_bus import Keys, Settings, state_from_meta
 
 # What redis-py returns for XRANGE/XREVRANGE on a client without decode_responses.
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        retry_on_timeout=False,
-    )
+def connect(settings: Settings) -> SyncClient:
+    """A client for any URL form (one server, Sentinel, Cluster), bounded by the settings'
+    timeouts, no retries. A Cluster client reads the slot map here: it may raise
+    ``redis.RedisError`` already."""
+    return sync_client(settings)
 
 
 def _age_s(ts: str | None, now_s: float) -> float | None:
@@ -50,7 +49,7 @@ class SessionRow:
         return asdict(self)
 
 
-def list_sessions(client: redis.Redis, keys: Keys, *, limit: int = 50) -> list[SessionRow]:
+def list_sessions(client: SyncClient, keys: Keys, *, limit: int = 50) -> list[SessionRow]:
     """The newest ``limit`` sessions named in the lifecycle index that still have state.
 
     Reads the index backwards in pages (bounded: at most 20 pages), then one pipelined
@@ -123,7 +122,7 @@ class MonitorRow:
     relays: dict[str, dict[str, int]]
 
 
-def list_monitors(client: redis.Redis, keys: Keys, *, now_ms: int) -> list[MonitorRow]:
+def list_monitors(client: SyncClient, keys: Keys, *, now_ms: int) -> list[MonitorRow]:
     """Every host in the monitors index with the age of its last sample and the bus
     health that sample reported (relay lag and pending, active sessions)."""
     hosts = cast(dict[bytes, bytes], client.hgetall(keys.monitors))
@@ -155,11 +154,25 @@ def list_monitors(client: redis.Redis, keys: Keys, *, now_ms: int) -> list[Monit
     return rows
 
 
-def redis_info(client: redis.Redis) -> dict[str, Any]:
-    info: dict[str, Any] = client.info()
+def redis_info(client: SyncClient) -> dict[str, Any]:
+    """Version, memory, clients, uptime; on a cluster summed over the masters (uptime:
+    the youngest), with ``masters`` counting them."""
+    if not isinstance(client, redis.RedisCluster):
+        info: dict[str, Any] = client.info()
+        return {
+            "version": info.get("redis_version"),
+            "used_memory": info.get("used_memory"),
+            "connected_clients": info.get("connected_clients"),
+            "uptime_s": info.get("uptime_in_seconds"),
+        }
+    infos = [
+        client.get_redis_connection(node).info()
+        for node in client.get_primaries()  # type: ignore[no-untyped-call]
+    ]
     return {
-        "version": info.get("redis_version"),
-        "used_memory": info.get("used_memory"),
-        "connected_clients": info.get("connected_clients"),
-        "uptime_s": info.get("uptime_in_seconds"),
+        "version": infos[0].get("redis_version") if infos else None,
+        "used_memory": sum(int(i.get("used_memory", 0)) for i in infos),
+        "connected_clients": sum(int(i.get("connected_clients", 0)) for i in infos),
+        "uptime_s": min((int(i.get("uptime_in_seconds", 0)) for i in infos), default=None),
+        "masters": len(infos),
     }

@@ -20,6 +20,7 @@ from monitor import MonitorSettings
 from relay import RelaySettings
 from rpa_bus import (
     DEFAULT_REDIS_URL,
+    BusError,
     ConfigError,
     InvalidStreamName,
     Settings,
@@ -64,11 +65,14 @@ def sessions(
 ) -> None:
     """List recent sessions: id, status, step, percent, age."""
     settings = _settings(redis_url)
-    client = connect(settings)
+    try:
+        client = connect(settings)
+    except redis.RedisError as exc:
+        raise _fail(f"cannot read sessions from {_redact(settings.redis_url)}: {exc}") from exc
     try:
         rows = list_sessions(client, settings.keys, limit=limit)
     except redis.RedisError as exc:
-        raise _fail(f"cannot read sessions from {settings.redis_url}: {exc}") from exc
+        raise _fail(f"cannot read sessions from {_redact(settings.redis_url)}: {exc}") from exc
     finally:
         client.close()
     if as_json:
@@ -161,10 +165,11 @@ def status(
     """Show Redis, the relays and their lag, the monitors and the age of their last sample,
     and the active sessions. Exits 1 when Redis does not answer."""
     settings = _settings(redis_url)
-    client = connect(settings)
     redis_report: dict[str, Any] = {"url": _redact(settings.redis_url)}
     report: dict[str, Any] = {"redis": redis_report}
+    client: Any = None
     try:
+        client = connect(settings)
         redis_report.update(reachable=True, **redis_info(client))
         monitors = list_monitors(client, settings.keys, now_ms=int(time.time() * 1000))
         running = [
@@ -176,7 +181,8 @@ def status(
             typer.echo(orjson.dumps(report).decode())
         raise _fail(f"Redis at {_redact(settings.redis_url)} does not answer: {exc}") from exc
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     relays: dict[str, dict[str, int]] = {}
     for m in monitors:  # every monitor sees the same bus; keep the freshest report per relay
         for name, figures in m.relays.items():
@@ -216,9 +222,13 @@ def _redact(url: str) -> str:
 
 def _probe(url: str) -> str | None:
     """None if a Redis answers PING at ``url``; else why not, in a few words."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+    client: Any = None
     try:
+        # Any URL form (a Cluster client reads the slot map as it is built).
+        client = connect(Settings(redis_url=url, connect_timeout_s=0.5, socket_timeout_s=1.0))
         client.ping()
+    except BusError as exc:  # a URL form rpa-bus cannot use
+        return f"it cannot be used: {exc}"
     except (rx.AuthenticationError, rx.AuthorizationError) as exc:
         # Both subclass ConnectionError in redis-py: a server answered and said no.
         return f"it refuses: {exc}"
@@ -227,7 +237,8 @@ def _probe(url: str) -> str | None:
     except (redis.RedisError, OSError) as exc:
         return f"it refuses: {exc}"
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return None
 
 
