@@ -46,7 +46,9 @@ INDEX_PAGE: Final = 1000
 INDEX_PAGES_PER_TICK: Final = 10
 CONFIRM_PER_TICK: Final = 200
 
-# KEYS: session streams. ARGV[1]: the relay group name prefix ("rpa:relay:").
+# KEYS: session streams. ARGV[1]: the relay group name prefix ("rpa:relay:"); ARGV[2]
+# (cluster only) "0" when KEYS have no meta hash (the index, a monitor stream): their
+# `KEYS[i]:meta` would be in another slot, which a cluster node refuses to touch.
 # Returns {updated, groups}: updated[i] is the `updated` field of KEYS[i]'s meta hash ("" if
 # none), which every append rewrites, so a change means the session moved; groups is a flat
 # {i, relay, lag (-1: unknown), pending, ...} over the relay consumer groups of KEYS[i].
@@ -59,7 +61,7 @@ local plen = string.len(prefix)
 local updated = {}
 local groups = {}
 for i = 1, #KEYS do
-  updated[i] = redis.call('HGET', KEYS[i] .. ':meta', 'updated') or ''
+  updated[i] = (ARGV[2] ~= '0' and redis.call('HGET', KEYS[i] .. ':meta', 'updated')) or ''
   local info = redis.pcall('XINFO', 'GROUPS', KEYS[i])
   if type(info) == 'table' and info.err == nil then
     for _, g in ipairs(info) do
@@ -155,6 +157,7 @@ class BusProbe:
         self._max_sessions = max_sessions
         self._config_checked = False
         self._script: Any = None  # one server: the registered probe script
+        self._refresh = False  # cluster: read the slot map again before the next probe
         self._index_last = "0-0"
         # session -> its stream key and the ms (server clock) of its last known activity;
         # insertion order is start order. The key is computed once per session: per sample
@@ -195,8 +198,25 @@ class BusProbe:
         if not self._config_checked:
             self._check_config()
         client = self._client
+        if isinstance(client, redis.RedisCluster):
+            try:
+                return self._probe(client, now_ms, stall_after_s, stalled)
+            except (redis.RedisError, OSError, rx.RedisClusterException) as exc:
+                # MOVED, a dead or demoted master: read the slot map again next sample.
+                self._refresh = True
+                if isinstance(exc, rx.RedisClusterException):
+                    raise redis.ConnectionError(f"cluster unavailable: {exc}") from exc
+                raise
+        return self._probe(client, now_ms, stall_after_s, stalled)
+
+    def _probe(
+        self, client: SyncClient, now_ms: int, stall_after_s: float, stalled: Collection[str]
+    ) -> BusReading:
         masters = 1
         if isinstance(client, redis.RedisCluster):
+            if self._refresh:
+                client.nodes_manager.initialize()
+                self._refresh = False
             memory, clients, stats, server_ms, masters = self._cluster_info(client)
             client.hset(self._keys.monitors, self._host, str(now_ms))
         else:
@@ -277,26 +297,46 @@ class BusProbe:
                 self._script = client.register_script(PROBE_LUA)
             reply = cast(list[list[Any]], self._script(keys=keys, args=[self._relay_prefix]))
             return reply[0], reply[1]
-        by_slot: dict[int, list[int]] = {}
+        # redis-py's ClusterPipeline refuses EVALSHA, so: one plain pipeline per node,
+        # one script call per slot in it.
+        # Keyed by (slot, has a meta hash): the index or a monitor stream may share a
+        # slot with a bucket by chance, and must not be probed for a meta hash.
+        plain = (self._keys.sessions, self._monitor_key)
+        by_slot: dict[tuple[int, bool], list[int]] = {}
         for i, key in enumerate(keys):
-            by_slot.setdefault(client.keyslot(key), []).append(i)  # type: ignore[no-untyped-call]
-        for attempt in (1, 2):
-            pipe = client.pipeline()  # type: ignore[no-untyped-call]
-            for indexes in by_slot.values():
-                pipe.evalsha(
-                    PROBE_SHA, len(indexes), *[keys[i] for i in indexes], self._relay_prefix
-                )
-            try:
-                replies = pipe.execute()
-                break
-            except rx.NoScriptError:
-                if attempt == 2:
-                    raise
-                # A new or restarted master (or a promoted replica) without the script.
-                client.script_load(PROBE_LUA)  # sent to every master
+            slot = client.keyslot(key)  # type: ignore[no-untyped-call]
+            by_slot.setdefault((slot, key not in plain), []).append(i)
+        by_node: dict[str, tuple[Any, list[list[int]]]] = {}
+        for indexes in by_slot.values():
+            node = client.get_node_from_key(keys[indexes[0]])  # type: ignore[no-untyped-call]
+            by_node.setdefault(node.name, (node, []))[1].append(indexes)
+        merged: list[tuple[list[int], Any]] = []
+        for node, groups_of_node in by_node.values():
+            conn = client.get_redis_connection(node)
+            for attempt in (1, 2):
+                pipe = conn.pipeline(transaction=False)
+                for indexes in groups_of_node:
+                    slot_keys = [keys[i] for i in indexes]
+                    has_meta = slot_keys[0] not in plain
+                    pipe.evalsha(
+                        PROBE_SHA,
+                        len(slot_keys),
+                        *slot_keys,
+                        self._relay_prefix,
+                        "1" if has_meta else "0",
+                    )
+                try:
+                    replies = pipe.execute()
+                    break
+                except rx.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    # A new or restarted master (or a promoted replica) without it.
+                    conn.script_load(PROBE_LUA)
+            merged += zip(groups_of_node, replies, strict=True)
         updated: list[Any] = [b""] * len(keys)
         groups: list[Any] = []
-        for indexes, (part_updated, part_groups) in zip(by_slot.values(), replies, strict=True):
+        for indexes, (part_updated, part_groups) in merged:
             for j, value in enumerate(part_updated):
                 updated[indexes[j]] = value
             for g in range(0, len(part_groups), 4):
