@@ -32,7 +32,7 @@ from websockets.protocol import State
 
 from relay import _frames as F
 from relay._auth import Grant, verify_token
-from relay._hub import Hub, Stats, Subscription
+from relay._hub import Hub, Stats, Subscription, cancel_and_wait
 from rpa_bus import Forbidden, InvalidOffset, InvalidStreamName, parse_offset, parse_stream_name
 
 if TYPE_CHECKING:
@@ -184,10 +184,7 @@ class Connection:
             await self.hub.stop_subscription(sub)
         self.stats.subscriptions -= len(self.subs)
         self.subs.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         self.stats.queued_frames -= len(self.queue)
         self.stats.queued_bytes -= self.queued_bytes
         self.queue.clear()

@@ -76,6 +76,25 @@ return 0
 """
 
 
+ACK_INTERVAL_S = 0.01
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each is done.
+
+    Cancels again while one is still running: on Python 3.11 a cancel that lands inside a
+    library's ``asyncio.wait_for`` (redis-py wraps every socket read in one) can be
+    swallowed, leaving a task that would otherwise run on forever. Our own cancellation
+    still propagates (``asyncio.wait`` does not swallow it).
+    """
+    pending = [t for t in tasks if not t.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [t for t in pending if not t.done()]
+
+
 class Sink(Protocol):
     """What a subscription needs from its connection."""
 
@@ -221,6 +240,8 @@ class Hub:
         self._tails: dict[str, Tail] = {}
         self._idle: set[str] = set()  # tailed keys whose last subscriber left
         self._acks: dict[str, list[bytes]] = {}
+        self._packed_key: tuple[int, bool] | None = None
+        self._packed: list[bytes] = []
         self._ack_wake = asyncio.Event()
         # Group creation and removal are serialised, so a key is never dropped while a new
         # subscriber is creating its group.
@@ -258,10 +279,8 @@ class Hub:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._changed.set()
+        await cancel_and_wait(list(self._tasks))
         await self._reader_client.aclose()
 
     @property
@@ -332,8 +351,7 @@ class Hub:
         sub.buffer.clear()
         task, sub.task = sub.task, None
         if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.wait([task])  # our own cancellation still propagates
+            await cancel_and_wait([task])
         tail = self._tails.get(self._keys.key_for(sub.ref))
         if tail is not None:
             tail.subs.discard(sub)
@@ -382,9 +400,8 @@ class Hub:
         sub.task = sub.sink.spawn(self._resume(sub, old), f"resume:{sub.name}")
 
     async def _resume(self, sub: Subscription, old: asyncio.Task[None] | None) -> None:
-        if old is not None and not old.done():
-            old.cancel()
-            await asyncio.wait([old])
+        if old is not None:
+            await cancel_and_wait([old])
         info: StreamInfo = await self._retrying(sub, lambda: self._info(sub.ref))
         if sub.epoch != info.epoch and sub.ref.kind == "session":
             self.stats.resets += 1
@@ -536,11 +553,14 @@ class Hub:
     async def _reader(self) -> None:
         backoff = Backoff()
         recovering = True  # first read our own pending entries (a reply lost in a drop)
+        stale_id: int | None = None  # the reader connection's id before a drop
         reader = self._reader_client
-        while True:
+        while not self._closed:
             try:
                 if self._reader_id is None:
                     self._reader_id = int(await reader.client_id())
+                    await self._retire(stale_id)
+                    stale_id = None
                     self.mark_up()
                     recovering = True
                 await self._drop_idle()
@@ -552,22 +572,21 @@ class Hub:
                     await self._changed.wait()
                     self.idle = False
                     continue
-                streams = dict.fromkeys(self._tails, "0" if recovering else ">")
+                conn = reader.connection
+                assert conn is not None  # client_id() above connected it
+                command = self._read_command(conn, recovering)
                 self._reading_gen = self._gen
                 self._blocked = not recovering
                 try:
-                    response = await reader.xreadgroup(
-                        self.group,
-                        self.consumer,
-                        streams,  # type: ignore[arg-type]
-                        count=self._read_count,
-                        block=None if recovering else self._block_ms,
-                    )
+                    await conn.send_packed_command(command, check_health=False)
+                    response = await conn.read_response()
                 finally:
                     self._blocked = False
                 self.stats.reader_loops += 1
                 self.stats.last_read_s = time.monotonic()
                 delivered = self._fan_out(response)
+                if recovering:
+                    log.debug("recovered pending entries: %s", delivered)
                 if delivered and recovering:
                     await self._ack(delivered, self._reader_client)  # before re-reading "0"
                 elif delivered:
@@ -583,9 +602,47 @@ class Hub:
                 else:
                     raise
             except TRANSIENT as exc:
+                stale_id = stale_id if self._reader_id is None else self._reader_id
                 self._reader_id = None
                 self.mark_down(exc)
                 await asyncio.sleep(backoff.next_s())
+
+    async def _retire(self, stale_id: int | None) -> None:
+        """Make sure the reader's previous connection can take no more entries.
+
+        A dropped connection may still be alive on the server side with our XREADGROUP
+        blocked on it (Redis has not seen the close yet, or the network is half-open). If
+        an event arrives then, Redis hands it to that dead read: it enters our pending list
+        and last-delivered-id moves past it. Reading our pending list ("0") is only exact
+        once that old read can no longer take anything, so kill it first; if the server
+        refuses CLIENT KILL (ACLs), wait out its BLOCK instead.
+        """
+        if stale_id is None:
+            return
+        try:
+            await self._cmd.client_kill_filter(_id=str(stale_id))
+        except ResponseError as exc:
+            if "no such client" not in str(exc).lower():
+                log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
+                await asyncio.sleep(self._block_ms / 1000 + 0.05)
+
+    def _read_command(self, conn: Any, recovering: bool) -> list[bytes]:
+        """The packed XREADGROUP over every tailed stream, cached per tailed set.
+
+        Packing a command with a few hundred keys is most of the reader's CPU at a few
+        events per read, so it is packed once per change of the set and sent as is.
+        """
+        cache_key = (self._gen, recovering)
+        if self._packed_key != cache_key:
+            keys = list(self._tails)
+            ids = ["0" if recovering else ">"] * len(keys)
+            block = [] if recovering else ["BLOCK", self._block_ms]
+            self._packed = conn.pack_command(
+                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._read_count,
+                *block, "STREAMS", *keys, *ids,
+            )  # fmt: skip
+            self._packed_key = cache_key
+        return self._packed
 
     def _fan_out(self, response: Any) -> dict[str, list[bytes]]:
         """Hand each entry to every subscription of its stream; return ids to acknowledge."""
@@ -595,8 +652,6 @@ class Hub:
         delivered: dict[str, list[bytes]] = {}
         newest = 0
         for raw_key, entries in items:
-            if isinstance(entries, list) and entries and isinstance(entries[0], list):
-                entries = entries[0]  # RESP3 shape
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             tail = self._tails.get(key)
             ids: list[bytes] = []
@@ -606,7 +661,7 @@ class Hub:
                     continue
                 entry_id = parse_id(raw_id)
                 newest = max(newest, entry_id[0])
-                frame = event_frame(tail.prefix, raw_id, fields.get(b"e"))
+                frame = event_frame(tail.prefix, raw_id, _field_e(fields))
                 for sub in tail.subs:
                     self._offer(sub, entry_id, frame)
             if ids:
@@ -661,6 +716,8 @@ class Hub:
         backoff = Backoff()
         while True:
             await self._ack_wake.wait()
+            # Coalesce: at a steady trickle this turns one XACK per event into one per 10 ms.
+            await asyncio.sleep(ACK_INTERVAL_S)
             self._ack_wake.clear()
             pending, self._acks = self._acks, {}
             try:
@@ -694,6 +751,18 @@ class Hub:
                     except TRANSIENT:
                         break
                 await asyncio.sleep(0.002)
+
+
+def _field_e(fields: Any) -> bytes | None:
+    """The ``e`` field of a raw entry: a flat [field, value, ...] list (RESP2) or a dict."""
+    if isinstance(fields, dict):
+        value = fields.get(b"e")
+        return value if isinstance(value, bytes) else None
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == b"e":
+            raw: bytes = fields[i + 1]
+            return raw
+    return None
 
 
 def _fmt(value: Id | None) -> str | None:
