@@ -162,6 +162,7 @@ class Subscription:
 
     __slots__ = (
         "buffer",
+        "buffer_bytes",
         "epoch",
         "last",
         "mode",
@@ -182,9 +183,14 @@ class Subscription:
         # A new subscription is pending-live from the start: the handoff buffers first.
         self.mode = Mode.PENDING
         self.buffer: collections.deque[tuple[Id, bytes]] = collections.deque()
+        self.buffer_bytes = 0
         self.overflow = False
         self.task: asyncio.Task[None] | None = None
         self.notified_outage = 0
+
+    def clear_buffer(self) -> None:
+        self.buffer.clear()
+        self.buffer_bytes = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name} {self.mode.value} last={format_id(self.last)}>"
@@ -225,6 +231,7 @@ class Hub:
         read_count: int,
         page_size: int,
         replay_buffer: int,
+        replay_buffer_bytes: int,
     ) -> None:
         self._cmd = client
         # A dedicated connection for the blocking read: its CLIENT ID is what UNBLOCK targets.
@@ -237,6 +244,7 @@ class Hub:
         self._read_count = read_count
         self._page_size = page_size
         self._replay_buffer = replay_buffer
+        self._replay_buffer_bytes = replay_buffer_bytes
         self._tails: dict[str, Tail] = {}
         self._idle: set[str] = set()  # tailed keys whose last subscriber left
         self._acks: dict[str, list[bytes]] = {}
@@ -348,7 +356,7 @@ class Hub:
 
     async def stop_subscription(self, sub: Subscription) -> None:
         sub.mode = Mode.CLOSED
-        sub.buffer.clear()
+        sub.clear_buffer()
         task, sub.task = sub.task, None
         if task is not None and task is not asyncio.current_task():
             await cancel_and_wait([task])
@@ -396,7 +404,7 @@ class Hub:
         lost in a restart): reset if the epoch changed, else catch up from ``last``."""
         old = sub.task
         sub.mode = Mode.CATCHING_UP
-        sub.buffer.clear()
+        sub.clear_buffer()
         sub.task = sub.sink.spawn(self._resume(sub, old), f"resume:{sub.name}")
 
     async def _resume(self, sub: Subscription, old: asyncio.Task[None] | None) -> None:
@@ -414,7 +422,7 @@ class Hub:
         """The connection's queue is full: catch this subscription up from Redis instead."""
         self.stats.slow_switches += 1
         sub.mode = Mode.CATCHING_UP
-        sub.buffer.clear()
+        sub.clear_buffer()
         sub.task = sub.sink.spawn(self._catch_up(sub), f"catch-up:{sub.name}")
 
     async def _catch_up(self, sub: Subscription) -> None:
@@ -431,18 +439,19 @@ class Hub:
             await self._replay_pages(sub)
             if sub.mode is not Mode.PENDING:  # coming from CATCHING_UP: one more pass
                 sub.mode = Mode.PENDING
-                sub.buffer.clear()
+                sub.clear_buffer()
                 sub.overflow = False
                 continue
             while sub.buffer and not sub.overflow:
                 entry_id, frame = sub.buffer.popleft()
+                sub.buffer_bytes -= len(frame)
                 if entry_id > sub.last:
                     await sub.sink.put_replay(frame)
                     sub.last = entry_id
                     self.stats.events_out += 1
             if sub.overflow:
                 sub.overflow = False
-                sub.buffer.clear()
+                sub.clear_buffer()
                 continue
             sub.mode = Mode.LIVE
             sub.task = None
@@ -683,11 +692,16 @@ class Hub:
         elif mode is Mode.PENDING:
             if sub.overflow:
                 return
-            if len(sub.buffer) < self._replay_buffer:
+            size = len(frame)
+            if (
+                len(sub.buffer) < self._replay_buffer
+                and sub.buffer_bytes + size <= self._replay_buffer_bytes
+            ):
                 sub.buffer.append((entry_id, frame))
+                sub.buffer_bytes += size
             else:
                 sub.overflow = True
-                sub.buffer.clear()
+                sub.clear_buffer()
         # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
 
     def _queue_acks(self, delivered: dict[str, list[bytes]]) -> None:

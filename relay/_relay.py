@@ -77,6 +77,7 @@ class Relay:
             read_count=s.read_count,
             page_size=s.page_size,
             replay_buffer=s.replay_buffer,
+            replay_buffer_bytes=s.queue_bytes,
         )
         hub = self._hub
         self.registry.register(_http.RelayCollector(self.stats, s.name, lambda: hub.tailed))

@@ -59,8 +59,9 @@ class RelaySettings:
     block_ms: int = 1000
     read_count: int = 1000
     page_size: int = 1000
-    # Live events held per subscription while its replay runs; past it, replay reads again.
-    replay_buffer: int = 10_000
+    # Live events held per subscription while its replay runs (also at most queue_bytes);
+    # past it the buffer is dropped and replay reads Redis again.
+    replay_buffer: int = 2_000
     compression: bool = False
 
     def __post_init__(self) -> None:

@@ -278,3 +278,45 @@ async def test_sigterm_closes_clients_1001_and_exits_0(redis_url: str, writer: W
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_relay_started_while_redis_is_down(
+    redis_server: EmbeddedRedis, writer: Writer
+) -> None:
+    redis_server.stop()
+    r = Relay(relay_settings(redis_server.url))
+    await r.start()  # stays up: it serves once Redis is back
+    try:
+        c = await Client.open(r.url)
+        await c.send(op="subscribe", stream=S)
+        error = await c.recv()
+        assert error["code"] == "unavailable"
+        assert error["stream"] == S
+        redis_server.start()
+        await c.expect("subscribed", 10)
+        await c.expect("live")
+        event = await writer.add(S)
+        assert (await c.expect("event"))["id"] == event
+        await c.close()
+    finally:
+        await close_relay(r)
+
+
+async def test_live_events_past_the_replay_buffer_are_read_again(
+    redis_url: str, writer: Writer
+) -> None:
+    """A long replay while events keep coming: the per-subscription buffer overflows, is
+    dropped, and the handoff reads Redis again; still exact."""
+    r = Relay(relay_settings(redis_url, replay_buffer=5, page_size=50, queue_frames=64))
+    await r.start()
+    try:
+        history = await writer.add_many(S, 3000)
+        c = await Client.open(r.url)
+        await c.send(op="subscribe", stream=S)
+        live = [await writer.add(S, message=str(i)) for i in range(200)]
+        await c.until(lambda f: f.get("id") == live[-1], 20)
+        assert c.ids(S) == history + live
+        assert [f["type"] for f in c.frames].count("live") >= 1
+        await c.close()
+    finally:
+        await close_relay(r)
