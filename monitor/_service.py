@@ -25,7 +25,7 @@ from monitor._settings import MonitorSettings
 from monitor._throttle import Throttle
 from monitor._writer import ProducerWriter, Writer
 from producer import Producer
-from producer._connect import SyncClient, sync_client
+from producer._connect import SyncClient, close_sync, sync_client
 from rpa_bus import Envelope, make, now_ts
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class Monitor:
             self.writer.close()
         probe_client = self._bus.client
         if self._own_client and probe_client is not None:
-            probe_client.close()
+            close_sync(probe_client)
 
     def __enter__(self) -> Monitor:
         return self

@@ -13,7 +13,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aredis
 
-from producer._connect import AsyncClient, async_client, node_kwargs
+from producer._connect import AsyncClient, async_client, close_async, node_kwargs
 from producer._core import BaseProducer, BaseSession, Batch
 from producer._retry import Backoff
 from rpa_bus import BusError, ConfigMismatch, Envelope, Settings
@@ -124,7 +124,7 @@ class AsyncProducer(BaseProducer):
             await node.aclose()
         self._nodes.clear()
         if self._owns_client:
-            await self._client.aclose()
+            await close_async(self._client)
 
     async def __aenter__(self) -> AsyncProducer:
         self._ensure_task()

@@ -126,3 +126,23 @@ def _sentinel_kwargs(settings: Settings, target: RedisTarget) -> dict[str, Any]:
     if target.tls:
         kwargs["ssl"] = True
     return kwargs
+
+
+def close_sync(client: SyncClient) -> None:
+    """Close a client from ``sync_client``, with a Sentinel client's sentinel connections."""
+    client.close()
+    for sentinel in _sentinels(client):
+        sentinel.close()
+
+
+async def close_async(client: AsyncClient) -> None:
+    """Close a client from ``async_client``, with a Sentinel client's sentinel connections
+    (``aclose()`` of the master client leaves those open)."""
+    await client.aclose()
+    for sentinel in _sentinels(client):
+        await sentinel.aclose()
+
+
+def _sentinels(client: Any) -> list[Any]:
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", []))

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from producer._connect import SyncClient, sync_client
+from producer._connect import SyncClient, close_sync, sync_client
 from producer._core import BaseProducer, BaseSession, Batch
 from producer._retry import Backoff
 from rpa_bus import ConfigMismatch, Settings
@@ -122,7 +122,7 @@ class Producer(BaseProducer):
                 self.settings.spool_dir,
             )
         if self._owns_client and self._client is not None:
-            self._client.close()
+            close_sync(self._client)
 
     def __enter__(self) -> Producer:
         return self

@@ -179,7 +179,8 @@ class LocalCluster:
                 return False
             if info.get("role") == "master":
                 masters += 1
-                linked += int(info.get("connected_slaves", 0)) > 0
+                replica = info.get("slave0")
+                linked += isinstance(replica, dict) and replica.get("state") == "online"
             elif info.get("master_link_status") != "up":
                 return False
         return masters == 3 and linked == 3
@@ -313,7 +314,13 @@ class LocalSentinel:
                         return False
             with _client(master) as c:
                 repl = c.info("replication")
-                return repl.get("role") == "master" and int(repl.get("connected_slaves", 0)) >= 1
+            # "online": past the initial sync, so WAIT counts it.
+            replica = repl.get("slave0")
+            return (
+                repl.get("role") == "master"
+                and isinstance(replica, dict)
+                and replica.get("state") == "online"
+            )
         except (redis.RedisError, OSError, KeyError):
             return False
 

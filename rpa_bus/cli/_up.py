@@ -17,6 +17,7 @@ import typer
 from redis import exceptions as rx
 
 from monitor import MonitorSettings
+from producer._connect import close_sync
 from relay import RelaySettings
 from rpa_bus import (
     DEFAULT_REDIS_URL,
@@ -74,7 +75,7 @@ def sessions(
     except redis.RedisError as exc:
         raise _fail(f"cannot read sessions from {_redact(settings.redis_url)}: {exc}") from exc
     finally:
-        client.close()
+        close_sync(client)
     if as_json:
         typer.echo(orjson.dumps([r.as_dict() for r in rows]).decode())
         return
@@ -182,7 +183,7 @@ def status(
         raise _fail(f"Redis at {_redact(settings.redis_url)} does not answer: {exc}") from exc
     finally:
         if client is not None:
-            client.close()
+            close_sync(client)
     relays: dict[str, dict[str, int]] = {}
     for m in monitors:  # every monitor sees the same bus; keep the freshest report per relay
         for name, figures in m.relays.items():
@@ -238,7 +239,7 @@ def _probe(url: str) -> str | None:
         return f"it refuses: {exc}"
     finally:
         if client is not None:
-            client.close()
+            close_sync(client)
     return None
 
 
