@@ -107,7 +107,9 @@ def _client(port: int) -> redis.Redis:
 class LocalCluster:
     """3 masters + 3 replicas; ``url`` is the ``redis+cluster://`` form."""
 
-    def __init__(self, folder: Path, *, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, folder: Path, *, node_timeout_ms: int = 1000, appendonly: bool = True
+    ) -> None:
         self.server = find_server_binary()
         self.cli = find_cli_binary(self.server)
         self.folder = folder
@@ -124,7 +126,7 @@ class LocalCluster:
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
-                "--appendonly", "yes",
+                "--appendonly", "yes" if appendonly else "no",
                 "--save", "",
                 "--daemonize", "no",
             ]  # fmt: skip
