@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import resource
@@ -119,6 +120,45 @@ async def main():
         await asyncio.sleep(3600)
 asyncio.run(main())
 """
+
+
+NAIVE_RELAY = r"""
+import asyncio, sys
+import redis.asyncio as aioredis
+from websockets.asyncio.server import serve, broadcast
+port, redis_url, sessions, prefix = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+keys = sys.argv[5:]
+groups = {}
+async def handler(ws):
+    s = int(ws.request.path.rsplit("=", 1)[1])
+    groups.setdefault(keys[s].encode(), set()).add(ws)
+    await ws.wait_closed()
+async def tail():
+    r = aioredis.Redis.from_url(redis_url, protocol=2)
+    last = dict.fromkeys(keys, "$")
+    while True:
+        for key, entries in await r.xread(last, block=1000, count=1000) or []:
+            name = key.decode().rsplit(":", 1)[1]
+            for entry_id, fields in entries:
+                frame = (b'{"type":"event","stream":"session:' + name.encode() + b'","id":"'
+                         + entry_id + b'","data":' + fields[b"e"] + b"}")
+                broadcast(groups.get(key, ()), frame, text=True)
+            last[key.decode()] = entries[-1][0]
+async def main():
+    async with serve(handler, "127.0.0.1", port, compression=None):
+        await tail()
+asyncio.run(main())
+"""
+
+
+def start_naive(port: int, redis_url: str, sessions: int) -> Any:
+    keys = [KEYS.session(f"s{s}") for s in range(sessions)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", NAIVE_RELAY, str(port), redis_url, str(sessions), "rpa", *keys],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_port(port, proc)
+    return proc
 
 
 def start_raw(port: int, mode: str, n_frames: int, sessions: int, expected: int, pad: str) -> Any:
@@ -237,6 +277,8 @@ async def _fleet(task: str, a: dict[str, Any], ready: Any, go: Any) -> dict[str,
                 done.set()
 
     readers = [asyncio.create_task(reader(ws)) for ws in conns]
+    gc.collect()
+    gc.freeze()  # keep the fleet's own GC pauses out of the latency figures
     ready.set()
     try:
         async with asyncio.timeout(a["timeout_s"]):
@@ -367,19 +409,32 @@ def latency_phase(
         go.set()
         asyncio.run(paced_writer(redis.url, sessions, 1000, seconds, pad))
 
-    cpu0, redis_cpu0 = cpu_s(relay.pid), cpu_s(redis.pid or 0)
-    res = run_fleet(
-        "latency", {**base, "expected": n * per, "timeout_s": seconds + 30}, during=paced
-    )
-    relay_cpu, redis_cpu = cpu_s(relay.pid) - cpu0, cpu_s(redis.pid or 0) - redis_cpu0
-    lat = res["lat"]
     print(f"\n1. latency, append -> receive, 1,000 ev/s x {per} clients/session over "
-          f"{sessions} sessions ({sessions * per} clients, {len(lat):,} deliveries):")  # fmt: skip
-    print(f"   p50 {pct(lat, 0.50):.2f} ms   p90 {pct(lat, 0.90):.2f} ms   "
-          f"p99 {pct(lat, 0.99):.2f} ms   max {max(lat) / 1e6:.1f} ms")  # fmt: skip
-    print(f"   CPU, share of one core: relay {relay_cpu / seconds:.0%}, redis "
-          f"{redis_cpu / seconds:.0%}, client fleet {res['cpu_s'] / seconds:.0%} "
-          "(fleet: whole run incl. connecting)")  # fmt: skip
+          f"{sessions} sessions ({sessions * per} clients, {n * per:,} deliveries):")  # fmt: skip
+    for label, pid, fleet_args in (("rpa-bus relay", relay.pid, base), ("naive relay", 0, None)):
+        naive = None
+        if fleet_args is None:  # XREAD BLOCK -> broadcast: no groups, no replay, no bounds
+            naive_port = free_port()
+            naive = start_naive(naive_port, redis.url, sessions)
+            pid = naive.pid
+            fleet_args = {**base, "url": f"ws://127.0.0.1:{naive_port}/", "raw": True}
+        try:
+            cpu0, redis_cpu0 = cpu_s(pid), cpu_s(redis.pid or 0)
+            res = run_fleet(
+                "latency",
+                {**fleet_args, "expected": n * per, "timeout_s": seconds + 30},
+                during=paced,
+            )
+            relay_cpu, redis_cpu = cpu_s(pid) - cpu0, cpu_s(redis.pid or 0) - redis_cpu0
+        finally:
+            if naive is not None:
+                stop(naive)
+        lat = res["lat"]
+        print(f"   {label:14} p50 {pct(lat, 0.50):.2f} ms   p90 {pct(lat, 0.90):.2f} ms   "
+              f"p99 {pct(lat, 0.99):.2f} ms   max {max(lat) / 1e6:.1f} ms   "
+              f"({len(lat):,} received); CPU (share of one core): server "
+              f"{relay_cpu / seconds:.0%}, redis {redis_cpu / seconds:.0%}, "
+              f"client fleet {res['cpu_s'] / seconds:.0%} incl. connecting")  # fmt: skip
 
 
 def ceiling_phase(redis: EmbeddedRedis, base: dict[str, Any], n: int, pad: str) -> None:
