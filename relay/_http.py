@@ -122,9 +122,12 @@ class RelayCollector(Collector):
         yield gauge("rpa_relay_redis_up", "1 if Redis answered the last call.", s.redis_up)
         yield counter("rpa_relay_events_out", "Event frames queued to clients.", s.events_out)
         replays = CounterMetricFamily(
-            "rpa_relay_replays", "Replays ended, by outcome.", labels=[*labels, "outcome"]
+            "rpa_relay_replays",
+            "Replays that reached live (or failed), by outcome: live, gap, reset, catch_up "
+            "(a slow client caught up), error.",
+            labels=[*labels, "outcome"],
         )
-        for outcome in ("live", "reset", "error"):
+        for outcome in ("live", "gap", "reset", "catch_up", "error"):
             replays.add_metric([*value, outcome], s.replays.get(outcome, 0))
         yield replays
         yield counter("rpa_relay_gaps", "Gap frames sent (history trimmed).", s.gaps)

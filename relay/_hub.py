@@ -168,6 +168,7 @@ class Subscription:
         "mode",
         "name",
         "notified_outage",
+        "outcome",
         "overflow",
         "ref",
         "sink",
@@ -187,6 +188,8 @@ class Subscription:
         self.overflow = False
         self.task: asyncio.Task[None] | None = None
         self.notified_outage = 0
+        # How the current replay ends, for the replays metric: live, gap, reset, catch_up.
+        self.outcome = "live"
 
     def clear_buffer(self) -> None:
         self.buffer.clear()
@@ -389,10 +392,10 @@ class Hub:
         sub.epoch = info.epoch
         if from_id is None:  # "$": only what comes after the current end
             sub.last = info.last or ZERO_ID
-        elif epoch and epoch != info.epoch and from_id != ZERO_ID:
+        elif epoch and epoch != info.epoch:
             # The client's history belongs to another incarnation of the stream.
             self.stats.resets += 1
-            self.stats.replays["reset"] += 1
+            sub.outcome = "reset"
             sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
             sub.last = ZERO_ID
         else:
@@ -413,6 +416,7 @@ class Hub:
         info: StreamInfo = await self._retrying(sub, lambda: self._info(sub.ref))
         if sub.epoch != info.epoch and sub.ref.kind == "session":
             self.stats.resets += 1
+            sub.outcome = "reset"
             sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
             sub.epoch = info.epoch
             sub.last = ZERO_ID
@@ -421,6 +425,7 @@ class Hub:
     def _fall_behind(self, sub: Subscription) -> None:
         """The connection's queue is full: catch this subscription up from Redis instead."""
         self.stats.slow_switches += 1
+        sub.outcome = "catch_up"
         sub.mode = Mode.CATCHING_UP
         sub.clear_buffer()
         sub.task = sub.sink.spawn(self._catch_up(sub), f"catch-up:{sub.name}")
@@ -455,7 +460,8 @@ class Hub:
                 continue
             sub.mode = Mode.LIVE
             sub.task = None
-            self.stats.replays["live"] += 1
+            self.stats.replays[sub.outcome] += 1
+            sub.outcome = "live"
             sub.sink.put_control(F.frame(type="live", stream=sub.name))
             return
 
@@ -469,6 +475,7 @@ class Hub:
                 # Entries after `last` may have been trimmed away (approximate MAXLEN); the
                 # client learns it, then gets the retained rest.
                 self.stats.gaps += 1
+                sub.outcome = "gap"
                 sub.sink.put_control(
                     F.frame(type="gap", stream=sub.name, **{"from": format_id(sub.last)},
                             first=format_id(first))
