@@ -207,6 +207,34 @@ class LocalCluster:
                     return int(master[1])
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def migrate_slot(self, slot: int, to_port: int, *, pause_s: float = 0.0) -> int:
+        """Move ``slot`` with its keys to the master on ``to_port``, the way
+        ``redis-cli --cluster reshard`` does (IMPORTING/MIGRATING, MIGRATE key by key,
+        SETSLOT NODE everywhere); ``pause_s`` between keys widens the window in which
+        clients meet ASK and TRYAGAIN. Returns how many keys moved."""
+        from_port = self.master_of_slot(slot)
+        with _client(from_port) as src, _client(to_port) as dst:
+            src_id = src.execute_command("CLUSTER", "MYID").decode()
+            dst_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            moved = 0
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+                src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(pause_s)
+            for port in self.masters():
+                with _client(port) as c:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    def master_of_slot(self, slot: int) -> int:
+        with self.node_client() as c:
+            for start, end, master, *_replicas in c.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        raise RuntimeError(f"no master serves slot {slot}")
+
     def node_client(self, port: int | None = None) -> redis.Redis:
         return _client(port if port is not None else self.live_ports()[0])
 

@@ -6,6 +6,7 @@ changes the topology. The relay's cluster tests come with its cluster support.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -190,6 +191,55 @@ def test_monitor_and_cli_read_the_cluster(
         assert bus.flush(5 * UNIT_S)
 
 
+def test_writes_during_a_slot_migration_follow_ask_and_moved_exactly_once(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """A bucket's slot moves to another master while its sessions are written: the
+    producer meets TRYAGAIN and ASK during the move (MOVED, an AskError too, once a stale
+    map points at the old owner), re-reads the slot map, and every event lands once, in
+    order."""
+    bucket = KEYS.bucket_tag("mig-0")
+    sids = [f"mig-{i}" for i in range(400) if KEYS.bucket_tag(f"mig-{i}") == bucket][:3]
+    sids += [f"mig-other-{i}" for i in range(6)]  # other slots, written meanwhile
+    slot = int(rc.keyslot(KEYS.session(sids[0])))
+    source = cluster.master_of_slot(slot)
+    target = next(p for p in cluster.masters() if p != source)
+    rounds = 120
+    bus = Producer(cluster.url, spool_dir=tmp_path)
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            sessions = [bus.session(sid) for sid in sids]
+            for s in sessions:
+                s.start()
+            for i in range(rounds):
+                for s in sessions:
+                    s.emit("tick", {"i": i})
+                time.sleep(0.01)
+            for s in sessions:
+                s.finish()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        moved = cluster.migrate_slot(slot, target, pause_s=0.05)
+        thread.join(30 * UNIT_S)
+        assert not errors, errors
+        assert bus.flush(20 * UNIT_S), bus.last_error
+    finally:
+        bus.close()
+    assert moved >= 2 * 3  # each session's stream and meta hash (and no more, e.g. none lost)
+    assert cluster.master_of_key(KEYS.session(sids[0])) == target
+    for sid in sids:
+        assert ticks(rc, sid) == list(range(rounds)), sid
+        assert types(rc, sid).count("started") == 1
+        assert types(rc, sid).count("finished") == 1
+
+
 def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
     cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Path
 ) -> None:
@@ -245,5 +295,43 @@ def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
         assert sorted(index_entries(fresh, "kill-")) == sorted(
             [(sid, "started") for sid in sids] + [(sid, "finished") for sid in sids]
         )
+    finally:
+        fresh.close()
+
+
+async def test_the_async_producer_follows_a_killed_master(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The same with AsyncProducer (one pipeline per node, all at once), after the
+    previous test's node came back: kill another master mid-run."""
+    cluster.wait_healthy(time.monotonic() + 30 * UNIT_S)
+    sids = [f"akill-{i}" for i in range(30)]
+    victim = cluster.master_of_key(KEYS.session(sids[0]))
+    rounds = 100
+    async with AsyncProducer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
+        sessions = [bus.session(sid) for sid in sids]
+        for s in sessions:
+            s.start()
+        for i in range(rounds):
+            for s in sessions:
+                s.emit("tick", {"i": i})
+            if i == 30:
+                cluster.kill(victim)
+            if i == 60:
+                deadline = time.monotonic() + 20 * UNIT_S
+                while victim in cluster.masters() or len(cluster.masters()) < 3:
+                    assert time.monotonic() < deadline, "no replica took over"
+                    await asyncio.sleep(0.1)
+                cluster.nodes[victim].start()
+            await asyncio.sleep(0.02)
+        for s in sessions:
+            s.finish()
+        assert await bus.flush(30 * UNIT_S), bus.last_error
+    fresh = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
+    try:
+        for sid in sids:
+            assert ticks(fresh, sid) == list(range(rounds)), sid
+            assert types(fresh, sid).count("finished") == 1
+        assert len(index_entries(fresh, "akill-")) == 2 * len(sids)
     finally:
         fresh.close()
