@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -188,8 +188,7 @@ class Producer(BaseProducer):
         if self._cluster:
             self._write_cluster(batch)
             return
-        client = self._client
-        assert isinstance(client, redis.Redis)  # set in __init__ when not a cluster
+        client = cast(redis.Redis, self._client)  # set in __init__ when not a cluster
         if not self._config_checked:
             pipe = client.pipeline(transaction=False)
             for cmd in self._config_commands():
@@ -238,8 +237,7 @@ class Producer(BaseProducer):
         if self._client is None:
             self._client = sync_client(self.settings)
             self._refresh = False
-        cluster = self._client
-        assert isinstance(cluster, redis.RedisCluster)
+        cluster = cast(redis.RedisCluster, self._client)
         if self._refresh:
             # After MOVED, a dead master or READONLY: read the slot map again.
             try:

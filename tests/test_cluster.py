@@ -7,6 +7,8 @@ changes the topology. The relay's cluster tests come with its cluster support.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,8 @@ from tests._cluster import LocalCluster
 from tests.conftest import UNIT_S
 
 KEYS = Keys()
+_BIN = Path(sys.executable).parent / "rpa-bus"
+RPA_BUS = str(_BIN) if _BIN.exists() else "rpa-bus"
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +190,19 @@ def test_monitor_and_cli_read_the_cluster(
             client.close()
         assert all(rows[sid].status == "running" for sid in sids)
         assert info["masters"] == 3
+        # The real command, as an operator runs it.
+        status = subprocess.run(
+            [RPA_BUS, "status", "--json", "--redis-url", cluster.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        report = orjson.loads(status.stdout)
+        assert report["redis"]["reachable"] is True
+        assert report["redis"]["masters"] == 3
+        assert "cluster-host" in {m["host"] for m in report["monitors"]}
         for sid in sids:
             bus.publish(f"session:{sid}", {"type": "finished"})
         assert bus.flush(5 * UNIT_S)

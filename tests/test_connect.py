@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,9 @@ from producer._connect import async_client, close_async, close_sync, sync_client
 from rpa_bus import Keys, Settings, Unavailable
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests.conftest import UNIT_S
+
+_BIN = Path(sys.executable).parent / "rpa-bus"
+RPA_BUS = str(_BIN) if _BIN.exists() else "rpa-bus"
 
 
 def test_sentinel_form_builds_a_master_for_client_with_the_settings_timeouts() -> None:
@@ -86,5 +92,25 @@ def test_min_replicas_without_replicas_counts_nothing_as_written_until_lowered(
     try:
         assert client.xlen(Keys().session("durable")) == 3
         assert client.xlen("rpa:sessions") == 2
+    finally:
+        client.close()
+
+
+def test_emit_min_replicas_option_waits_for_replicas(redis_url: str, spool_dir: Path) -> None:
+    """`rpa-bus emit --min-replicas 1` on a server without replicas: not written (exit 1,
+    kept in the journal, the reason named); without the option it is written (once)."""
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url, "RPA_BUS_SPOOL_DIR": str(spool_dir)}
+    base = [RPA_BUS, "emit", "cli-durable", "started", "--timeout", "3"]
+    strict = subprocess.run(
+        [*base, "--min-replicas", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert strict.returncode == 1, strict.stderr
+    assert "replicas acknowledged" in strict.stderr
+    relaxed = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
+    assert relaxed.returncode == 0, relaxed.stderr
+    client = redis.Redis.from_url(redis_url)
+    try:
+        # The journal left by the first run was written by the second, plus its own event.
+        assert client.xlen(Keys().session("cli-durable")) == 2
     finally:
         client.close()
