@@ -389,7 +389,8 @@ class BaseProducer:
                 if not call[1]:
                     log.error("Redis refused a sessions index write for good: %s", result)
                     continue
-                self.dropped += len(call[1])
+                with self._lock:  # on a cluster, node pipelines may sort at once
+                    self.dropped += len(call[1])
                 error = BusError(f"Redis refused {len(call[1])} events for good: {result}")
                 error.__cause__ = result
                 self.last_error = error

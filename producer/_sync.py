@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, cast
 
@@ -66,6 +67,7 @@ class Producer(BaseProducer):
         self._client: SyncClient | None = (
             client if client is not None or self._cluster else sync_client(self.settings)
         )
+        self._pool: ThreadPoolExecutor | None = None  # cluster: one pipeline per node
         self._wake_event = threading.Event()
         self._stop_event = threading.Event()
         self._written = threading.Condition()
@@ -121,6 +123,9 @@ class Producer(BaseProducer):
                 left,
                 self.settings.spool_dir,
             )
+        if self._pool is not None:
+            # Its threads only run inside a batch write, which the flusher awaits.
+            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._owns_client and self._client is not None:
             close_sync(self._client)
 
@@ -226,12 +231,29 @@ class Producer(BaseProducer):
             ((field, value),) = self.keys.config_fields().items()
             cluster.hsetnx(config, field, value)
             self._check_config_reply([None, cluster.hgetall(config)])
-        # One pipeline per node, in turn; a failure leaves the batch to be sent again
-        # whole, which is safe: the scripts skip what they applied.
-        for name, (node, calls) in self._route(batch.calls, cluster.get_node_from_key).items():
-            self._write_node(cluster.get_redis_connection(node), calls, name)
-            if self._closed:
-                return
+        # One pipeline per node, all at once (one thread each but the first: the round
+        # trips overlap, the GIL is free while a thread waits on its socket); every one
+        # is awaited, and a failure leaves the batch to be sent again whole, which is
+        # safe: the scripts skip what they applied.
+        routed = list(self._route(batch.calls, cluster.get_node_from_key).items())
+        jobs = [(cluster.get_redis_connection(node), calls, name) for name, (node, calls) in routed]
+        if len(jobs) == 1:
+            self._write_node(*jobs[0])
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(thread_name_prefix=f"rpa-bus-producer-{self.id}")
+        futures = [self._pool.submit(self._write_node, *job) for job in jobs[1:]]
+        first: BaseException | None = None
+        try:
+            self._write_node(*jobs[0])
+        except (redis.RedisError, OSError) as exc:
+            first = exc
+        for future in futures:
+            error = future.exception()
+            if first is None and error is not None:
+                first = error
+        if first is not None:
+            raise first
 
     def _cluster_client(self) -> redis.RedisCluster:
         if self._client is None:
