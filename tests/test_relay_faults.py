@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -320,3 +321,29 @@ async def test_live_events_past_the_replay_buffer_are_read_again(
         await c.close()
     finally:
         await close_relay(r)
+
+
+async def test_tail_command_prints_events_as_json_lines(relay: Relay, writer: Writer) -> None:
+    ids = [await writer.add(S, message=str(i)) for i in range(3)]
+    exe = shutil.which("rpa-bus") or f"{sys.prefix}/bin/rpa-bus"
+    proc = await asyncio.create_subprocess_exec(
+        exe, "tail", S, "--from", ids[0], "--url", f"ws://127.0.0.1:{relay.port}",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        async with asyncio.timeout(15 * UNIT_S):
+            for _ in range(2):
+                lines.append(orjson.loads(await proc.stdout.readline()))
+            ids.append(await writer.add(S, message="live"))
+            lines.append(orjson.loads(await proc.stdout.readline()))
+        assert [line["id"] for line in lines] == ids[1:]
+        assert lines[-1]["data"]["message"] == "live"
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(10 * UNIT_S):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

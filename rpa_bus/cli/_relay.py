@@ -52,7 +52,7 @@ def relay(
         raise typer.Exit(2) from exc
     try:
         asyncio.run(_serve(settings))
-    except BusError as exc:
+    except (BusError, OSError) as exc:  # bad config, mismatch with P:config, port in use
         typer.echo(f"rpa-bus relay: {exc}", err=True)
         raise typer.Exit(2) from exc
 
