@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -131,3 +133,26 @@ async def _tail(url: str, stream: str, from_id: str, token: str | None) -> None:
             sys.stdout.flush()
         elif kind in ("gap", "reset", "error"):
             typer.echo(orjson.dumps(frame).decode(), err=True)
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller counts (a smoke run).")] = False,
+    phases: Annotated[
+        str, typer.Option("--phases", help="Which figures: 1 latency, 2 ceiling, 3 replay, 4 idle.")
+    ] = "1234",
+) -> None:
+    """Measure the relay on this machine (loopback): latency, ceiling, replay, connections.
+
+    Runs bench/relay.py from a source checkout (it starts its own Redis, relay and clients).
+    """
+    script = Path(__file__).resolve().parents[2] / "bench" / "relay.py"
+    if not script.is_file():
+        typer.echo(
+            "rpa-bus bench: bench/relay.py is not installed with the package; run it from a "
+            "source checkout: python bench/relay.py",
+            err=True,
+        )
+        raise typer.Exit(2)
+    args = [sys.executable, str(script), "--phases", phases, *(["--quick"] if quick else [])]
+    raise typer.Exit(subprocess.call(args))
