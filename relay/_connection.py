@@ -10,9 +10,11 @@ bounded in frames and bytes:
   leaving the other half as headroom for the live subscriptions of the same connection;
 - control frames (a handful per subscription or op, and ops are rate limited) always go in.
 
-One writer task drains the FIFO into ``websocket.send``, which itself waits while the
-transport's buffer is above ``write_limit``. A client that takes nothing for
-``stall_timeout_s`` is closed with 1013 (try again later) and resumes from its last id.
+A frame goes straight to the socket when nothing is queued before it and the transport's
+buffer is under ``write_limit`` (nearly always); otherwise it waits in the FIFO, and one
+writer task drains the FIFO into ``websocket.send``, which waits while the buffer is full.
+A client that takes nothing for ``stall_timeout_s`` is closed with 1013 (try again later)
+and resumes from its last id.
 """
 
 from __future__ import annotations

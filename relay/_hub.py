@@ -5,7 +5,12 @@ One ``Hub`` per relay instance. It owns
 - a command client (a small pool) for XRANGE pages, HGETALL, XGROUP, XACK, CLIENT UNBLOCK;
 - one dedicated reader connection running ONE blocking XREADGROUP over every tailed stream
   (``>``), woken with CLIENT UNBLOCK from the command client when the tailed set changes;
-- the tails: stream key -> the subscriptions watching it.
+- the tails: stream key -> the subscriptions watching it;
+- an ack task: XACKs of fanned-out entries, coalesced, off the reader's path.
+
+After a dropped reader connection the reader kills the old connection server-side (a read
+still blocked there could take entries nobody will see), re-reads its own pending entries
+("0": replies lost in flight), then goes back to ``>``.
 
 A subscription moves through three modes::
 
