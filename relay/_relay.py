@@ -229,8 +229,18 @@ class Relay:
             "connections": self.stats.connections,
             "subscriptions": self.stats.subscriptions,
             "tailed_streams": self._hub.tailed,
+            "hosts": await self._monitored_hosts() if redis_ok else [],
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")
+
+    async def _monitored_hosts(self) -> list[str]:
+        """The hosts whose monitor reports (the ``P:monitors`` hash), for the dashboard's
+        host charts. Names only: their samples still need a grant for ``monitor:HOST``."""
+        try:
+            names = await self._client.hkeys(self.settings.bus.keys.monitors)
+        except TRANSIENT:
+            return []
+        return sorted(_text(name) for name in names)
 
 
 def _ip(ws: ServerConnection) -> str:

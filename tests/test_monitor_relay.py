@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,18 @@ async def next_event(ws: websockets.ClientConnection, stream: str) -> dict[str, 
             return dict(frame)
 
 
+async def healthz_hosts(port: int) -> list[str]:
+    """The monitored hosts the relay's /healthz lists."""
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5 * UNIT_S) as r:
+            return bytes(r.read())
+
+    hosts = orjson.loads(await asyncio.to_thread(fetch))["hosts"]
+    assert isinstance(hosts, list)
+    return [str(h) for h in hosts]
+
+
 async def test_relay_subscriber_receives_monitor_samples_live(
     redis_url: str, spool_dir: Path
 ) -> None:
@@ -34,6 +47,7 @@ async def test_relay_subscriber_receives_monitor_samples_live(
     mon = Monitor(MonitorSettings(host_name="live-host", bus=bus, interval_s=0.2))
     stream = "monitor:live-host"
     async with Relay(relay_settings) as relay, websockets.connect(relay.url) as ws:
+        hosts_before = await healthz_hosts(relay.port)
         await ws.send(orjson.dumps({"op": "subscribe", "stream": stream, "from": "$"}).decode())
         sampler = threading.Thread(target=mon.run, name="monitor")
         sampler.start()
@@ -50,6 +64,7 @@ async def test_relay_subscriber_receives_monitor_samples_live(
                 relays = frame["data"]["data"]["bus"]["relays"]
                 if "relay-m" in relays:
                     break
+            hosts_after = await healthz_hosts(relay.port)
         finally:
             mon.stop()
             await asyncio.to_thread(sampler.join, 10 * UNIT_S)
@@ -61,3 +76,5 @@ async def test_relay_subscriber_receives_monitor_samples_live(
     # The relay tails this stream with its own consumer group: the monitor sees it.
     assert relays["relay-m"]["streams"] >= 1
     assert relays["relay-m"]["lag"] >= 0
+    assert hosts_before == []
+    assert hosts_after == ["live-host"]  # the dashboard charts it without ?hosts=

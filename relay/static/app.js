@@ -1086,19 +1086,15 @@ function hostsFromUrl() {
   return names;
 }
 
-/** Hosts the relay knows about, if it offers a listing; [] otherwise. */
+/** The hosts whose monitor reports, as the relay's /healthz lists them; [] if unknown. */
 async function hostsFromRelay() {
-  for (const path of ["healthz"]) {
-    try {
-      const res = await fetch(path, { headers: { accept: "application/json" } });
-      if (!res.ok && res.status !== 503) continue;
-      const body = await res.json();
-      const list = Array.isArray(body) ? body : body.hosts ?? body.monitors ?? body.monitor?.hosts;
-      if (Array.isArray(list)) return list.map((x) => (typeof x === "string" ? x : x?.host ?? x?.name)).filter(Boolean);
-      if (list && typeof list === "object") return Object.keys(list);
-    } catch {
-      // No listing: the page still works with ?hosts=.
-    }
+  try {
+    // 503 still carries the body (the relay is up, Redis is not).
+    const res = await fetch("healthz", { headers: { accept: "application/json" } });
+    const body = await res.json();
+    if (Array.isArray(body.hosts)) return body.hosts.filter((x) => typeof x === "string");
+  } catch {
+    // No listing: the page still works with ?hosts=.
   }
   return [];
 }
