@@ -32,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import logging
 import random
 import time
@@ -80,6 +81,17 @@ end
 return 0
 """
 
+# The same, returning the id of the stream's last entry (nil if none) at that instant:
+# with ``min_replicas``, where replay may go until entries are known to be replicated.
+_CREATE_GROUP_AT = """
+redis.pcall('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then
+  return false
+end
+return last[1][1]
+"""
 
 ACK_INTERVAL_S = 0.01
 
@@ -207,7 +219,7 @@ class Subscription:
 class Tail:
     """A stream this relay reads with its group, and who watches it."""
 
-    __slots__ = ("key", "meta", "name", "prefix", "subs")
+    __slots__ = ("confirmed", "key", "meta", "name", "prefix", "subs")
 
     def __init__(self, key: str, meta: str | None, name: str) -> None:
         self.key = key
@@ -215,6 +227,9 @@ class Tail:
         self.name = name
         self.prefix = F.event_prefix(name)
         self.subs: set[Subscription] = set()
+        # With min_replicas: every entry up to this id is known to be on enough replicas
+        # (history when the group was made, then whatever the reader confirmed with WAIT).
+        self.confirmed: Id = ZERO_ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +255,21 @@ class Hub:
         page_size: int,
         replay_buffer: int,
         replay_buffer_bytes: int,
+        node_client: Callable[[str, int], aioredis.Redis] | None = None,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self._cmd = client
+        # Sentinel: CLIENT UNBLOCK/KILL name a client id, which only means something on the
+        # server that issued it, and the command pool may be on another server than the
+        # reader right after a failover. So they go through a client pinned to the reader's
+        # server, made by ``node_client``. None (one server): the command client does.
+        self._node_client = node_client
+        self._controls: dict[tuple[str, int], aioredis.Redis] = {}
+        self._reader_addr: tuple[str, int] | None = None
+        # Deliver only what this many replicas hold (see ``_await_replicas``); 0: at once.
+        self._min_replicas = min_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         # A dedicated connection for the blocking read: its CLIENT ID is what UNBLOCK targets.
         self._reader_client = client.client()
         self._keys = keys
@@ -272,6 +300,7 @@ class Hub:
         self.outage = 0  # number of the current/last outage (a subscriber is told once each)
         self._tasks: set[asyncio.Task[None]] = set()
         self._create_group = client.register_script(_CREATE_GROUP)
+        self._create_group_at = client.register_script(_CREATE_GROUP_AT)
         self._drop_group = client.register_script(_DROP_GROUP)
         self._closed = False
         self.idle = True  # the reader waits for a first subscription (healthz: not stale)
@@ -298,6 +327,9 @@ class Hub:
         self._changed.set()
         await cancel_and_wait(list(self._tasks))
         await self._reader_client.aclose()
+        for control in self._controls.values():
+            await control.aclose()
+        self._controls.clear()
 
     @property
     def up(self) -> bool:
@@ -475,7 +507,14 @@ class Hub:
         prefix = F.event_prefix(sub.name)
         page = self._page_size
         while True:
-            first, entries = await self._retrying(sub, lambda: self._page(key, sub.last, page))
+            # With min_replicas, replay stops at what is known to be replicated: an entry
+            # past it may still vanish in a failover, and reaches the subscription through
+            # the reader (which confirms it first) instead; see ``_await_replicas``.
+            tail = self._tails.get(key) if self._min_replicas else None
+            upto = tail.confirmed if tail is not None else None
+            first, entries = await self._retrying(
+                sub, functools.partial(self._page, key, sub.last, page, upto)
+            )
             if first is not None and sub.last != ZERO_ID and first > sub.last:
                 # Entries after `last` may have been trimmed away (approximate MAXLEN); the
                 # client learns it, then gets the retained rest.
@@ -495,10 +534,13 @@ class Hub:
             if len(entries) < page:
                 return
 
-    async def _page(self, key: str, after: Id, count: int) -> tuple[Id | None, list[Any]]:
+    async def _page(
+        self, key: str, after: Id, count: int, upto: Id | None = None
+    ) -> tuple[Id | None, list[Any]]:
+        end = "+" if upto is None else format_id(upto)
         async with self._cmd.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
-            pipe.xrange(key, "(" + format_id(after), "+", count=count)
+            pipe.xrange(key, "(" + format_id(after), end, count=count)
             head, entries = await pipe.execute()
         return (parse_id(head[0][0]) if head else None), entries
 
@@ -534,13 +576,32 @@ class Hub:
         async with self._lock:
             tail = self._tails.get(key)
             if tail is None:
-                await self._create_group(keys=[key], args=[self.group])
+                confirmed = ZERO_ID
+                if self._min_replicas:
+                    confirmed = await self._create_group_replicated(key)
+                else:
+                    await self._create_group(keys=[key], args=[self.group])
                 tail = Tail(key, self._keys.meta_for(sub.ref), sub.name)
+                tail.confirmed = confirmed
                 self._tails[key] = tail
                 self._gen += 1
                 self._changed.set()
                 self._wake.set()
             tail.subs.add(sub)
+
+    async def _create_group_replicated(self, key: str) -> Id:
+        """Create our group on ``key`` and return the id of its last entry then, once
+        ``min_replicas`` replicas hold everything up to it (WAIT on the same connection:
+        the script's group creation propagated after every earlier write)."""
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            await self._create_group_at(keys=[key], args=[self.group], client=pipe)
+            pipe.execute_command("WAIT", self._min_replicas, self._wait_timeout_ms)
+            last, acked = await pipe.execute()
+        if int(acked) < self._min_replicas:
+            raise RedisConnectionError(
+                f"{acked} of {self._min_replicas} replicas acknowledged; replay waits for them"
+            )
+        return ZERO_ID if last is None else parse_id(last)
 
     # -- the reader -----------------------------------------------------------------------
 
@@ -575,15 +636,29 @@ class Hub:
         backoff = Backoff()
         recovering = True  # first read our own pending entries (a reply lost in a drop)
         stale_id: int | None = None  # the reader connection's id before a drop
+        stale_addr: tuple[str, int] | None = None  # and its server (Sentinel)
+        repair = False
         reader = self._reader_client
         while not self._closed:
             try:
                 if self._reader_id is None:
+                    previous: Any = reader.connection
+                    if previous is not None:
+                        # Reconnect explicitly: a Sentinel connection finds the current
+                        # master in connect(), but redis-py's implicit reconnect on the next
+                        # command skips that and goes back to the previous (demoted) master.
+                        await previous.connect()
                     self._reader_id = int(await reader.client_id())
-                    await self._retire(stale_id)
-                    stale_id = None
+                    self._reader_addr = self._address(reader.connection)
+                    await self._retire(stale_id, stale_addr)
+                    stale_id = stale_addr = None
                     self.mark_up()
                     recovering = True
+                if repair:
+                    # Here, not in the except clause below: a transient error while
+                    # repairing must reach the TRANSIENT handler like any other.
+                    await self._repair_groups()
+                    repair = False
                 await self._drop_idle()
                 if not self._tails:
                     # Idle: nothing to read until a subscription arrives. (No timeout here:
@@ -603,6 +678,8 @@ class Hub:
                     response = await conn.read_response()
                 finally:
                     self._blocked = False
+                if response and self._min_replicas:
+                    await self._await_replicas(conn)
                 self.stats.reader_loops += 1
                 self.stats.last_read_s = time.monotonic()
                 delivered = self._fan_out(response)
@@ -619,16 +696,68 @@ class Hub:
             except ResponseError as exc:
                 text = str(exc)
                 if text.startswith(("NOGROUP", "UNBLOCKED")):
-                    await self._repair_groups()
+                    repair = True
                 else:
                     raise
             except TRANSIENT as exc:
-                stale_id = stale_id if self._reader_id is None else self._reader_id
+                if self._reader_id is not None:
+                    stale_id, stale_addr = self._reader_id, self._reader_addr
                 self._reader_id = None
                 self.mark_down(exc)
                 await asyncio.sleep(backoff.next_s())
 
-    async def _retire(self, stale_id: int | None) -> None:
+    async def _await_replicas(self, conn: Any) -> None:
+        """Hold a read's entries until ``min_replicas`` replicas hold them too.
+
+        A master can take writes its replicas never get: the moments of a failover when the
+        replica is already promoted and the old master still accepts writes, or a master
+        dying right after a write. Those entries vanish with the failover (a producer with
+        ``min_replicas`` writes them again, under new ids); a client that saw them would
+        have seen one event twice, once under an id the stream no longer has. So entries
+        are fanned out only once WAIT on the reader's connection counts ``min_replicas``:
+        our XREADGROUP propagated after the XADDs it returned (as XCLAIMs), and replication
+        is in order, so a replica that acknowledged it holds them. WAIT repeats until it
+        does; if the connection drops meanwhile (the failover), the entries are left
+        unsent, and the next reader connection, on the new master, finds in our pending
+        list exactly those that survived.
+        """
+        command = conn.pack_command("WAIT", self._min_replicas, self._wait_timeout_ms)
+        warned = False
+        while True:
+            await conn.send_packed_command(command, check_health=False)
+            try:
+                acked = int(await conn.read_response())
+            except ResponseError as exc:
+                # "WAIT cannot be used with replica instances": this server was demoted
+                # under us. Start over on whichever server is the master now.
+                await conn.disconnect()
+                raise RedisConnectionError(f"cannot confirm replication: {exc}") from exc
+            if acked >= self._min_replicas:
+                return
+            if not warned:
+                warned = True
+                log.warning(
+                    "%d of %d replicas hold the entries just read; delivery waits for them",
+                    acked,
+                    self._min_replicas,
+                )
+
+    def _address(self, conn: Any) -> tuple[str, int] | None:
+        """The server a connection is on, when control commands must be pinned to it."""
+        if self._node_client is None or conn is None:
+            return None
+        return (str(conn.host), int(conn.port))
+
+    def _control(self, addr: tuple[str, int] | None) -> aioredis.Redis:
+        """The client for CLIENT UNBLOCK/KILL aimed at a reader connection on ``addr``."""
+        if self._node_client is None or addr is None:
+            return self._cmd
+        control = self._controls.get(addr)
+        if control is None:
+            control = self._controls[addr] = self._node_client(*addr)
+        return control
+
+    async def _retire(self, stale_id: int | None, stale_addr: tuple[str, int] | None) -> None:
         """Make sure the reader's previous connection can take no more entries.
 
         A dropped connection may still be alive on the server side with our XREADGROUP
@@ -641,7 +770,13 @@ class Hub:
         if stale_id is None:
             return
         try:
-            await self._cmd.client_kill_filter(_id=str(stale_id))
+            await self._control(stale_addr).client_kill_filter(_id=str(stale_id))
+        except TRANSIENT:
+            if stale_addr is None or stale_addr == self._reader_addr:
+                raise
+            # Sentinel, and the old server is unreachable: it is down or cut off, and no
+            # longer the master the sentinels name, so it hands us nothing more.
+            log.info("previous reader server %s:%d unreachable; not retiring there", *stale_addr)
         except ResponseError as exc:
             if "no such client" not in str(exc).lower():
                 log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
@@ -687,6 +822,9 @@ class Hub:
                     self._offer(sub, entry_id, frame)
             if ids:
                 delivered[key] = ids
+                if tail is not None:
+                    # Ids grow within a stream; with min_replicas these are confirmed.
+                    tail.confirmed = max(tail.confirmed, parse_id(ids[-1]))
         if newest:
             self.stats.lag_s = max(0.0, time.time() - newest / 1000)
         return delivered
@@ -772,7 +910,8 @@ class Hub:
                     break
                 if self._blocked:
                     try:
-                        if await self._cmd.client_unblock(reader_id):
+                        control = self._control(self._reader_addr)
+                        if await control.client_unblock(reader_id):
                             break
                     except TRANSIENT:
                         break

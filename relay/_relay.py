@@ -13,30 +13,16 @@ from typing import Any, Self
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from relay import _http
 from relay._connection import Connection
 from relay._hub import TRANSIENT, Hub, Stats
+from relay._redis import close_client, node_client_factory, redis_client
 from relay._settings import RelaySettings
-from rpa_bus import Settings
 
 log = logging.getLogger(__name__)
-
-
-def redis_client(bus: Settings) -> aioredis.Redis:
-    """A client whose every call is bounded in time and never retried behind our back."""
-    return aioredis.Redis.from_url(
-        bus.redis_url,
-        socket_timeout=bus.socket_timeout_s,
-        socket_connect_timeout=bus.connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        protocol=2,
-    )
 
 
 class Relay:
@@ -78,10 +64,15 @@ class Relay:
             page_size=s.page_size,
             replay_buffer=s.replay_buffer,
             replay_buffer_bytes=s.queue_bytes,
+            node_client=node_client_factory(s.bus) if self._own_client else None,
+            min_replicas=s.bus.min_replicas,
+            wait_timeout_ms=s.bus.wait_timeout_ms,
         )
         hub = self._hub
         self.registry.register(_http.RelayCollector(self.stats, s.name, lambda: hub.tailed))
         await hub.start()
+        # SO_REUSEPORT only when asked (workers): a single relay binds as it always did.
+        listen: dict[str, Any] = {"reuse_port": True} if s.reuse_port else {}
         self._server = await serve(
             self._handler,
             s.host,
@@ -96,6 +87,7 @@ class Relay:
             close_timeout=s.close_timeout_s,
             open_timeout=10,
             server_header=None,
+            **listen,
         )
         log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
 
@@ -135,7 +127,7 @@ class Relay:
             if self._hub is not None:
                 await self._hub.close()
             if self._own_client:
-                await self._client.aclose()
+                await close_client(self._client)
             log.info("relay %s closed", self.settings.name)
 
     async def wait_closed(self) -> None:

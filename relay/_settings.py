@@ -63,6 +63,9 @@ class RelaySettings:
     # past it the buffer is dropped and replay reads Redis again.
     replay_buffer: int = 2_000
     compression: bool = False
+    # Bind with SO_REUSEPORT, so several processes share the port (``rpa-bus relay
+    # --workers N`` sets it for its workers; the kernel spreads new connections over them).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -131,6 +134,7 @@ class RelaySettings:
             "page_size": env.integer("PAGE_SIZE", d.page_size, lo=1),
             "replay_buffer": env.integer("REPLAY_BUFFER", d.replay_buffer, lo=1),
             "compression": env.flag("COMPRESSION", d.compression),
+            "reuse_port": env.flag("REUSE_PORT", d.reuse_port),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(bus=bus, **values)

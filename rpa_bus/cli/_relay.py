@@ -38,6 +38,14 @@ def relay(
     insecure: Annotated[
         bool, typer.Option(help="Serve a non-loopback address without RPA_BUS_SECRET (no auth).")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes sharing the port (SO_REUSEPORT), named NAME-1..NAME-N, "
+            "each with its own consumer group; restarted if they exit.",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve session streams over WebSocket (/ws), with /healthz, /metrics and the dashboard."""
@@ -49,9 +57,15 @@ def relay(
             host=host, port=port, name=name, redis_url=redis_url, insecure=insecure or None
         )
         settings.check_bind()
+        if workers > 1 and settings.port == 0:
+            raise ConfigError("--workers needs a fixed --port: workers share it")
     except ConfigError as exc:
         typer.echo(f"rpa-bus relay: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if workers > 1:
+        from rpa_bus.cli._workers import supervise
+
+        raise typer.Exit(asyncio.run(supervise(settings, workers, verbose=verbose)))
     try:
         asyncio.run(_serve(settings))
     except (BusError, OSError) as exc:  # bad config, mismatch with P:config, port in use

@@ -1,0 +1,186 @@
+"""The relay on a real Sentinel group: 1 master, 1 replica, 3 sentinels from redis-server.
+
+A forced failover (``SENTINEL FAILOVER``) in the middle of a session: the relay's reader
+and command clients follow the new master, WebSocket clients stay connected and keep
+receiving, and what each received equals the stream (XRANGE on the new master) exactly:
+nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from producer import AsyncProducer
+from relay import Relay
+from rpa_bus.cli._embedded import ServerNotFound
+from tests._cluster import LocalSentinel, free_ports
+from tests.conftest import UNIT_S
+from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
+
+RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    try:
+        group = LocalSentinel(tmp_path_factory.mktemp("relay-sentinel"))
+    except ServerNotFound as exc:
+        pytest.fail(f"{exc}. The Sentinel tests need real Redis binaries.", pytrace=False)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()
+
+
+async def stream_ids(group: LocalSentinel, sid: str) -> list[str]:
+    port = await asyncio.to_thread(group.current_master)
+    client = aioredis.Redis(port=port, socket_timeout=5.0)
+    try:
+        entries = cast(list[tuple[bytes, Any]], await client.xrange(KEYS.session(sid)))
+        return [i.decode() for i, _ in entries]
+    finally:
+        await client.aclose()
+
+
+def events(c: Client, stream: str) -> list[str]:
+    """Every event frame the client got, in arrival order, duplicates included."""
+    return c.ids(stream)
+
+
+async def test_relay_follows_a_forced_failover(sentinel: LocalSentinel, tmp_path: Path) -> None:
+    sid = "relay-failover"
+    stream = sid_stream(sid)
+    rounds = 150
+    old_master = await asyncio.to_thread(sentinel.current_master)
+    settings = relay_settings(sentinel.url, name="sentinel")
+    # The relay delivers only entries a replica holds: entries the old master took while
+    # the failover was under way vanish with it, and a client must not have seen them.
+    relay = Relay(settings.with_(bus=dataclasses.replace(settings.bus, min_replicas=1)))
+    await relay.start()
+    try:
+        early = await Client.open(relay.url)
+        await early.send(op="subscribe", stream=stream)
+        await early.expect("live")
+
+        async with AsyncProducer(sentinel.url, spool_dir=tmp_path, min_replicas=1) as bus:
+
+            async def job() -> None:
+                async with bus.session(sid, total=rounds) as s:
+                    for i in range(1, rounds + 1):
+                        s.progress(i, data={"i": i})
+                        await asyncio.sleep(0.02)
+
+            writing = asyncio.create_task(job(), name="job")
+            try:
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(sentinel.failover)
+                deadline = time.monotonic() + 20 * UNIT_S
+                while await asyncio.to_thread(sentinel.current_master) == old_master:
+                    assert time.monotonic() < deadline, "Sentinel did not fail over"
+                    await asyncio.sleep(0.05)
+                # A client that joins right after the switch replays from the new master.
+                late = await Client.open(relay.url)
+                await late.send(op="subscribe", stream=stream)
+                await asyncio.wait_for(writing, 60 * UNIT_S)
+            finally:
+                if not writing.done():
+                    writing.cancel()
+            assert await bus.flush(30 * UNIT_S), bus.last_error
+
+        ids = await stream_ids(sentinel, sid)
+        assert len(ids) == rounds + 2  # started, progress..., finished
+        for c in (early, late):
+            if ids[-1] not in events(c, stream):
+                await c.until(lambda f: f.get("id") == ids[-1], timeout_s=30)
+            assert events(c, stream) == ids, (c is early, set(events(c, stream)) ^ set(ids))
+            kinds = {f["type"] for f in c.frames}
+            assert not kinds & {"gap", "reset"}, c.frames
+            await c.close()
+        health = orjson.loads(
+            await asyncio.to_thread(_get, f"http://127.0.0.1:{relay.port}/healthz")
+        )
+        assert health["status"] == "ok"
+    finally:
+        await close_relay(relay)
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=5 * UNIT_S) as response:
+        body: bytes = response.read()
+    return body
+
+
+def test_relay_command_serves_through_sentinel(sentinel: LocalSentinel, tmp_path: Path) -> None:
+    """``rpa-bus relay`` with a ``redis+sentinel://`` URL: healthy, and a subscriber gets a
+    session's events."""
+    [port] = free_ports(1)
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "RPA_BUS_REDIS_URL": sentinel.url,
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+    proc = subprocess.Popen(
+        [RPA_BUS, "relay", "--port", str(port), "--name", "cli-sentinel"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20 * UNIT_S
+        body: dict[str, Any] = {}
+        while True:
+            try:
+                body = orjson.loads(_get(f"http://127.0.0.1:{port}/healthz"))
+            except OSError:
+                body = {}
+            if body.get("status") == "ok":
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"relay not healthy: {body}"
+            time.sleep(0.1)
+        assert body["name"] == "cli-sentinel"
+        asyncio.run(_one_session(sentinel, f"ws://127.0.0.1:{port}/ws", tmp_path))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(10 * UNIT_S) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+async def _one_session(group: LocalSentinel, url: str, spool: Path) -> None:
+    sid = "cli-sentinel-run"
+    stream = sid_stream(sid)
+    c = await Client.open(url)
+    try:
+        await c.send(op="subscribe", stream=stream)
+        await c.expect("live")
+        async with AsyncProducer(group.url, spool_dir=spool) as bus:
+            async with bus.session(sid, total=3) as s:
+                for i in range(1, 4):
+                    s.progress(i)
+            assert await bus.flush(10 * UNIT_S), bus.last_error
+        ids = await stream_ids(group, sid)
+        await c.until(lambda f: f.get("id") == ids[-1], timeout_s=10)
+        assert events(c, stream) == ids
+    finally:
+        await c.close()
