@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 
 from rpa_bus import BusError, ConfigError, Settings
 from rpa_bus.cli._app import app, configure_logging
+from rpa_bus.cli._local import resolve_redis_url
+
+if TYPE_CHECKING:  # imported lazily at run time: `rpa-bus --help` stays quick
+    from relay import RelaySettings
 
 log = logging.getLogger("rpa_bus.cli.relay")
 
@@ -54,7 +58,11 @@ def relay(
     configure_logging(verbose)
     try:
         settings = RelaySettings.from_env(
-            host=host, port=port, name=name, redis_url=redis_url, insecure=insecure or None
+            host=host,
+            port=port,
+            name=name,
+            redis_url=resolve_redis_url(redis_url),
+            insecure=insecure or None,
         )
         settings.check_bind()
         if workers > 1 and settings.port == 0:
@@ -73,10 +81,9 @@ def relay(
         raise typer.Exit(2) from exc
 
 
-async def _serve(settings: object) -> None:
-    from relay import Relay, RelaySettings
+async def _serve(settings: RelaySettings) -> None:
+    from relay import Relay
 
-    assert isinstance(settings, RelaySettings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
