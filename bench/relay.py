@@ -67,7 +67,20 @@ def cpu_s(pid: int) -> float:
 # -- processes ----------------------------------------------------------------------------
 
 
-def start_relay(redis_url: str, port: int) -> subprocess.Popen[bytes]:
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (the workers of `--workers N`)."""
+    import psutil
+
+    total = cpu_s(pid)
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            total += cpu_s(child.pid)
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def start_relay(redis_url: str, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
     exe = shutil.which("rpa-bus") or str(Path(sys.prefix) / "bin" / "rpa-bus")
     env = {
         **os.environ,
@@ -77,12 +90,26 @@ def start_relay(redis_url: str, port: int) -> subprocess.Popen[bytes]:
         "RPA_BUS_RELAY_OPS_BURST": "1000",
     }
     proc = subprocess.Popen(
-        [exe, "relay", "--port", str(port), "--name", "bench"],
+        [
+            exe,
+            "relay",
+            "--port",
+            str(port),
+            "--name",
+            "bench",
+            *(["--workers", str(workers)] if workers > 1 else []),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_port(port, proc)
+    if workers > 1:  # the port opens with the first worker; wait for every one
+        deadline = time.monotonic() + 20
+        while len({health(port)["name"] for _ in range(8 * workers)}) < workers:
+            if time.monotonic() > deadline:
+                raise SystemExit("not every worker answered")
+            time.sleep(0.1)
     return proc
 
 
@@ -445,6 +472,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--phases", default="1234", help="which figures, e.g. 13")
+    parser.add_argument("--workers", type=int, default=1, help="rpa-bus relay --workers N")
     opts = parser.parse_args()
     q = opts.quick
     sessions, per = (20, 5) if q else (100, 10)
@@ -455,13 +483,13 @@ def main() -> None:
     pad = "x" * 100  # ~200-byte frames
     nofile = raise_nofile()
     print(f"rpa-bus relay benchmark ({'quick' if q else 'full'}); {os.cpu_count()} CPUs; "
-          f"RLIMIT_NOFILE {nofile}")  # fmt: skip
+          f"RLIMIT_NOFILE {nofile}; relay workers {opts.workers}")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         redis = EmbeddedRedis(Path(tmp), persistent=False)
         redis.start()
         port = free_port()
-        relay = start_relay(redis.url, port)
+        relay = start_relay(redis.url, port, opts.workers)
         url = f"ws://127.0.0.1:{port}/ws"
         try:
             base = {"url": url, "sessions": sessions, "per_session": per}
@@ -499,13 +527,14 @@ def latency_phase(
             pid = naive.pid
             fleet_args = {**base, "url": f"ws://127.0.0.1:{naive_port}/", "raw": True}
         try:
-            cpu0, redis_cpu0 = cpu_s(pid), cpu_s(redis.pid or 0)
+            cpu0, redis_cpu0 = tree_cpu_s(pid), cpu_s(redis.pid or 0)
             res = run_fleet(
                 "latency",
                 {**fleet_args, "expected": n * per, "timeout_s": seconds + 30},
                 during=paced,
             )
-            relay_cpu, redis_cpu = cpu_s(pid) - cpu0, cpu_s(redis.pid or 0) - redis_cpu0
+            relay_cpu = tree_cpu_s(pid) - cpu0
+            redis_cpu = cpu_s(redis.pid or 0) - redis_cpu0
         finally:
             if naive is not None:
                 stop(naive)
