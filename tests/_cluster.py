@@ -21,8 +21,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import redis
 
 from rpa_bus.cli._embedded import ServerNotFound, find_server_binary, port_open
@@ -362,3 +364,18 @@ class LocalSentinel:
         for proc in [*self.sentinels.values(), *self.data.values()]:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
                 proc.kill()
+
+
+@contextlib.contextmanager
+def running_sentinel(folder: Path) -> Iterator[LocalSentinel]:
+    """A started Sentinel group, closed on exit. Missing Redis binaries fail the test with
+    instructions; they never skip it."""
+    try:
+        group = LocalSentinel(folder)
+    except ServerNotFound as exc:
+        pytest.fail(f"{exc}. The Sentinel tests need real Redis binaries.", pytrace=False)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()

@@ -26,8 +26,7 @@ import redis.asyncio as aioredis
 
 from producer import AsyncProducer
 from relay import Relay
-from rpa_bus.cli._embedded import ServerNotFound
-from tests._cluster import LocalSentinel, free_ports
+from tests._cluster import LocalSentinel, free_ports, running_sentinel
 from tests.conftest import UNIT_S
 from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
@@ -36,15 +35,8 @@ RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
-    try:
-        group = LocalSentinel(tmp_path_factory.mktemp("relay-sentinel"))
-    except ServerNotFound as exc:
-        pytest.fail(f"{exc}. The Sentinel tests need real Redis binaries.", pytrace=False)
-    try:
-        group.start()
+    with running_sentinel(tmp_path_factory.mktemp("relay-sentinel")) as group:
         yield group
-    finally:
-        group.close()
 
 
 async def stream_ids(group: LocalSentinel, sid: str) -> list[str]:

@@ -20,9 +20,8 @@ import redis
 from monitor import Monitor, MonitorSettings
 from producer import AsyncProducer, Producer
 from rpa_bus import Keys, Settings
-from rpa_bus.cli._embedded import ServerNotFound
 from rpa_bus.cli._ops import connect, list_sessions
-from tests._cluster import LocalSentinel
+from tests._cluster import LocalSentinel, running_sentinel
 from tests.conftest import UNIT_S
 
 KEYS = Keys()
@@ -30,15 +29,8 @@ KEYS = Keys()
 
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
-    try:
-        group = LocalSentinel(tmp_path_factory.mktemp("sentinel"))
-    except ServerNotFound as exc:
-        pytest.fail(f"{exc}. The Sentinel tests need real Redis binaries.", pytrace=False)
-    try:
-        group.start()
+    with running_sentinel(tmp_path_factory.mktemp("sentinel")) as group:
         yield group
-    finally:
-        group.close()
 
 
 def master_client(group: LocalSentinel) -> redis.Redis:
