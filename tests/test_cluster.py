@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -76,6 +76,50 @@ def index_entries(client: redis.RedisCluster, prefix: str) -> list[tuple[str, st
         if event["session"].startswith(prefix):
             out.append((event["session"], event["type"]))
     return out
+
+
+def assert_each_once(client: redis.RedisCluster, sids: list[str], rounds: int) -> None:
+    """Every session holds ticks 0..rounds-1 in order, one started and one finished:
+    nothing lost, nothing written twice."""
+    for sid in sids:
+        assert ticks(client, sid) == list(range(rounds)), sid
+        assert types(client, sid).count("started") == 1, sid
+        assert types(client, sid).count("finished") == 1, sid
+
+
+def tick_in_background(
+    bus: Producer,
+    sids: list[str],
+    rounds: int,
+    *,
+    pause_s: float,
+    after_round: Callable[[int], None] | None = None,
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A job thread: start every session, emit ``rounds`` ticks to each, finish them.
+
+    Errors are collected for the test thread to report; ``after_round(i)`` runs after
+    round ``i`` (a checkpoint such as a flush)."""
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            sessions = [bus.session(sid) for sid in sids]
+            for s in sessions:
+                s.start()
+            for i in range(rounds):
+                for s in sessions:
+                    s.emit("tick", {"i": i})
+                if after_round is not None:
+                    after_round(i)
+                time.sleep(pause_s)
+            for s in sessions:
+                s.finish()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    return thread, errors
 
 
 def test_sessions_spread_over_every_master_are_written_once_in_order(
@@ -223,24 +267,7 @@ def test_writes_during_a_slot_migration_follow_ask_and_moved_exactly_once(
     target = next(p for p in cluster.masters() if p != source)
     rounds = 120
     bus = Producer(cluster.url, spool_dir=tmp_path)
-    errors: list[BaseException] = []
-
-    def job() -> None:
-        try:
-            sessions = [bus.session(sid) for sid in sids]
-            for s in sessions:
-                s.start()
-            for i in range(rounds):
-                for s in sessions:
-                    s.emit("tick", {"i": i})
-                time.sleep(0.01)
-            for s in sessions:
-                s.finish()
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
+    thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.01)
     try:
         time.sleep(0.3)
         moved = cluster.migrate_slot(slot, target, pause_s=0.05)
@@ -251,10 +278,7 @@ def test_writes_during_a_slot_migration_follow_ask_and_moved_exactly_once(
         bus.close()
     assert moved >= 2 * 3  # each session's stream and meta hash (and no more, e.g. none lost)
     assert cluster.master_of_key(KEYS.session(sids[0])) == target
-    for sid in sids:
-        assert ticks(rc, sid) == list(range(rounds)), sid
-        assert types(rc, sid).count("started") == 1
-        assert types(rc, sid).count("finished") == 1
+    assert_each_once(rc, sids, rounds)
 
 
 def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
@@ -268,27 +292,13 @@ def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
     rounds = 150
     bus = Producer(cluster.url, spool_dir=tmp_path, min_replicas=1)
     acknowledged: list[int] = []
-    errors: list[BaseException] = []
 
-    def job() -> None:
-        try:
-            sessions = [bus.session(sid) for sid in sids]
-            for s in sessions:
-                s.start()
-            for i in range(rounds):
-                for s in sessions:
-                    s.emit("tick", {"i": i})
-                if i == 30:
-                    assert bus.flush(5 * UNIT_S)
-                    acknowledged.append(i)
-                time.sleep(0.02)
-            for s in sessions:
-                s.finish()
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
+    def checkpoint(i: int) -> None:
+        if i == 30:
+            assert bus.flush(5 * UNIT_S)
+            acknowledged.append(i)
 
-    thread = threading.Thread(target=job)
-    thread.start()
+    thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.02, after_round=checkpoint)
     time.sleep(1.0)  # mid-run
     cluster.kill(victim)
     deadline = time.monotonic() + 20 * UNIT_S
@@ -305,10 +315,7 @@ def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
     assert acknowledged == [30]
     fresh = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
     try:
-        for sid in sids:
-            assert ticks(fresh, sid) == list(range(rounds)), sid
-            assert types(fresh, sid).count("started") == 1
-            assert types(fresh, sid).count("finished") == 1
+        assert_each_once(fresh, sids, rounds)
         assert sorted(index_entries(fresh, "kill-")) == sorted(
             [(sid, "started") for sid in sids] + [(sid, "finished") for sid in sids]
         )
@@ -346,9 +353,7 @@ async def test_the_async_producer_follows_a_killed_master(
         assert await bus.flush(30 * UNIT_S), bus.last_error
     fresh = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
     try:
-        for sid in sids:
-            assert ticks(fresh, sid) == list(range(rounds)), sid
-            assert types(fresh, sid).count("finished") == 1
+        assert_each_once(fresh, sids, rounds)
         assert len(index_entries(fresh, "akill-")) == 2 * len(sids)
     finally:
         fresh.close()
