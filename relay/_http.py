@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import http
 import mimetypes
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-from relay._hub import Stats
+from relay._hub import Hub, Stats
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 
@@ -89,10 +89,10 @@ async def static_response(path: str, root: Path = STATIC_DIR) -> Response:
 class RelayCollector(Collector):
     """Reads the relay's plain counters at scrape time."""
 
-    def __init__(self, stats: Stats, name: str, tailed: Callable[[], int]) -> None:
+    def __init__(self, stats: Stats, name: str, hub: Hub) -> None:
         self._stats = stats
         self._name = name
-        self._tailed = tailed
+        self._hub = hub
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -111,7 +111,12 @@ class RelayCollector(Collector):
 
         yield gauge("rpa_relay_connections", "Open WebSocket connections.", s.connections)
         yield gauge("rpa_relay_subscriptions", "Active subscriptions.", s.subscriptions)
-        yield gauge("rpa_relay_tailed_streams", "Streams read with the group.", self._tailed())
+        yield gauge("rpa_relay_tailed_streams", "Streams read with the group.", self._hub.tailed)
+        yield gauge(
+            "rpa_relay_readers",
+            "Blocking readers: 1 on one server, one per active hash slot on a cluster.",
+            self._hub.readers,
+        )
         yield gauge("rpa_relay_queued_frames", "Frames in outbound queues.", s.queued_frames)
         yield gauge("rpa_relay_queued_bytes", "Bytes in outbound queues.", s.queued_bytes)
         yield gauge(

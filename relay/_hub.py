@@ -3,14 +3,12 @@
 One ``Hub`` per relay instance. It owns
 
 - a command client (a small pool) for XRANGE pages, HGETALL, XGROUP, XACK, CLIENT UNBLOCK;
-- one dedicated reader connection running ONE blocking XREADGROUP over every tailed stream
-  (``>``), woken with CLIENT UNBLOCK from the command client when the tailed set changes;
+- the readers (``relay._reader``): on one server ONE, with a dedicated connection running
+  one blocking XREADGROUP over every tailed stream (``>``); on a Redis Cluster one per
+  active hash slot, each over that slot's streams on the master serving it. A reader is
+  woken with CLIENT UNBLOCK (the waker task) when its tailed set grows;
 - the tails: stream key -> the subscriptions watching it;
-- an ack task: XACKs of fanned-out entries, coalesced, off the reader's path.
-
-After a dropped reader connection the reader kills the old connection server-side (a read
-still blocked there could take entries nobody will see), re-reads its own pending entries
-("0": replies lost in flight), then goes back to ``>``.
+- an ack task: XACKs of fanned-out entries, coalesced, off the readers' path.
 
 A subscription moves through three modes::
 
@@ -34,7 +32,6 @@ import contextlib
 import enum
 import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -43,20 +40,14 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay import _frames as F
 from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
+from relay._reader import Reader
+from relay._redis import TRANSIENT, Address, Backoff, Client, NodeClient
 from rpa_bus import Keys, StreamRef, state_from_meta
 
 log = logging.getLogger(__name__)
-
-# Transient: Redis unreachable, slow, or restarting. Anything else is a bug and propagates.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
 
 # Begin tailing a key: a fresh group at "$" (dropping one a crashed run of this relay left
 # behind, with its stale pending entries). MKSTREAM so a session that has not started yet
@@ -157,23 +148,6 @@ class Stats:
     queued_bytes: int = 0
 
 
-class Backoff:
-    """Capped, jittered exponential backoff; ``reset()`` after a success."""
-
-    def __init__(self, base_s: float = 0.05, cap_s: float = 2.0) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self._attempt = 0
-
-    def next_s(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 30)
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 class Subscription:
     """One stream watched by one connection."""
 
@@ -219,12 +193,13 @@ class Subscription:
 class Tail:
     """A stream this relay reads with its group, and who watches it."""
 
-    __slots__ = ("confirmed", "key", "meta", "name", "prefix", "subs")
+    __slots__ = ("confirmed", "key", "meta", "name", "prefix", "slot", "subs")
 
-    def __init__(self, key: str, meta: str | None, name: str) -> None:
+    def __init__(self, key: str, meta: str | None, name: str, slot: int | None) -> None:
         self.key = key
         self.meta = meta
         self.name = name
+        self.slot = slot  # the cluster hash slot (its reader's), None on one server
         self.prefix = F.event_prefix(name)
         self.subs: set[Subscription] = set()
         # With min_replicas: every entry up to this id is known to be on enough replicas
@@ -246,7 +221,7 @@ class Hub:
     def __init__(
         self,
         *,
-        client: aioredis.Redis,
+        client: Client,
         keys: Keys,
         name: str,
         stats: Stats,
@@ -255,67 +230,68 @@ class Hub:
         page_size: int,
         replay_buffer: int,
         replay_buffer_bytes: int,
-        node_client: Callable[[str, int], aioredis.Redis] | None = None,
+        node_client: NodeClient | None = None,
         min_replicas: int = 0,
         wait_timeout_ms: int = 1000,
     ) -> None:
         self._cmd = client
-        # Sentinel: CLIENT UNBLOCK/KILL name a client id, which only means something on the
-        # server that issued it, and the command pool may be on another server than the
-        # reader right after a failover. So they go through a client pinned to the reader's
-        # server, made by ``node_client``. None (one server): the command client does.
+        # Cluster: keyed commands go through the RedisCluster client; a reader per hash slot.
+        self._cluster = client if isinstance(client, aioredis.RedisCluster) else None
+        # Sentinel and Cluster: CLIENT UNBLOCK/KILL name a client id, which only means
+        # something on the server that issued it, and the command pool may be on another
+        # server than a reader (right after a failover; always, on a cluster). So they go
+        # through clients pinned to one server, made by ``node_client``, as do the cluster
+        # readers. None (one server): the command client does.
         self._node_client = node_client
-        self._controls: dict[tuple[str, int], aioredis.Redis] = {}
-        self._reader_addr: tuple[str, int] | None = None
-        # Deliver only what this many replicas hold (see ``_await_replicas``); 0: at once.
-        self._min_replicas = min_replicas
-        self._wait_timeout_ms = wait_timeout_ms
-        # A dedicated connection for the blocking read: its CLIENT ID is what UNBLOCK targets.
-        self._reader_client = client.client()
+        if self._cluster is not None and node_client is None:
+            raise ValueError("a Redis Cluster client needs node_client (see relay._redis)")
+        self._controls: dict[Address, aioredis.Redis] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._map_stale = False  # re-read the cluster's slot map before the next pinned call
+        # Deliver only what this many replicas hold (see ``Reader._await_replicas``).
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._keys = keys
         self.group = keys.relay_group(name)
         self.consumer = name
         self.stats = stats
-        self._block_ms = block_ms
-        self._read_count = read_count
+        self.block_ms = block_ms
+        self.read_count = read_count
         self._page_size = page_size
         self._replay_buffer = replay_buffer
         self._replay_buffer_bytes = replay_buffer_bytes
         self._tails: dict[str, Tail] = {}
-        self._idle: set[str] = set()  # tailed keys whose last subscriber left
+        self._readers: dict[int | None, Reader] = {}
         self._acks: dict[str, list[bytes]] = {}
-        self._packed_key: tuple[int, bool] | None = None
-        self._packed: list[bytes] = []
         self._ack_wake = asyncio.Event()
         # Group creation and removal are serialised, so a key is never dropped while a new
         # subscriber is creating its group.
         self._lock = asyncio.Lock()
-        self._gen = 0  # bumped when the tailed set changes
-        self._reading_gen = -1  # the generation the reader's current call was built from
-        self._blocked = False
-        self._reader_id: int | None = None
-        self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._up = False
-        self.outage = 0  # number of the current/last outage (a subscriber is told once each)
+        # Outages are numbered (a subscriber is told once each): the counter, and the number
+        # of the current/last one of the command path and of the single reader. On a
+        # cluster a reader counts its own slot's outages (``Reader.outage``).
+        self._outages = 0
+        self.outage = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._create_group = client.register_script(_CREATE_GROUP)
         self._create_group_at = client.register_script(_CREATE_GROUP_AT)
         self._drop_group = client.register_script(_DROP_GROUP)
-        self._closed = False
-        self.idle = True  # the reader waits for a first subscription (healthz: not stale)
+        self.closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for coro, name in (
-            (self._reader(), "relay-reader"),
-            (self._waker(), "relay-waker"),
-            (self._acker(), "relay-acker"),
-        ):
-            task = asyncio.create_task(coro, name=name)
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+        self._spawn(self._waker(), "relay-waker")
+        self._spawn(self._acker(), "relay-acker")
+        if self._cluster is None:
+            self._reader_for(None)  # one reader for everything, idle until a subscription
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -323,10 +299,10 @@ class Hub:
             log.error("relay %s task failed", task.get_name(), exc_info=task.exception())
 
     async def close(self) -> None:
-        self._closed = True
-        self._changed.set()
+        self.closed = True
+        for reader in self._readers.values():
+            reader.changed.set()
         await cancel_and_wait(list(self._tasks))
-        await self._reader_client.aclose()
         for control in self._controls.values():
             await control.aclose()
         self._controls.clear()
@@ -339,11 +315,99 @@ class Hub:
     def tailed(self) -> int:
         return len(self._tails)
 
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is tailed: no reader is expected to return (healthz: not stale)."""
+        return not self._tails
+
+    def reader_age_s(self) -> float:
+        """Seconds since the stalest reader with streams to read last returned."""
+        now = time.monotonic()
+        return max((now - r.last_read_s for r in self._readers.values() if r.tails), default=0.0)
+
     async def ping(self) -> bool:
         try:
             return bool(await self._cmd.ping())
         except TRANSIENT:
             return False
+
+    # -- servers --------------------------------------------------------------------------
+
+    def command_client(self) -> aioredis.Redis:
+        """The command client of a hub on one server (or a Sentinel-watched service)."""
+        assert self._cluster is None
+        return self._cmd  # type: ignore[return-value]
+
+    def node_client(self, addr: Address, *, single: bool = False) -> aioredis.Redis:
+        assert self._node_client is not None
+        return self._node_client(addr, single=single)
+
+    def address(self, conn: Any) -> Address | None:
+        """The server a connection is on, when control commands must be pinned to it."""
+        if self._node_client is None or conn is None:
+            return None
+        return (str(conn.host), int(conn.port))
+
+    def pinned(self, addr: Address | None) -> aioredis.Redis:
+        """A client (a small pool) of the server on ``addr``: for CLIENT UNBLOCK/KILL aimed
+        at a reader connection there, and on a cluster for what must run on one node."""
+        if self._node_client is None or addr is None:
+            return self.command_client()
+        client = self._controls.get(addr)
+        if client is None:
+            client = self._controls[addr] = self._node_client(addr)
+        return client
+
+    def slots_changed(self) -> None:
+        """A call failed in a way a failover or a slot move explains: the next call pinned
+        to a slot's master re-reads the slot map first."""
+        if self._cluster is not None:
+            self._map_stale = True
+
+    async def slot_master(self, slot: int) -> Address:
+        """The master serving ``slot``, from redis-py's slot map, re-read first if a call
+        failed since. Coalesced: readers failing together after one failover cause one
+        refresh, not one each."""
+        cluster = self._cluster
+        assert cluster is not None
+        if self._map_stale:
+            async with self._refresh_lock:
+                if self._map_stale:
+                    self._map_stale = False
+                    try:
+                        await cluster.nodes_manager.initialize()
+                    except BaseException:
+                        self._map_stale = True
+                        raise
+        node = cluster.nodes_manager.get_node_from_slot(slot)
+        return (str(node.host), int(node.port))
+
+    async def _slot_client(self, key: str) -> Client:
+        """The client for a MULTI over one slot's keys: the command client, or on a cluster
+        one pinned to the slot's master (redis-py's cluster transactions pass routing
+        arguments into reply callbacks and fail on HGETALL and XRANGE)."""
+        if self._cluster is None:
+            return self._cmd
+        return self.pinned(await self.slot_master(self._cluster.keyslot(key)))
+
+    def _slot(self, key: str) -> int | None:
+        return None if self._cluster is None else self._cluster.keyslot(key)
+
+    def _reader_for(self, slot: int | None) -> Reader:
+        reader = self._readers.get(slot)
+        if reader is None:
+            reader = self._readers[slot] = Reader(self, slot)
+            self._spawn(reader.run(), "relay-reader" if slot is None else f"relay-reader:{slot}")
+        return reader
+
+    def reader_done(self, reader: Reader) -> None:
+        """A cluster reader whose slot has no tails left is ending."""
+        if self._readers.get(reader.slot) is reader:
+            del self._readers[reader.slot]
 
     # -- availability ---------------------------------------------------------------------
 
@@ -351,7 +415,8 @@ class Hub:
         if self._up or self.outage == 0:
             self._up = False
             self.stats.redis_up = False
-            self.outage += 1
+            self._outages += 1
+            self.outage = self._outages
             log.warning("Redis unavailable (%s); subscribers are told and tailing retries", exc)
             for tail in self._tails.values():
                 for sub in tail.subs:
@@ -362,11 +427,39 @@ class Hub:
             if self.outage:
                 log.warning("Redis reachable again; tailing resumes")
             self._up = True
-            self.stats.redis_up = True
+        self.stats.redis_up = all(r.up for r in self._readers.values() if r.slot is not None)
 
-    def notify_unavailable(self, sub: Subscription) -> None:
-        if sub.notified_outage != self.outage and sub.mode is not Mode.CLOSED:
-            sub.notified_outage = self.outage
+    def reader_down(self, reader: Reader, exc: BaseException) -> None:
+        """A reader's read failed. On a cluster only its slot is out: only its subscribers
+        are told, and other slots' readers going on do not end the outage."""
+        if reader.slot is None:
+            self.mark_down(exc)
+            return
+        if reader.up or reader.outage == 0:
+            reader.up = False
+            self.stats.redis_up = False
+            self._outages += 1
+            reader.outage = self._outages
+            log.warning(
+                "Redis unavailable for slot %d (%s); its subscribers are told and reading retries",
+                reader.slot,
+                exc,
+            )
+            for tail in reader.tails.values():
+                for sub in tail.subs:
+                    self.notify_unavailable(sub, reader.outage)
+
+    def reader_up(self, reader: Reader) -> None:
+        if reader.slot is not None and not reader.up:
+            if reader.outage:
+                log.warning("slot %d reachable again; reading resumes", reader.slot)
+            reader.up = True
+        self.mark_up()
+
+    def notify_unavailable(self, sub: Subscription, outage: int | None = None) -> None:
+        outage = self.outage if outage is None else outage
+        if sub.notified_outage != outage and sub.mode is not Mode.CLOSED:
+            sub.notified_outage = outage
             sub.sink.put_control(
                 F.error(F.UNAVAILABLE, "Redis is unavailable; delivery resumes when it returns",
                         sub.name)
@@ -379,6 +472,7 @@ class Hub:
             try:
                 result = await call()
             except TRANSIENT as exc:
+                self.slots_changed()
                 self.mark_down(exc)
                 self.notify_unavailable(sub)
                 await asyncio.sleep(backoff.next_s())
@@ -404,8 +498,9 @@ class Hub:
         if tail is not None:
             tail.subs.discard(sub)
             if not tail.subs:
-                self._idle.add(tail.key)
-                self._changed.set()  # the reader drops idle tails between reads
+                reader = self._readers[tail.slot]
+                reader.idle.add(tail.key)
+                reader.changed.set()  # the reader drops idle tails between reads
 
     async def _subscribe(self, sub: Subscription, from_id: Id | None, epoch: str | None) -> None:
         try:
@@ -510,7 +605,7 @@ class Hub:
             # With min_replicas, replay stops at what is known to be replicated: an entry
             # past it may still vanish in a failover, and reaches the subscription through
             # the reader (which confirms it first) instead; see ``_await_replicas``.
-            tail = self._tails.get(key) if self._min_replicas else None
+            tail = self._tails.get(key) if self.min_replicas else None
             upto = tail.confirmed if tail is not None else None
             first, entries = await self._retrying(
                 sub, functools.partial(self._page, key, sub.last, page, upto)
@@ -538,7 +633,8 @@ class Hub:
         self, key: str, after: Id, count: int, upto: Id | None = None
     ) -> tuple[Id | None, list[Any]]:
         end = "+" if upto is None else format_id(upto)
-        async with self._cmd.pipeline(transaction=True) as pipe:
+        client = await self._slot_client(key)
+        async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
             pipe.xrange(key, "(" + format_id(after), end, count=count)
             head, entries = await pipe.execute()
@@ -547,7 +643,8 @@ class Hub:
     async def _info(self, ref: StreamRef) -> StreamInfo:
         key = self._keys.key_for(ref)
         meta_key = self._keys.meta_for(ref)
-        async with self._cmd.pipeline(transaction=True) as pipe:
+        client = await self._slot_client(key)
+        async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
             pipe.xrevrange(key, "+", "-", count=1)
             if meta_key is not None:
@@ -576,52 +673,65 @@ class Hub:
         async with self._lock:
             tail = self._tails.get(key)
             if tail is None:
+                slot = self._slot(key)
                 confirmed = ZERO_ID
-                if self._min_replicas:
-                    confirmed = await self._create_group_replicated(key)
+                if self.min_replicas:
+                    confirmed = await self._create_group_replicated(key, slot)
                 else:
                     await self._create_group(keys=[key], args=[self.group])
-                tail = Tail(key, self._keys.meta_for(sub.ref), sub.name)
+                tail = Tail(key, self._keys.meta_for(sub.ref), sub.name, slot)
                 tail.confirmed = confirmed
                 self._tails[key] = tail
-                self._gen += 1
-                self._changed.set()
+                # No await from here on: a cluster reader ending right now (its slot had
+                # no tails) is either gone from ``_readers`` already or sees this tail.
+                reader = self._reader_for(slot)
+                reader.tails[key] = tail
+                reader.gen += 1
+                reader.changed.set()
                 self._wake.set()
             tail.subs.add(sub)
 
-    async def _create_group_replicated(self, key: str) -> Id:
+    async def _create_group_replicated(self, key: str, slot: int | None) -> Id:
         """Create our group on ``key`` and return the id of its last entry then, once
         ``min_replicas`` replicas hold everything up to it (WAIT on the same connection:
-        the script's group creation propagated after every earlier write)."""
-        async with self._cmd.pipeline(transaction=False) as pipe:
+        the script's group creation propagated after every earlier write). On a cluster
+        that connection is one to the master serving the key's slot."""
+        if slot is None:
+            client: aioredis.Redis = self.command_client()
+        else:
+            client = self.pinned(await self.slot_master(slot))
+        async with client.pipeline(transaction=False) as pipe:
             await self._create_group_at(keys=[key], args=[self.group], client=pipe)
-            pipe.execute_command("WAIT", self._min_replicas, self._wait_timeout_ms)
+            pipe.execute_command("WAIT", self.min_replicas, self.wait_timeout_ms)
             last, acked = await pipe.execute()
-        if int(acked) < self._min_replicas:
+        if int(acked) < self.min_replicas:
             raise RedisConnectionError(
-                f"{acked} of {self._min_replicas} replicas acknowledged; replay waits for them"
+                f"{acked} of {self.min_replicas} replicas acknowledged; replay waits for them"
             )
         return ZERO_ID if last is None else parse_id(last)
 
-    # -- the reader -----------------------------------------------------------------------
+    # -- for the readers ------------------------------------------------------------------
 
-    async def _drop_idle(self) -> None:
-        if not self._idle:
+    async def drop_idle(self, reader: Reader) -> None:
+        """Stop tailing ``reader``'s streams whose last subscriber left."""
+        if not reader.idle:
             return
         async with self._lock:
-            for key in list(self._idle):
+            for key in list(reader.idle):
                 tail = self._tails.get(key)
                 if tail is not None and not tail.subs:
                     await self._drop_group(keys=[key, tail.meta or key], args=[self.group])
                     del self._tails[key]
-                    self._gen += 1
-                self._idle.discard(key)
+                    del reader.tails[key]
+                    reader.gen += 1
+                reader.idle.discard(key)
 
-    async def _repair_groups(self) -> None:
-        """After NOGROUP/UNBLOCKED: recreate our group where it is gone and re-check the
-        subscriptions of those streams (the stream was recreated, or Redis lost it)."""
+    async def repair_groups(self, reader: Reader) -> None:
+        """After NOGROUP/UNBLOCKED: recreate our group where it is gone on ``reader``'s
+        streams and re-check their subscriptions (the stream was recreated, or Redis lost
+        it)."""
         async with self._lock:
-            for tail in list(self._tails.values()):
+            for tail in list(reader.tails.values()):
                 try:
                     await self._cmd.xgroup_create(tail.key, self.group, "$", mkstream=True)
                 except ResponseError as exc:
@@ -632,175 +742,7 @@ class Hub:
                 for sub in list(tail.subs):
                     self._restart(sub)
 
-    async def _reader(self) -> None:
-        backoff = Backoff()
-        recovering = True  # first read our own pending entries (a reply lost in a drop)
-        stale_id: int | None = None  # the reader connection's id before a drop
-        stale_addr: tuple[str, int] | None = None  # and its server (Sentinel)
-        repair = False
-        reader = self._reader_client
-        while not self._closed:
-            try:
-                if self._reader_id is None:
-                    previous: Any = reader.connection
-                    if previous is not None:
-                        # Reconnect explicitly: a Sentinel connection finds the current
-                        # master in connect(), but redis-py's implicit reconnect on the next
-                        # command skips that and goes back to the previous (demoted) master.
-                        await previous.connect()
-                    self._reader_id = int(await reader.client_id())
-                    self._reader_addr = self._address(reader.connection)
-                    await self._retire(stale_id, stale_addr)
-                    stale_id = stale_addr = None
-                    self.mark_up()
-                    recovering = True
-                if repair:
-                    # Here, not in the except clause below: a transient error while
-                    # repairing must reach the TRANSIENT handler like any other.
-                    await self._repair_groups()
-                    repair = False
-                await self._drop_idle()
-                if not self._tails:
-                    # Idle: nothing to read until a subscription arrives. (No timeout here:
-                    # on 3.11 a timeout expiring as the task is cancelled can eat the cancel.)
-                    self._changed.clear()
-                    self.idle = True
-                    await self._changed.wait()
-                    self.idle = False
-                    continue
-                conn = reader.connection
-                assert conn is not None  # client_id() above connected it
-                command = self._read_command(conn, recovering)
-                self._reading_gen = self._gen
-                self._blocked = not recovering
-                try:
-                    await conn.send_packed_command(command, check_health=False)
-                    response = await conn.read_response()
-                finally:
-                    self._blocked = False
-                if response and self._min_replicas:
-                    await self._await_replicas(conn)
-                self.stats.reader_loops += 1
-                self.stats.last_read_s = time.monotonic()
-                delivered = self._fan_out(response)
-                if recovering:
-                    log.debug("recovered pending entries: %s", delivered)
-                if delivered and recovering:
-                    await self._ack(delivered, self._reader_client)  # before re-reading "0"
-                elif delivered:
-                    self._queue_acks(delivered)  # off the hot path, coalesced
-                elif recovering:
-                    recovering = False
-                self.mark_up()
-                backoff.reset()
-            except ResponseError as exc:
-                text = str(exc)
-                if text.startswith(("NOGROUP", "UNBLOCKED")):
-                    repair = True
-                else:
-                    raise
-            except TRANSIENT as exc:
-                if self._reader_id is not None:
-                    stale_id, stale_addr = self._reader_id, self._reader_addr
-                self._reader_id = None
-                self.mark_down(exc)
-                await asyncio.sleep(backoff.next_s())
-
-    async def _await_replicas(self, conn: Any) -> None:
-        """Hold a read's entries until ``min_replicas`` replicas hold them too.
-
-        A master can take writes its replicas never get: the moments of a failover when the
-        replica is already promoted and the old master still accepts writes, or a master
-        dying right after a write. Those entries vanish with the failover (a producer with
-        ``min_replicas`` writes them again, under new ids); a client that saw them would
-        have seen one event twice, once under an id the stream no longer has. So entries
-        are fanned out only once WAIT on the reader's connection counts ``min_replicas``:
-        our XREADGROUP propagated after the XADDs it returned (as XCLAIMs), and replication
-        is in order, so a replica that acknowledged it holds them. WAIT repeats until it
-        does; if the connection drops meanwhile (the failover), the entries are left
-        unsent, and the next reader connection, on the new master, finds in our pending
-        list exactly those that survived.
-        """
-        command = conn.pack_command("WAIT", self._min_replicas, self._wait_timeout_ms)
-        warned = False
-        while True:
-            await conn.send_packed_command(command, check_health=False)
-            try:
-                acked = int(await conn.read_response())
-            except ResponseError as exc:
-                # "WAIT cannot be used with replica instances": this server was demoted
-                # under us. Start over on whichever server is the master now.
-                await conn.disconnect()
-                raise RedisConnectionError(f"cannot confirm replication: {exc}") from exc
-            if acked >= self._min_replicas:
-                return
-            if not warned:
-                warned = True
-                log.warning(
-                    "%d of %d replicas hold the entries just read; delivery waits for them",
-                    acked,
-                    self._min_replicas,
-                )
-
-    def _address(self, conn: Any) -> tuple[str, int] | None:
-        """The server a connection is on, when control commands must be pinned to it."""
-        if self._node_client is None or conn is None:
-            return None
-        return (str(conn.host), int(conn.port))
-
-    def _control(self, addr: tuple[str, int] | None) -> aioredis.Redis:
-        """The client for CLIENT UNBLOCK/KILL aimed at a reader connection on ``addr``."""
-        if self._node_client is None or addr is None:
-            return self._cmd
-        control = self._controls.get(addr)
-        if control is None:
-            control = self._controls[addr] = self._node_client(*addr)
-        return control
-
-    async def _retire(self, stale_id: int | None, stale_addr: tuple[str, int] | None) -> None:
-        """Make sure the reader's previous connection can take no more entries.
-
-        A dropped connection may still be alive on the server side with our XREADGROUP
-        blocked on it (Redis has not seen the close yet, or the network is half-open). If
-        an event arrives then, Redis hands it to that dead read: it enters our pending list
-        and last-delivered-id moves past it. Reading our pending list ("0") is only exact
-        once that old read can no longer take anything, so kill it first; if the server
-        refuses CLIENT KILL (ACLs), wait out its BLOCK instead.
-        """
-        if stale_id is None:
-            return
-        try:
-            await self._control(stale_addr).client_kill_filter(_id=str(stale_id))
-        except TRANSIENT:
-            if stale_addr is None or stale_addr == self._reader_addr:
-                raise
-            # Sentinel, and the old server is unreachable: it is down or cut off, and no
-            # longer the master the sentinels name, so it hands us nothing more.
-            log.info("previous reader server %s:%d unreachable; not retiring there", *stale_addr)
-        except ResponseError as exc:
-            if "no such client" not in str(exc).lower():
-                log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
-                await asyncio.sleep(self._block_ms / 1000 + 0.05)
-
-    def _read_command(self, conn: Any, recovering: bool) -> list[bytes]:
-        """The packed XREADGROUP over every tailed stream, cached per tailed set.
-
-        Packing a command with a few hundred keys is most of the reader's CPU at a few
-        events per read, so it is packed once per change of the set and sent as is.
-        """
-        cache_key = (self._gen, recovering)
-        if self._packed_key != cache_key:
-            keys = list(self._tails)
-            ids = ["0" if recovering else ">"] * len(keys)
-            block = [] if recovering else ["BLOCK", self._block_ms]
-            self._packed = conn.pack_command(
-                "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self._read_count,
-                *block, "STREAMS", *keys, *ids,
-            )  # fmt: skip
-            self._packed_key = cache_key
-        return self._packed
-
-    def _fan_out(self, response: Any) -> dict[str, list[bytes]]:
+    def fan_out(self, response: Any) -> dict[str, list[bytes]]:
         """Hand each entry to every subscription of its stream; return ids to acknowledge."""
         if not response:
             return {}
@@ -854,12 +796,12 @@ class Hub:
                 sub.clear_buffer()
         # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
 
-    def _queue_acks(self, delivered: dict[str, list[bytes]]) -> None:
+    def queue_acks(self, delivered: dict[str, list[bytes]]) -> None:
         for key, ids in delivered.items():
             self._acks.setdefault(key, []).extend(ids)
         self._ack_wake.set()
 
-    async def _ack(self, delivered: dict[str, list[bytes]], client: aioredis.Redis) -> None:
+    async def ack(self, delivered: dict[str, list[bytes]], client: Client) -> None:
         if len(delivered) == 1:
             [(key, ids)] = delivered.items()
             # NOGROUP: the group went away, and its pending list with it.
@@ -885,7 +827,7 @@ class Hub:
             self._ack_wake.clear()
             pending, self._acks = self._acks, {}
             try:
-                await self._ack(pending, self._cmd)
+                await self.ack(pending, self._cmd)
             except TRANSIENT:
                 for key, ids in pending.items():  # they stay pending in Redis meanwhile
                     self._acks.setdefault(key, [])[:0] = ids
@@ -895,7 +837,7 @@ class Hub:
                 backoff.reset()
 
     async def _waker(self) -> None:
-        """Wake the reader with CLIENT UNBLOCK when the tailed set grew.
+        """Wake readers with CLIENT UNBLOCK when their tailed set grew.
 
         UNBLOCK only works once Redis has the XREADGROUP blocked: if the command is still
         on its way, it returns 0 and we try again shortly, until the reader has picked up
@@ -905,16 +847,16 @@ class Hub:
             await self._wake.wait()
             self._wake.clear()
             for _ in range(500):
-                reader_id = self._reader_id
-                if reader_id is None or self._reading_gen >= self._gen:
+                stale = [
+                    r for r in self._readers.values()
+                    if r.client_id is not None and r.reading_gen < r.gen
+                ]  # fmt: skip
+                if not stale:
                     break
-                if self._blocked:
-                    try:
-                        control = self._control(self._reader_addr)
-                        if await control.client_unblock(reader_id):
-                            break
-                    except TRANSIENT:
-                        break
+                for reader in stale:
+                    if reader.blocked and reader.client_id is not None:
+                        with contextlib.suppress(*TRANSIENT):
+                            await self.pinned(reader.addr).client_unblock(reader.client_id)
                 await asyncio.sleep(0.002)
 
 

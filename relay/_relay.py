@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 import urllib.parse
 from types import TracebackType
 from typing import Any, Self
@@ -18,8 +17,8 @@ from websockets.http11 import Request, Response
 
 from relay import _http
 from relay._connection import Connection
-from relay._hub import TRANSIENT, Hub, Stats
-from relay._redis import close_client, node_client_factory, redis_client
+from relay._hub import Hub, Stats
+from relay._redis import TRANSIENT, Client, close_client, node_client_factory, redis_client
 from relay._settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -28,16 +27,17 @@ log = logging.getLogger(__name__)
 class Relay:
     """One relay instance: ``async with Relay(settings) as relay: await relay.serve_forever()``.
 
-    ``client`` injects a ``redis.asyncio.Redis`` (its socket timeout must exceed
-    ``settings.block_ms``); otherwise one is made from ``settings.bus`` and closed with the
-    relay. ``close()`` is idempotent: it stops accepting, closes every connection with
-    ``code`` (1001 going away by default, 1012 for a restart) and stops tailing.
+    ``client`` injects a ``redis.asyncio.Redis`` on one server (its socket timeout must
+    exceed ``settings.block_ms``); otherwise one is made from ``settings.bus`` (any of its
+    connection forms) and closed with the relay. ``close()`` is idempotent: it stops
+    accepting, closes every connection with ``code`` (1001 going away by default, 1012 for a
+    restart) and stops tailing.
     """
 
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._own_client = client is None
-        self._client = client if client is not None else redis_client(settings.bus)
+        self._client: Client = client if client is not None else redis_client(settings.bus)
         self.stats = Stats()
         self.registry = CollectorRegistry(auto_describe=True)
         self._hub: Hub | None = None
@@ -69,7 +69,7 @@ class Relay:
             wait_timeout_ms=s.bus.wait_timeout_ms,
         )
         hub = self._hub
-        self.registry.register(_http.RelayCollector(self.stats, s.name, lambda: hub.tailed))
+        self.registry.register(_http.RelayCollector(self.stats, s.name, hub))
         await hub.start()
         # SO_REUSEPORT only when asked (workers): a single relay binds as it always did.
         listen: dict[str, Any] = {"reuse_port": True} if s.reuse_port else {}
@@ -207,10 +207,9 @@ class Relay:
     async def _healthz(self) -> Response:
         assert self._hub is not None
         redis_ok = await self._hub.ping()
-        reader_age = time.monotonic() - self.stats.last_read_s if self.stats.last_read_s else None
-        # The reader returns at least every block_ms; well past that it is stuck.
+        # A reader returns at least every block_ms; well past that it is stuck.
         stale_after = self.settings.block_ms / 1000 + self.settings.bus.socket_timeout_s + 5
-        reader_ok = self._hub.idle or (reader_age is not None and reader_age < stale_after)
+        reader_ok = self._hub.idle or self._hub.reader_age_s() < stale_after
         ok = redis_ok and reader_ok
         body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
@@ -221,6 +220,7 @@ class Relay:
             "connections": self.stats.connections,
             "subscriptions": self.stats.subscriptions,
             "tailed_streams": self._hub.tailed,
+            "readers": self._hub.readers,
             "hosts": await self._monitored_hosts() if redis_ok else [],
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relay._frames import Id, parse_id
-from relay._hub import Backoff
+from relay._redis import Backoff
 from rpa_bus import BusError, Forbidden, InvalidInput, parse_offset, parse_stream_name
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ import signal
 import sys
 
 from relay import RelaySettings
-from relay._hub import Backoff, cancel_and_wait
+from relay._hub import cancel_and_wait
+from relay._redis import Backoff
 
 log = logging.getLogger("rpa_bus.cli.relay")
 

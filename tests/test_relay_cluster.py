@@ -1,0 +1,231 @@
+"""The relay on a real Redis Cluster: 3 masters + 3 replicas started from redis-server.
+
+Sessions spread over every master; WebSocket clients on two relays (each its own consumer
+group) must get every event of every session exactly once, in stream order, while the
+relays read with one reader per active slot. Then the cluster changes under them: a
+bucket's slot moves to another master, and a master is killed (SIGKILL) and replaced by
+its replica. One cluster for the module; the tests that change the topology run last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+import redis
+
+from producer import Producer
+from relay import Relay
+from tests._cluster import LocalCluster, assert_each_once, running_cluster, tick_in_background
+from tests.conftest import UNIT_S
+from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
+
+INDEX = "sessions"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("relay-cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def relays(cluster: LocalCluster) -> AsyncIterator[list[Relay]]:
+    """Two relays on the cluster, delivering only what a replica holds (min_replicas=1)."""
+    started: list[Relay] = []
+    try:
+        for name in ("cl-a", "cl-b"):
+            settings = relay_settings(cluster.url, name=name)
+            bus = dataclasses.replace(settings.bus, min_replicas=1)
+            relay = Relay(settings.with_(bus=bus))
+            await relay.start()
+            started.append(relay)
+        yield started
+    finally:
+        for relay in started:
+            await close_relay(relay)
+
+
+def spread(cluster: LocalCluster, prefix: str, per_master: int) -> list[str]:
+    """Session ids whose streams live on every master, ``per_master`` on each."""
+    by_master: dict[int, list[str]] = {port: [] for port in cluster.masters()}
+    i = 0
+    while any(len(sids) < per_master for sids in by_master.values()):
+        sid = f"{prefix}-{i}"
+        i += 1
+        sids = by_master[cluster.master_of_key(KEYS.session(sid))]
+        if len(sids) < per_master:
+            sids.append(sid)
+    return [sid for sids in by_master.values() for sid in sids]
+
+
+def stream_ids(rc: redis.RedisCluster, stream: str) -> list[str]:
+    key = KEYS.sessions if stream == INDEX else KEYS.session(stream.removeprefix("session:"))
+    entries = cast(list[tuple[bytes, Any]], rc.xrange(key))
+    return [i.decode() for i, _ in entries]
+
+
+async def watch(url: str, streams: list[str]) -> Client:
+    """A client subscribed to ``streams`` from their start, each live before it returns."""
+    c = await Client.open(url)
+    for stream in streams:
+        await c.send(op="subscribe", stream=stream)
+    waiting = set(streams)
+    await c.until(
+        lambda f: f["type"] == "live" and not waiting.discard(f["stream"]) and not waiting
+    )
+    return c
+
+
+async def assert_exactly_once(c: Client, rc: redis.RedisCluster, streams: list[str]) -> None:
+    """What ``c`` received of each stream is exactly the stream: every id, once, in order,
+    with no gap or reset on the way."""
+    expected = {s: await asyncio.to_thread(stream_ids, rc, s) for s in streams}
+    done = {s for s in streams if c.ids(s)[-1:] == expected[s][-1:]}
+
+    def seen(frame: dict[str, Any]) -> bool:
+        stream = frame.get("stream")
+        if frame["type"] == "event" and frame["id"] == expected.get(stream, [None])[-1]:
+            done.add(cast(str, stream))
+        return done == set(streams)
+
+    if done != set(streams):
+        await c.until(seen, timeout_s=30)
+    for stream in streams:
+        assert c.ids(stream) == expected[stream], (
+            stream,
+            set(c.ids(stream)) ^ set(expected[stream]),
+        )
+    assert not [f for f in c.frames if f["type"] in ("gap", "reset")]
+
+
+def healthz(relay: Relay) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{relay.port}/healthz"
+    with urllib.request.urlopen(url, timeout=5 * UNIT_S) as response:
+        body: dict[str, Any] = orjson.loads(response.read())
+    return body
+
+
+async def test_two_relays_deliver_sessions_on_every_master_exactly_once(
+    cluster: LocalCluster, rc: redis.RedisCluster, relays: list[Relay], tmp_path: Path
+) -> None:
+    sids = spread(cluster, "spread", per_master=4)
+    streams = [INDEX, *(sid_stream(sid) for sid in sids)]
+    early = [await watch(relay.url, streams) for relay in relays]
+    # One reader per slot with tails: each session bucket, and the index's slot.
+    slots = {rc.keyslot(KEYS.session(sid)) for sid in sids} | {rc.keyslot(KEYS.sessions)}  # type: ignore[no-untyped-call]
+    for relay in relays:
+        body = await asyncio.to_thread(healthz, relay)
+        assert body["status"] == "ok", body
+        assert body["readers"] == len(slots), body
+    rounds = 60
+    with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
+        thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.01)
+        await asyncio.sleep(0.3)
+        late = [await watch(relay.url, streams) for relay in relays]  # replay, then live
+        await asyncio.to_thread(thread.join, 30 * UNIT_S)
+        assert not errors, errors
+        assert bus.flush(20 * UNIT_S), bus.last_error
+    await asyncio.to_thread(assert_each_once, rc, sids, rounds)
+    for c in [*early, *late]:
+        await assert_exactly_once(c, rc, streams)
+        await c.close()
+    # Every relay's group read every session, and acknowledged what it fanned out.
+    for relay in relays:
+        group = KEYS.relay_group(relay.settings.name)
+        deadline = time.monotonic() + 5 * UNIT_S
+        while await asyncio.to_thread(pending, rc, sids, group):
+            assert time.monotonic() < deadline, "entries left unacknowledged"
+            await asyncio.sleep(0.05)
+
+
+def pending(rc: redis.RedisCluster, sids: list[str], group: str) -> int:
+    total = 0
+    for sid in sids:
+        groups = cast(list[dict[str, Any]], rc.xinfo_groups(KEYS.session(sid)))
+        mine = [g for g in groups if g["name"].decode() == group]
+        assert mine, f"no group {group} on {sid}"
+        total += int(mine[0]["pending"])
+    return total
+
+
+async def test_readers_follow_a_bucket_moving_to_another_master(
+    cluster: LocalCluster, rc: redis.RedisCluster, relays: list[Relay], tmp_path: Path
+) -> None:
+    """A subscribed bucket's slot migrates mid-run (keys, consumer groups and pending
+    lists move with MIGRATE): the readers meet UNBLOCKED, TRYAGAIN and MOVED, refresh the
+    slot map, read on the new master, and clients miss and repeat nothing."""
+    bucket = KEYS.bucket_tag("move-0")
+    sids = [f"move-{i}" for i in range(400) if KEYS.bucket_tag(f"move-{i}") == bucket][:3]
+    sids += spread(cluster, "move-other", per_master=1)
+    streams = [sid_stream(sid) for sid in sids]
+    slot = int(rc.keyslot(KEYS.session(sids[0])))  # type: ignore[no-untyped-call]
+    source = cluster.master_of_slot(slot)
+    target = next(p for p in cluster.masters() if p != source)
+    clients = [await watch(relay.url, streams) for relay in relays]
+    rounds = 100
+    with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
+        thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.01)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(cluster.migrate_slot, slot, target, pause_s=0.05)
+        await asyncio.to_thread(thread.join, 30 * UNIT_S)
+        assert not errors, errors
+        assert bus.flush(20 * UNIT_S), bus.last_error
+    assert cluster.master_of_key(KEYS.session(sids[0])) == target
+    await asyncio.to_thread(assert_each_once, rc, sids, rounds)
+    for c in clients:
+        await assert_exactly_once(c, rc, streams)
+        await c.close()
+
+
+async def test_clients_resume_when_a_master_is_killed(
+    cluster: LocalCluster, relays: list[Relay], tmp_path: Path
+) -> None:
+    """SIGKILL the master of some subscribed sessions mid-run: its replica takes over, the
+    relays' readers for those slots reconnect to it, and with ``min_replicas=1`` on the
+    producer and the relays every client ends with exactly the surviving streams: nothing
+    acknowledged is lost, nothing is delivered twice (not even an entry the dead master
+    took and its replica never got). The killed node comes back as a replica."""
+    cluster.wait_healthy(time.monotonic() + 30 * UNIT_S)
+    sids = spread(cluster, "kill", per_master=3)
+    streams = [INDEX, *(sid_stream(sid) for sid in sids)]
+    victim = cluster.master_of_key(KEYS.session(sids[0]))
+    early = [await watch(relay.url, streams) for relay in relays]
+    rounds = 150
+    with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
+        thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.02)
+        await asyncio.sleep(1.0)
+        cluster.kill(victim)
+        await asyncio.to_thread(cluster.wait_replaced, victim, time.monotonic() + 20 * UNIT_S)
+        late = [await watch(relay.url, streams) for relay in relays]
+        cluster.nodes[victim].start()  # rejoins as a replica, so WAIT can count one again
+        await asyncio.to_thread(thread.join, 60 * UNIT_S)
+        assert not errors, errors
+        assert bus.flush(30 * UNIT_S), bus.last_error
+    fresh = redis.RedisCluster(host="127.0.0.1", port=cluster.masters()[0], socket_timeout=5.0)
+    try:
+        await asyncio.to_thread(assert_each_once, fresh, sids, rounds)
+        for c in [*early, *late]:
+            await assert_exactly_once(c, fresh, streams)
+            await c.close()
+    finally:
+        fresh.close()
+    for relay in relays:
+        body = await asyncio.to_thread(healthz, relay)
+        assert body["status"] == "ok", body
