@@ -20,10 +20,18 @@ from typing import Any, cast
 import orjson
 import pytest
 import redis
+from redis.crc import key_slot
 
 from producer import Producer
 from relay import Relay
-from tests._cluster import LocalCluster, assert_each_once, running_cluster, tick_in_background
+from tests._cluster import (
+    LocalCluster,
+    assert_each_once,
+    free_ports,
+    running_cluster,
+    tick_in_background,
+)
+from tests._service import Service, running_service
 from tests.conftest import UNIT_S
 from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
@@ -75,6 +83,10 @@ def spread(cluster: LocalCluster, prefix: str, per_master: int) -> list[str]:
     return [sid for sids in by_master.values() for sid in sids]
 
 
+def slot_of(key: str) -> int:
+    return key_slot(key.encode())
+
+
 def stream_ids(rc: redis.RedisCluster, stream: str) -> list[str]:
     key = KEYS.sessions if stream == INDEX else KEYS.session(stream.removeprefix("session:"))
     entries = cast(list[tuple[bytes, Any]], rc.xrange(key))
@@ -87,9 +99,13 @@ async def watch(url: str, streams: list[str]) -> Client:
     for stream in streams:
         await c.send(op="subscribe", stream=stream)
     waiting = set(streams)
-    await c.until(
-        lambda f: f["type"] == "live" and not waiting.discard(f["stream"]) and not waiting
-    )
+
+    def all_live(frame: dict[str, Any]) -> bool:
+        if frame["type"] == "live":
+            waiting.discard(frame["stream"])
+        return not waiting
+
+    await c.until(all_live)
     return c
 
 
@@ -101,8 +117,8 @@ async def assert_exactly_once(c: Client, rc: redis.RedisCluster, streams: list[s
 
     def seen(frame: dict[str, Any]) -> bool:
         stream = frame.get("stream")
-        if frame["type"] == "event" and frame["id"] == expected.get(stream, [None])[-1]:
-            done.add(cast(str, stream))
+        if frame["type"] == "event" and stream in expected and frame["id"] in expected[stream][-1:]:
+            done.add(stream)
         return done == set(streams)
 
     if done != set(streams):
@@ -129,7 +145,7 @@ async def test_two_relays_deliver_sessions_on_every_master_exactly_once(
     streams = [INDEX, *(sid_stream(sid) for sid in sids)]
     early = [await watch(relay.url, streams) for relay in relays]
     # One reader per slot with tails: each session bucket, and the index's slot.
-    slots = {rc.keyslot(KEYS.session(sid)) for sid in sids} | {rc.keyslot(KEYS.sessions)}  # type: ignore[no-untyped-call]
+    slots = {slot_of(KEYS.session(sid)) for sid in sids} | {slot_of(KEYS.sessions)}
     for relay in relays:
         body = await asyncio.to_thread(healthz, relay)
         assert body["status"] == "ok", body
@@ -158,7 +174,7 @@ async def test_two_relays_deliver_sessions_on_every_master_exactly_once(
 def pending(rc: redis.RedisCluster, sids: list[str], group: str) -> int:
     total = 0
     for sid in sids:
-        groups = cast(list[dict[str, Any]], rc.xinfo_groups(KEYS.session(sid)))
+        groups: list[dict[str, Any]] = rc.xinfo_groups(KEYS.session(sid))
         mine = [g for g in groups if g["name"].decode() == group]
         assert mine, f"no group {group} on {sid}"
         total += int(mine[0]["pending"])
@@ -175,7 +191,7 @@ async def test_readers_follow_a_bucket_moving_to_another_master(
     sids = [f"move-{i}" for i in range(400) if KEYS.bucket_tag(f"move-{i}") == bucket][:3]
     sids += spread(cluster, "move-other", per_master=1)
     streams = [sid_stream(sid) for sid in sids]
-    slot = int(rc.keyslot(KEYS.session(sids[0])))  # type: ignore[no-untyped-call]
+    slot = slot_of(KEYS.session(sids[0]))
     source = cluster.master_of_slot(slot)
     target = next(p for p in cluster.masters() if p != source)
     clients = [await watch(relay.url, streams) for relay in relays]
@@ -191,6 +207,48 @@ async def test_readers_follow_a_bucket_moving_to_another_master(
     await asyncio.to_thread(assert_each_once, rc, sids, rounds)
     for c in clients:
         await assert_exactly_once(c, rc, streams)
+        await c.close()
+
+
+def test_up_serves_the_cluster(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """``rpa-bus up --demo --redis-url redis+cluster://...``: relay, monitor and demo jobs
+    on the cluster; a subscriber follows a demo session to its end; SIGTERM exits 0."""
+    [port] = free_ports(1)
+    args = ["up", "--demo", "--port", str(port), "--redis-url", cluster.url,
+            "--host-name", "up-cluster", "--interval", "0.5"]  # fmt: skip
+    with running_service(args, port=port, folder=tmp_path) as up:
+        sid = asyncio.run(_follow_a_demo_session(up))
+        assert stream_ids(rc, sid_stream(sid))
+        deadline = time.monotonic() + 10 * UNIT_S
+        while not rc.xlen(KEYS.monitor("up-cluster")):
+            assert time.monotonic() < deadline, "the monitor wrote no sample"
+            time.sleep(0.1)
+
+
+async def _follow_a_demo_session(up: Service) -> str:
+    """Subscribe to the index (new entries), then to the first demo session that starts,
+    from its start; return its id once it ended."""
+    c = await Client.open(up.ws_url)
+    try:
+        await c.send(op="subscribe", stream=INDEX, **{"from": "$"})
+        started = await c.until(lambda f: f.get("data", {}).get("type") == "started", 20)
+        sid: str = started["data"]["session"]
+        await c.send(op="subscribe", stream=sid_stream(sid))
+        await c.until(lambda f: f["type"] == "live" and f["stream"] == sid_stream(sid))
+        # One reader for the index's slot, one for the session's bucket (unless they share).
+        slots = {slot_of(KEYS.sessions), slot_of(KEYS.session(sid))}
+        assert (await asyncio.to_thread(up.health))["readers"] == len(slots)
+        await c.until(
+            lambda f: (
+                f["stream"] == sid_stream(sid)
+                and f.get("data", {}).get("type") in ("finished", "failed")
+            ),
+            timeout_s=90,
+        )
+        return sid
+    finally:
         await c.close()
 
 

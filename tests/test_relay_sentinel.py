@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,10 +23,9 @@ import redis.asyncio as aioredis
 from producer import AsyncProducer
 from relay import Relay
 from tests._cluster import LocalSentinel, free_ports, running_sentinel
+from tests._service import Service, running_service
 from tests.conftest import UNIT_S
 from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
-
-RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 
 
 @pytest.fixture(scope="module")
@@ -121,42 +116,76 @@ def test_relay_command_serves_through_sentinel(sentinel: LocalSentinel, tmp_path
     """``rpa-bus relay`` with a ``redis+sentinel://`` URL: healthy, and a subscriber gets a
     session's events."""
     [port] = free_ports(1)
-    env = {
-        "PATH": str(Path(sys.executable).parent),
-        "RPA_BUS_REDIS_URL": sentinel.url,
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
-    proc = subprocess.Popen(
-        [RPA_BUS, "relay", "--port", str(port), "--name", "cli-sentinel"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    args = ["relay", "--port", str(port), "--name", "cli-sentinel"]
+    with running_service(
+        args, port=port, folder=tmp_path, env={"RPA_BUS_REDIS_URL": sentinel.url}
+    ) as relay:
+        assert relay.health()["name"] == "cli-sentinel"
+        asyncio.run(_one_session(sentinel, relay.ws_url, tmp_path))
+
+
+def test_up_follows_a_sentinel_failover(sentinel: LocalSentinel, tmp_path: Path) -> None:
+    """``rpa-bus up --demo --redis-url redis+sentinel://...`` with RPA_BUS_MIN_REPLICAS=1:
+    relay, monitor and demo jobs on the Sentinel-watched service. A forced failover later,
+    the relay is healthy again, its subscribers get demo events that the new master holds
+    (without min_replicas they may also see writes the demoted master took and then lost),
+    and the monitor samples into it; SIGTERM exits 0."""
+    [port] = free_ports(1)
+    args = ["up", "--demo", "--port", str(port), "--redis-url", sentinel.url,
+            "--host-name", "up-sentinel", "--interval", "0.5"]  # fmt: skip
+    env = {"RPA_BUS_MIN_REPLICAS": "1"}
+    with running_service(args, port=port, folder=tmp_path, env=env) as up:
+        asyncio.run(_through_a_failover(sentinel, up))
+
+
+async def _through_a_failover(group: LocalSentinel, up: Service) -> None:
+    c = await Client.open(up.ws_url)
     try:
+        await c.send(op="subscribe", stream="sessions")
+        started = await c.until(lambda f: f.get("data", {}).get("type") == "started", 20)
+        # Follow that demo session, and every one that starts later.
+        await c.send(op="subscribe", stream=sid_stream(started["data"]["session"]), **{"from": "$"})
+        old = await asyncio.to_thread(group.current_master)
+        await asyncio.to_thread(group.failover)
         deadline = time.monotonic() + 20 * UNIT_S
-        body: dict[str, Any] = {}
+        while (new := await asyncio.to_thread(group.current_master)) == old:
+            assert time.monotonic() < deadline, "Sentinel did not fail over"
+            await asyncio.sleep(0.05)
+        switched_ms = int(time.time() * 1000)
+        await asyncio.to_thread(up.wait_healthy)
+
+        async def follow(f: dict[str, Any]) -> None:
+            if f.get("data", {}).get("type") == "started" and f["stream"] == "sessions":
+                stream = sid_stream(f["data"]["session"])
+                await c.send(op="subscribe", stream=stream, **{"from": "$"})
+
+        # A demo event written on the new master reaches the subscriber.
         while True:
-            try:
-                body = orjson.loads(_get(f"http://127.0.0.1:{port}/healthz"))
-            except OSError:
-                body = {}
-            if body.get("status") == "ok":
+            f = await c.recv(30)
+            await follow(f)
+            if f["type"] == "event" and int(f["id"].split("-")[0]) > switched_ms:
                 break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"relay not healthy: {body}"
-            time.sleep(0.1)
-        assert body["name"] == "cli-sentinel"
-        asyncio.run(_one_session(sentinel, f"ws://127.0.0.1:{port}/ws", tmp_path))
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        client = aioredis.Redis(port=new, socket_timeout=5.0)
         try:
-            assert proc.wait(10 * UNIT_S) == 0
+            key = (
+                KEYS.sessions
+                if f["stream"] == "sessions"
+                else KEYS.session(f["stream"].removeprefix("session:"))
+            )
+            assert await client.xrange(key, f["id"], f["id"])
+            # And the monitor samples into the new master.
+            while True:
+                newest = cast(
+                    list[Any], await client.xrevrange(KEYS.monitor("up-sentinel"), count=1)
+                )
+                if newest and int(newest[0][0].split(b"-")[0]) > switched_ms:
+                    break
+                assert time.monotonic() < deadline + 30 * UNIT_S, "no monitor sample since"
+                await asyncio.sleep(0.1)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+            await client.aclose()
+    finally:
+        await c.close()
 
 
 async def _one_session(group: LocalSentinel, url: str, spool: Path) -> None:
