@@ -2,7 +2,8 @@
 
 One ``Hub`` per relay instance. It owns
 
-- a command client (a small pool) for XRANGE pages, HGETALL, XGROUP, XACK, CLIENT UNBLOCK;
+- a command client (a small pool) for XRANGE pages, HGETALL, XGROUP and XACK, and for
+  CLIENT UNBLOCK/KILL on one server (with Sentinel and Cluster, clients pinned to a node);
 - the readers (``relay._reader``): on one server ONE, with a dedicated connection running
   one blocking XREADGROUP over every tailed stream (``>``); on a Redis Cluster one per
   active hash slot, each over that slot's streams on the master serving it. A reader is
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from relay import _frames as F
 from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
@@ -199,7 +200,7 @@ class Tail:
         self.key = key
         self.meta = meta
         self.name = name
-        self.slot = slot  # the cluster hash slot (its reader's), None on one server
+        self.slot = slot  # the cluster hash slot (its reader's); None unless on a cluster
         self.prefix = F.event_prefix(name)
         self.subs: set[Subscription] = set()
         # With min_replicas: every entry up to this id is known to be on enough replicas
@@ -247,7 +248,8 @@ class Hub:
             raise ValueError("a Redis Cluster client needs node_client (see relay._redis)")
         self._controls: dict[Address, aioredis.Redis] = {}
         self._refresh_lock = asyncio.Lock()
-        self._map_stale = False  # re-read the cluster's slot map before the next pinned call
+        # Re-read the cluster's slot map before the next pinned call (first: not read yet).
+        self._map_stale = self._cluster is not None
         # Deliver only what this many replicas hold (see ``Reader._await_replicas``).
         self.min_replicas = min_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -264,9 +266,13 @@ class Hub:
         self._readers: dict[int | None, Reader] = {}
         self._acks: dict[str, list[bytes]] = {}
         self._ack_wake = asyncio.Event()
-        # Group creation and removal are serialised, so a key is never dropped while a new
-        # subscriber is creating its group.
-        self._lock = asyncio.Lock()
+        # Group creation and removal are serialised per slot (one lock on one server), so a
+        # key is never dropped while a new subscriber is creating its group, and a cluster
+        # reader never ends while a tail is being added to its slot. Per slot, so a master
+        # that is slow to answer holds up only its own slots.
+        self._locks: collections.defaultdict[int | None, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
         self._wake = asyncio.Event()
         self._up = False
         # Outages are numbered (a subscriber is told once each): the counter, and the number
@@ -288,21 +294,28 @@ class Hub:
         if self._cluster is None:
             self._reader_for(None)  # one reader for everything, idle until a subscription
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("relay %s task failed", task.get_name(), exc_info=task.exception())
+            # A reader that failed (a bug) must not leave its streams unread: a new one
+            # takes over its tails, after a pause so that a bug cannot spin.
+            for slot, reader in list(self._readers.items()):
+                if reader.task is task and not self.closed:
+                    self._start_reader(slot, reader, delay_s=1.0)
 
     async def close(self) -> None:
         self.closed = True
         for reader in self._readers.values():
             reader.changed.set()
         await cancel_and_wait(list(self._tasks))
+        self._readers.clear()
         for control in self._controls.values():
             await control.aclose()
         self._controls.clear()
@@ -324,16 +337,34 @@ class Hub:
         """Nothing is tailed: no reader is expected to return (healthz: not stale)."""
         return not self._tails
 
+    @property
+    def readers_down(self) -> int:
+        """Readers whose last read failed (on a cluster: slots in an outage)."""
+        return sum(1 for r in self._readers.values() if r.tails and not r.up)
+
     def reader_age_s(self) -> float:
-        """Seconds since the stalest reader with streams to read last returned."""
+        """Seconds since the stalest reader with streams to read last returned, leaving out
+        readers in a known outage (they retry with backoff; ``readers_down`` counts them)."""
         now = time.monotonic()
-        return max((now - r.last_read_s for r in self._readers.values() if r.tails), default=0.0)
+        ages = (now - r.last_read_s for r in self._readers.values() if r.tails and r.up)
+        return max(ages, default=0.0)
 
     async def ping(self) -> bool:
+        """Whether Redis answers: the server, or on a cluster any master (one lost master
+        is a partial outage of its slots, reported per slot, not the relay's)."""
         try:
-            return bool(await self._cmd.ping())
+            if self._cluster is None:
+                return bool(await self._cmd.ping())
+            await self._fresh_map()
         except TRANSIENT:
             return False
+        for node in self._cluster.get_primaries():
+            try:
+                if await self._cluster.ping(target_nodes=node):
+                    return True
+            except TRANSIENT:
+                continue
+        return False
 
     # -- servers --------------------------------------------------------------------------
 
@@ -374,6 +405,17 @@ class Hub:
         refresh, not one each."""
         cluster = self._cluster
         assert cluster is not None
+        await self._fresh_map()
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+        except (KeyError, IndexError) as exc:  # no slot map yet, or a hole in it
+            self._map_stale = True
+            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
+        return (str(node.host), int(node.port))
+
+    async def _fresh_map(self) -> None:
+        cluster = self._cluster
+        assert cluster is not None
         if self._map_stale:
             async with self._refresh_lock:
                 if self._map_stale:
@@ -383,8 +425,6 @@ class Hub:
                     except BaseException:
                         self._map_stale = True
                         raise
-        node = cluster.nodes_manager.get_node_from_slot(slot)
-        return (str(node.host), int(node.port))
 
     async def _slot_client(self, key: str) -> Client:
         """The client for a MULTI over one slot's keys: the command client, or on a cluster
@@ -400,8 +440,17 @@ class Hub:
     def _reader_for(self, slot: int | None) -> Reader:
         reader = self._readers.get(slot)
         if reader is None:
-            reader = self._readers[slot] = Reader(self, slot)
-            self._spawn(reader.run(), "relay-reader" if slot is None else f"relay-reader:{slot}")
+            reader = self._start_reader(slot)
+        return reader
+
+    def _start_reader(
+        self, slot: int | None, failed: Reader | None = None, delay_s: float = 0.0
+    ) -> Reader:
+        reader = self._readers[slot] = Reader(self, slot)
+        if failed is not None:
+            reader.tails, reader.leaving = failed.tails, failed.leaving
+        name = "relay-reader" if slot is None else f"relay-reader:{slot}"
+        reader.task = self._spawn(reader.run(delay_s), name)
         return reader
 
     def reader_done(self, reader: Reader) -> None:
@@ -433,6 +482,7 @@ class Hub:
         """A reader's read failed. On a cluster only its slot is out: only its subscribers
         are told, and other slots' readers going on do not end the outage."""
         if reader.slot is None:
+            reader.up = False
             self.mark_down(exc)
             return
         if reader.up or reader.outage == 0:
@@ -450,8 +500,8 @@ class Hub:
                     self.notify_unavailable(sub, reader.outage)
 
     def reader_up(self, reader: Reader) -> None:
-        if reader.slot is not None and not reader.up:
-            if reader.outage:
+        if not reader.up:
+            if reader.outage and reader.slot is not None:
                 log.warning("slot %d reachable again; reading resumes", reader.slot)
             reader.up = True
         self.mark_up()
@@ -468,16 +518,31 @@ class Hub:
     async def _retrying(self, sub: Subscription, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run a Redis call for ``sub`` until it succeeds, telling it once per outage."""
         backoff = Backoff()
+        slot = self._slot(self._keys.key_for(sub.ref))
+        outage = 0  # on a cluster: the number this subscription is told (once per call)
         while True:
             try:
                 result = await call()
             except TRANSIENT as exc:
-                self.slots_changed()
-                self.mark_down(exc)
-                self.notify_unavailable(sub)
+                if slot is None:
+                    self.mark_down(exc)
+                    self.notify_unavailable(sub)
+                else:
+                    # Only this slot may be out: tell this subscriber, not the relay's
+                    # others (its slot's reader tells its own), and refresh the slot map.
+                    self.slots_changed()
+                    reader = self._readers.get(slot)
+                    if reader is not None and reader.outage and not reader.up:
+                        outage = reader.outage
+                    elif not outage:
+                        self._outages += 1
+                        outage = self._outages
+                    log.debug("slot %d unavailable for %s (%s); retrying", slot, sub.name, exc)
+                    self.notify_unavailable(sub, outage)
                 await asyncio.sleep(backoff.next_s())
             else:
-                self.mark_up()
+                if slot is None:
+                    self.mark_up()
                 return result
 
     # -- subscriptions --------------------------------------------------------------------
@@ -499,7 +564,7 @@ class Hub:
             tail.subs.discard(sub)
             if not tail.subs:
                 reader = self._readers[tail.slot]
-                reader.idle.add(tail.key)
+                reader.leaving.add(tail.key)
                 reader.changed.set()  # the reader drops idle tails between reads
 
     async def _subscribe(self, sub: Subscription, from_id: Id | None, epoch: str | None) -> None:
@@ -670,10 +735,10 @@ class Hub:
     async def _attach(self, sub: Subscription) -> None:
         """Register ``sub`` on its stream's tail, creating the tail and our group if new."""
         key = self._keys.key_for(sub.ref)
-        async with self._lock:
+        slot = self._slot(key)
+        async with self._locks[slot]:
             tail = self._tails.get(key)
             if tail is None:
-                slot = self._slot(key)
                 confirmed = ZERO_ID
                 if self.min_replicas:
                     confirmed = await self._create_group_replicated(key, slot)
@@ -714,23 +779,23 @@ class Hub:
 
     async def drop_idle(self, reader: Reader) -> None:
         """Stop tailing ``reader``'s streams whose last subscriber left."""
-        if not reader.idle:
+        if not reader.leaving:
             return
-        async with self._lock:
-            for key in list(reader.idle):
+        async with self._locks[reader.slot]:
+            for key in list(reader.leaving):
                 tail = self._tails.get(key)
                 if tail is not None and not tail.subs:
                     await self._drop_group(keys=[key, tail.meta or key], args=[self.group])
                     del self._tails[key]
                     del reader.tails[key]
                     reader.gen += 1
-                reader.idle.discard(key)
+                reader.leaving.discard(key)
 
     async def repair_groups(self, reader: Reader) -> None:
         """After NOGROUP/UNBLOCKED: recreate our group where it is gone on ``reader``'s
         streams and re-check their subscriptions (the stream was recreated, or Redis lost
         it)."""
-        async with self._lock:
+        async with self._locks[reader.slot]:
             for tail in list(reader.tails.values()):
                 try:
                     await self._cmd.xgroup_create(tail.key, self.group, "$", mkstream=True)
@@ -847,17 +912,20 @@ class Hub:
             await self._wake.wait()
             self._wake.clear()
             for _ in range(500):
+                # Readers in an outage are skipped: their next read is built afresh.
                 stale = [
                     r for r in self._readers.values()
-                    if r.client_id is not None and r.reading_gen < r.gen
+                    if r.client_id is not None and r.up and r.reading_gen < r.gen
                 ]  # fmt: skip
                 if not stale:
                     break
-                for reader in stale:
-                    if reader.blocked and reader.client_id is not None:
-                        with contextlib.suppress(*TRANSIENT):
-                            await self.pinned(reader.addr).client_unblock(reader.client_id)
+                await asyncio.gather(*(self._unblock(r) for r in stale if r.blocked))
                 await asyncio.sleep(0.002)
+
+    async def _unblock(self, reader: Reader) -> None:
+        if reader.client_id is not None:
+            with contextlib.suppress(*TRANSIENT):
+                await self.pinned(reader.addr).client_unblock(reader.client_id)
 
 
 def _field_e(fields: Any) -> bytes | None:

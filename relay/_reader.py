@@ -39,13 +39,14 @@ class Reader:
         self.hub = hub
         self.slot = slot
         self.tails: dict[str, Tail] = {}
-        self.idle: set[str] = set()  # tailed keys whose last subscriber left
+        self.leaving: set[str] = set()  # tailed keys whose last subscriber left
         self.gen = 0  # bumped when ``tails`` changes
         self.reading_gen = -1  # the generation the current call was built from
         self.blocked = False  # a ">" read is (about to be) blocked in Redis
         self.client_id: int | None = None  # the connection's CLIENT ID, for UNBLOCK
         self.addr: Address | None = None  # its server, when control commands are pinned
         self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
         self.up = False  # the last read succeeded (cluster: this slot's availability)
         self.outage = 0  # the number of its current/last outage (see ``Hub.reader_down``)
         # For /healthz: a reader that has not returned for long is stuck.
@@ -59,8 +60,9 @@ class Reader:
         where = "all" if self.slot is None else f"slot {self.slot}"
         return f"<Reader {where} tails={len(self.tails)}>"
 
-    async def run(self) -> None:
+    async def run(self, delay_s: float = 0.0) -> None:
         try:
+            await asyncio.sleep(delay_s)
             await self._loop()
         finally:
             await self._close_client()
@@ -131,7 +133,9 @@ class Reader:
                 hub.reader_up(self)
                 backoff.reset()
             except TRANSIENT as exc:
-                if self.client_id is not None:
+                # Keep the oldest unretired connection: a newer one failing before its
+                # first read (in _retire, say) cannot have taken entries.
+                if stale_id is None and self.client_id is not None:
                     stale_id, stale_addr = self.client_id, self.addr
                 self.client_id = None
                 hub.slots_changed()
@@ -223,7 +227,10 @@ class Reader:
         once that old read can no longer take anything, so kill it first; if the server
         refuses CLIENT KILL (ACLs), wait out its BLOCK instead.
         """
-        if stale_id is None:
+        if stale_id is None or (stale_id, stale_addr) == (self.client_id, self.addr):
+            # Nothing to retire, or the "new" connection is the old one, still open (the
+            # failure was a reply such as MOVED or CLUSTERDOWN, not a drop): killing it
+            # would only force another reconnect. Client ids are never reused by a server.
             return
         hub = self.hub
         try:

@@ -41,7 +41,8 @@ Client = aioredis.Redis | aioredis.RedisCluster
 # MOVED/ASK (MovedError is an AskError) reach only the node-pinned clients (RedisCluster
 # follows them itself), TRYAGAIN comes with a slot migration, CLUSTERDOWN/MASTERDOWN with
 # a failover; RedisClusterException is what redis-py raises when no node answers its
-# slot-map refresh or a slot has no master yet (SlotNotCoveredError).
+# slot-map refresh or a slot has no master yet (SlotNotCoveredError). (Its subclass for
+# cross-slot transactions cannot arise: the relay runs no transaction through RedisCluster.)
 TRANSIENT: tuple[type[BaseException], ...] = (
     rx.ConnectionError,
     rx.TimeoutError,

@@ -221,6 +221,7 @@ class Relay:
             "subscriptions": self.stats.subscriptions,
             "tailed_streams": self._hub.tailed,
             "readers": self._hub.readers,
+            "readers_down": self._hub.readers_down,
             "hosts": await self._monitored_hosts() if redis_ok else [],
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -133,8 +134,11 @@ async def assert_exactly_once(c: Client, rc: redis.RedisCluster, streams: list[s
 
 def healthz(relay: Relay) -> dict[str, Any]:
     url = f"http://127.0.0.1:{relay.port}/healthz"
-    with urllib.request.urlopen(url, timeout=5 * UNIT_S) as response:
-        body: dict[str, Any] = orjson.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=5 * UNIT_S) as response:
+            body: dict[str, Any] = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503: the body says why
+        body = orjson.loads(exc.read())
     return body
 
 
@@ -287,3 +291,26 @@ async def test_clients_resume_when_a_master_is_killed(
     for relay in relays:
         body = await asyncio.to_thread(healthz, relay)
         assert body["status"] == "ok", body
+
+
+async def test_a_cluster_that_never_answered_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """No seed node answers when the relay starts (and so no slot map was ever read): it
+    starts anyway, a subscriber is told ``unavailable`` and stays connected, and /healthz
+    says 503 with ``redis`` false. Needs no cluster: the seed ports are closed."""
+    dead = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    settings = relay_settings(dead, name="cl-dead")
+    relay = Relay(settings.with_(bus=dataclasses.replace(settings.bus, min_replicas=1)))
+    await relay.start()
+    try:
+        c = await Client.open(relay.url)
+        await c.send(op="subscribe", stream=sid_stream("nobody-home"))
+        frame = await c.expect("error", timeout_s=10)
+        assert frame["code"] == "unavailable"
+        await c.send(op="ping")
+        await c.expect("pong")  # still connected, nothing crashed
+        body = await asyncio.to_thread(healthz, relay)
+        assert body["status"] == "unavailable"
+        assert body["redis"] is False
+        await c.close()
+    finally:
+        await close_relay(relay)
