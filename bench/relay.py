@@ -429,10 +429,22 @@ def envelope(pad: str, t_ns: int = 0) -> bytes:
     return encode(make("log", message="m", data={"t": t_ns, "pad": pad}))
 
 
-async def paced_writer(redis_url: str, sessions: int, rate: int, seconds: float, pad: str) -> int:
+def writer_client(redis_url: str) -> Any:
+    """A plain asyncio client for one server, or a ``RedisCluster`` for a cluster URL."""
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode
 
-    r = aioredis.Redis.from_url(redis_url, protocol=2)
+    from rpa_bus import parse_redis_url
+
+    target = parse_redis_url(redis_url)
+    if target.topology == "cluster":
+        nodes = [ClusterNode(h, p) for h, p in target.hosts]
+        return aioredis.RedisCluster(startup_nodes=nodes, protocol=2)
+    return aioredis.Redis.from_url(redis_url, protocol=2)
+
+
+async def paced_writer(redis_url: str, sessions: int, rate: int, seconds: float, pad: str) -> int:
+    r = writer_client(redis_url)
     keys = [KEYS.session(f"s{s}") for s in range(sessions)]
     n = int(rate * seconds)
     start = time.perf_counter()
@@ -447,9 +459,7 @@ async def paced_writer(redis_url: str, sessions: int, rate: int, seconds: float,
 
 
 async def blast_writer(redis_url: str, sessions: int, n: int, pad: str, key_of: Any = None) -> None:
-    import redis.asyncio as aioredis
-
-    r = aioredis.Redis.from_url(redis_url, protocol=2)
+    r = writer_client(redis_url)
     keys = [KEYS.session(f"s{s}") for s in range(sessions)]
     raw = envelope(pad)
     for start in range(0, n, 1000):
