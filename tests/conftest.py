@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from rpa_bus.cli._embedded import EmbeddedRedis, ServerNotFound, find_server_binary
+from tests._cluster import LocalCluster, running
 from tests._proxy import FaultProxy
 
 # One scaled unit for every wait in the tests: raise RPA_BUS_TEST_UNIT on a slow machine.
@@ -58,3 +60,21 @@ def spool_dir(tmp_path: Path) -> Path:
     path = tmp_path / "spool"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3+3 Redis Cluster, one per test module that asks (a module that kills a
+    master leaves the topology changed for its own later tests only)."""
+    with running(LocalCluster, tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
+    """A sync cluster client for checking what a test left in the cluster."""
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -10,12 +10,10 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import pytest
 import redis
 
 from monitor import Monitor, MonitorSettings
@@ -27,7 +25,6 @@ from rpa_bus.cli._ops import connect, list_sessions, redis_info
 from tests._cluster import (
     LocalCluster,
     assert_each_once,
-    running_cluster,
     tick_in_background,
     ticks,
     types,
@@ -37,21 +34,6 @@ from tests.conftest import UNIT_S
 KEYS = Keys()
 _BIN = Path(sys.executable).parent / "rpa-bus"
 RPA_BUS = str(_BIN) if _BIN.exists() else "rpa-bus"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
-
-
-@pytest.fixture
-def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def index_entries(client: redis.RedisCluster, prefix: str) -> list[tuple[str, str]]:

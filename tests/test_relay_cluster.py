@@ -14,7 +14,7 @@ import dataclasses
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +29,6 @@ from tests._cluster import (
     LocalCluster,
     assert_each_once,
     free_ports,
-    running_cluster,
     tick_in_background,
 )
 from tests._service import Service, running_service
@@ -37,21 +36,6 @@ from tests.conftest import UNIT_S
 from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
 INDEX = "sessions"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("relay-cluster")) as c:
-        yield c
-
-
-@pytest.fixture
-def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
-    client = redis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0], socket_timeout=5.0)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

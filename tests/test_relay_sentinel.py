@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from producer import AsyncProducer
 from relay import Relay
-from tests._cluster import LocalSentinel, free_ports, running_sentinel
+from tests._cluster import LocalSentinel, free_ports, running
 from tests._service import Service, running_service
 from tests.conftest import UNIT_S
 from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
@@ -30,7 +30,7 @@ from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, 
 
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
-    with running_sentinel(tmp_path_factory.mktemp("relay-sentinel")) as group:
+    with running(LocalSentinel, tmp_path_factory.mktemp("relay-sentinel")) as group:
         yield group
 
 

@@ -21,7 +21,7 @@ from monitor import Monitor, MonitorSettings
 from producer import AsyncProducer, Producer
 from rpa_bus import Keys, Settings
 from rpa_bus.cli._ops import connect, list_sessions
-from tests._cluster import LocalSentinel, running_sentinel
+from tests._cluster import LocalSentinel, running
 from tests.conftest import UNIT_S
 
 KEYS = Keys()
@@ -29,7 +29,7 @@ KEYS = Keys()
 
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
-    with running_sentinel(tmp_path_factory.mktemp("sentinel")) as group:
+    with running(LocalSentinel, tmp_path_factory.mktemp("sentinel")) as group:
         yield group
 
 
