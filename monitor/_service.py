@@ -16,22 +16,25 @@ import threading
 import time
 from typing import Any
 
-import redis
-
 from monitor._alerts import Alert, AlertBook, Rule
 from monitor._bus import BusProbe
 from monitor._host import HostSampler
 from monitor._settings import MonitorSettings
-from monitor._throttle import Throttle
 from monitor._writer import ProducerWriter, Writer
 from producer import Producer
-from producer._connect import SyncClient, close_sync, sync_client
 from rpa_bus import Envelope, make, now_ts
+from rpa_bus.redisio import (
+    REDIS_FAILURES,
+    RateLimitedLog,
+    SyncClient,
+    close_sync,
+    is_retryable,
+    sync_client,
+)
 
 log = logging.getLogger(__name__)
 
 # What a bus probe may fail with while Redis is away; anything else is a bug and raises.
-RETRYABLE = (redis.RedisError, OSError)
 
 
 def rules_of(settings: MonitorSettings) -> list[Rule]:
@@ -111,8 +114,8 @@ class Monitor:
         self._stop = threading.Event()
         self._closed = False
         self._seq = 0
-        self._down = Throttle(log)
-        self._late = Throttle(log)
+        self._down = RateLimitedLog(log)
+        self._late = RateLimitedLog(log)
         self.skipped = 0
 
     def run(self) -> None:
@@ -135,7 +138,7 @@ class Monitor:
             if late > 0:
                 self.skipped += late
                 n += late
-                self._late.warn("sampling overran its interval: skipped %d sample(s)", late)
+                self._late.warning("sampling overran its interval: skipped %d sample(s)", late)
 
     @property
     def seq(self) -> int:
@@ -165,8 +168,10 @@ class Monitor:
                 stall_after_s=self.settings.stall_after_s,
                 stalled=[s for m, s in self.alerts.firing() if m == "stalled"],
             )
-        except RETRYABLE as exc:
-            self._down.warn("bus probe failed, sampling the host only: %r", exc)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise  # WRONGTYPE, a script error, a bad password: a bug or a misconfiguration
+            self._down.warning("bus probe failed, sampling the host only: %r", exc)
             data["bus"] = {"reachable": False}
         else:
             self._down.recovered("bus probe works again")

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from producer._async import AsyncProducer, AsyncSession
 from producer._core import ProducerClosed
-from producer._retry import is_retryable
 from producer._sync import Producer, Session
+from rpa_bus.redisio import is_retryable
 
 __all__ = [
     "AsyncProducer",

@@ -13,10 +13,9 @@ from typing import Any, cast
 import redis
 import redis.asyncio as aredis
 
-from producer._connect import AsyncClient, async_client, close_async, node_kwargs
 from producer._core import BaseProducer, BaseSession, Batch
-from producer._retry import Backoff
 from rpa_bus import BusError, ConfigMismatch, Envelope, Settings
+from rpa_bus.redisio import AsyncClient, Backoff, async_client, async_node_client, close_async
 
 log = logging.getLogger("producer")
 
@@ -175,7 +174,7 @@ class AsyncProducer(BaseProducer):
                     continue
                 except (redis.RedisError, OSError) as exc:
                     self._failed(batch, exc)
-                    await self._pause(backoff.delay())
+                    await self._pause(backoff.next_s())
                     continue
                 backoff.reset()
                 self._recovered()
@@ -287,6 +286,6 @@ class AsyncProducer(BaseProducer):
     def _node(self, name: str, node: Any) -> aredis.Redis:
         client = self._nodes.get(name)
         if client is None:
-            client = aredis.Redis(host=node.host, port=node.port, **node_kwargs(self.settings))
+            client = async_node_client(self.settings, (node.host, node.port))
             self._nodes[name] = client
         return client

@@ -23,7 +23,6 @@ import orjson
 from redis import exceptions as rx
 
 from producer._journal import Item, Journal, adopt_all
-from producer._retry import RateLimitedLog, is_retryable
 from producer._script import APPEND_LUA, APPEND_SHA, INDEX_LUA, INDEX_MAXLEN, INDEX_SHA
 from rpa_bus import (
     STATE_FIELDS,
@@ -47,6 +46,7 @@ from rpa_bus import (
     validate_session_id,
     validate_type,
 )
+from rpa_bus.redisio import RateLimitedLog, is_retryable
 
 log = logging.getLogger("producer")
 

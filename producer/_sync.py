@@ -14,10 +14,9 @@ from typing import Any, cast
 
 import redis
 
-from producer._connect import SyncClient, close_sync, sync_client
 from producer._core import BaseProducer, BaseSession, Batch
-from producer._retry import Backoff
 from rpa_bus import ConfigMismatch, Settings
+from rpa_bus.redisio import Backoff, SyncClient, close_sync, sync_client
 
 log = logging.getLogger("producer")
 
@@ -163,7 +162,7 @@ class Producer(BaseProducer):
                     continue
                 except (redis.RedisError, OSError) as exc:
                     self._failed(batch, exc)
-                    self._pause(backoff.delay())
+                    self._pause(backoff.next_s())
                     continue
                 backoff.reset()
                 self._recovered()

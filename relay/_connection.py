@@ -34,8 +34,9 @@ from websockets.protocol import State
 
 from relay import _frames as F
 from relay._auth import Grant, verify_token
-from relay._hub import Hub, Stats, Subscription, cancel_and_wait
+from relay._hub import Hub, Stats, Subscription
 from rpa_bus import Forbidden, InvalidOffset, InvalidStreamName, parse_offset, parse_stream_name
+from rpa_bus.redisio import cancel_and_wait
 
 if TYPE_CHECKING:
     from relay._settings import RelaySettings

@@ -45,8 +45,16 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 from relay import _frames as F
 from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._reader import Reader
-from relay._redis import TRANSIENT, Address, Backoff, Client, NodeClient
 from rpa_bus import Keys, StreamRef, state_from_meta
+from rpa_bus.redisio import (
+    REDIS_FAILURES,
+    Address,
+    AsyncClient,
+    Backoff,
+    NodeClient,
+    cancel_and_wait,
+    is_retryable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +94,6 @@ return last[1][1]
 """
 
 ACK_INTERVAL_S = 0.01
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until each is done.
-
-    Cancels again while one is still running: on Python 3.11 a cancel that lands inside a
-    library's ``asyncio.wait_for`` (redis-py wraps every socket read in one) can be
-    swallowed, leaving a task that would otherwise run on forever. Our own cancellation
-    still propagates (``asyncio.wait`` does not swallow it).
-    """
-    pending = [t for t in tasks if not t.done()]
-    while pending:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.1)
-        pending = [t for t in pending if not t.done()]
 
 
 class Sink(Protocol):
@@ -222,7 +214,7 @@ class Hub:
     def __init__(
         self,
         *,
-        client: Client,
+        client: AsyncClient,
         keys: Keys,
         name: str,
         stats: Stats,
@@ -245,7 +237,9 @@ class Hub:
         # readers. None (one server): the command client does.
         self._node_client = node_client
         if self._cluster is not None and node_client is None:
-            raise ValueError("a Redis Cluster client needs node_client (see relay._redis)")
+            raise ValueError(
+                "a Redis Cluster client needs node_client (rpa_bus.redisio.node_client_factory)"
+            )
         self._controls: dict[Address, aioredis.Redis] = {}
         self._refresh_lock = asyncio.Lock()
         # Re-read the cluster's slot map before the next pinned call (first: not read yet).
@@ -356,13 +350,17 @@ class Hub:
             if self._cluster is None:
                 return bool(await self._cmd.ping())
             await self._fresh_map()
-        except TRANSIENT:
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
             return False
         for node in self._cluster.get_primaries():
             try:
                 if await self._cluster.ping(target_nodes=node):
                     return True
-            except TRANSIENT:
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
                 continue
         return False
 
@@ -426,7 +424,7 @@ class Hub:
                         self._map_stale = True
                         raise
 
-    async def _slot_client(self, key: str) -> Client:
+    async def _slot_client(self, key: str) -> AsyncClient:
         """The client for a MULTI over one slot's keys: the command client, or on a cluster
         one pinned to the slot's master (redis-py's cluster transactions pass routing
         arguments into reply callbacks and fail on HGETALL and XRANGE)."""
@@ -523,7 +521,9 @@ class Hub:
         while True:
             try:
                 result = await call()
-            except TRANSIENT as exc:
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
                 if slot is None:
                     self.mark_down(exc)
                     self.notify_unavailable(sub)
@@ -866,7 +866,7 @@ class Hub:
             self._acks.setdefault(key, []).extend(ids)
         self._ack_wake.set()
 
-    async def ack(self, delivered: dict[str, list[bytes]], client: Client) -> None:
+    async def ack(self, delivered: dict[str, list[bytes]], client: AsyncClient) -> None:
         if len(delivered) == 1:
             [(key, ids)] = delivered.items()
             # NOGROUP: the group went away, and its pending list with it.
@@ -893,7 +893,9 @@ class Hub:
             pending, self._acks = self._acks, {}
             try:
                 await self.ack(pending, self._cmd)
-            except TRANSIENT:
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
                 for key, ids in pending.items():  # they stay pending in Redis meanwhile
                     self._acks.setdefault(key, [])[:0] = ids
                 self._ack_wake.set()
@@ -924,8 +926,11 @@ class Hub:
 
     async def _unblock(self, reader: Reader) -> None:
         if reader.client_id is not None:
-            with contextlib.suppress(*TRANSIENT):
+            try:
                 await self.pinned(reader.addr).client_unblock(reader.client_id)
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
 
 
 def _field_e(fields: Any) -> bytes | None:

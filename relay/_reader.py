@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from relay._redis import TRANSIENT, Address, Backoff
+from rpa_bus.redisio import REDIS_FAILURES, Address, Backoff, is_retryable
 
 if TYPE_CHECKING:
     from relay._hub import Hub, Tail
@@ -89,7 +89,7 @@ class Reader:
                     recovering = True
                 if repair:
                     # Here, not in the except clause below: a transient error while
-                    # repairing must reach the TRANSIENT handler like any other.
+                    # repairing must reach the transient-error handler like any other.
                     await hub.repair_groups(self)
                     repair = False
                 await hub.drop_idle(self)
@@ -132,7 +132,12 @@ class Reader:
                     recovering = False
                 hub.reader_up(self)
                 backoff.reset()
-            except TRANSIENT as exc:
+            except REDIS_FAILURES as exc:
+                if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                    repair = True
+                    continue
+                if not is_retryable(exc):
+                    raise
                 # Keep the oldest unretired connection: a newer one failing before its
                 # first read (in _retire, say) cannot have taken entries.
                 if stale_id is None and self.client_id is not None:
@@ -141,11 +146,6 @@ class Reader:
                 hub.slots_changed()
                 hub.reader_down(self, exc)
                 await asyncio.sleep(backoff.next_s())
-            except ResponseError as exc:
-                if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                    repair = True
-                else:
-                    raise
 
     async def _connect(self) -> aioredis.Redis:
         """The reader's connection, (re)connected to the server its streams live on."""
@@ -235,16 +235,17 @@ class Reader:
         hub = self.hub
         try:
             await hub.pinned(stale_addr).client_kill_filter(_id=str(stale_id))
-        except TRANSIENT:
-            if stale_addr is None or stale_addr == self.addr:
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc) and isinstance(exc, ResponseError):
+                if "no such client" not in str(exc).lower():
+                    log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
+                    await asyncio.sleep(hub.block_ms / 1000 + 0.05)
+                return
+            if not is_retryable(exc) or stale_addr is None or stale_addr == self.addr:
                 raise
             # Sentinel or Cluster, and the old server is unreachable: it is down or cut
             # off, and no longer the master of these streams, so it hands us nothing more.
             log.info("previous reader server %s:%d unreachable; not retiring there", *stale_addr)
-        except ResponseError as exc:
-            if "no such client" not in str(exc).lower():
-                log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
-                await asyncio.sleep(hub.block_ms / 1000 + 0.05)
 
     def _read_command(self, conn: Any, recovering: bool) -> list[bytes]:
         """The packed XREADGROUP over every tail of this reader, cached per tailed set.

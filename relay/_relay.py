@@ -18,8 +18,16 @@ from websockets.http11 import Request, Response
 from relay import _http
 from relay._connection import Connection
 from relay._hub import Hub, Stats
-from relay._redis import TRANSIENT, Client, close_client, node_client_factory, redis_client
 from relay._settings import RelaySettings
+from rpa_bus.redisio import (
+    REDIS_FAILURES,
+    AsyncClient,
+    async_client,
+    check_config_async,
+    close_async,
+    is_retryable,
+    node_client_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,7 @@ class Relay:
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._own_client = client is None
-        self._client: Client = client if client is not None else redis_client(settings.bus)
+        self._client: AsyncClient = client if client is not None else async_client(settings.bus)
         self.stats = Stats()
         self.registry = CollectorRegistry(auto_describe=True)
         self._hub: Hub | None = None
@@ -96,12 +104,11 @@ class Relay:
         down: the relay starts anyway and serves once Redis is back."""
         keys = self.settings.bus.keys
         try:
-            await self._client.hsetnx(keys.config, "buckets", str(keys.buckets))
-            stored = await self._client.hgetall(keys.config)
-        except TRANSIENT as exc:
+            await check_config_async(self._client, keys)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
             log.warning("Redis unavailable at start (%s); the relay retries in the background", exc)
-            return
-        keys.check_config({_text(k): _text(v) for k, v in stored.items()})
 
     @property
     def port(self) -> int:
@@ -127,7 +134,7 @@ class Relay:
             if self._hub is not None:
                 await self._hub.close()
             if self._own_client:
-                await close_client(self._client)
+                await close_async(self._client)
             log.info("relay %s closed", self.settings.name)
 
     async def wait_closed(self) -> None:
@@ -231,7 +238,9 @@ class Relay:
         host charts. Names only: their samples still need a grant for ``monitor:HOST``."""
         try:
             names = await self._client.hkeys(self.settings.bus.keys.monitors)
-        except TRANSIENT:
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
             return []
         return sorted(_text(name) for name in names)
 

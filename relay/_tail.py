@@ -16,8 +16,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from relay._frames import Id, parse_id
-from relay._redis import Backoff
 from rpa_bus import BusError, Forbidden, InvalidInput, parse_offset, parse_stream_name
+from rpa_bus.redisio import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def tail(
     last: Id | None = None if offset is None else (offset.ms, offset.seq)
     resume_from = from_id
     target = ws_url(url, token)
-    backoff = Backoff(base_s=0.1, cap_s=max_backoff_s)
+    backoff = Backoff(initial_s=0.1, max_s=max_backoff_s)
     while True:
         try:
             async with connect(target, open_timeout=open_timeout_s, max_size=None) as ws:

@@ -10,7 +10,7 @@
 
 Single-server forms are passed to redis-py's ``from_url`` unchanged (it owns their
 query options); Sentinel and Cluster forms are parsed here into hosts, credentials,
-service and db, which the client factories (``producer._connect``, the relay's own) hand to
+service and db, which the client factories (``rpa_bus.redisio``) hand to
 redis-py's ``Sentinel(...).master_for(...)`` and ``RedisCluster(startup_nodes=...)``.
 ``user:pass`` is the data nodes' (masters and replicas); the sentinels themselves are
 reached without credentials. Bad forms raise ``ConfigError`` naming the problem.

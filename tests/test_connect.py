@@ -13,9 +13,9 @@ import redis.asyncio as aredis
 from redis.sentinel import SentinelConnectionPool
 
 from producer import Producer
-from producer._connect import async_client, close_async, close_sync, sync_client
 from rpa_bus import Keys, Settings, Unavailable
 from rpa_bus.cli._embedded import EmbeddedRedis
+from rpa_bus.redisio import async_client, close_async, close_sync, sync_client
 from tests.conftest import UNIT_S
 
 _BIN = Path(sys.executable).parent / "rpa-bus"

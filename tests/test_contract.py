@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import pathlib
 import zlib
 
@@ -259,12 +260,41 @@ def test_contract_is_pure() -> None:
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in {"redis", "asyncio", "websockets"}, (path, name)
+                assert not name.startswith("rpa_bus.redisio"), (path, name)
 
 
-@pytest.mark.parametrize("package", ["rpa_bus", "producer", "relay", "monitor"])
+PACKAGES = ("rpa_bus", "producer", "relay", "monitor")
+
+
+def test_no_module_imports_another_packages_private_module() -> None:
+    """Parts meet through each other's public names (``__init__``), never a ``_private``
+    module of another package: shared plumbing lives in ``rpa_bus.redisio``."""
+    offenders = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            own = ".".join(path.relative_to(ROOT).parent.parts)
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                for name in names:
+                    parts = name.split(".")
+                    private = [i for i, part in enumerate(parts) if part.startswith("_")]
+                    if not private or parts[0] not in PACKAGES:
+                        continue
+                    home = ".".join(parts[: private[0]])
+                    if home != own:
+                        offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("package", [*PACKAGES, "rpa_bus.redisio"])
 def test_all_is_honest(package: str) -> None:
     """__all__ names exactly the public names (its order is ruff's RUF022 job)."""
-    module = __import__(package)
+    module = importlib.import_module(package)
     exported = getattr(module, "__all__", [])
     assert len(exported) == len(set(exported))
     for name in exported:

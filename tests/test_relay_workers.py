@@ -23,8 +23,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from relay._hub import cancel_and_wait
 from rpa_bus.cli._embedded import free_port
+from rpa_bus.redisio import cancel_and_wait
 from tests.conftest import UNIT_S
 from tests.test_relay_support import Writer, sid_stream
 

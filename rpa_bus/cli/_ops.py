@@ -10,8 +10,8 @@ from typing import Any, cast
 import orjson
 import redis
 
-from producer._connect import SyncClient, sync_client
 from rpa_bus import Keys, Settings, state_from_meta
+from rpa_bus.redisio import SyncClient, sync_client
 
 # What redis-py returns for XRANGE/XREVRANGE on a client without decode_responses.
 Entries = list[tuple[bytes, dict[bytes, bytes]]]

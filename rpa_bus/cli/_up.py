@@ -17,7 +17,6 @@ import typer
 from redis import exceptions as rx
 
 from monitor import MonitorSettings
-from producer._connect import close_sync
 from relay import RelaySettings
 from rpa_bus import (
     DEFAULT_REDIS_URL,
@@ -39,6 +38,7 @@ from rpa_bus.cli._ops import (
     list_sessions,
     redis_info,
 )
+from rpa_bus.redisio import close_sync
 
 RedisUrl = Annotated[
     str | None,

@@ -23,8 +23,7 @@ import signal
 import sys
 
 from relay import RelaySettings
-from relay._hub import cancel_and_wait
-from relay._redis import Backoff
+from rpa_bus.redisio import Backoff, cancel_and_wait
 
 log = logging.getLogger("rpa_bus.cli.relay")
 
@@ -81,7 +80,7 @@ class Supervisor:
 
     async def _keep_running(self, name: str) -> None:
         loop = asyncio.get_running_loop()
-        backoff = Backoff(base_s=0.5, cap_s=30.0)
+        backoff = Backoff(initial_s=0.5, max_s=30.0)
         env = _worker_env(self.settings, name)
         argv = [sys.executable, "-c", "from rpa_bus.cli import main; main()", *self._argv_tail]
         while not self._stop.is_set():

@@ -1,0 +1,155 @@
+"""Which Redis failures are transient, how long to wait before trying again, and how
+often to say so in the log: the one policy every part (producer, relay, monitor, CLI,
+workers) applies.
+
+Careful: ``redis.exceptions.ConnectionError`` and ``TimeoutError`` are not the builtins of
+the same name; both trees are listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from redis import exceptions as rx
+
+# Server replies that mean "not now": the same command may succeed later, unchanged.
+_TRANSIENT_REPLIES = frozenset(
+    {
+        "LOADING",
+        "BUSY",
+        "READONLY",
+        "OOM",
+        "MISCONF",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "NOREPLICAS",
+    }
+)
+
+# Transient by type: Redis unreachable, slow, restarting or failing over. The cluster ones
+# are "not now, or not here": MOVED/ASK (MovedError is an AskError) reach only node-pinned
+# clients (RedisCluster follows them itself), TRYAGAIN comes with a slot migration,
+# CLUSTERDOWN/MASTERDOWN with a failover, and SlotNotCoveredError while a slot has no
+# master yet. ``RedisClusterException`` itself is what redis-py raises when no node answers
+# its slot-map refresh.
+RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    rx.BusyLoadingError,
+    rx.ReadOnlyError,
+    rx.OutOfMemoryError,
+    rx.AskError,
+    rx.TryAgainError,
+    rx.ClusterDownError,
+    rx.MasterDownError,
+    rx.SlotNotCoveredError,
+    ConnectionError,  # the builtin, an OSError
+    TimeoutError,  # the builtin
+    OSError,
+)
+
+# Errors that will not heal by waiting: a bad password, a missing ACL permission, a bug in
+# how a command was built (a cross-slot transaction, a broken pipeline).
+_PERMANENT_TYPES: tuple[type[BaseException], ...] = (
+    rx.AuthenticationError,
+    rx.AuthorizationError,
+    rx.NoPermissionError,
+    rx.CrossSlotTransactionError,
+    rx.InvalidPipelineStack,
+)
+
+# What a guarded boundary catches before asking ``is_retryable``: everything Redis or the
+# socket can raise (RedisClusterException is not a RedisError). Anything else (a TypeError,
+# a KeyError) is a bug and is not caught.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (rx.RedisError, rx.RedisClusterException, OSError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True if the failure is transient: the same command may succeed later.
+
+    Authentication and permission failures and malformed commands are permanent. A refusal
+    such as WRONGTYPE or a script error is permanent too: it is a bug or a misconfiguration
+    and must surface, not be retried forever. A retry is always safe for the bus's appends
+    (they are idempotent); the caller decides what else to do.
+    """
+    if isinstance(exc, _PERMANENT_TYPES):
+        return False
+    if isinstance(exc, RETRYABLE_TYPES):
+        return True
+    if isinstance(exc, rx.RedisClusterException):
+        return True  # no node answered the slot-map refresh
+    if isinstance(exc, rx.ResponseError):
+        return str(exc).split(" ", 1)[0] in _TRANSIENT_REPLIES
+    return False
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; ``reset()`` after a success.
+
+    Each wait is uniform in [d/2, d]; d starts at ``initial_s`` and grows by ``factor`` up
+    to ``max_s``. The jitter keeps many clients that lost one server from returning to it
+    in lockstep.
+    """
+
+    def __init__(self, *, initial_s: float = 0.05, max_s: float = 2.0, factor: float = 2.0):
+        if not 0 < initial_s <= max_s or factor < 1:
+            raise ValueError("Backoff needs 0 < initial_s <= max_s and factor >= 1")
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.factor = factor
+        self._next = initial_s
+
+    def reset(self) -> None:
+        self._next = self.initial_s
+
+    def next_s(self) -> float:
+        """The next wait in seconds; the one after it is longer, up to the cap."""
+        d = self._next
+        self._next = min(self.max_s, d * self.factor)
+        return random.uniform(d / 2, d)
+
+
+class RateLimitedLog:
+    """Log a repeated condition at most once per ``interval_s``, with a count of the rest.
+
+    ``recovered()`` logs the end of the condition once, if it was reported, and re-arms.
+    """
+
+    def __init__(self, logger: logging.Logger, *, interval_s: float = 30.0) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    @property
+    def active(self) -> bool:
+        """True once the condition was reported and has not recovered since."""
+        return self._last > -float("inf")
+
+    def __call__(self, level: int, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._logger.log(level, msg, *args)
+        self._last = now
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        self(logging.WARNING, msg, *args)
+
+    def recovered(self, msg: str, *args: object) -> None:
+        """Log the end of the condition once, if it was reported; re-arm."""
+        if self.active:
+            self._logger.info(msg, *args)
+        self.reset()
+
+    def reset(self) -> None:
+        self._last = -float("inf")
+        self._suppressed = 0

@@ -1,0 +1,118 @@
+"""The shared I/O room: one classifier, one backoff, the P:config handshake (real Redis)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+import redis.asyncio as aredis
+from redis import exceptions as rx
+from redis.asyncio.retry import Retry as AsyncRetry
+
+from relay import Relay, RelaySettings
+from rpa_bus import ConfigMismatch, Keys, Settings
+from rpa_bus.redisio import (
+    Backoff,
+    RateLimitedLog,
+    async_client,
+    check_config,
+    check_config_async,
+    close_async,
+    is_retryable,
+)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        rx.ConnectionError("refused"),
+        rx.TimeoutError("slow"),
+        ConnectionRefusedError(),
+        TimeoutError(),
+        rx.BusyLoadingError("LOADING Redis is loading the dataset in memory"),
+        rx.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        rx.ResponseError("MASTERDOWN Link with MASTER is down"),
+        rx.ResponseError("NOREPLICAS Not enough good replicas to write"),
+        rx.ReadOnlyError("READONLY You can't write against a read only replica."),
+        rx.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        rx.RedisClusterException("no node answered"),
+    ],
+)
+def test_transient_failures_are_retryable(exc: BaseException) -> None:
+    assert is_retryable(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        rx.ResponseError("ERR Error running script (call to f_x): user_script:1: oops"),
+        rx.AuthenticationError("invalid username-password pair"),
+        rx.NoPermissionError("NOPERM this user has no permissions"),
+        rx.CrossSlotTransactionError("keys in different slots"),
+        ValueError("a bug"),
+        KeyError("a bug"),
+    ],
+)
+def test_permanent_failures_are_not(exc: BaseException) -> None:
+    assert not is_retryable(exc)
+
+
+def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
+    b = Backoff(initial_s=0.1, max_s=0.8)
+    waits = [b.next_s() for _ in range(6)]
+    assert 0.05 <= waits[0] <= 0.1
+    assert all(0.4 <= w <= 0.8 for w in waits[3:]), waits
+    b.reset()
+    assert b.next_s() <= 0.1
+    with pytest.raises(ValueError, match="initial_s"):
+        Backoff(initial_s=2, max_s=1)
+
+
+def test_rate_limited_log_reports_once_then_counts(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimitedLog(logging.getLogger("t"), interval_s=3600)
+    with caplog.at_level(logging.INFO, logger="t"):
+        for _ in range(5):
+            rl.warning("down: %s", "x")
+        rl.recovered("back")
+        rl.recovered("back")  # once only
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["down: x", "back"]
+
+
+def test_config_handshake_first_writer_wins(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert check_config(client, Keys(buckets=64)) == {"buckets": "64"}
+        with pytest.raises(ConfigMismatch, match="RPA_BUS_BUCKETS=64"):
+            check_config(client, Keys(buckets=256))
+        assert client.hgetall("rpa:config") == {b"buckets": b"64"}
+    finally:
+        client.close()
+
+
+async def test_config_handshake_async(redis_url: str) -> None:
+    client = async_client(Settings(redis_url=redis_url))
+    try:
+        assert await check_config_async(client, Keys()) == {"buckets": "256"}
+        with pytest.raises(ConfigMismatch):
+            await check_config_async(client, Keys(buckets=16))
+    finally:
+        await close_async(client)
+
+
+async def test_async_clients_get_the_asyncio_retry() -> None:
+    """redis.asyncio awaits its Retry's failure callbacks: a sync Retry would never run."""
+    for url in ("redis://127.0.0.1:1/0", "redis+sentinel://127.0.0.1:1/svc"):
+        client = async_client(Settings(redis_url=url))
+        assert isinstance(client, aredis.Redis)
+        kwargs = client.connection_pool.connection_kwargs
+        assert isinstance(kwargs["retry"], AsyncRetry), url
+        await close_async(client)
+    # The relay's own client too (it once had a factory of its own with the sync Retry).
+    relay = Relay(RelaySettings(bus=Settings(redis_url="redis://127.0.0.1:1/0")))
+    kwargs = relay._client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    assert isinstance(kwargs["retry"], AsyncRetry)
+    relay.close()
+    await relay.wait_closed()
