@@ -8,6 +8,7 @@ COPY rpa_bus ./rpa_bus
 COPY producer ./producer
 COPY relay ./relay
 COPY monitor ./monitor
+COPY workers ./workers
 RUN pip install . && useradd --system --uid 10001 rpabus
 USER rpabus
 ENV XDG_STATE_HOME=/tmp/rpa-bus-state

@@ -263,7 +263,7 @@ def test_contract_is_pure() -> None:
                 assert not name.startswith("rpa_bus.redisio"), (path, name)
 
 
-PACKAGES = ("rpa_bus", "producer", "relay", "monitor")
+PACKAGES = ("rpa_bus", "producer", "relay", "monitor", "workers")
 
 
 def test_no_module_imports_another_packages_private_module() -> None:
