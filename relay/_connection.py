@@ -93,7 +93,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._failure: BaseException | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- Sink -----------------------------------------------------------------------------
 
@@ -182,11 +182,17 @@ class Connection:
             raise self._failure
 
     async def _shutdown(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for sub in list(self.subs.values()):
             await self.hub.stop_subscription(sub)
         self.stats.subscriptions -= len(self.subs)
         self.subs.clear()
         await cancel_and_wait(list(self._tasks))
+        if self._expiry is not None:  # again: an ``auth`` may have armed it meanwhile
+            self._expiry.cancel()
+            self._expiry = None
         self.stats.queued_frames -= len(self.queue)
         self.stats.queued_bytes -= self.queued_bytes
         self.queue.clear()
@@ -259,7 +265,7 @@ class Connection:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
         token = query.get("token", [None])[-1]
         if token is not None:
-            self._auth(token)
+            await self._auth(token)
         streams = query.get("stream")
         if streams:
             await self._subscribe(
@@ -287,7 +293,7 @@ class Connection:
         elif name == "ping":
             self.put_control(F.PONG)
         elif name == "auth":
-            self._auth(op.get("token"))
+            await self._auth(op.get("token"))
         elif name is None:
             self.put_control(F.error(F.BAD_REQUEST, "missing 'op'"))
         else:
@@ -296,24 +302,57 @@ class Connection:
                         "unsubscribe, auth or ping")
             )  # fmt: skip
 
-    def _auth(self, token: object) -> None:
+    async def _auth(self, token: object) -> None:
+        """Replace the connection's grant. Every subscription the new grant does not cover
+        ends now (``forbidden``); those it covers live until the later of the two expiries.
+        A refused token changes nothing: the previous grant and its subscriptions stay."""
         if self.secret is None:
             return  # no secret: auth is off, every token is accepted and ignored
         try:
-            self.grant = verify_token(self.secret, token)
+            grant = verify_token(self.secret, token)
         except Forbidden as exc:
             self.put_control(F.error(F.FORBIDDEN, str(exc)))
             return
+        self.grant = grant
+        revoked: list[Subscription] = []
+        for sub in self.subs.values():
+            if grant.allows(sub.name):
+                sub.expires_s = max(sub.expires_s or 0.0, grant.expires_s)
+            else:
+                revoked.append(sub)
+        for sub in revoked:
+            await self._end(sub, f"new token does not grant {sub.name}")
+        self._schedule_expiry()
+
+    async def _end(self, sub: Subscription, message: str) -> None:
+        """End ``sub`` for want of a grant: stop it first, so that nothing of it follows
+        the ``forbidden`` frame."""
+        if self.subs.get(sub.name) is not sub:
+            return  # already ended (unsubscribed, replaced, or ended by another path)
+        await self._drop(sub)
+        self.put_control(F.error(F.FORBIDDEN, message, sub.name))
+
+    def _schedule_expiry(self) -> None:
+        """Arm one timer for the earliest expiry among the subscriptions."""
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = self.spawn(self._expire(self.grant), "token-expiry")
+            self._expiry = None
+        due = [s.expires_s for s in self.subs.values() if s.expires_s is not None]
+        if due:
+            delay = max(0.0, min(due) - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
-    async def _expire(self, grant: Grant) -> None:
-        """When the token expires, end the subscriptions it granted."""
-        await asyncio.sleep(max(0.0, grant.expires_s - time.time()))
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        self.spawn(self._expire_due(), "token-expiry")
+
+    async def _expire_due(self) -> None:
+        """End every subscription whose grant has expired, then re-arm for the rest."""
         for sub in list(self.subs.values()):
-            self.put_control(F.error(F.FORBIDDEN, "token expired", sub.name))
-            await self._drop(sub)
+            # Checked one by one: an ``auth`` landing meanwhile may have extended it.
+            if sub.expires_s is not None and sub.expires_s <= time.time():
+                await self._end(sub, "token expired")
+        self._schedule_expiry()
 
     async def _subscribe(self, op: dict[str, Any]) -> None:
         raw_name = op.get("stream")
@@ -340,6 +379,9 @@ class Connection:
                             "\"token\": ...} or connect with ?token=", name)
                 )  # fmt: skip
                 return
+            if time.time() >= self.grant.expires_s:
+                self.put_control(F.error(F.FORBIDDEN, "token expired", name))
+                return
             if not self.grant.allows(name):
                 self.put_control(F.error(F.FORBIDDEN, f"token does not grant {name}", name))
                 return
@@ -355,6 +397,9 @@ class Connection:
         sub = Subscription(self, ref)
         self.subs[name] = sub
         self.stats.subscriptions += 1
+        if self.grant is not None:
+            sub.expires_s = self.grant.expires_s
+            self._schedule_expiry()
         from_id = None if offset is None else (offset.ms, offset.seq)
         self.hub.start_subscription(sub, from_id=from_id, epoch=epoch or None)
 

@@ -156,6 +156,7 @@ class Subscription:
         "buffer",
         "buffer_bytes",
         "epoch",
+        "expires_s",
         "last",
         "mode",
         "name",
@@ -182,6 +183,8 @@ class Subscription:
         self.notified_outage = 0
         # How the current replay ends, for the replays metric: live, gap, reset, catch_up.
         self.outcome = "live"
+        # With auth on: when the grant that admitted it (or a later one covering it) expires.
+        self.expires_s: float | None = None
 
     def clear_buffer(self) -> None:
         self.buffer.clear()

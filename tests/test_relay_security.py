@@ -1,0 +1,121 @@
+"""Relay security (issue 12): grants over time, hostile input, floods and odd HTTP.
+
+Real Redis, real WebSocket clients, real HTTP over sockets; waits are bounded by UNIT_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from relay import Relay, mint_token
+from tests.conftest import UNIT_S
+from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
+
+__all__ = ["relay", "writer"]
+
+SECRET = "test-secret-that-is-long-enough-for-hs256!"
+Q1, Q2 = "session:quote-1", "session:quote-2"
+
+
+@pytest.fixture
+async def secure_relay(redis_url: str) -> AsyncIterator[Relay]:
+    settings = relay_settings(redis_url)
+    r = Relay(settings.with_(bus=settings.bus.with_(secret=SECRET)))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await close_relay(r)
+
+
+def token(*streams: str, ttl_s: float = 600.0) -> str:
+    return mint_token(SECRET, streams, ttl_s=ttl_s)
+
+
+async def no_frame_of(c: Client, stream: str, kind: str, within_s: float) -> None:
+    """Assert that no frame of type ``kind`` for ``stream`` arrives within ``within_s``."""
+    deadline = time.monotonic() + within_s * UNIT_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            frame = await c.recv(left / UNIT_S)
+        except TimeoutError:
+            return
+        assert not (frame["type"] == kind and frame.get("stream") == stream), frame
+
+
+# -- grants over time (item 1) ------------------------------------------------------------
+
+
+async def test_reauth_ends_subscriptions_the_new_token_does_not_grant(
+    secure_relay: Relay, writer: Writer
+) -> None:
+    c = await Client.open(f"{secure_relay.url}?token={token(Q1, Q2)}")
+    for stream in (Q1, Q2):
+        await c.send(op="subscribe", stream=stream)
+        await c.until(lambda f, s=stream: f["type"] == "live" and f["stream"] == s)
+    await c.send(op="auth", token=token(Q1))
+    refused = await c.expect("error")
+    assert refused["code"] == "forbidden"
+    assert refused["stream"] == Q2
+    await writer.add(Q2)
+    last = await writer.add(Q1)
+    # quote-1 goes on; nothing more of quote-2 arrives, before or after quote-1's event.
+    frames = []
+    await c.until(lambda f: frames.append(f) or f.get("id") == last)
+    assert [f for f in frames if f.get("stream") == Q2] == []
+    await no_frame_of(c, Q2, "event", 0.3)
+    assert secure_relay.stats.subscriptions == 1
+    await c.close()
+
+
+async def test_subscription_lives_no_longer_than_the_grant_that_admitted_it(
+    secure_relay: Relay, writer: Writer
+) -> None:
+    # The admitting token expires in ~2 units; a later long token for another stream must
+    # not extend it: quote-2 ends (forbidden) no later than its own token's expiry.
+    short = mint_token(SECRET, [Q2], ttl_s=2 * UNIT_S)
+    c = await Client.open(f"{secure_relay.url}?token={short}&stream={Q2}")
+    await c.expect("live")
+    started = time.monotonic()
+    await c.send(op="auth", token=token("session:other"))
+    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q2, 4)
+    assert ended["code"] == "forbidden"
+    assert time.monotonic() - started < 3 * UNIT_S
+    await writer.add(Q2)
+    await no_frame_of(c, Q2, "event", 0.3)
+    await c.close()
+
+
+async def test_expiry_applies_per_subscription_after_reauth(
+    secure_relay: Relay, writer: Writer
+) -> None:
+    # quote-1 and quote-2 admitted by a short token; a long token re-grants quote-1 only:
+    # quote-2 ends at once, quote-1 outlives the short token. A refused token changes nothing.
+    short = mint_token(SECRET, [Q1, Q2], ttl_s=2 * UNIT_S)
+    c = await Client.open(f"{secure_relay.url}?token={short}")
+    for stream in (Q1, Q2):
+        await c.send(op="subscribe", stream=stream)
+        await c.until(lambda f, s=stream: f["type"] == "live" and f["stream"] == s)
+    await c.send(op="auth", token=token(Q1))
+    assert (await c.until(lambda f: f["type"] == "error"))["stream"] == Q2
+    await c.send(op="auth", token="not-a-jwt")
+    assert (await c.until(lambda f: f["type"] == "error")).get("stream") is None
+    await no_frame_of(c, Q1, "error", 3)  # past the short token's expiry
+    last = await writer.add(Q1)
+    await c.until(lambda f: f.get("id") == last)
+    await c.close()
+
+
+async def test_subscriptions_of_an_unrenewed_token_end_at_its_expiry(
+    secure_relay: Relay,
+) -> None:
+    c = await Client.open(f"{secure_relay.url}?token={mint_token(SECRET, [Q1], ttl_s=1.5)}")
+    await c.send(op="subscribe", stream=Q1)
+    await c.expect("live")
+    await c.send(op="auth", token="not-a-jwt")  # refused: the old expiry still holds
+    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q1, 5)
+    assert ended["message"] == "token expired"
+    await c.close()
