@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import jwt
 import pytest
 
-from relay import Relay, mint_token
+from relay import Relay, mint_token, verify_token
+from rpa_bus import Forbidden
 from tests.conftest import UNIT_S
 from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
@@ -119,3 +121,9 @@ async def test_subscriptions_of_an_unrenewed_token_end_at_its_expiry(
     ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q1, 5)
     assert ended["message"] == "token expired"
     await c.close()
+
+
+def test_streams_claim_given_as_a_string_is_refused() -> None:
+    claims = {"streams": "session:quote-1", "exp": int(time.time()) + 60}
+    with pytest.raises(Forbidden, match="must be a JSON list"):
+        verify_token(SECRET, jwt.encode(claims, SECRET, algorithm="HS256"))
