@@ -33,6 +33,10 @@ PONG: Final = b'{"type":"pong"}'
 # An id of a stream entry as a tuple (ms, seq): compares in stream order, cheaply.
 Id = tuple[int, int]
 ZERO_ID: Final[Id] = (0, 0)
+# The largest id Redis can hold. Nothing comes after it, and Redis refuses it as an
+# exclusive range start ("(" + MAX_ID: its successor overflows), so replay serves it as
+# "nothing after" without asking.
+MAX_ID: Final[Id] = (2**64 - 1, 2**64 - 1)
 
 
 def parse_id(raw: bytes | str) -> Id:

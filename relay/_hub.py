@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from relay import _frames as F
-from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
+from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._reader import Reader
 from relay._redis import TRANSIENT, Address, Backoff, Client, NodeClient
 from rpa_bus import Keys, StreamRef, state_from_meta
@@ -702,6 +702,9 @@ class Hub:
     ) -> tuple[Id | None, list[Any]]:
         end = "+" if upto is None else format_id(upto)
         client = await self._slot_client(key)
+        if after == MAX_ID:  # nothing can follow it, and "(" + MAX_ID is a Redis error
+            head = await client.xrange(key, "-", "+", count=1)
+            return (parse_id(head[0][0]) if head else None), []
         async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
             pipe.xrange(key, "(" + format_id(after), end, count=count)

@@ -127,3 +127,23 @@ def test_streams_claim_given_as_a_string_is_refused() -> None:
     claims = {"streams": "session:quote-1", "exp": int(time.time()) + 60}
     with pytest.raises(Forbidden, match="must be a JSON list"):
         verify_token(SECRET, jwt.encode(claims, SECRET, algorithm="HS256"))
+
+
+# -- the largest id (item 2) --------------------------------------------------------------
+
+
+async def test_the_largest_id_as_from_is_served_as_nothing_after(
+    relay: Relay, writer: Writer
+) -> None:
+    await writer.add(Q1)
+    top = "18446744073709551615-18446744073709551615"
+    c = await Client.open(relay.url)
+    for offset in (top, "18446744073709551615", "18446744073709551614-18446744073709551615"):
+        await c.send(op="subscribe", stream=Q1, **{"from": offset})
+        assert (await c.recv())["type"] == "subscribed"
+        assert (await c.recv())["type"] == "live"
+    await writer.add(Q1)
+    await no_frame_of(c, Q1, "event", 0.3)
+    await c.send(op="ping")
+    assert await c.expect("pong")
+    await c.close()
