@@ -13,13 +13,14 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.http11 import Request, Response
 
 from relay import _http
 from relay._connection import Connection
 from relay._hub import Hub, Stats
 from relay._redis import TRANSIENT, Client, close_client, node_client_factory, redis_client
-from relay._settings import RelaySettings
+from relay._settings import RelaySettings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Relay:
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
         self._origins = frozenset(settings.origins)
+        self._origin_hosts = frozenset(
+            name for o in settings.origins if o != "*" and (name := _hostname(o, url=True))
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -177,18 +181,41 @@ class Relay:
                 del self._per_ip[ip]
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        try:
+            host = request.headers.get("Host")
+            origin = request.headers.get("Origin")
+        except MultipleValuesError as exc:
+            # Two Hosts or two Origins: which one would a check trust? Neither.
+            self.stats.refused_connections += 1
+            return _http.text(400, f"duplicate {exc} header\n")
+        if not self._host_ok(host):
+            self.stats.refused_connections += 1
+            return _http.text(403, f"host {host!r} not allowed\n")
         path = request.path.partition("?")[0]
         if path == "/ws":
-            return self._admit(ws, request)
+            return self._admit(ws, origin, host)
+        if request.method not in ("GET", "HEAD"):
+            return _http.method_not_allowed(request.method)
         if path == "/healthz":
-            return await self._healthz()
-        if path == "/metrics":
-            return _http.metrics_response(self.registry)
-        return await _http.static_response(path)
+            reply = await self._healthz()
+        elif path == "/metrics":
+            reply = _http.metrics_response(self.registry)
+        else:
+            reply = await _http.static_response(path)
+        return _http.head(reply) if request.method == "HEAD" else reply
 
-    def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin, request.headers.get("Host")):
+    def _host_ok(self, host: str | None) -> bool:
+        """Without a secret (loopback mode), only loopback names or the hosts of configured
+        origins: a page on rebind.example whose name now resolves to 127.0.0.1 (DNS
+        rebinding) sends ``Host: rebind.example`` and is refused. With a secret or
+        ``--insecure`` any Host is served. No Host at all (not a browser) is served."""
+        if host is None or self.settings.secret is not None or self.settings.insecure:
+            return True
+        name = _hostname(host)
+        return name is not None and (is_loopback(name) or name in self._origin_hosts)
+
+    def _admit(self, ws: ServerConnection, origin: str | None, host: str | None) -> Response | None:
+        if origin is not None and not self._origin_ok(origin, host):
             self.stats.refused_connections += 1
             return _http.text(403, f"origin {origin!r} not allowed\n")
         limit = self.settings.max_connections_per_ip
@@ -239,6 +266,16 @@ class Relay:
 def _ip(ws: ServerConnection) -> str:
     address = ws.remote_address
     return str(address[0]) if isinstance(address, tuple) else "?"
+
+
+def _hostname(value: str, *, url: bool = False) -> str | None:
+    """The lower-case host name of a ``Host`` header (or of an origin URL), without port
+    or IPv6 brackets; None if it does not parse."""
+    try:
+        parts = urllib.parse.urlsplit(value if url else f"//{value}")
+        return parts.hostname  # lower-cased, brackets stripped; raises on a bad port
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:

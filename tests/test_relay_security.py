@@ -5,6 +5,8 @@ Real Redis, real WebSocket clients, real HTTP over sockets; waits are bounded by
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -147,3 +149,93 @@ async def test_the_largest_id_as_from_is_served_as_nothing_after(
     await c.send(op="ping")
     assert await c.expect("pong")
     await c.close()
+
+
+# -- HTTP: duplicate headers, DNS rebinding, methods (item 3, odd-but-safe items) ---------
+
+
+async def raw_http(port: int, request: bytes) -> bytes:
+    """Send ``request`` as is over a socket; return everything the relay answers."""
+    reader, writer_ = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer_.write(request)
+        await writer_.drain()
+        async with asyncio.timeout(5 * UNIT_S):
+            return await reader.read()  # the relay closes after one HTTP answer
+    finally:
+        writer_.close()
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+UPGRADE = (
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Host: 127.0.0.1\r\nHost: 127.0.0.1\r\n",
+        b"Host: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nOrigin: http://127.0.0.1\r\n",
+    ],
+    ids=["host", "origin"],
+)
+async def test_duplicate_host_or_origin_is_400_without_traceback(
+    relay: Relay, headers: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    for path in (b"/ws", b"/healthz"):
+        answer = await raw_http(
+            relay.port, b"GET " + path + b" HTTP/1.1\r\n" + headers + UPGRADE + b"\r\n"
+        )
+        assert status_of(answer) == 400, answer
+        assert b"duplicate" in answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_loopback_mode_refuses_foreign_host_names(redis_url: str) -> None:
+    r = Relay(relay_settings(redis_url, origins=("https://app.example:8443",)))
+    await r.start()
+    try:
+        for path in (b"/ws", b"/healthz", b"/metrics", b"/"):
+            request = b"GET " + path + b" HTTP/1.1\r\nHost: rebind.example:%d\r\n" % r.port
+            answer = await raw_http(r.port, request + UPGRADE + b"\r\n")
+            assert status_of(answer) == 403, (path, answer)
+        for host in (b"localhost", b"127.0.0.2", b"[::1]", b"LOCALHOST", b"app.example"):
+            request = b"GET /healthz HTTP/1.1\r\nHost: " + host + b":%d\r\n\r\n" % r.port
+            assert status_of(await raw_http(r.port, request)) == 200, host
+        c = await Client.open(r.url.replace("127.0.0.1", "localhost"))
+        await c.send(op="ping")
+        assert await c.recv() == {"type": "pong"}
+        await c.close()
+    finally:
+        await close_relay(r)
+
+
+async def test_any_host_name_with_a_secret(secure_relay: Relay) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: relay.example\r\n\r\n"
+    assert status_of(await raw_http(secure_relay.port, request)) == 200
+
+
+async def test_methods_other_than_get_and_head_get_405(relay: Relay) -> None:
+    for method in (b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"):
+        for path in (b"/", b"/healthz", b"/metrics", b"/rpa-bus.js"):
+            answer = await raw_http(
+                relay.port, method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            assert status_of(answer) == 405, (method, path, answer)
+            assert b"\r\nAllow: GET, HEAD\r\n" in answer
+
+
+async def test_head_answers_headers_without_a_body(relay: Relay) -> None:
+    for path in (b"/", b"/healthz", b"/metrics", b"/rpa-bus.js", b"/nope.js"):
+        get = await raw_http(relay.port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await raw_http(relay.port, b"HEAD " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status_of(head) == status_of(get), path
+        headers, _, body = head.partition(b"\r\n\r\n")
+        assert body == b"", path
+        length = int(headers.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+        assert length == len(get.partition(b"\r\n\r\n")[2]), path
