@@ -703,8 +703,8 @@ class Hub:
         end = "+" if upto is None else format_id(upto)
         client = await self._slot_client(key)
         if after == MAX_ID:  # nothing can follow it, and "(" + MAX_ID is a Redis error
-            head = await client.xrange(key, "-", "+", count=1)
-            return (parse_id(head[0][0]) if head else None), []
+            first: Any = await client.xrange(key, "-", "+", count=1)
+            return (parse_id(first[0][0]) if first else None), []
         async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
             pipe.xrange(key, "(" + format_id(after), end, count=count)
