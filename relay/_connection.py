@@ -78,9 +78,12 @@ class Connection:
         self.max_subscriptions = settings.max_subscriptions
         self.max_frames = settings.queue_frames
         self.max_bytes = settings.queue_bytes
+        self.max_control_bytes = 2 * settings.queue_bytes
+        self._policy_closing = False
         self.low_frames = max(1, settings.queue_frames // 2)
         self.low_bytes = settings.queue_bytes // 2
         self.stall_s = settings.stall_timeout_s
+        self.close_timeout_s = settings.close_timeout_s
         self.write_limit = settings.write_limit
         self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
@@ -134,7 +137,38 @@ class Connection:
         return True
 
     def put_control(self, frame: bytes) -> None:
+        """Enqueue a control frame. Control frames count against the byte bound too, with
+        headroom: events may fill ``queue_bytes``, control frames up to twice that. A client
+        that leaves even that unread (it sends ops and never reads the answers) is closed
+        with 1008 instead of growing the queue."""
+        if self._write_now(frame):
+            return
+        if self.queued_bytes + len(frame) > self.max_control_bytes:
+            self._close_policy("control frames past the queue bound: read what you are sent")
+            return
         self._push(frame)
+
+    def _close_policy(self, reason: str) -> None:
+        """Close with 1008 (policy), once."""
+        if self._policy_closing:
+            return
+        self._policy_closing = True
+        self.stats.policy_closes += 1
+        log.info("closing %s (1008): %s", _peer(self.ws), reason)
+        self.spawn(self._close(F.CLOSE_POLICY, reason), "close")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close with ``code``, bounded: websockets' ``close`` waits for the socket buffer
+        to drain before it starts its own timeout, which never happens with a client that
+        reads nothing; past ``close_timeout_s`` the TCP connection is dropped instead."""
+        try:
+            async with asyncio.timeout(self.close_timeout_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError from None  # 3.11: see ``_writer``
+            self.ws.transport.abort()
 
     async def put_replay(self, frame: bytes) -> None:
         if self._write_now(frame):
@@ -227,7 +261,7 @@ class Connection:
                         raise asyncio.CancelledError from None
                     self.stats.slow_closes += 1
                     log.info("closing %s: took nothing for %.0f s", _peer(ws), self.stall_s)
-                    await ws.close(F.CLOSE_TRY_AGAIN, "too slow: resume from your last id")
+                    await self._close(F.CLOSE_TRY_AGAIN, "too slow: resume from your last id")
                     return
         except ConnectionClosed:
             return
@@ -253,7 +287,7 @@ class Connection:
             # One error per burst: a flood must not turn into a flood of error frames.
             self.put_control(F.error(F.RATE_LIMITED, "too many ops; slow down"))
         elif self._limited_in_a_row >= _FLOOD_CLOSE_AFTER:
-            self.spawn(self.ws.close(F.CLOSE_POLICY, "op rate limit exceeded"), "close")
+            self._close_policy("op rate limit exceeded")
 
     # -- ops ------------------------------------------------------------------------------
 

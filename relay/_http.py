@@ -157,6 +157,11 @@ class RelayCollector(Collector):
         yield counter(
             "rpa_relay_slow_closes", "Connections closed 1013 (took nothing).", s.slow_closes
         )
+        yield counter(
+            "rpa_relay_policy_closes",
+            "Connections closed 1008 (op flood, or control frames left unread past the bound).",
+            s.policy_closes,
+        )
         yield counter("rpa_relay_rate_limited", "Ops refused by the rate limit.", s.rate_limited)
         yield counter(
             "rpa_relay_refused_connections",

@@ -139,6 +139,7 @@ class Stats:
     resets: int = 0
     slow_switches: int = 0
     slow_closes: int = 0
+    policy_closes: int = 0
     rate_limited: int = 0
     refused_connections: int = 0
     lag_s: float = 0.0

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import jwt
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from relay import Relay, mint_token, verify_token
 from rpa_bus import Forbidden
@@ -239,3 +242,52 @@ async def test_head_answers_headers_without_a_body(relay: Relay) -> None:
         assert body == b"", path
         length = int(headers.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
         assert length == len(get.partition(b"\r\n\r\n")[2]), path
+
+
+# -- unauthenticated memory growth (item 4) -----------------------------------------------
+
+
+async def test_error_frames_echo_at_most_a_bounded_slice_of_the_input(relay: Relay) -> None:
+    c = await Client.open(relay.url)
+    huge = "x" * 30_000
+    await c.send(op="subscribe", stream=huge)
+    await c.send(op="subscribe", stream="sessions", **{"from": huge})
+    await c.send(op=huge)
+    for _ in range(3):
+        error = await c.expect("error")
+        assert len(orjson.dumps(error)) < 700, error
+        assert error["message"].endswith("\u2026") or len(error["message"]) < 200
+        assert len(error.get("stream", "")) <= 128
+    await c.close()
+
+
+async def test_client_that_never_reads_its_answers_is_closed_1008(redis_url: str) -> None:
+    r = Relay(relay_settings(redis_url, queue_bytes=4096, ops_per_s=1e6, ops_burst=1_000_000))
+    await r.start()
+    try:
+        # A small receive buffer and no reading: the relay's answers pile up on its side.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", r.port))
+        ws = await connect(r.url, sock=sock, max_queue=1, open_timeout=5 * UNIT_S)
+        op = orjson.dumps({"op": "x" * 64}).decode()  # answered with a ~170-byte error
+        deadline = time.monotonic() + 20 * UNIT_S
+        while r.stats.policy_closes == 0:
+            assert time.monotonic() < deadline, f"queued {r.stats.queued_bytes} bytes"
+            assert r.stats.queued_bytes <= 2 * 4096
+            for _ in range(200):
+                await ws.send(op)
+            await asyncio.sleep(0)
+        assert r.stats.policy_closes == 1
+        await until(lambda: r.stats.connections == 0, 10)
+        assert r.stats.queued_bytes == 0
+        ws.transport.abort()
+    finally:
+        await close_relay(r)
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s * UNIT_S
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
