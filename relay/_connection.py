@@ -42,8 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Rate-limited messages in a row after which a flooding client is closed (1008).
+# A flooding client is closed (1008) when, over the last _FLOOD_WINDOW_S seconds, it had
+# _FLOOD_CLOSE_AFTER refused ops, or refused ops in every one of those seconds (it stays
+# over the rate, however it spaces them). Counted per second, so neither an op the token
+# bucket lets through now and then nor a pause shorter than a second resets the count.
 _FLOOD_CLOSE_AFTER = 1000
+_FLOOD_WINDOW_S = 10
 
 
 class TokenBucket:
@@ -93,6 +97,9 @@ class Connection:
         self.grant: Grant | None = None
         self._bucket = TokenBucket(settings.ops_per_s, settings.ops_burst)
         self._limited_in_a_row = 0
+        # Refused ops per second over the last _FLOOD_WINDOW_S seconds: [second, count].
+        self._refusals: collections.deque[list[int]] = collections.deque()
+        self._refused_in_window = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._failure: BaseException | None = None
@@ -286,7 +293,16 @@ class Connection:
         if self._limited_in_a_row == 1:
             # One error per burst: a flood must not turn into a flood of error frames.
             self.put_control(F.error(F.RATE_LIMITED, "too many ops; slow down"))
-        elif self._limited_in_a_row >= _FLOOD_CLOSE_AFTER:
+        second = int(time.monotonic())
+        slots = self._refusals
+        if slots and slots[-1][0] == second:
+            slots[-1][1] += 1
+        else:
+            slots.append([second, 1])
+        self._refused_in_window += 1
+        while second - slots[0][0] >= _FLOOD_WINDOW_S:
+            self._refused_in_window -= slots.popleft()[1]
+        if self._refused_in_window >= _FLOOD_CLOSE_AFTER or len(slots) == _FLOOD_WINDOW_S:
             self._close_policy("op rate limit exceeded")
 
     # -- ops ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Real Redis, real WebSocket clients, real HTTP over sockets; waits are bounded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -15,6 +16,7 @@ import jwt
 import orjson
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from relay import Relay, mint_token, verify_token
 from rpa_bus import Forbidden
@@ -291,3 +293,77 @@ async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+# -- op floods (item 5; issue 11 item 9b) -------------------------------------------------
+
+
+async def flood(r: Relay, per_s: float, limit_s: float) -> tuple[int | None, float]:
+    """Send pings at ``per_s`` (reading every answer) until the relay closes the
+    connection; return its close code and how long it took."""
+    c = await Client.open(r.url)
+    started = time.monotonic()
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in c.ws:
+                pass
+
+    reader = asyncio.create_task(drain())
+    batch = max(1, round(per_s / 20))
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            while time.monotonic() - started < limit_s * UNIT_S:
+                for _ in range(batch):
+                    await c.ws.send('{"op": "ping"}')
+                await asyncio.sleep(batch / per_s)
+        async with asyncio.timeout(5 * UNIT_S):
+            await reader
+    finally:
+        reader.cancel()
+    return c.ws.close_code, time.monotonic() - started
+
+
+async def test_sustained_op_flood_is_closed_1008_once(redis_url: str) -> None:
+    r = Relay(relay_settings(redis_url, ops_per_s=20.0, ops_burst=50))
+    await r.start()
+    try:
+        code, took = await flood(r, 2000, limit_s=10)
+        assert code == 1008
+        assert took < 5 * UNIT_S
+        # Every refused op past the limit used to spawn one more close task.
+        assert r.stats.policy_closes == 1
+    finally:
+        await close_relay(r)
+
+
+@pytest.mark.slow
+async def test_op_flood_spaced_under_the_burst_is_closed_too(redis_url: str) -> None:
+    # Twice the rate: the bucket lets an op through every 50 ms, so refusals never pile up
+    # in a row, but there are some in every second.
+    r = Relay(relay_settings(redis_url, ops_per_s=20.0, ops_burst=5))
+    await r.start()
+    try:
+        code, took = await flood(r, 40, limit_s=30)
+        assert code == 1008
+        assert 8 < took < 20 * UNIT_S
+        assert r.stats.policy_closes == 1
+    finally:
+        await close_relay(r)
+
+
+async def test_brief_bursts_over_the_rate_are_not_closed(redis_url: str) -> None:
+    r = Relay(relay_settings(redis_url, ops_per_s=20.0, ops_burst=5))
+    await r.start()
+    try:
+        c = await Client.open(r.url)
+        for _ in range(3):
+            for _ in range(30):
+                await c.send(op="ping")
+            await asyncio.sleep(1.0)
+        await c.send(op="subscribe", stream="sessions")
+        await c.expect("live")
+        assert r.stats.policy_closes == 0
+        await c.close()
+    finally:
+        await close_relay(r)
