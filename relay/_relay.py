@@ -18,9 +18,17 @@ from websockets.http11 import Request, Response
 
 from relay import _http
 from relay._connection import Connection
-from relay._hub import Hub, Stats
-from relay._redis import TRANSIENT, Client, close_client, node_client_factory, redis_client
+from relay._hub import Hub, Stats, cancel_and_wait
+from relay._redis import (
+    TRANSIENT,
+    Backoff,
+    Client,
+    close_client,
+    node_client_factory,
+    redis_client,
+)
 from relay._settings import RelaySettings, is_loopback
+from rpa_bus import ConfigMismatch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,9 @@ class Relay:
         self._server: Server | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
+        self._config_task: asyncio.Task[None] | None = None
+        # What stopped the relay by itself (a P:config mismatch found after start).
+        self._fatal: BaseException | None = None
         self._origins = frozenset(settings.origins)
         self._origin_hosts = frozenset(
             name for o in settings.origins if o != "*" and (name := _hostname(o, url=True))
@@ -96,16 +107,38 @@ class Relay:
         log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
 
     async def _check_config(self) -> None:
-        """Agree with the deployment on the bucket count; skip (with a warning) if Redis is
-        down: the relay starts anyway and serves once Redis is back."""
-        keys = self.settings.bus.keys
+        """Agree with the deployment on the bucket count (``ConfigMismatch`` if not). If
+        Redis is down the relay starts anyway, serves once Redis is back, and checks then:
+        ``_check_config_later``."""
         try:
-            await self._client.hsetnx(keys.config, "buckets", str(keys.buckets))
-            stored = await self._client.hgetall(keys.config)
+            await self._agree_on_config()
         except TRANSIENT as exc:
-            log.warning("Redis unavailable at start (%s); the relay retries in the background", exc)
-            return
+            log.warning("Redis unavailable at start (%s); P:config is checked when it answers", exc)
+            self._config_task = asyncio.get_running_loop().create_task(
+                self._check_config_later(), name="relay-config-check"
+            )
+
+    async def _agree_on_config(self) -> None:
+        keys = self.settings.bus.keys
+        await self._client.hsetnx(keys.config, "buckets", str(keys.buckets))
+        stored = await self._client.hgetall(keys.config)
         keys.check_config({_text(k): _text(v) for k, v in stored.items()})
+
+    async def _check_config_later(self) -> None:
+        """Retry the ``P:config`` check until Redis answers. On a mismatch the relay stops:
+        ``wait_closed()`` (and so ``serve_forever()``) raises the ``ConfigMismatch``."""
+        backoff = Backoff(cap_s=1.0)
+        while True:
+            try:
+                await self._agree_on_config()
+            except TRANSIENT:
+                await asyncio.sleep(backoff.next_s())
+                continue
+            except ConfigMismatch as exc:
+                log.error("relay %s stops: %s", self.settings.name, exc)
+                self._fatal = exc
+                self.close(1011, "relay misconfigured")
+            return
 
     @property
     def port(self) -> int:
@@ -123,6 +156,9 @@ class Relay:
             self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        config_task, self._config_task = self._config_task, None
+        if config_task is not None and config_task is not asyncio.current_task():
+            await cancel_and_wait([config_task])
         try:
             if self._server is not None:
                 self._server.close(code=code, reason=reason)
@@ -135,11 +171,14 @@ class Relay:
             log.info("relay %s closed", self.settings.name)
 
     async def wait_closed(self) -> None:
-        if self._close_task is None:
-            if self._server is not None:
-                await self._server.wait_closed()
-            return
-        await asyncio.shield(self._close_task)
+        """Wait until the relay is closed; raise what stopped it by itself, if anything
+        (``ConfigMismatch``)."""
+        if self._close_task is None and self._server is not None:
+            await self._server.wait_closed()
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)
+        if self._fatal is not None:
+            raise self._fatal
 
     async def serve_forever(self) -> None:
         await self.start()

@@ -4,6 +4,7 @@ SIGTERM of a real ``rpa-bus relay`` process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
@@ -14,11 +15,13 @@ import time
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relay import Relay, tail
 from relay._connection import Connection
+from rpa_bus import ConfigMismatch
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
@@ -343,6 +346,71 @@ async def test_tail_command_prints_events_as_json_lines(relay: Relay, writer: Wr
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(10 * UNIT_S):
             assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _deployment_with_64_buckets(redis_server: EmbeddedRedis) -> None:
+    """P:config says 64 buckets, and Redis is down (its data kept for the restart)."""
+    r = aioredis.Redis.from_url(redis_server.url, socket_timeout=5 * UNIT_S)
+    try:
+        await r.hset("rpa:config", "buckets", "64")
+    finally:
+        await r.aclose()
+    redis_server.stop()
+
+
+async def test_relay_started_while_redis_is_down_checks_config_when_it_answers(
+    redis_server: EmbeddedRedis,
+) -> None:
+    await _deployment_with_64_buckets(redis_server)
+    r = Relay(relay_settings(redis_server.url))  # 256 buckets
+    await r.start()
+    try:
+        c = await Client.open(r.url)
+        redis_server.start()
+        with pytest.raises(ConfigMismatch, match="RPA_BUS_BUCKETS=64"):
+            async with asyncio.timeout(10 * UNIT_S):
+                await r.wait_closed()
+        with pytest.raises(ConnectionClosed):
+            await c.recv()
+    finally:
+        await close_relay_quietly(r)
+
+
+async def close_relay_quietly(r: Relay) -> None:
+    with contextlib.suppress(ConfigMismatch):
+        await close_relay(r)
+
+
+@pytest.mark.slow
+async def test_relay_command_exits_2_on_a_config_mismatch_found_after_start(
+    redis_server: EmbeddedRedis,
+) -> None:
+    await _deployment_with_64_buckets(redis_server)
+    exe = shutil.which("rpa-bus") or f"{sys.prefix}/bin/rpa-bus"
+    port = free_port()
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_server.url, "RPA_BUS_BUCKETS": "256"}
+    proc = await asyncio.create_subprocess_exec(
+        exe, "relay", "--port", str(port), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15 * UNIT_S
+        while not await asyncio.to_thread(port_open, "127.0.0.1", port):
+            assert proc.returncode is None, "relay exited"
+            assert time.monotonic() < deadline, "relay did not listen"
+            await asyncio.sleep(0.05)
+        redis_server.start()
+        assert proc.stderr is not None
+        async with asyncio.timeout(15 * UNIT_S):
+            err = (await proc.stderr.read()).decode()
+            code = await proc.wait()
+        assert code == 2, err
+        assert "RPA_BUS_BUCKETS=64" in err
+        assert "Traceback" not in err
     finally:
         if proc.returncode is None:
             proc.kill()
