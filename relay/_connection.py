@@ -83,6 +83,7 @@ class Connection:
         self.max_frames = settings.queue_frames
         self.max_bytes = settings.queue_bytes
         self.max_control_bytes = 2 * settings.queue_bytes
+        self.total_bytes = settings.total_queue_bytes
         self._policy_closing = False
         self.low_frames = max(1, settings.queue_frames // 2)
         self.low_bytes = settings.queue_bytes // 2
@@ -140,8 +141,16 @@ class Connection:
             return True
         if len(self.queue) >= self.max_frames or self.queued_bytes + len(frame) > self.max_bytes:
             return False
+        if self._over_total(len(frame)):
+            # Relay-wide bound: this connection is behind (its frame could not go straight
+            # to the socket), so it catches up from Redis instead of holding relay memory.
+            self.stats.total_bound_switches += 1
+            return False
         self._push(frame)
         return True
+
+    def _over_total(self, size: int) -> bool:
+        return bool(self.total_bytes) and self.stats.queued_bytes + size > self.total_bytes
 
     def put_control(self, frame: bytes) -> None:
         """Enqueue a control frame. Control frames count against the byte bound too, with
@@ -180,7 +189,12 @@ class Connection:
     async def put_replay(self, frame: bytes) -> None:
         if self._write_now(frame):
             return
-        while len(self.queue) >= self.low_frames or self.queued_bytes >= self.low_bytes:
+        while (
+            len(self.queue) >= self.low_frames
+            or self.queued_bytes >= self.low_bytes
+            # Past the relay-wide bound a replay holds at most one frame in the queue.
+            or (self.queue and self._over_total(len(frame)))
+        ):
             # The writer sets _room when the queue is down to a quarter: replay then refills
             # a quarter of the bound in one go instead of one frame per task switch.
             self._room.clear()

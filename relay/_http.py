@@ -158,6 +158,12 @@ class RelayCollector(Collector):
             "rpa_relay_slow_closes", "Connections closed 1013 (took nothing).", s.slow_closes
         )
         yield counter(
+            "rpa_relay_total_bound_switches",
+            "Live subscriptions switched to catching up because the relay-wide queue bound "
+            "(TOTAL_QUEUE_BYTES) was reached.",
+            s.total_bound_switches,
+        )
+        yield counter(
             "rpa_relay_policy_closes",
             "Connections closed 1008 (op flood, or control frames left unread past the bound).",
             s.policy_closes,

@@ -140,6 +140,7 @@ class Stats:
     slow_switches: int = 0
     slow_closes: int = 0
     policy_closes: int = 0
+    total_bound_switches: int = 0
     rate_limited: int = 0
     refused_connections: int = 0
     lag_s: float = 0.0

@@ -9,9 +9,11 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import orjson
 import pytest
@@ -415,3 +417,57 @@ async def test_relay_command_exits_2_on_a_config_mismatch_found_after_start(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_relay_wide_queue_bound_switches_connections_that_are_behind(
+    redis_url: str, writer: Writer
+) -> None:
+    total = 64 * 1024
+    r = Relay(relay_settings(redis_url, total_queue_bytes=total))  # 1 MiB per connection
+    await r.start()
+    try:
+        clients = []
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # few bytes in flight
+            sock.connect(("127.0.0.1", r.port))
+            ws = await connect(r.url, sock=sock, max_queue=16, max_size=None, ping_interval=None)
+            await ws.send('{"op": "subscribe", "stream": "session:big", "from": "$"}')
+            while b'"live"' not in await ws.recv(decode=False):
+                pass
+            clients.append(ws)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, r.stats.queued_bytes)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch())
+        # Nobody reads while 8,000 events of 1 KB (8 MB per client) flow.
+        ids = await writer.add_many("session:big", 8_000, size=1024)
+        await _until(lambda: r.stats.total_bound_switches >= 1, 10)
+        await asyncio.sleep(0.3)
+        watcher.cancel()
+        # Each behind connection may add one replayed frame and its control frames.
+        assert peak <= total + 4 * 4096, peak
+        _, _, metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{r.port}/metrics")
+        assert 'rpa_relay_total_bound_switches_total{relay="test"}' in metrics
+        assert "rpa_relay_queued_bytes" in metrics
+        for ws in clients:  # then every client gets every event, in order, once
+            got: list[str] = []
+            async with asyncio.timeout(60 * UNIT_S):
+                while len(got) < len(ids):
+                    frame = await ws.recv()
+                    if '"type":"event"' in frame:
+                        got.append(frame.split('"id":"', 1)[1].split('"', 1)[0])
+            assert got == ids
+            await ws.close()
+    finally:
+        await close_relay(r)
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=5 * UNIT_S) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
