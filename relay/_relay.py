@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 import urllib.parse
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Self
 
@@ -14,10 +15,14 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import MultipleValuesError
+from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
 
 from relay import _http
 from relay._connection import Connection
+from relay._frames import shorten
 from relay._hub import Hub, Stats, cancel_and_wait
 from relay._redis import (
     TRANSIENT,
@@ -102,6 +107,7 @@ class Relay:
             close_timeout=s.close_timeout_s,
             open_timeout=10,
             server_header=None,
+            create_connection=_Connection,
             **listen,
         )
         log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
@@ -300,6 +306,43 @@ class Relay:
         except TRANSIENT:
             return []
         return sorted(_text(name) for name in names)
+
+
+class _Connection(ServerConnection):
+    """websockets answers a request it cannot parse (garbage request line, ``HTTP/9.9``, a
+    header line without a colon) by closing the TCP connection without a word. This
+    connection answers 400 instead (431 for one too large), then closes: its protocol's
+    request parser is replaced before any byte arrives."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        protocol.parser = _parse_request(protocol)
+        next(protocol.parser)
+
+
+def _parse_request(protocol: ServerProtocol) -> Generator[None]:
+    """``ServerProtocol.parse`` with an HTTP answer for a malformed request."""
+    try:
+        request = yield from Request.parse(protocol.reader.read_line)
+    except EOFError as exc:  # the client left before a whole request: nobody to answer
+        protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+        protocol.handshake_exc.__cause__ = exc
+        protocol.send_eof()
+        protocol.parser = protocol.discard()
+        next(protocol.parser)
+        yield
+    except Exception as exc:
+        # SecurityError: a line too long or too many headers. Anything else: ValueError
+        # (bad request line, protocol version, header line), UnicodeDecodeError (non-ASCII
+        # method or path), NotImplementedError (Transfer-Encoding).
+        protocol.handshake_exc = exc
+        status = 431 if isinstance(exc, SecurityError) else 400
+        reason = f"malformed HTTP request: {shorten(str(exc))}\n"
+        protocol.send_response(protocol.reject(status, reason))
+        yield
+    else:
+        protocol.events.append(request)
+        yield from Protocol.parse(protocol)
 
 
 def _ip(ws: ServerConnection) -> str:

@@ -367,3 +367,26 @@ async def test_brief_bursts_over_the_rate_are_not_closed(redis_url: str) -> None
         await c.close()
     finally:
         await close_relay(r)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
+        b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    ],
+    ids=["request-line", "version", "header", "non-ascii"],
+)
+async def test_malformed_http_gets_400(
+    relay: Relay, request_: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = await raw_http(relay.port, request_)
+    assert status_of(answer) == 400, answer
+    assert b"malformed HTTP request" in answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    c = await Client.open(relay.url)  # the relay goes on
+    await c.send(op="ping")
+    assert await c.recv() == {"type": "pong"}
+    await c.close()
