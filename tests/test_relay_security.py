@@ -390,3 +390,13 @@ async def test_malformed_http_gets_400(
     await c.send(op="ping")
     assert await c.recv() == {"type": "pong"}
     await c.close()
+
+
+async def test_text_frame_that_is_not_utf8_closes_1007(relay: Relay) -> None:
+    # The one bad frame that ends the connection besides an oversized one (1009): the
+    # WebSocket protocol itself forbids it (RFC 6455 8.1), before the relay sees it.
+    c = await Client.open(relay.url)
+    await c.ws.send(b'{"op": "ping", "x": "\xff"}', text=True)
+    with pytest.raises(ConnectionClosed):
+        await c.recv()
+    assert c.ws.close_code == 1007
