@@ -8,7 +8,12 @@ bounded in frames and bytes:
   catching up from Redis (see ``relay._hub``), so the relay holds at most the bound;
 - replayed events use ``put_replay``, which waits until the queue is under half its bound,
   leaving the other half as headroom for the live subscriptions of the same connection;
-- control frames (a handful per subscription or op, and ops are rate limited) always go in.
+- control frames (a handful per subscription or op, and ops are rate limited) go in up to
+  twice the byte bound; a client that leaves even that unread is closed with 1008.
+
+Past the relay-wide ``total_queue_bytes`` (all connections), a live event for a connection
+that is behind is refused too (it catches up from Redis instead), and a replay holds at
+most one frame in the queue.
 
 A frame goes straight to the socket when nothing is queued before it and the transport's
 buffer is under ``write_limit`` (nearly always); otherwise it waits in the FIFO, and one
