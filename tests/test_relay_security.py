@@ -209,6 +209,9 @@ async def test_loopback_mode_refuses_foreign_host_names(redis_url: str) -> None:
             request = b"GET " + path + b" HTTP/1.1\r\nHost: rebind.example:%d\r\n" % r.port
             answer = await raw_http(r.port, request + UPGRADE + b"\r\n")
             assert status_of(answer) == 403, (path, answer)
+        for host in (b"rebind.example@127.0.0.1", b"127.0.0.1/x", b"rebind.example"):
+            request = b"GET /healthz HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+            assert status_of(await raw_http(r.port, request)) == 403, host
         for host in (b"localhost", b"127.0.0.2", b"[::1]", b"LOCALHOST", b"app.example"):
             request = b"GET /healthz HTTP/1.1\r\nHost: " + host + b":%d\r\n\r\n" % r.port
             assert status_of(await raw_http(r.port, request)) == 200, host
