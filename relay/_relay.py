@@ -352,12 +352,12 @@ def _ip(ws: ServerConnection) -> str:
 
 def _hostname(value: str, *, url: bool = False) -> str | None:
     """The lower-case host name of a ``Host`` header (or of an origin URL), without port
-    or IPv6 brackets; None if it does not parse."""
+    or IPv6 brackets; None if it does not parse (urlsplit raises on a bad IPv6 literal)."""
     if not url and any(c in value for c in "@/?#\\ "):
         return None  # a Host header is host[:port]; "evil@127.0.0.1" is not loopback
     try:
         parts = urllib.parse.urlsplit(value if url else f"//{value}")
-        return parts.hostname  # lower-cased, brackets stripped; raises on a bad port
+        return parts.hostname  # lower-cased, IPv6 brackets stripped
     except ValueError:
         return None
 
