@@ -83,14 +83,15 @@ async def test_reauth_ends_subscriptions_the_new_token_does_not_grant(
 async def test_subscription_lives_no_longer_than_the_grant_that_admitted_it(
     secure_relay: Relay, writer: Writer
 ) -> None:
-    # The admitting token expires in ~2 units; a later long token for another stream must
-    # not extend it: quote-2 ends (forbidden) no later than its own token's expiry.
-    short = mint_token(SECRET, [Q2], ttl_s=2 * UNIT_S)
+    # The admitting token expires in ~3 units (exp is whole seconds); a later long token for
+    # another stream must not extend it: quote-2 ends (forbidden) no later than its own
+    # token's expiry (in fact at once, since the new grant does not cover it).
+    short = mint_token(SECRET, [Q2], ttl_s=3 * UNIT_S)
     c = await Client.open(f"{secure_relay.url}?token={short}&stream={Q2}")
     await c.expect("live")
     started = time.monotonic()
     await c.send(op="auth", token=token("session:other"))
-    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q2, 4)
+    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q2, 5)
     assert ended["code"] == "forbidden"
     assert time.monotonic() - started < 3 * UNIT_S
     await writer.add(Q2)
@@ -103,7 +104,7 @@ async def test_expiry_applies_per_subscription_after_reauth(
 ) -> None:
     # quote-1 and quote-2 admitted by a short token; a long token re-grants quote-1 only:
     # quote-2 ends at once, quote-1 outlives the short token. A refused token changes nothing.
-    short = mint_token(SECRET, [Q1, Q2], ttl_s=2 * UNIT_S)
+    short = mint_token(SECRET, [Q1, Q2], ttl_s=3 * UNIT_S)
     c = await Client.open(f"{secure_relay.url}?token={short}")
     for stream in (Q1, Q2):
         await c.send(op="subscribe", stream=stream)
@@ -112,7 +113,7 @@ async def test_expiry_applies_per_subscription_after_reauth(
     assert (await c.until(lambda f: f["type"] == "error"))["stream"] == Q2
     await c.send(op="auth", token="not-a-jwt")
     assert (await c.until(lambda f: f["type"] == "error")).get("stream") is None
-    await no_frame_of(c, Q1, "error", 3)  # past the short token's expiry
+    await no_frame_of(c, Q1, "error", 4)  # past the short token's expiry
     last = await writer.add(Q1)
     await c.until(lambda f: f.get("id") == last)
     await c.close()
@@ -121,11 +122,11 @@ async def test_expiry_applies_per_subscription_after_reauth(
 async def test_subscriptions_of_an_unrenewed_token_end_at_its_expiry(
     secure_relay: Relay,
 ) -> None:
-    c = await Client.open(f"{secure_relay.url}?token={mint_token(SECRET, [Q1], ttl_s=1.5)}")
+    c = await Client.open(f"{secure_relay.url}?token={mint_token(SECRET, [Q1], ttl_s=3 * UNIT_S)}")
     await c.send(op="subscribe", stream=Q1)
     await c.expect("live")
     await c.send(op="auth", token="not-a-jwt")  # refused: the old expiry still holds
-    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q1, 5)
+    ended = await c.until(lambda f: f["type"] == "error" and f.get("stream") == Q1, 6)
     assert ended["message"] == "token expired"
     await c.close()
 
