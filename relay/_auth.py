@@ -59,8 +59,13 @@ def verify_token(secret: str, token: object) -> Grant:
     except jwt.InvalidTokenError as exc:
         raise Forbidden(f"invalid token: {exc}") from exc
     streams = claims.get("streams")
+    # A bare string is refused, not taken as one name: a token minted by hand with
+    # "streams": "session:a" would otherwise silently mean what its author may not intend.
     if isinstance(streams, str):
-        streams = [streams]
+        raise Forbidden(
+            "invalid token: 'streams' must be a JSON list of stream names, got a string "
+            f"({streams[:64]!r}); mint tokens with `rpa-bus token`"
+        )
     if not isinstance(streams, list) or not all(isinstance(s, str) for s in streams):
         raise Forbidden("invalid token: 'streams' must be a list of stream names")
     exact = frozenset(s for s in streams if not s.endswith("*"))

@@ -8,7 +8,12 @@ bounded in frames and bytes:
   catching up from Redis (see ``relay._hub``), so the relay holds at most the bound;
 - replayed events use ``put_replay``, which waits until the queue is under half its bound,
   leaving the other half as headroom for the live subscriptions of the same connection;
-- control frames (a handful per subscription or op, and ops are rate limited) always go in.
+- control frames (a handful per subscription or op, and ops are rate limited) go in up to
+  twice the byte bound; a client that leaves even that unread is closed with 1008.
+
+Past the relay-wide ``total_queue_bytes`` (all connections), a live event for a connection
+that is behind is refused too (it catches up from Redis instead), and a replay holds at
+most one frame in the queue.
 
 A frame goes straight to the socket when nothing is queued before it and the transport's
 buffer is under ``write_limit`` (nearly always); otherwise it waits in the FIFO, and one
@@ -43,8 +48,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Rate-limited messages in a row after which a flooding client is closed (1008).
+# A flooding client is closed (1008) when, over the last _FLOOD_WINDOW_S seconds, it had
+# _FLOOD_CLOSE_AFTER refused ops, or refused ops in every one of those seconds (it stays
+# over the rate, however it spaces them). Counted per second, so neither an op the token
+# bucket lets through now and then nor a pause shorter than a second resets the count.
 _FLOOD_CLOSE_AFTER = 1000
+_FLOOD_WINDOW_S = 10
 
 
 class TokenBucket:
@@ -79,9 +88,13 @@ class Connection:
         self.max_subscriptions = settings.max_subscriptions
         self.max_frames = settings.queue_frames
         self.max_bytes = settings.queue_bytes
+        self.max_control_bytes = 2 * settings.queue_bytes
+        self.total_bytes = settings.total_queue_bytes
+        self._policy_closing = False
         self.low_frames = max(1, settings.queue_frames // 2)
         self.low_bytes = settings.queue_bytes // 2
         self.stall_s = settings.stall_timeout_s
+        self.close_timeout_s = settings.close_timeout_s
         self.write_limit = settings.write_limit
         self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
@@ -91,10 +104,13 @@ class Connection:
         self.grant: Grant | None = None
         self._bucket = TokenBucket(settings.ops_per_s, settings.ops_burst)
         self._limited_in_a_row = 0
+        # Refused ops per second over the last _FLOOD_WINDOW_S seconds: [second, count].
+        self._refusals: collections.deque[list[int]] = collections.deque()
+        self._refused_in_window = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._failure: BaseException | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- Sink -----------------------------------------------------------------------------
 
@@ -131,16 +147,60 @@ class Connection:
             return True
         if len(self.queue) >= self.max_frames or self.queued_bytes + len(frame) > self.max_bytes:
             return False
+        if self._over_total(len(frame)):
+            # Relay-wide bound: this connection is behind (its frame could not go straight
+            # to the socket), so it catches up from Redis instead of holding relay memory.
+            self.stats.total_bound_switches += 1
+            return False
         self._push(frame)
         return True
 
+    def _over_total(self, size: int) -> bool:
+        return bool(self.total_bytes) and self.stats.queued_bytes + size > self.total_bytes
+
     def put_control(self, frame: bytes) -> None:
+        """Enqueue a control frame. Control frames count against the byte bound too, with
+        headroom: events may fill ``queue_bytes``, control frames up to twice that. A client
+        that leaves even that unread (it sends ops and never reads the answers) is closed
+        with 1008 instead of growing the queue."""
+        if self._write_now(frame):
+            return
+        if self.queued_bytes + len(frame) > self.max_control_bytes:
+            self._close_policy("control frames past the queue bound: read what you are sent")
+            return
         self._push(frame)
+
+    def _close_policy(self, reason: str) -> None:
+        """Close with 1008 (policy), once."""
+        if self._policy_closing:
+            return
+        self._policy_closing = True
+        self.stats.policy_closes += 1
+        log.info("closing %s (1008): %s", _peer(self.ws), reason)
+        self.spawn(self._close(F.CLOSE_POLICY, reason), "close")
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close with ``code``, bounded: websockets' ``close`` waits for the socket buffer
+        to drain before it starts its own timeout, which never happens with a client that
+        reads nothing; past ``close_timeout_s`` the TCP connection is dropped instead."""
+        try:
+            async with asyncio.timeout(self.close_timeout_s):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError from None  # 3.11: see ``_writer``
+            self.ws.transport.abort()
 
     async def put_replay(self, frame: bytes) -> None:
         if self._write_now(frame):
             return
-        while len(self.queue) >= self.low_frames or self.queued_bytes >= self.low_bytes:
+        while (
+            len(self.queue) >= self.low_frames
+            or self.queued_bytes >= self.low_bytes
+            # Past the relay-wide bound a replay holds at most one frame in the queue.
+            or (self.queue and self._over_total(len(frame)))
+        ):
             # The writer sets _room when the queue is down to a quarter: replay then refills
             # a quarter of the bound in one go instead of one frame per task switch.
             self._room.clear()
@@ -183,11 +243,17 @@ class Connection:
             raise self._failure
 
     async def _shutdown(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for sub in list(self.subs.values()):
             await self.hub.stop_subscription(sub)
         self.stats.subscriptions -= len(self.subs)
         self.subs.clear()
         await cancel_and_wait(list(self._tasks))
+        if self._expiry is not None:  # again: an ``auth`` may have armed it meanwhile
+            self._expiry.cancel()
+            self._expiry = None
         self.stats.queued_frames -= len(self.queue)
         self.stats.queued_bytes -= self.queued_bytes
         self.queue.clear()
@@ -222,7 +288,7 @@ class Connection:
                         raise asyncio.CancelledError from None
                     self.stats.slow_closes += 1
                     log.info("closing %s: took nothing for %.0f s", _peer(ws), self.stall_s)
-                    await ws.close(F.CLOSE_TRY_AGAIN, "too slow: resume from your last id")
+                    await self._close(F.CLOSE_TRY_AGAIN, "too slow: resume from your last id")
                     return
         except ConnectionClosed:
             return
@@ -247,8 +313,17 @@ class Connection:
         if self._limited_in_a_row == 1:
             # One error per burst: a flood must not turn into a flood of error frames.
             self.put_control(F.error(F.RATE_LIMITED, "too many ops; slow down"))
-        elif self._limited_in_a_row >= _FLOOD_CLOSE_AFTER:
-            self.spawn(self.ws.close(F.CLOSE_POLICY, "op rate limit exceeded"), "close")
+        second = int(time.monotonic())
+        slots = self._refusals
+        if slots and slots[-1][0] == second:
+            slots[-1][1] += 1
+        else:
+            slots.append([second, 1])
+        self._refused_in_window += 1
+        while second - slots[0][0] >= _FLOOD_WINDOW_S:
+            self._refused_in_window -= slots.popleft()[1]
+        if self._refused_in_window >= _FLOOD_CLOSE_AFTER or len(slots) == _FLOOD_WINDOW_S:
+            self._close_policy("op rate limit exceeded")
 
     # -- ops ------------------------------------------------------------------------------
 
@@ -260,7 +335,7 @@ class Connection:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
         token = query.get("token", [None])[-1]
         if token is not None:
-            self._auth(token)
+            await self._auth(token)
         streams = query.get("stream")
         if streams:
             await self._subscribe(
@@ -288,7 +363,7 @@ class Connection:
         elif name == "ping":
             self.put_control(F.PONG)
         elif name == "auth":
-            self._auth(op.get("token"))
+            await self._auth(op.get("token"))
         elif name is None:
             self.put_control(F.error(F.BAD_REQUEST, "missing 'op'"))
         else:
@@ -297,24 +372,57 @@ class Connection:
                         "unsubscribe, auth or ping")
             )  # fmt: skip
 
-    def _auth(self, token: object) -> None:
+    async def _auth(self, token: object) -> None:
+        """Replace the connection's grant. Every subscription the new grant does not cover
+        ends now (``forbidden``); those it covers live until the later of the two expiries.
+        A refused token changes nothing: the previous grant and its subscriptions stay."""
         if self.secret is None:
             return  # no secret: auth is off, every token is accepted and ignored
         try:
-            self.grant = verify_token(self.secret, token)
+            grant = verify_token(self.secret, token)
         except Forbidden as exc:
             self.put_control(F.error(F.FORBIDDEN, str(exc)))
             return
+        self.grant = grant
+        revoked: list[Subscription] = []
+        for sub in self.subs.values():
+            if grant.allows(sub.name):
+                sub.expires_s = max(sub.expires_s or 0.0, grant.expires_s)
+            else:
+                revoked.append(sub)
+        for sub in revoked:
+            await self._end(sub, f"new token does not grant {sub.name}")
+        self._schedule_expiry()
+
+    async def _end(self, sub: Subscription, message: str) -> None:
+        """End ``sub`` for want of a grant: stop it first, so that nothing of it follows
+        the ``forbidden`` frame."""
+        if self.subs.get(sub.name) is not sub:
+            return  # already ended (unsubscribed, replaced, or ended by another path)
+        await self._drop(sub)
+        self.put_control(F.error(F.FORBIDDEN, message, sub.name))
+
+    def _schedule_expiry(self) -> None:
+        """Arm one timer for the earliest expiry among the subscriptions."""
         if self._expiry is not None:
             self._expiry.cancel()
-        self._expiry = self.spawn(self._expire(self.grant), "token-expiry")
+            self._expiry = None
+        due = [s.expires_s for s in self.subs.values() if s.expires_s is not None]
+        if due:
+            delay = max(0.0, min(due) - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
 
-    async def _expire(self, grant: Grant) -> None:
-        """When the token expires, end the subscriptions it granted."""
-        await asyncio.sleep(max(0.0, grant.expires_s - time.time()))
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        self.spawn(self._expire_due(), "token-expiry")
+
+    async def _expire_due(self) -> None:
+        """End every subscription whose grant has expired, then re-arm for the rest."""
         for sub in list(self.subs.values()):
-            self.put_control(F.error(F.FORBIDDEN, "token expired", sub.name))
-            await self._drop(sub)
+            # Checked one by one: an ``auth`` landing meanwhile may have extended it.
+            if sub.expires_s is not None and sub.expires_s <= time.time():
+                await self._end(sub, "token expired")
+        self._schedule_expiry()
 
     async def _subscribe(self, op: dict[str, Any]) -> None:
         raw_name = op.get("stream")
@@ -341,6 +449,9 @@ class Connection:
                             "\"token\": ...} or connect with ?token=", name)
                 )  # fmt: skip
                 return
+            if time.time() >= self.grant.expires_s:
+                self.put_control(F.error(F.FORBIDDEN, "token expired", name))
+                return
             if not self.grant.allows(name):
                 self.put_control(F.error(F.FORBIDDEN, f"token does not grant {name}", name))
                 return
@@ -356,6 +467,9 @@ class Connection:
         sub = Subscription(self, ref)
         self.subs[name] = sub
         self.stats.subscriptions += 1
+        if self.grant is not None:
+            sub.expires_s = self.grant.expires_s
+            self._schedule_expiry()
         from_id = None if offset is None else (offset.ms, offset.seq)
         self.hub.start_subscription(sub, from_id=from_id, epoch=epoch or None)
 

@@ -33,6 +33,10 @@ PONG: Final = b'{"type":"pong"}'
 # An id of a stream entry as a tuple (ms, seq): compares in stream order, cheaply.
 Id = tuple[int, int]
 ZERO_ID: Final[Id] = (0, 0)
+# The largest id Redis can hold. Nothing comes after it, and Redis refuses it as an
+# exclusive range start ("(" + MAX_ID: its successor overflows), so replay serves it as
+# "nothing after" without asking.
+MAX_ID: Final[Id] = (2**64 - 1, 2**64 - 1)
 
 
 def parse_id(raw: bytes | str) -> Id:
@@ -60,7 +64,19 @@ def frame(**fields: Any) -> bytes:
     return orjson.dumps(fields)
 
 
+# Error frames quote what the client sent (a bad stream name, offset, op); quoted in full,
+# a client could make the relay hold and send back whatever it sends. Bounded instead.
+ECHO_CHARS: Final = 128
+MESSAGE_CHARS: Final = 2 * ECHO_CHARS + 128
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def error(code: str, message: str, stream: str | None = None) -> bytes:
-    if stream is None:
-        return orjson.dumps({"type": "error", "code": code, "message": message})
-    return orjson.dumps({"type": "error", "code": code, "message": message, "stream": stream})
+    fields = {"type": "error", "code": code, "message": shorten(message, MESSAGE_CHARS)}
+    if stream is not None:
+        fields["stream"] = shorten(stream)
+    return orjson.dumps(fields)

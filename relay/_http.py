@@ -61,6 +61,18 @@ def text(status: int, message: str) -> Response:
     return response(status, message.encode(), "text/plain; charset=utf-8")
 
 
+def method_not_allowed(method: str) -> Response:
+    reply = text(405, f"method {method[:32]!r} not allowed; use GET or HEAD\n")
+    reply.headers["Allow"] = "GET, HEAD"
+    return reply
+
+
+def head(reply: Response) -> Response:
+    """The answer to HEAD: the GET answer's status and headers (Content-Length included),
+    no body."""
+    return Response(reply.status_code, reply.reason_phrase, reply.headers, b"")
+
+
 def resolve_static(path: str, root: Path = STATIC_DIR) -> Path | None:
     """The file under ``root`` that ``path`` names, or None; never anything outside it."""
     if "\x00" in path or "\\" in path:
@@ -144,6 +156,17 @@ class RelayCollector(Collector):
         )
         yield counter(
             "rpa_relay_slow_closes", "Connections closed 1013 (took nothing).", s.slow_closes
+        )
+        yield counter(
+            "rpa_relay_total_bound_switches",
+            "Live subscriptions switched to catching up because the relay-wide queue bound "
+            "(TOTAL_QUEUE_BYTES) was reached.",
+            s.total_bound_switches,
+        )
+        yield counter(
+            "rpa_relay_policy_closes",
+            "Connections closed 1008 (op flood, or control frames left unread past the bound).",
+            s.policy_closes,
         )
         yield counter("rpa_relay_rate_limited", "Ops refused by the rate limit.", s.rate_limited)
         yield counter(

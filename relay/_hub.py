@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from relay import _frames as F
-from relay._frames import ZERO_ID, Id, event_frame, format_id, parse_id
+from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._reader import Reader
 from rpa_bus import Keys, StreamRef, state_from_meta
 from rpa_bus.redisio import (
@@ -131,6 +131,8 @@ class Stats:
     resets: int = 0
     slow_switches: int = 0
     slow_closes: int = 0
+    policy_closes: int = 0
+    total_bound_switches: int = 0
     rate_limited: int = 0
     refused_connections: int = 0
     lag_s: float = 0.0
@@ -148,6 +150,7 @@ class Subscription:
         "buffer",
         "buffer_bytes",
         "epoch",
+        "expires_s",
         "last",
         "mode",
         "name",
@@ -174,6 +177,8 @@ class Subscription:
         self.notified_outage = 0
         # How the current replay ends, for the replays metric: live, gap, reset, catch_up.
         self.outcome = "live"
+        # With auth on: when the grant that admitted it (or a later one covering it) expires.
+        self.expires_s: float | None = None
 
     def clear_buffer(self) -> None:
         self.buffer.clear()
@@ -699,6 +704,9 @@ class Hub:
     ) -> tuple[Id | None, list[Any]]:
         end = "+" if upto is None else format_id(upto)
         client = await self._slot_client(key)
+        if after == MAX_ID:  # nothing can follow it, and "(" + MAX_ID is a Redis error
+            first: Any = await client.xrange(key, "-", "+", count=1)
+            return (parse_id(first[0][0]) if first else None), []
         async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(key, "-", "+", count=1)
             pipe.xrange(key, "(" + format_id(after), end, count=count)

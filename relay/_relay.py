@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 import urllib.parse
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Self
 
@@ -13,16 +14,24 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
+from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
+from websockets.server import ServerProtocol
 
 from relay import _http
 from relay._connection import Connection
+from relay._frames import shorten
 from relay._hub import Hub, Stats
-from relay._settings import RelaySettings
+from relay._settings import RelaySettings, is_loopback
+from rpa_bus import ConfigMismatch
 from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
+    Backoff,
     async_client,
+    cancel_and_wait,
     check_config_async,
     close_async,
     is_retryable,
@@ -52,7 +61,13 @@ class Relay:
         self._server: Server | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
+        self._config_task: asyncio.Task[None] | None = None
+        # What stopped the relay by itself (a P:config mismatch found after start).
+        self._fatal: BaseException | None = None
         self._origins = frozenset(settings.origins)
+        self._origin_hosts = frozenset(
+            name for o in settings.origins if o != "*" and (name := _hostname(o, url=True))
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -95,20 +110,42 @@ class Relay:
             close_timeout=s.close_timeout_s,
             open_timeout=10,
             server_header=None,
+            create_connection=_Connection,
             **listen,
         )
         log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
 
     async def _check_config(self) -> None:
-        """Agree with the deployment on the bucket count; skip (with a warning) if Redis is
-        down: the relay starts anyway and serves once Redis is back."""
-        keys = self.settings.bus.keys
+        """Agree with the deployment on the bucket count (``ConfigMismatch`` if not). If
+        Redis is down the relay starts anyway, serves once Redis is back, and checks then:
+        ``_check_config_later``."""
         try:
-            await check_config_async(self._client, keys)
+            await check_config_async(self._client, self.settings.bus.keys)
         except REDIS_FAILURES as exc:
             if not is_retryable(exc):
                 raise
-            log.warning("Redis unavailable at start (%s); the relay retries in the background", exc)
+            log.warning("Redis unavailable at start (%s); P:config is checked when it answers", exc)
+            self._config_task = asyncio.get_running_loop().create_task(
+                self._check_config_later(), name="relay-config-check"
+            )
+
+    async def _check_config_later(self) -> None:
+        """Retry the ``P:config`` check until Redis answers. On a mismatch the relay stops:
+        ``wait_closed()`` (and so ``serve_forever()``) raises the ``ConfigMismatch``."""
+        backoff = Backoff(max_s=1.0)
+        while True:
+            try:
+                await check_config_async(self._client, self.settings.bus.keys)
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
+                await asyncio.sleep(backoff.next_s())
+                continue
+            except ConfigMismatch as exc:
+                log.error("relay %s stops: %s", self.settings.name, exc)
+                self._fatal = exc
+                self.close(1011, "relay misconfigured")
+            return
 
     @property
     def port(self) -> int:
@@ -126,6 +163,9 @@ class Relay:
             self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        config_task, self._config_task = self._config_task, None
+        if config_task is not None and config_task is not asyncio.current_task():
+            await cancel_and_wait([config_task])
         try:
             if self._server is not None:
                 self._server.close(code=code, reason=reason)
@@ -138,11 +178,14 @@ class Relay:
             log.info("relay %s closed", self.settings.name)
 
     async def wait_closed(self) -> None:
-        if self._close_task is None:
-            if self._server is not None:
-                await self._server.wait_closed()
-            return
-        await asyncio.shield(self._close_task)
+        """Wait until the relay is closed; raise what stopped it by itself, if anything
+        (``ConfigMismatch``)."""
+        if self._close_task is None and self._server is not None:
+            await self._server.wait_closed()
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)
+        if self._fatal is not None:
+            raise self._fatal
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -184,18 +227,41 @@ class Relay:
                 del self._per_ip[ip]
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        try:
+            host = request.headers.get("Host")
+            origin = request.headers.get("Origin")
+        except MultipleValuesError as exc:
+            # Two Hosts or two Origins: which one would a check trust? Neither.
+            self.stats.refused_connections += 1
+            return _http.text(400, f"duplicate {exc} header\n")
+        if not self._host_ok(host):
+            self.stats.refused_connections += 1
+            return _http.text(403, f"host {host!r} not allowed\n")
         path = request.path.partition("?")[0]
         if path == "/ws":
-            return self._admit(ws, request)
+            return self._admit(ws, origin, host)
+        if request.method not in ("GET", "HEAD"):
+            return _http.method_not_allowed(request.method)
         if path == "/healthz":
-            return await self._healthz()
-        if path == "/metrics":
-            return _http.metrics_response(self.registry)
-        return await _http.static_response(path)
+            reply = await self._healthz()
+        elif path == "/metrics":
+            reply = _http.metrics_response(self.registry)
+        else:
+            reply = await _http.static_response(path)
+        return _http.head(reply) if request.method == "HEAD" else reply
 
-    def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_ok(origin, request.headers.get("Host")):
+    def _host_ok(self, host: str | None) -> bool:
+        """Without a secret (loopback mode), only loopback names or the hosts of configured
+        origins: a page on rebind.example whose name now resolves to 127.0.0.1 (DNS
+        rebinding) sends ``Host: rebind.example`` and is refused. With a secret or
+        ``--insecure`` any Host is served. No Host at all (not a browser) is served."""
+        if host is None or self.settings.secret is not None or self.settings.insecure:
+            return True
+        name = _hostname(host)
+        return name is not None and (is_loopback(name) or name in self._origin_hosts)
+
+    def _admit(self, ws: ServerConnection, origin: str | None, host: str | None) -> Response | None:
+        if origin is not None and not self._origin_ok(origin, host):
             self.stats.refused_connections += 1
             return _http.text(403, f"origin {origin!r} not allowed\n")
         limit = self.settings.max_connections_per_ip
@@ -245,9 +311,58 @@ class Relay:
         return sorted(_text(name) for name in names)
 
 
+class _Connection(ServerConnection):
+    """websockets answers a request it cannot parse (garbage request line, ``HTTP/9.9``, a
+    header line without a colon) by closing the TCP connection without a word. This
+    connection answers 400 instead (431 for one too large), then closes: its protocol's
+    request parser is replaced before any byte arrives."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        protocol.parser = _parse_request(protocol)
+        next(protocol.parser)
+
+
+def _parse_request(protocol: ServerProtocol) -> Generator[None]:
+    """``ServerProtocol.parse`` with an HTTP answer for a malformed request."""
+    try:
+        request = yield from Request.parse(protocol.reader.read_line)
+    except EOFError as exc:  # the client left before a whole request: nobody to answer
+        protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+        protocol.handshake_exc.__cause__ = exc
+        protocol.send_eof()
+        protocol.parser = protocol.discard()
+        next(protocol.parser)
+        yield
+    except Exception as exc:
+        # SecurityError: a line too long or too many headers. Anything else: ValueError
+        # (bad request line, protocol version, header line), UnicodeDecodeError (non-ASCII
+        # method or path), NotImplementedError (Transfer-Encoding).
+        protocol.handshake_exc = exc
+        status = 431 if isinstance(exc, SecurityError) else 400
+        reason = f"malformed HTTP request: {shorten(str(exc))}\n"
+        protocol.send_response(protocol.reject(status, reason))
+        yield
+    else:
+        protocol.events.append(request)
+        yield from Protocol.parse(protocol)
+
+
 def _ip(ws: ServerConnection) -> str:
     address = ws.remote_address
     return str(address[0]) if isinstance(address, tuple) else "?"
+
+
+def _hostname(value: str, *, url: bool = False) -> str | None:
+    """The lower-case host name of a ``Host`` header (or of an origin URL), without port
+    or IPv6 brackets; None if it does not parse (urlsplit raises on a bad IPv6 literal)."""
+    if not url and any(c in value for c in "@/?#\\ "):
+        return None  # a Host header is host[:port]; "evil@127.0.0.1" is not loopback
+    try:
+        parts = urllib.parse.urlsplit(value if url else f"//{value}")
+        return parts.hostname  # lower-cased, IPv6 brackets stripped
+    except ValueError:
+        return None
 
 
 def _text(value: bytes | str) -> str:

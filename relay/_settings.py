@@ -47,6 +47,9 @@ class RelaySettings:
     # Outbound bound per connection; past it a live subscription switches to catching up.
     queue_frames: int = 1024
     queue_bytes: int = 1024 * 1024
+    # Relay-wide bound on queued outbound bytes (all connections); 0 = none. Past it, live
+    # subscriptions of connections that are behind switch to catching up from Redis.
+    total_queue_bytes: int = 256 * 1024 * 1024
     # websockets' transport write buffer high-water mark (bytes).
     write_limit: int = 32 * 1024
     ping_interval_s: float | None = 20.0
@@ -80,6 +83,10 @@ class RelaySettings:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.queue_bytes < 1024:
             raise ConfigError(f"queue_bytes must be >= 1024, got {self.queue_bytes}")
+        if self.total_queue_bytes and self.total_queue_bytes < 1024:
+            raise ConfigError(
+                f"total_queue_bytes must be 0 or >= 1024, got {self.total_queue_bytes}"
+            )
         if self.ops_per_s <= 0:
             raise ConfigError(f"ops_per_s must be > 0, got {self.ops_per_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
@@ -124,6 +131,7 @@ class RelaySettings:
             "ops_burst": env.integer("OPS_BURST", d.ops_burst, lo=1),
             "queue_frames": env.integer("QUEUE_FRAMES", d.queue_frames, lo=1),
             "queue_bytes": env.integer("QUEUE_BYTES", d.queue_bytes, lo=1024),
+            "total_queue_bytes": env.integer("TOTAL_QUEUE_BYTES", d.total_queue_bytes, lo=0),
             "write_limit": env.integer("WRITE_LIMIT", d.write_limit, lo=1024),
             "ping_interval_s": _optional_seconds(env, "PING_INTERVAL_S", d.ping_interval_s),
             "ping_timeout_s": _optional_seconds(env, "PING_TIMEOUT_S", d.ping_timeout_s),

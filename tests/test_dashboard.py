@@ -220,6 +220,15 @@ async () => {
   await until(() => ws4.sent.length === 10);
   out.pacedLater = ws4.sent.length;
   paced.close();
+
+  // 1013 (too slow: resume) asks for a prompt reconnect, like 1001/1012, not the backoff.
+  FakeWS.all.length = 0;
+  const slow = m.connect('ws://relay.test/ws',
+                         { WebSocket: FakeWS, backoff: { initialMs: 60000, maxMs: 60000 } });
+  FakeWS.all[0].open();
+  FakeWS.all[0].drop(1013);
+  out.promptAfter1013 = await until(() => FakeWS.all.length === 2);
+  slow.close();
   return out;
 }
 """
@@ -275,6 +284,7 @@ def test_rpa_bus_js_ids_resume_and_pacing(page: Page) -> None:
     assert out["noReconnectAfterClose"] is True
     assert out["pacedAtOnce"] == 3
     assert out["pacedLater"] == 10
+    assert out["promptAfter1013"] is True
 
 
 # -- the dashboard ------------------------------------------------------------------------

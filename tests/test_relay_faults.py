@@ -4,21 +4,26 @@ SIGTERM of a real ``rpa-bus relay`` process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from relay import Relay, tail
 from relay._connection import Connection
+from rpa_bus import ConfigMismatch
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
@@ -347,3 +352,122 @@ async def test_tail_command_prints_events_as_json_lines(relay: Relay, writer: Wr
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _deployment_with_64_buckets(redis_server: EmbeddedRedis) -> None:
+    """P:config says 64 buckets, and Redis is down (its data kept for the restart)."""
+    r = aioredis.Redis.from_url(redis_server.url, socket_timeout=5 * UNIT_S)
+    try:
+        await r.hset("rpa:config", "buckets", "64")
+    finally:
+        await r.aclose()
+    redis_server.stop()
+
+
+async def test_relay_started_while_redis_is_down_checks_config_when_it_answers(
+    redis_server: EmbeddedRedis,
+) -> None:
+    await _deployment_with_64_buckets(redis_server)
+    r = Relay(relay_settings(redis_server.url))  # 256 buckets
+    await r.start()
+    try:
+        c = await Client.open(r.url)
+        redis_server.start()
+        with pytest.raises(ConfigMismatch, match="RPA_BUS_BUCKETS=64"):
+            async with asyncio.timeout(10 * UNIT_S):
+                await r.wait_closed()
+        with pytest.raises(ConnectionClosed):
+            await c.recv()
+    finally:
+        await close_relay_quietly(r)
+
+
+async def close_relay_quietly(r: Relay) -> None:
+    with contextlib.suppress(ConfigMismatch):
+        await close_relay(r)
+
+
+@pytest.mark.slow
+async def test_relay_command_exits_2_on_a_config_mismatch_found_after_start(
+    redis_server: EmbeddedRedis,
+) -> None:
+    await _deployment_with_64_buckets(redis_server)
+    exe = shutil.which("rpa-bus") or f"{sys.prefix}/bin/rpa-bus"
+    port = free_port()
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_server.url, "RPA_BUS_BUCKETS": "256"}
+    proc = await asyncio.create_subprocess_exec(
+        exe, "relay", "--port", str(port), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15 * UNIT_S
+        while not await asyncio.to_thread(port_open, "127.0.0.1", port):
+            assert proc.returncode is None, "relay exited"
+            assert time.monotonic() < deadline, "relay did not listen"
+            await asyncio.sleep(0.05)
+        redis_server.start()
+        assert proc.stderr is not None
+        async with asyncio.timeout(15 * UNIT_S):
+            err = (await proc.stderr.read()).decode()
+            code = await proc.wait()
+        assert code == 2, err
+        assert "RPA_BUS_BUCKETS=64" in err
+        assert "Traceback" not in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_relay_wide_queue_bound_switches_connections_that_are_behind(
+    redis_url: str, writer: Writer
+) -> None:
+    total = 64 * 1024
+    r = Relay(relay_settings(redis_url, total_queue_bytes=total))  # 1 MiB per connection
+    await r.start()
+    try:
+        clients = []
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # few bytes in flight
+            sock.connect(("127.0.0.1", r.port))
+            ws = await connect(r.url, sock=sock, max_queue=16, max_size=None, ping_interval=None)
+            await ws.send('{"op": "subscribe", "stream": "session:big", "from": "$"}')
+            while b'"live"' not in await ws.recv(decode=False):
+                pass
+            clients.append(ws)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, r.stats.queued_bytes)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch())
+        # Nobody reads while 8,000 events of 1 KB (8 MB per client) flow.
+        ids = await writer.add_many("session:big", 8_000, size=1024)
+        await _until(lambda: r.stats.total_bound_switches >= 1, 10)
+        await asyncio.sleep(0.3)
+        watcher.cancel()
+        # Each behind connection may add one replayed frame and its control frames.
+        assert peak <= total + 4 * 4096, peak
+        _, _, metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{r.port}/metrics")
+        assert 'rpa_relay_total_bound_switches_total{relay="test"}' in metrics
+        assert "rpa_relay_queued_bytes" in metrics
+        for ws in clients:  # then every client gets every event, in order, once
+            got: list[str] = []
+            async with asyncio.timeout(60 * UNIT_S):
+                while len(got) < len(ids):
+                    frame = await ws.recv()
+                    if '"type":"event"' in frame:
+                        got.append(frame.split('"id":"', 1)[1].split('"', 1)[0])
+            assert got == ids
+            await ws.close()
+    finally:
+        await close_relay(r)
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=5 * UNIT_S) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()

@@ -128,6 +128,7 @@ def test_settings_from_env() -> None:
             "RPA_BUS_RELAY_ORIGINS": "https://a.example, https://b.example",
             "RPA_BUS_RELAY_PING_INTERVAL_S": "0",
             "RPA_BUS_RELAY_QUEUE_FRAMES": "64",
+            "RPA_BUS_RELAY_TOTAL_QUEUE_BYTES": "0",
         },
         port=9100,
     )
@@ -137,6 +138,8 @@ def test_settings_from_env() -> None:
     assert s.origins == ("https://a.example", "https://b.example")
     assert s.ping_interval_s is None
     assert s.queue_frames == 64
+    assert s.total_queue_bytes == 0
+    assert RelaySettings().total_queue_bytes == 256 * 1024 * 1024
     with pytest.raises(ConfigError):
         RelaySettings.from_env({"RPA_BUS_RELAY_PORT": "x"})
     with pytest.raises(ConfigError, match="block_ms"):

@@ -19,8 +19,11 @@
  * @module rpa-bus
  */
 
-/** Close codes after which the relay asks us to come back soon (going away, restart). */
-const PROMPT_RECONNECT_CODES = new Set([1001, 1012]);
+/**
+ * Close codes after which the relay asks us to come back soon: going away (1001), service
+ * restart (1012), try again later (1013: we fell too far behind; resuming catches up).
+ */
+const PROMPT_RECONNECT_CODES = new Set([1001, 1012, 1013]);
 
 /** Relay error codes that end a subscription: retrying the same frame cannot succeed. */
 const FATAL_SUBSCRIPTION_ERRORS = new Set([

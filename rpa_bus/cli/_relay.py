@@ -90,10 +90,20 @@ async def _serve(settings: RelaySettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Relay(settings) as server:
         typer.echo(f"relay {settings.name} listening on {server.url}", err=True)
-        await stop.wait()
+        # Until a signal, or until the relay stops by itself (wait_closed then raises why:
+        # a P:config mismatch found once Redis answered).
+        signalled = asyncio.create_task(stop.wait())
+        closed = asyncio.create_task(server.wait_closed())
+        try:
+            await asyncio.wait({signalled, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signalled.cancel()
+        if closed.done():
+            closed.result()
+            return
         log.info("signal received: closing connections (1001) and stopping")
         server.close(1001, "relay shutting down")
-        await server.wait_closed()
+        await closed
 
 
 @app.command()
