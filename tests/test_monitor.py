@@ -473,3 +473,46 @@ def test_each_host_has_its_stream_and_is_discoverable(
     assert set(hosts) == {b"web-1", b"db.2"}
     now_ms = time.time() * 1000
     assert all(0 <= now_ms - int(ms) < 10_000 * UNIT_S for ms in hosts.values())
+
+
+def test_a_bug_in_reading_a_metric_is_not_an_unavailable_metric() -> None:
+    """Only psutil's "not here" errors leave a metric out; an AttributeError (a misspelt
+    field, a changed psutil API) is a bug and raises instead of vanishing from every
+    sample behind one warning."""
+    sampler = HostSampler()
+    vm = psutil.virtual_memory()
+    with pytest.raises(AttributeError):
+        sampler._read("memory", lambda: vm.no_such_field)  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        sampler._read("memory", lambda: psutil.disk_usage(None))  # type: ignore[arg-type]
+    # What psutil raises for a metric that is not available still leaves it out.
+    assert sampler._read("disk", lambda: psutil.disk_usage("/no/such/mount")) is None
+
+
+@pytest.mark.parametrize("where", ["index", "monitors"])
+def test_a_wrong_type_where_the_monitor_reads_is_an_error_not_an_outage(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, where: str
+) -> None:
+    """WRONGTYPE is permanent (a misconfiguration, another program on the same prefix):
+    the monitor raises it instead of sampling "bus unreachable" with a warning forever."""
+    key = KEYS.sessions if where == "index" else KEYS.monitors
+    client.set(key, "not what the monitor expects")
+    with Monitor(settings_for(redis_url)) as mon:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            mon.tick()
+        # run() stops on it too (the CLI then exits non-zero), instead of looping.
+        thread_error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                mon.run()
+            except redis.ResponseError as exc:
+                thread_error.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(10 * UNIT_S)
+        assert not thread.is_alive()
+        assert thread_error
+        assert "WRONGTYPE" in str(thread_error[0])
+    assert samples(client) == [], "no sample claims the bus was unreachable"
