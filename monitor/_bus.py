@@ -45,7 +45,7 @@ import redis
 from redis import exceptions as rx
 
 from rpa_bus import InvalidSessionId, Keys, StreamId
-from rpa_bus.redisio import online_replicas
+from rpa_bus.redisio import master_label, online_replicas
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +142,6 @@ def alerts_key(keys: Keys, host: str) -> str:
     """``P:monitor:HOST:alerts``: the firing alerts of one host's monitor (a hash). Host
     names hold no colon, so this never names another host's stream."""
     return f"{keys.monitor(host)}:alerts"
-
-
-def master_label(client: redis.Redis) -> str:
-    """How a one-server or Sentinel client names its master: ``host:port``, or the
-    Sentinel service name (its address changes with each failover), or the socket path."""
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    if "host" in kwargs and not hasattr(pool, "service_name"):
-        return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
-    service = getattr(pool, "service_name", None)
-    if service:
-        return f"sentinel:{service}"
-    return str(kwargs.get("path") or "master")
 
 
 class BusProbe:

@@ -102,8 +102,12 @@ class Monitor:
         self._own_client = client is None
         self._own_writer = writer is None
         if writer is None:
+            # Samples never wait for replicas (RPA_BUS_MIN_REPLICAS): the monitor is what
+            # reports a master without enough of them, and a writer waiting for those
+            # replicas could never say so. A sample lost in a failover is one point of a
+            # chart, and the next one follows an interval later.
             writer = ProducerWriter(
-                Producer(settings=settings.bus),
+                Producer(settings=settings.bus.with_(min_replicas=0)),
                 host_name=settings.host_name,
                 window_s=settings.window_s,
             )

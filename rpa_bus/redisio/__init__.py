@@ -31,6 +31,7 @@ from rpa_bus.redisio._config import (
 )
 from rpa_bus.redisio._replicas import (
     ShardReplicas,
+    master_label,
     online_replicas,
     replica_counts,
     shards_below,
@@ -64,6 +65,7 @@ __all__ = [
     "close_sync",
     "config_commands",
     "is_retryable",
+    "master_label",
     "node_client_factory",
     "node_kwargs",
     "online_replicas",

@@ -5,7 +5,8 @@ replicas hold it. A master with fewer than N connected replicas (after a failove
 its only replica, say) makes every batch to it wait forever, while the producer logs one
 throttled warning. The monitor (an alert), ``rpa-bus status`` and the relay's ``/metrics``
 compute "which masters are below N" with these functions from replies they read
-themselves (``INFO replication`` of each master, as redis-py parses it).
+themselves (``INFO replication`` of each master, as redis-py parses it); no function here
+sends a command.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 
 def online_replicas(info: Mapping[str, Any]) -> int:
@@ -73,3 +76,17 @@ def shards_below(
 ) -> list[ShardReplicas]:
     """The masters with fewer online replicas than ``min_replicas`` (none when it is 0)."""
     return [s for s in replica_counts(infos, min_replicas=min_replicas) if s.below]
+
+
+def master_label(client: redis.Redis) -> str:
+    """How a one-server or Sentinel client names its master: ``host:port``, the Sentinel
+    service as ``sentinel:NAME`` (its address changes with each failover), or the socket
+    path. (On a cluster, each master is ``ClusterNode.name``, ``host:port``.)"""
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    if service:
+        return f"sentinel:{service}"
+    kwargs = pool.connection_kwargs
+    if "host" in kwargs:
+        return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
+    return str(kwargs.get("path") or "master")
