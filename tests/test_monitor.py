@@ -25,9 +25,12 @@ from producer import Producer, Session
 from rpa_bus import ConfigMismatch, Envelope, Keys, Settings, encode, make
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._proxy import FaultProxy
+from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
 KEYS = Keys()
+# What a read meets while the test restarts the server (or it loads its AOF): "not yet".
+RESTARTING = (redis.ConnectionError,)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,19 +77,6 @@ def alerts(
     return [a for a in found if metric is None or a["metric"] == metric]
 
 
-def wait_for(what: str, check: Any, timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except redis.ConnectionError:  # the server is restarting (or loading its AOF)
-            value = None
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def jobs(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
     """The producer library, writing sessions as real jobs do."""
@@ -126,7 +116,7 @@ def test_samples_hold_every_field(
 ) -> None:
     start_session(jobs, "job-1")
     with running(Monitor(settings_for(redis_url))):
-        wait_for("3 samples", lambda: len(samples(client)) >= 3)
+        wait_for(lambda: len(samples(client)) >= 3, what="3 samples")
     found = samples(client)
     for i, d in enumerate(found, 1):
         assert d["seq"] == i
@@ -199,7 +189,8 @@ def test_interval_holds_without_drift(
     inner = ProducerWriter(Producer(settings=settings.bus), host_name="test-host", window_s=60)
     mon = Monitor(settings, writer=SlowWriter(inner))
     with running(mon):
-        time.sleep(2.1)
+        # Ten slots of the grid, taken or skipped.
+        wait_for(lambda: mon.seq + mon.skipped >= 10, what="10 sampling slots", timeout_s=10)
     inner.close()
     times = [ts_s(e["ts"]) for e in events(client) if e["type"] == "metrics"]
     assert len(times) >= 10 - mon.skipped - 1
@@ -223,11 +214,11 @@ def test_relay_lag_alert_fires_and_resolves(
     client.xgroup_create(stream, group, id="0")  # 31 entries not yet read: lag 31
     settings = settings_for(redis_url, relay_lag_warn=10.0, alert_samples=2, stall_after_s=60)
     with running(Monitor(settings)):
-        wait_for("lag alert", lambda: alerts(client, "relay_lag"))
+        wait_for(lambda: alerts(client, "relay_lag"), what="lag alert")
         relay = samples(client)[-1]["bus"]["relays"]["relay-a"]
         assert relay == {"lag": 31, "pending": 0, "streams": 1}
         client.xreadgroup(group, "c1", {stream: ">"}, count=100)  # read: lag 0, 31 pending
-        wait_for("resolved", lambda: len(alerts(client, "relay_lag")) >= 2)
+        wait_for(lambda: len(alerts(client, "relay_lag")) >= 2, what="resolved")
         seen = samples(client)[-1]["bus"]["relays"]["relay-a"]
         assert (seen["lag"], seen["pending"]) == (0, 31)
     firing, resolved = alerts(client, "relay_lag")
@@ -250,7 +241,7 @@ def test_host_alerts_follow_their_thresholds(
 ) -> None:
     low = settings_for(redis_url, memory_crit=0.0, disk_crit=0.0, alert_samples=1)
     with running(Monitor(low)):
-        wait_for("2 samples", lambda: len(samples(client)) >= 2)
+        wait_for(lambda: len(samples(client)) >= 2, what="2 samples")
     fired = {(a["metric"], a.get("mount")): a for a in alerts(client) if a["metric"] != "cpu"}
     assert fired[("memory", None)]["severity"] == "critical"
     assert fired[("memory", None)]["state"] == "firing"
@@ -264,7 +255,7 @@ def test_host_alerts_follow_their_thresholds(
     client.delete(KEYS.monitor("test-host"))
     high = settings_for(redis_url, cpu_warn=100.0, memory_crit=100.0, disk_crit=100.0)
     with running(Monitor(high)):
-        wait_for("3 samples", lambda: len(samples(client)) >= 3)
+        wait_for(lambda: len(samples(client)) >= 3, what="3 samples")
     # The first run's alerts were still firing (kept in Redis): this run resolves them
     # once each (memory and disk are far below 100%; CPU, on a busy machine, may stay in
     # its hysteresis band and go on firing), and fires nothing.
@@ -294,7 +285,7 @@ def test_stalled_sessions(
         def stalled() -> dict[str, dict[str, Any]]:
             return {a["session"]: a for a in alerts(client, "stalled")}
 
-        both = wait_for("two stalled", lambda: len(stalled()) == 2 and stalled())
+        both = wait_for(lambda: len(stalled()) == 2 and stalled(), what="two stalled")
         assert set(both) == {"moves", "ends"}
         for alert in both.values():
             assert alert["state"] == "firing"
@@ -303,11 +294,11 @@ def test_stalled_sessions(
         moves.progress(1)
         ends.finish()
         written(jobs)
-        wait_for("resolved", lambda: all(a["state"] == "resolved" for a in stalled().values()))
-        wait_for("1 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 1)
+        wait_for(lambda: all(a["state"] == "resolved" for a in stalled().values()), what="resolved")
+        wait_for(lambda: samples(client)[-1]["bus"]["active_sessions"] == 1, what="1 active")
         moves.fail("gave up")
         written(jobs)
-        wait_for("0 active", lambda: samples(client)[-1]["bus"]["active_sessions"] == 0)
+        wait_for(lambda: samples(client)[-1]["bus"]["active_sessions"] == 0, what="0 active")
     by_session: dict[str, list[str]] = {}
     for a in alerts(client, "stalled"):
         by_session.setdefault(a["session"], []).append(a["state"])
@@ -325,12 +316,15 @@ def test_redis_restart_loses_no_sample(
     client: redis.Redis,
     settings_for: MakeSettings,
 ) -> None:
-    with running(Monitor(settings_for(redis_url))):
-        wait_for("samples", lambda: len(samples(client)) >= 3)
+    with running(Monitor(settings_for(redis_url))) as mon:
+        wait_for(lambda: len(samples(client)) >= 3, what="samples")
         redis_server.stop()
-        time.sleep(1.0)
+        taken = mon.seq
+        wait_for(lambda: mon.seq >= taken + 4, what="4 samples while Redis is down")
         redis_server.start()
-        wait_for("bus back", lambda: samples(client)[-1]["bus"]["reachable"])
+        wait_for(
+            lambda: samples(client)[-1]["bus"]["reachable"], what="bus back", ignore=RESTARTING
+        )
     found = samples(client)
     seqs = [s["seq"] for s in found]
     assert seqs == list(range(1, len(seqs) + 1)), "every sample, once, in order"
@@ -350,7 +344,7 @@ def test_monitor_stream_keeps_a_time_window(
         pipe.xadd(key, {"e": encode(make("log", message="old"))}, id=f"{old + i}-0")
     pipe.execute()
     with running(Monitor(settings_for(redis_url, window_s=600.0))):
-        wait_for("2 samples", lambda: len(samples(client)) >= 2)
+        wait_for(lambda: len(samples(client)) >= 2, what="2 samples")
     # MINID ~ trims whole stream nodes (100 entries): what is older than the window goes,
     # but for at most one node that also holds newer entries.
     left = [e for e in events(client) if e["type"] == "log"]
@@ -394,12 +388,16 @@ def test_sigterm_flushes_buffered_samples_and_exits_0(
     try:
         args = ("monitor", "--interval", "0.2", "--host-name", "cli-host")
         proc = rpa_bus(*args, "--redis-url", proxy.url, env=cli_env)
-        wait_for("samples", lambda: len(samples(client, "cli-host")) >= 2, timeout_s=15)
+        wait_for(lambda: len(samples(client, "cli-host")) >= 2, what="samples", timeout_s=15)
         proxy.stall()  # writes hang: the next samples wait in the monitor's buffer
-        time.sleep(0.8)
+        # Each probe that times out drops its connection; the next sample opens another.
+        opened = proxy.accepted
+        wait_for(lambda: proxy.accepted >= opened + 2, what="2 samples while stalled")
         proc.send_signal(signal.SIGTERM)
         sent_at = time.time()
-        time.sleep(0.3)
+        # Not a wait for something: the stall goes on past the signal, so the samples are
+        # still buffered when the monitor starts to close.
+        time.sleep(0.3 * UNIT_S)
         proxy.resume()
         _, err = proc.communicate(timeout=15 * UNIT_S)
     finally:
@@ -426,10 +424,14 @@ def test_redis_down_at_start_loses_no_sample(
 ) -> None:
     redis_server.stop()
     with running(Monitor(settings_for(redis_url))) as mon:
-        time.sleep(0.7)
+        wait_for(lambda: mon.seq >= 3, what="3 samples while Redis is down")
         taken = mon.seq
         redis_server.start()
-        wait_for("bus back", lambda: any(s["bus"]["reachable"] for s in samples(client)))
+        wait_for(
+            lambda: any(s["bus"]["reachable"] for s in samples(client)),
+            what="bus back",
+            ignore=RESTARTING,
+        )
     found = samples(client)
     assert [s["seq"] for s in found] == list(range(1, len(found) + 1))
     assert taken >= 2
@@ -446,13 +448,13 @@ def test_round_robin_probe_covers_every_session(
     settings = settings_for(redis_url, streams_per_tick=2, stall_after_s=0.5 * UNIT_S)
     with running(Monitor(settings)):
         wait_for(
-            "all stalled",
             lambda: {a["session"] for a in alerts(client, "stalled")} == set(sids),
+            what="all stalled",
             timeout_s=8,
         )
         wait_for(
-            "every stream's lag",
             lambda: samples(client)[-1]["bus"]["relays"].get("relay-b", {}).get("streams") == 5,
+            what="every stream's lag",
         )
     last = samples(client)[-1]["bus"]
     assert last["active_sessions"] == 5
@@ -540,7 +542,7 @@ def test_a_restarted_monitor_keeps_its_firing_alerts_without_firing_again(
     reader's history is still visible in every sample's firing summary."""
     low = settings_for(redis_url, memory_crit=0.0, alert_samples=1)
     with running(Monitor(low)):
-        wait_for("memory firing", lambda: alerts(client, "memory"))
+        wait_for(lambda: alerts(client, "memory"), what="memory firing")
     [first] = [
         e for e in events(client) if e["type"] == "alert" and e["data"]["metric"] == "memory"
     ]
@@ -549,7 +551,7 @@ def test_a_restarted_monitor_keeps_its_firing_alerts_without_firing_again(
     assert orjson.loads(stored[b"memory:"])["since"] == first["ts"]
 
     with running(Monitor(low)) as mon:
-        wait_for("3 samples of the second run", lambda: mon.seq >= 3 and mon.flush(UNIT_S))
+        wait_for(lambda: mon.seq >= 3 and mon.flush(UNIT_S), what="3 samples of the second run")
     assert [a["state"] for a in alerts(client, "memory")] == ["firing"], "no second firing"
     # A reader that joins now and reads only the last sample still learns of it, with
     # when it began.
@@ -583,14 +585,14 @@ def test_firing_alerts_written_while_redis_was_down_are_kept_once_it_is_back(
     redis_server.stop()
     low = settings_for(redis_url, memory_crit=0.0, disk_crit=0.0, alert_samples=1)
     with running(Monitor(low)) as mon:
-        wait_for("samples while down", lambda: mon.seq >= 2)
+        wait_for(lambda: mon.seq >= 2, what="samples while down")
         redis_server.start()
 
         def kept() -> dict[bytes, bytes] | None:
             found = client.hgetall(KEYS.monitor("test-host") + ":alerts")
             return found if b"memory:" in found else None
 
-        stored = wait_for("alerts kept", kept)
+        stored = wait_for(kept, what="alerts kept", ignore=RESTARTING)
     # The stored /gone mount is not mounted here: resolved, not kept.
     assert b"disk:/gone" not in stored
     gone = [a for a in alerts(client, "disk") if a["mount"] == "/gone"]

@@ -17,9 +17,9 @@ import redis
 from producer import Producer
 from rpa_bus import Unavailable
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
+from tests._producer_helpers import client, events
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
-from tests.test_producer_helpers import client, events
 
 ROOT = Path(__file__).resolve().parents[1]
 

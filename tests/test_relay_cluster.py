@@ -31,9 +31,9 @@ from tests._cluster import (
     free_ports,
     tick_in_background,
 )
+from tests._relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 from tests._service import Service, running_service
 from tests.conftest import UNIT_S
-from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
 INDEX = "sessions"
 

@@ -21,8 +21,8 @@ from relay import Relay, tail
 from relay._connection import Connection
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
 from tests._proxy import FaultProxy
+from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
 __all__ = ["relay", "writer"]
 

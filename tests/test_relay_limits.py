@@ -16,8 +16,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from relay import Relay, RelaySettings, mint_token, verify_token
 from relay._http import STATIC_DIR, resolve_static, static_response
 from rpa_bus import ConfigError, Forbidden, Settings
+from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
 __all__ = ["relay", "writer"]
 
