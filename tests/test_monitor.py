@@ -153,9 +153,12 @@ def test_samples_hold_every_field(
         assert bus["reachable"] is True
         assert bus["used_memory"] > 0
         assert bus["connected_clients"] >= 2  # this test's client and the monitor's
-        assert bus["ops_s"] >= 0
+        assert isinstance(bus["ops_s"], int)
         assert bus["active_sessions"] == 1
         assert bus["relays"] == {}
+    # INFO's instantaneous_ops_per_sec: the monitor's own commands (a dozen per sample)
+    # register as soon as Redis has measured them (it samples every 100 ms).
+    assert any(s["bus"]["ops_s"] > 0 for s in found), [s["bus"]["ops_s"] for s in found]
     # The loopback traffic of the monitor itself shows up as a rate on `lo`.
     assert any(s["net"]["interfaces"].get("lo", {}).get("rx_packets_s", 0) > 0 for s in found)
     # The host is discoverable, with the time of its last sample.
