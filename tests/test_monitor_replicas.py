@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +26,9 @@ from rpa_bus.redisio import (
     replica_counts,
     shards_below,
 )
+from tests._cluster import LocalCluster
 from tests._wait import wait_for
+from tests.conftest import UNIT_S
 
 KEYS = Keys()
 RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
@@ -188,3 +191,57 @@ def test_status_names_a_master_below_min_replicas(
     assert line.split() == ["replicas", master, "1", "online", "of", "1", "required"]
     report = json.loads(status(redis_url, tmp_path, "--json", min_replicas=0).stdout)
     assert report["replicas"]["masters"][0]["below"] is False
+
+
+def test_after_a_cluster_failover_the_orphaned_master_is_reported(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The case that stalls producers: a master dies, its only replica is promoted and
+    has no replica of its own. The monitor's `replicas` alert names the new master and
+    `rpa-bus status` flags it; once the old node rejoins as its replica, both clear."""
+    cluster.wait_healthy(time.monotonic() + 30 * UNIT_S)
+    bus = Settings(redis_url=cluster.url, spool_dir=tmp_path / "spool", min_replicas=1)
+    settings = MonitorSettings(
+        host_name="cluster-host", bus=bus, interval_s=0.5, alert_samples=1, cpu_warn=100.0
+    )
+    key = KEYS.session("orphan-probe")
+
+    def replicas_state(mon: Monitor) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        events = mon.tick()
+        health = events[0]["data"]["bus"]
+        alerts = [e["data"] for e in events[1:] if e["data"]["metric"] == "replicas"]
+        return (health.get("replicas") or {}), alerts
+
+    with Monitor(settings) as mon:
+        before, fired = replicas_state(mon)
+        assert sorted(before.values()) == [1, 1, 1]
+        assert fired == []
+        victim = cluster.master_of_key(key)
+        cluster.kill(victim)
+        cluster.wait_replaced(victim, time.monotonic() + 20 * UNIT_S)
+        orphan = f"127.0.0.1:{cluster.master_of_key(key)}"
+        seen: list[dict[str, Any]] = []
+
+        def orphan_alerted() -> bool:
+            counts, alerts = replicas_state(mon)
+            seen.extend(alerts)
+            return counts.get(orphan) == 0
+
+        wait_for(orphan_alerted, what="the orphaned master in a sample", timeout_s=20)
+        assert [(a["master"], a["state"], a["value"]) for a in seen] == [(orphan, "firing", 0.0)]
+        report = json.loads(status(cluster.url, tmp_path, "--json", min_replicas=1).stdout)
+        below = [m["master"] for m in report["replicas"]["masters"] if m["below"]]
+        assert below == [orphan]
+        assert len(report["replicas"]["masters"]) == 3
+
+        cluster.nodes[victim].start()  # rejoins as the orphan's replica
+        cluster.wait_healthy(time.monotonic() + 30 * UNIT_S)
+
+        def resolved() -> bool:
+            counts, alerts = replicas_state(mon)
+            seen.extend(alerts)
+            return counts.get(orphan) == 1
+
+        wait_for(resolved, what="the orphan's new replica in a sample", timeout_s=20)
+        assert [a["state"] for a in seen] == ["firing", "resolved"]
+        assert mon.flush(10 * UNIT_S)
