@@ -190,9 +190,9 @@ class AlertBook:
         A restored alert fires on without a new ``firing`` event. If this run has already
         measured its subject (the monitor sampled while Redis, where the alerts are kept,
         was away), the measurement decides: still bad or in the margin band, it goes on
-        firing; good, it resolves now (one ``resolved`` event, so the firing event of the
-        previous run is not left open). Alerts of a rule this run does not have are
-        dropped.
+        firing (since the previous run's ``since``); good, it resolves now (one
+        ``resolved`` event, so the firing event of the previous run is not left open).
+        Alerts of a rule this run does not have are dropped.
         """
         out: list[Alert] = []
         for alert in alerts:
@@ -205,12 +205,13 @@ class AlertBook:
                 self._tracks[key] = _Track(
                     firing=True, above=rule.fire_after, value=alert.value, since=alert.since
                 )
-            elif not track.firing:
-                if rule.is_good(track.value):
-                    out.append(self._alert(rule, alert.subject, track.value, "resolved"))
-                else:
-                    track.firing = True
-                    track.since = alert.since
+            elif track.firing:
+                track.since = alert.since  # the episode began in the previous run
+            elif rule.is_good(track.value):
+                out.append(self._alert(rule, alert.subject, track.value, "resolved"))
+            else:
+                track.firing = True
+                track.since = alert.since
         return out
 
     def observe(self, metric: str, values: Mapping[str, float], *, at: str = "") -> list[Alert]:

@@ -128,6 +128,9 @@ class Monitor:
         # read what a previous run left there, it must not overwrite it.
         self._restored = False
         self._saved: dict[str, bytes] | None = None
+        # Host alerts that fired before the stored ones could be read (Redis was away):
+        # announced once Redis answers, unless a previous run announced them already.
+        self._held: dict[tuple[str, str], Alert] = {}
         self._stop = threading.Event()
         self._closed = False
         self._seq = 0
@@ -200,6 +203,8 @@ class Monitor:
             alerts += self.alerts.observe("stalled", reading.idle_s, at=ts)
             alerts += self.alerts.observe("replicas", reading.replicas, at=ts)
         alerts += self._host_alerts(data, ts)
+        if not self._restored:
+            alerts = self._hold(alerts)
         if data["bus"]["reachable"]:  # else the next sample that reaches Redis writes them
             self._save_alerts()
         data["alerts"] = self._summary()
@@ -225,14 +230,36 @@ class Monitor:
         return out
 
     def _restore_alerts(self) -> list[Alert]:
-        """Take back what a previous run left firing (raises what the read raises)."""
+        """Take back what a previous run left firing (raises what the read raises); return
+        the transitions, with the held alerts that are news."""
         raw = self._bus.load_alerts()
         kept = [a for a in (from_stored(k, v) for k, v in raw.items()) if a is not None]
         self._restored = True
         self._saved = dict(stored(a) for a in kept) if len(kept) == len(raw) else None
         if kept:
             log.info("monitor %s: %d alert(s) still firing", self.settings.host_name, len(kept))
-        return self.alerts.restore(kept)
+        out = self.alerts.restore(kept)
+        announced = {(a.metric, a.subject) for a in kept}
+        out += [
+            alert
+            for key, alert in self._held.items()
+            if key not in announced and self.alerts.is_firing(*key)
+        ]
+        self._held.clear()
+        return out
+
+    def _hold(self, alerts: list[Alert]) -> list[Alert]:
+        """Before the stored alerts are read, a host alert that fires may be one a previous
+        run announced and left firing: hold it (and drop it if it resolves meanwhile)
+        rather than announce it twice. Returns what to announce now."""
+        now: list[Alert] = []
+        for alert in alerts:
+            key = (alert.metric, alert.subject)
+            if alert.state == "firing":
+                self._held[key] = alert
+            elif self._held.pop(key, None) is None:
+                now.append(alert)
+        return now
 
     def _save_alerts(self) -> None:
         """Write the firing alerts to their hash when the set changed (or a write failed)."""
