@@ -9,6 +9,9 @@ COPY producer ./producer
 COPY relay ./relay
 COPY monitor ./monitor
 COPY workers ./workers
+# The wheel carries the reference robot and quote site (pyproject's force-include) for
+# `rpa-bus demo --real`: without them `pip install .` fails ("Forced include not found").
+COPY examples ./examples
 RUN pip install . && useradd --system --uid 10001 rpabus
 USER rpabus
 ENV XDG_STATE_HOME=/tmp/rpa-bus-state

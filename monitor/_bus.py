@@ -23,6 +23,12 @@ per node), and the replies merged; the meta hashes it reads undeclared are in th
 stream's slot, which is all a cluster requires. Redis health is INFO from every master
 (memory, clients and ops summed; ``masters`` counts them). On one server or Sentinel
 (a plain client on the current master) nothing changes: one script call per sample.
+
+Each master's ``INFO replication`` is read too: ``replicas`` maps each master to its
+online replicas, which the ``replicas`` alert compares with ``RPA_BUS_MIN_REPLICAS``.
+
+The monitor's firing alerts are kept in the hash ``P:monitor:HOST:alerts``
+(``load_alerts``/``save_alerts``), so a restarted monitor takes them back.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import redis
 from redis import exceptions as rx
 
 from rpa_bus import InvalidSessionId, Keys, StreamId
+from rpa_bus.redisio import master_label, online_replicas
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +134,14 @@ class BusReading:
     relay_lag: dict[str, float] = field(default_factory=dict)
     # session -> seconds idle, for sessions stalled (confirmed running) or asked about.
     idle_s: dict[str, float] = field(default_factory=dict)
+    # master -> online replicas.
+    replicas: dict[str, float] = field(default_factory=dict)
+
+
+def alerts_key(keys: Keys, host: str) -> str:
+    """``P:monitor:HOST:alerts``: the firing alerts of one host's monitor (a hash). Host
+    names hold no colon, so this never names another host's stream."""
+    return f"{keys.monitor(host)}:alerts"
 
 
 class BusProbe:
@@ -152,6 +167,7 @@ class BusProbe:
         self._keys = keys
         self._host = host_name
         self._monitor_key = keys.monitor(host_name)
+        self.alerts_key = alerts_key(keys, host_name)
         self._relay_prefix = keys.relay_group("x")[:-1]
         self._streams_per_tick = streams_per_tick
         self._max_sessions = max_sessions
@@ -217,18 +233,22 @@ class BusProbe:
             if self._refresh:
                 client.nodes_manager.initialize()
                 self._refresh = False
-            memory, clients, stats, server_ms, masters = self._cluster_info(client)
+            memory, clients, stats, server_ms, replication = self._cluster_info(client)
+            masters = len(replication)
             client.hset(self._keys.monitors, self._host, str(now_ms))
         else:
             pipe = client.pipeline(transaction=False)
             pipe.info("memory")
             pipe.info("clients")
             pipe.info("stats")
+            pipe.info("replication")
             pipe.time()
             pipe.hset(self._keys.monitors, self._host, str(now_ms))
-            memory, clients, stats, server_time, _ = pipe.execute()
+            memory, clients, stats, repl, server_time, _ = pipe.execute()
+            replication = {master_label(client): repl}
             sec, usec = cast(tuple[int, int], server_time)
             server_ms = sec * 1000 + usec // 1000
+        replicas = {name: online_replicas(info) for name, info in replication.items()}
 
         self._read_index()
         probed = self._probe_streams(server_ms)
@@ -251,6 +271,7 @@ class BusProbe:
             "ops_s": int(stats.get("instantaneous_ops_per_sec", 0)),
             "active_sessions": len(self._running),
             "relays": relays,
+            "replicas": replicas,
         }
         if isinstance(client, redis.RedisCluster):
             health["masters"] = masters
@@ -258,35 +279,40 @@ class BusProbe:
             health=health,
             server_ms=server_ms,
             relay_lag={name: float(r["lag"]) for name, r in relays.items()},
+            replicas={name: float(n) for name, n in replicas.items()},
         )
         reading.idle_s = self._stalls(server_ms, stall_after_s, stalled, probed)
         return reading
 
     def _cluster_info(
         self, client: redis.RedisCluster
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, int]:
-        """INFO from every master (one pipeline each), summed; the first one's clock."""
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], int, dict[str, Any]]:
+        """INFO from every master (one pipeline each), summed; the first one's clock; each
+        master's INFO replication by its ``host:port``."""
         totals: list[dict[str, Any]] = [
             {"used_memory": 0},
             {"connected_clients": 0},
             {"instantaneous_ops_per_sec": 0},
         ]
         server_ms = 0
+        replication: dict[str, Any] = {}
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
         for node in primaries:
             pipe = client.get_redis_connection(node).pipeline(transaction=False)
             pipe.info("memory")
             pipe.info("clients")
             pipe.info("stats")
+            pipe.info("replication")
             pipe.time()
-            *sections, server_time = pipe.execute()
+            *sections, repl, server_time = pipe.execute()
+            replication[node.name] = repl
             for total, section in zip(totals, sections, strict=True):
                 ((name, value),) = total.items()
                 total[name] = value + int(section.get(name, 0))
             if not server_ms:
                 sec, usec = cast(tuple[int, int], server_time)
                 server_ms = sec * 1000 + usec // 1000
-        return totals[0], totals[1], totals[2], server_ms, len(primaries)
+        return totals[0], totals[1], totals[2], server_ms, replication
 
     def _run_probe(self, keys: list[str]) -> tuple[list[Any], list[Any]]:
         """The probe script's reply for ``keys``: one call on one server, one per slot on
@@ -343,6 +369,18 @@ class BusProbe:
                 local, name, lag, pending = part_groups[g : g + 4]
                 groups += [indexes[int(local) - 1] + 1, name, lag, pending]
         return updated, groups
+
+    def load_alerts(self) -> dict[bytes, bytes]:
+        """The alerts hash as a previous run of this host's monitor left it."""
+        return cast(dict[bytes, bytes], self._client.hgetall(self.alerts_key))
+
+    def save_alerts(self, fields: dict[str, bytes]) -> None:
+        """Replace the alerts hash with ``fields`` (one MULTI: a reader never sees half)."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(self.alerts_key)
+        if fields:
+            pipe.hset(self.alerts_key, mapping=fields)  # type: ignore[arg-type]
+        pipe.execute()
 
     def _check_config(self) -> None:
         # The bucket count decides session key names: this monitor must agree with the

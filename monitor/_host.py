@@ -21,9 +21,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What psutil raises when a metric is not available here. AttributeError: the function
-# does not exist on this platform (psutil.getloadavg on old builds, for instance).
-UNREADABLE: Final = (OSError, psutil.Error, NotImplementedError, AttributeError)
+# What psutil raises when a metric is not available here: OSError (no /proc/diskstats in
+# a container, a mount gone), psutil.Error (AccessDenied, NoSuchProcess), and
+# NotImplementedError (a platform without the counter). Nothing else: an AttributeError or
+# a TypeError is a bug in this module (a misspelt field, a changed psutil API) and must
+# surface, not quietly drop a metric from every sample. (Every function called here exists
+# on every platform psutil >= 5.9 supports: getloadavg is emulated on Windows.)
+UNREADABLE: Final = (OSError, psutil.Error, NotImplementedError)
 
 # Read-only images (snap packages, CDs) are always 100% full: never worth an alert.
 SKIP_FSTYPES: Final = frozenset({"squashfs", "iso9660", "udf", "cramfs", "erofs"})

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from monitor._alerts import Alert, AlertBook, Rule
+from monitor._alerts import Alert, AlertBook, Rule, from_stored, stored
 from monitor._bus import BusProbe
 from monitor._host import HostSampler
 from monitor._settings import MonitorSettings
@@ -34,7 +34,9 @@ from rpa_bus.redisio import (
 
 log = logging.getLogger(__name__)
 
-# What a bus probe may fail with while Redis is away; anything else is a bug and raises.
+# At most this many firing alerts are listed in each sample's `alerts.firing` (all of them
+# stay in the alerts hash); `alerts.count` says how many fire.
+SUMMARY_MAX = 100
 
 
 def rules_of(settings: MonitorSettings) -> list[Rule]:
@@ -48,6 +50,13 @@ def rules_of(settings: MonitorSettings) -> list[Rule]:
         Rule("relay_lag", settings.relay_lag_warn, "warning", settings.relay_lag_warn * m, k, k),
         # Stall is its own hysteresis: idle time only drops when the session moves.
         Rule("stalled", settings.stall_after_s, "warning"),
+        # A floor on a count: fewer online replicas than the producers wait for (WAIT)
+        # blocks every write to that master. Only when the deployment asks for replicas.
+        *(
+            [Rule("replicas", settings.bus.min_replicas, "critical", 0.0, k, k, below=True)]
+            if settings.bus.min_replicas > 0
+            else []
+        ),
     ]
 
 
@@ -93,8 +102,12 @@ class Monitor:
         self._own_client = client is None
         self._own_writer = writer is None
         if writer is None:
+            # Samples never wait for replicas (RPA_BUS_MIN_REPLICAS): the monitor is what
+            # reports a master without enough of them, and a writer waiting for those
+            # replicas could never say so. A sample lost in a failover is one point of a
+            # chart, and the next one follows an interval later.
             writer = ProducerWriter(
-                Producer(settings=settings.bus),
+                Producer(settings=settings.bus.with_(min_replicas=0)),
                 host_name=settings.host_name,
                 window_s=settings.window_s,
             )
@@ -111,6 +124,13 @@ class Monitor:
             max_sessions=settings.max_sessions,
         )
         self.alerts = AlertBook.of(rules_of(settings))
+        # The firing alerts are kept in Redis (P:monitor:HOST:alerts). Until this run has
+        # read what a previous run left there, it must not overwrite it.
+        self._restored = False
+        self._saved: dict[str, bytes] | None = None
+        # Host alerts that fired before the stored ones could be read (Redis was away):
+        # announced once Redis answers, unless a previous run announced them already.
+        self._held: dict[tuple[str, str], Alert] = {}
         self._stop = threading.Event()
         self._closed = False
         self._seq = 0
@@ -161,8 +181,11 @@ class Monitor:
             "seq": self._seq,
         }
         data.update(self._host.sample())
-        alerts = self._host_alerts(data)
+        ts = now_ts(now_s)
+        alerts: list[Alert] = []
         try:
+            if not self._restored:
+                alerts += self._restore_alerts()
             reading = self._bus.probe(
                 now_ms=now_ms,
                 stall_after_s=self.settings.stall_after_s,
@@ -176,10 +199,16 @@ class Monitor:
         else:
             self._down.recovered("bus probe works again")
             data["bus"] = reading.health
-            alerts += self.alerts.observe("relay_lag", reading.relay_lag)
-            alerts += self.alerts.observe("stalled", reading.idle_s)
+            alerts += self.alerts.observe("relay_lag", reading.relay_lag, at=ts)
+            alerts += self.alerts.observe("stalled", reading.idle_s, at=ts)
+            alerts += self.alerts.observe("replicas", reading.replicas, at=ts)
+        alerts += self._host_alerts(data, ts)
+        if not self._restored:
+            alerts = self._hold(alerts)
+        if data["bus"]["reachable"]:  # else the next sample that reaches Redis writes them
+            self._save_alerts()
+        data["alerts"] = self._summary()
         data["monitor"]["sample_cpu_ms"] = round((time.thread_time() - cpu0) * 1000, 3)
-        ts = now_ts(now_s)
         events = [make("metrics", ts=ts, data=data)]
         for alert in alerts:
             log.warning("alert %s: %s", alert.state, alert.message())
@@ -188,17 +217,74 @@ class Monitor:
             self.writer.write(event)
         return events
 
-    def _host_alerts(self, data: dict[str, Any]) -> list[Alert]:
+    def _host_alerts(self, data: dict[str, Any], ts: str) -> list[Alert]:
         out: list[Alert] = []
         if "percent" in data.get("cpu", {}):
-            out += self.alerts.observe("cpu", {"": data["cpu"]["percent"]})
+            out += self.alerts.observe("cpu", {"": data["cpu"]["percent"]}, at=ts)
         if "memory" in data:
-            out += self.alerts.observe("memory", {"": data["memory"]["percent"]})
+            out += self.alerts.observe("memory", {"": data["memory"]["percent"]}, at=ts)
         if "disks" in data:
             out += self.alerts.observe(
-                "disk", {mount: d["percent"] for mount, d in data["disks"].items()}
+                "disk", {mount: d["percent"] for mount, d in data["disks"].items()}, at=ts
             )
         return out
+
+    def _restore_alerts(self) -> list[Alert]:
+        """Take back what a previous run left firing (raises what the read raises); return
+        the transitions, with the held alerts that are news."""
+        raw = self._bus.load_alerts()
+        kept = [a for a in (from_stored(k, v) for k, v in raw.items()) if a is not None]
+        self._restored = True
+        self._saved = dict(stored(a) for a in kept) if len(kept) == len(raw) else None
+        if kept:
+            log.info("monitor %s: %d alert(s) still firing", self.settings.host_name, len(kept))
+        out = self.alerts.restore(kept)
+        announced = {(a.metric, a.subject) for a in kept}
+        out += [
+            alert
+            for key, alert in self._held.items()
+            if key not in announced and self.alerts.is_firing(*key)
+        ]
+        self._held.clear()
+        return out
+
+    def _hold(self, alerts: list[Alert]) -> list[Alert]:
+        """Before the stored alerts are read, a host alert that fires may be one a previous
+        run announced and left firing: hold it (and drop it if it resolves meanwhile)
+        rather than announce it twice. Returns what to announce now."""
+        now: list[Alert] = []
+        for alert in alerts:
+            key = (alert.metric, alert.subject)
+            if alert.state == "firing":
+                self._held[key] = alert
+            elif self._held.pop(key, None) is None:
+                now.append(alert)
+        return now
+
+    def _save_alerts(self) -> None:
+        """Write the firing alerts to their hash when the set changed (or a write failed)."""
+        if not self._restored:
+            return  # what a previous run left is not read yet: never overwrite it
+        fields = dict(stored(a) for a in self.alerts.current())
+        # Compare names only: a value changes every sample, the set seldom.
+        if self._saved is not None and fields.keys() == self._saved.keys():
+            return
+        try:
+            self._bus.save_alerts(fields)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
+            self._down.warning("could not keep the firing alerts in Redis: %r", exc)
+            self._saved = None  # write them at the next sample
+        else:
+            self._saved = fields
+
+    def _summary(self) -> dict[str, Any]:
+        """What fires now, in every sample: a reader that joins late learns of alerts that
+        began before the history it reads."""
+        current = self.alerts.current()
+        firing = [a.data() | {"since": a.since} for a in current[:SUMMARY_MAX]]
+        return {"count": len(current), "firing": firing}
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every sample taken so far is written (bounded)."""

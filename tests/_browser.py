@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,20 +44,6 @@ def chromium_path() -> str:
             "(or set RPA_BUS_CHROMIUM to a Chromium binary)"
         )
     return path
-
-
-def wait_for(
-    predicate: Callable[[], Any], *, timeout_s: float, what: str, interval_s: float = 0.05
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.1f}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class BusWriter:

@@ -21,6 +21,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._to_cut = 0
         self.cut_count = 0
+        # Connections accepted so far: a client that reconnects shows here.
+        self.accepted = 0
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = False
@@ -71,6 +73,7 @@ class FaultProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
+                self.accepted += 1
             threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 

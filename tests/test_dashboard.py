@@ -8,6 +8,7 @@ the ids in Redis.
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import time
@@ -23,11 +24,13 @@ from monitor import Monitor, MonitorSettings
 from producer import Producer
 from rpa_bus import Keys, Settings, now_ts
 from rpa_bus.cli._embedded import EmbeddedRedis
-from tests._browser import BusWriter, RelayThread, chromium_page, wait_for
+from tests._browser import BusWriter, RelayThread, chromium_page
+from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-WAIT_S = 15 * UNIT_S
+# In seconds on a normal machine: wait_for scales it by UNIT_S.
+WAIT_S = 15.0
 
 
 @pytest.fixture
@@ -422,8 +425,7 @@ def test_host_charts_read_real_monitor_samples(
     settings = MonitorSettings(host_name="worker-7", bus=Settings(redis_url=redis_url))
     with Monitor(settings) as mon:
         mon.tick()
-        time.sleep(0.2)
-        mon.tick()
+        mon.tick()  # the second has rates: the difference with the first
         assert mon.flush(5 * UNIT_S)
     # No ?hosts= in the URL: the page finds the host in the relay's /healthz listing.
     page.goto("/")
@@ -617,10 +619,47 @@ def test_screenshot_of_a_busy_dashboard(
         what="3 alerts",
     )
     page.mouse.move(10, 10)
-    time.sleep(1.2)  # bars finish their transition
+    wait_for(
+        lambda: (
+            page.evaluate(
+                "document.getAnimations().filter((a) => a instanceof CSSTransition).length"
+            )
+            == 0
+        ),
+        timeout_s=WAIT_S,
+        what="the bars' transitions to finish",
+    )
     target = DOCS if os.environ.get("RPA_BUS_UPDATE_SCREENSHOT") == "1" else tmp_path
     page.screenshot(path=str(target / "dashboard.png"))
-    assert (target / "dashboard.png").stat().st_size > 20_000  # a rendered page, not a blank
+    picture = png_facts(page, (target / "dashboard.png").read_bytes())
+    assert (picture["width"], picture["height"]) == (1440, 900)  # the viewport
+    # A rendered page, not a blank or a single-colour error screen: many colours, and the
+    # background covers well under all of it.
+    assert picture["colors"] > 200, picture
+    assert picture["commonest"] < 0.9, picture
+
+
+def png_facts(page: Page, png: bytes) -> dict[str, float]:
+    """Width, height, distinct colours and the commonest colour's share of a PNG, decoded
+    by the browser itself (createImageBitmap: no image library in the tests)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    facts: dict[str, float] = page.evaluate(
+        """async (b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+          const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+          const ctx = canvas.getContext('2d');
+          ctx.drawImage(bitmap, 0, 0);
+          const image = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+          const px = new Uint32Array(image.data.buffer);
+          const counts = new Map();
+          for (const p of px) counts.set(p, (counts.get(p) || 0) + 1);
+          return { width: bitmap.width, height: bitmap.height, colors: counts.size,
+                   commonest: Math.max(...counts.values()) / px.length };
+        }""",
+        base64.b64encode(png).decode(),
+    )
+    return facts
 
 
 # -- auth ---------------------------------------------------------------------------------

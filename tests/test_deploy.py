@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from typing import Any
 
 import pytest
@@ -84,3 +88,57 @@ def test_every_command_line_is_a_real_command(line: list[str]) -> None:
     ctx = command.make_context(line[1], list(line[2:]), parent=root)
     given = {p.name for p in command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"}
     assert given, f"no option of {line} was recognised"
+
+
+def _docker_copies() -> list[tuple[list[str], str]]:
+    """The Dockerfile's ``COPY src... dest`` lines (shell form), in order."""
+    copies: list[tuple[list[str], str]] = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            args = [w for w in words[1:] if not w.startswith("--")]
+            assert len(args) >= 2, line
+            copies.append((args[:-1], args[-1]))
+    return copies
+
+
+def test_the_image_installs_from_exactly_what_the_dockerfile_copies(tmp_path: pathlib.Path) -> None:
+    """`pip install .` in the image sees only what COPY put in /app: build the wheel from
+    exactly those files (offline, with the installed hatchling, no Docker daemon), so a
+    file pyproject needs and the Dockerfile forgets (examples/ once) fails here."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    copies = _docker_copies()
+    assert copies, "the Dockerfile copies nothing"
+    for sources, dest in copies:
+        for source in sources:
+            src = ROOT / source
+            assert src.exists(), f"the Dockerfile copies {source}, which does not exist"
+            # Docker's rules: a directory's content goes into dest; a file goes into dest
+            # when dest ends with "/", else becomes dest.
+            if src.is_dir():
+                shutil.copytree(
+                    src,
+                    app_dir / dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    dirs_exist_ok=True,
+                )
+            else:
+                target = app_dir / dest / src.name if dest.endswith("/") else app_dir / dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, target)
+    out = tmp_path / "dist"
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    build = subprocess.run(
+        [*pip, "--no-index", "-w", str(out), str(app_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = out.glob("rpa_bus-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("rpa_bus", "producer", "relay", "monitor", "workers"):
+        assert f"{package}/__init__.py" in names, package
+    # What `rpa-bus demo --real` runs, carried by the force-include.
+    assert "rpa_bus/cli/_examples/rpa_quote.py" in names

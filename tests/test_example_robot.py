@@ -16,9 +16,9 @@ import pytest
 
 from producer import Producer
 from rpa_bus.cli._real import INSTALL_HINT, chromium_path, examples_dir, load_examples
+from tests._producer_helpers import client
+from tests._producer_helpers import events as read_events
 from tests.conftest import UNIT_S
-from tests.test_producer_helpers import client
-from tests.test_producer_helpers import events as read_events
 
 TOTAL = 15
 

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor import Alert, AlertBook, MonitorSettings, Rule, rules_of
+from monitor._alerts import from_stored, stored
 from rpa_bus import ConfigError, Settings
 
 CPU = Rule("cpu", 80.0, "warning", margin=4.0, fire_after=2, resolve_after=2)
@@ -162,3 +163,84 @@ def test_bad_host_names_are_refused_with_a_hint(bad: str) -> None:
     if bad:  # an empty variable counts as unset
         with pytest.raises(ConfigError, match="--host-name"):
             MonitorSettings.from_env({"RPA_BUS_MONITOR_HOST": bad})
+
+
+REPLICAS = Rule("replicas", 1, "critical", fire_after=2, resolve_after=2, below=True)
+
+
+def test_a_below_rule_fires_under_its_floor_and_resolves_at_it() -> None:
+    """``replicas``: fewer online replicas than min_replicas fires (after the same
+    hysteresis as every rule); as many as required resolves."""
+    book = AlertBook.of([REPLICAS])
+    assert feed(book, "replicas", [0], "m:1") == []
+    [alert] = book.observe("replicas", {"m:1": 0}, at="2026-11-27T03:00:00.000Z")
+    assert alert.data() == {
+        "metric": "replicas",
+        "value": 0,
+        "threshold": 1,
+        "severity": "critical",
+        "state": "firing",
+        "master": "m:1",
+    }
+    assert alert.message() == "replicas m:1 0 < 1 (critical)"
+    assert alert.since == "2026-11-27T03:00:00.000Z"
+    assert feed(book, "replicas", [1, 0, 2], "m:1") == []  # 1, then 0: not two in a row
+    assert feed(book, "replicas", [1], "m:1") == ["resolved"]
+    assert feed(book, "replicas", [3, 1], "m:1") == []
+
+
+def test_firing_alerts_survive_storage_and_restore_without_a_new_event() -> None:
+    book = AlertBook.of([CPU, Rule("disk", 90.0, "critical")])
+    book.observe("disk", {"/data": 95.5, "/": 10.0}, at="T1")
+    feed(book, "cpu", [95.0, 96.0])
+    fields = dict(stored(a) for a in book.current())
+    assert set(fields) == {"disk:/data", "cpu:"}
+
+    again = AlertBook.of([CPU, Rule("disk", 90.0, "critical")])
+    restored = [from_stored(k.encode(), v) for k, v in fields.items()]
+    assert all(a is not None for a in restored)
+    assert again.restore(a for a in restored if a is not None) == []
+    assert sorted(again.firing()) == [("cpu", ""), ("disk", "/data")]
+    assert {a.subject: a.since for a in again.current()}["/data"] == "T1"
+    # Still above: no second firing event; below: one resolved event.
+    assert feed(again, "cpu", [97.0, 98.0]) == []
+    assert feed(again, "cpu", [10.0, 10.0]) == ["resolved"]
+    assert states(again.observe("disk", {"/data": 50.0})) == ["resolved"]
+
+
+def test_restore_after_measuring_lets_the_measurement_decide() -> None:
+    """Sampled before the stored alerts could be read (Redis was away): a subject already
+    measured good resolves at once; one still bad (or in the band) keeps firing."""
+    book = AlertBook.of([CPU])
+    feed(book, "cpu", [10.0], "")
+    old = Alert("cpu", "", 95.0, 80.0, "warning", "firing", since="T0")
+    [resolved] = book.restore([old])
+    assert (resolved.state, resolved.value) == ("resolved", 10.0)
+    assert not book.is_firing("cpu")
+
+    book = AlertBook.of([CPU])
+    feed(book, "cpu", [78.0], "")  # inside the band: not good enough to resolve
+    assert book.restore([old]) == []
+    assert book.is_firing("cpu")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (b"nocolon", b'{"value": 1, "threshold": 1, "severity": "warning"}'),
+        (b"cpu:", b"not json"),
+        (b"cpu:", b'{"value": 1, "threshold": 1, "severity": "loud"}'),
+        (b"cpu:", b'{"threshold": 1, "severity": "warning"}'),
+        (b"\xff:", b'{"value": 1, "threshold": 1, "severity": "warning"}'),
+    ],
+)
+def test_a_stored_alert_that_is_not_one_is_skipped(name: bytes, value: bytes) -> None:
+    assert from_stored(name, value) is None
+
+
+def test_replicas_rule_only_when_the_deployment_asks_for_replicas() -> None:
+    none = MonitorSettings(host_name="h", bus=Settings(min_replicas=0))
+    assert "replicas" not in {r.metric for r in rules_of(none)}
+    two = MonitorSettings(host_name="h", bus=Settings(min_replicas=2), alert_samples=3)
+    rule = {r.metric: r for r in rules_of(two)}["replicas"]
+    assert (rule.threshold, rule.below, rule.fire_after, rule.severity) == (2, True, 3, "critical")

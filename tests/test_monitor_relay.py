@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 import websockets
 
 from monitor import Monitor, MonitorSettings
 from relay import Relay, RelaySettings
-from rpa_bus import Settings, StreamId
+from rpa_bus import Keys, Settings, StreamId
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
+
+KEYS = Keys()
 
 
 async def next_event(ws: websockets.ClientConnection, stream: str) -> dict[str, Any]:
@@ -69,12 +73,30 @@ async def test_relay_subscriber_receives_monitor_samples_live(
             mon.stop()
             await asyncio.to_thread(sampler.join, 10 * UNIT_S)
             mon.close()
+        # Exact figures: nothing more is written to the stream, so once the relay's group
+        # has read and acknowledged every entry (XINFO GROUPS says so), a probe must report
+        # lag 0 and nothing pending, on the one stream it tails.
+        r = aioredis.Redis.from_url(redis_url, socket_timeout=5 * UNIT_S, protocol=2)
+        key, group = KEYS.monitor("live-host"), KEYS.relay_group("relay-m")
+
+        async def caught_up() -> bool:
+            groups = {g["name"].decode(): g for g in await r.xinfo_groups(key)}
+            g = groups.get(group)
+            return g is not None and g["lag"] == 0 and g["pending"] == 0
+
+        try:
+            await wait_for_async(caught_up, what="the relay's group to catch up")
+        finally:
+            await r.aclose()
+        with Monitor(MonitorSettings(host_name="live-host", bus=bus)) as probe:
+            sample, *_ = await asyncio.to_thread(probe.tick)  # probes, then writes
+        caught_up_relays = sample["data"]["bus"]["relays"]
     assert first["data"]["type"] == "metrics"
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "live, in order, none missed"
     offsets = [StreamId.parse(i) for i in ids]
     assert offsets == sorted(set(offsets))
     # The relay tails this stream with its own consumer group: the monitor sees it.
-    assert relays["relay-m"]["streams"] >= 1
-    assert relays["relay-m"]["lag"] >= 0
+    assert relays["relay-m"]["streams"] == 1
+    assert caught_up_relays == {"relay-m": {"lag": 0, "pending": 0, "streams": 1}}
     assert hosts_before == []
     assert hosts_after == ["live-host"]  # the dashboard charts it without ?hosts=

@@ -20,8 +20,8 @@ from rpa_bus import (
     Keys,
     decode,
 )
+from tests._producer_helpers import client, events, index, meta
 from tests.conftest import UNIT_S
-from tests.test_producer_helpers import client, events, index, meta
 
 
 @pytest.fixture

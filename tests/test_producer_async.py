@@ -13,9 +13,9 @@ import pytest
 from producer import AsyncProducer
 from rpa_bus import BusError, InvalidEvent, InvalidSessionId
 from rpa_bus.cli._embedded import EmbeddedRedis
+from tests._producer_helpers import client, events, index, meta
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
-from tests.test_producer_helpers import client, events, index, meta
 
 
 def messages(evts: list[dict[str, object]]) -> list[object]:

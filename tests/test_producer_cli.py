@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from rpa_bus.cli._embedded import free_port
-from tests.test_producer_helpers import client, events, index, meta
+from tests._producer_helpers import client, events, index, meta
 
 ROOT = Path(__file__).resolve().parents[1]
 RPA_BUS = ROOT / ".venv" / "bin" / "rpa-bus"

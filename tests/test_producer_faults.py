@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -17,18 +16,12 @@ import redis
 from producer import Producer
 from rpa_bus import Unavailable
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
+from tests._producer_helpers import client, events
 from tests._proxy import FaultProxy
+from tests._wait import wait_for
 from tests.conftest import UNIT_S
-from tests.test_producer_helpers import client, events
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10 * UNIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def journal_lines(spool_dir: Path) -> int:
@@ -51,7 +44,7 @@ def test_outage_mid_session_every_event_once_in_order(
         for i in range(100, 200):
             s.log(f"m{i}")
         assert bus.flush(0.3 * UNIT_S) is False
-        wait_for(lambda: journal_lines(spool_dir) >= 100)  # on disk while down
+        wait_for(lambda: journal_lines(spool_dir) >= 100, what="on disk while down", timeout_s=10)
         redis_server.start()
         for i in range(200, 300):
             s.log(f"m{i}")
@@ -154,12 +147,16 @@ def test_killed_during_outage_journal_replayed_on_restart(
         assert child.stdin is not None
         assert child.stdout.readline().strip() == "ten"
         r = client(redis_server.url)
-        wait_for(lambda: len(events(r, "killed")) == 11)  # started + 10 in Redis
+        wait_for(lambda: len(events(r, "killed")) == 11, what="started + 10 in Redis", timeout_s=10)
         redis_server.stop()
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "emitted"
-        wait_for(lambda: journal_lines(spool_dir) >= 50)
+        wait_for(
+            lambda: journal_lines(spool_dir) >= 50,
+            what="50 events journaled",
+            timeout_s=10,
+        )
     finally:
         _kill(child)
     redis_server.start()
@@ -183,14 +180,22 @@ def test_killed_after_lost_replies_replay_dedups(
         assert child.stdin is not None
         assert child.stdout.readline().strip() == "ten"
         r = client(redis_url)
-        wait_for(lambda: len(events(r, "killed")) == 11)
+        wait_for(
+            lambda: len(events(r, "killed")) == 11,
+            what="started + 10 in Redis",
+            timeout_s=10,
+        )
         proxy.cut_replies(10_000)  # from now on every write is applied, no reply comes back
         child.stdin.write("\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "emitted"
         # Some of m11..m40 were applied with their replies lost (later attempts die in the
         # connection handshake, whose replies are cut too), and all are in the journal.
-        wait_for(lambda: len(events(r, "killed")) > 11 and journal_lines(spool_dir) >= 30)
+        wait_for(
+            lambda: len(events(r, "killed")) > 11 and journal_lines(spool_dir) >= 30,
+            what="writes applied, replies lost, events journaled",
+            timeout_s=10,
+        )
     finally:
         _kill(child)
     bus = Producer(redis_url, spool_dir=spool_dir)
@@ -225,7 +230,11 @@ def test_memory_bound_spills_in_order(redis_server: EmbeddedRedis, spool_dir: Pa
     with bus.session("spill") as s:
         for i in range(500):
             s.log(f"m{i}")
-        wait_for(lambda: journal_lines(spool_dir) >= 400)
+        wait_for(
+            lambda: journal_lines(spool_dir) >= 400,
+            what="400 events journaled",
+            timeout_s=10,
+        )
         redis_server.start()
         for i in range(500, 600):
             s.log(f"m{i}")
@@ -327,7 +336,11 @@ def test_events_emitted_while_the_journal_drains_keep_their_order(
     with bus.session("drain") as s:
         for i in range(200):
             s.log(f"m{i}")
-        wait_for(lambda: journal_lines(spool_dir) >= 200)
+        wait_for(
+            lambda: journal_lines(spool_dir) >= 200,
+            what="200 events journaled",
+            timeout_s=10,
+        )
         redis_server.start()
         for i in range(200, 400):
             s.log(f"m{i}")

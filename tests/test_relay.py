@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from relay import Relay
-from tests.test_relay_support import (
+from tests._relay_support import (
     KEYS,
     Client,
     Writer,

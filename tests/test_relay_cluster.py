@@ -14,7 +14,7 @@ import dataclasses
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,9 +31,10 @@ from tests._cluster import (
     free_ports,
     tick_in_background,
 )
+from tests._relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 from tests._service import Service, running_service
+from tests._wait import wait_for, wait_for_async
 from tests.conftest import UNIT_S
-from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
 INDEX = "sessions"
 
@@ -141,7 +142,7 @@ async def test_two_relays_deliver_sessions_on_every_master_exactly_once(
     rounds = 60
     with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
         thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.01)
-        await asyncio.sleep(0.3)
+        await wait_for_async(lambda: written(rc, sids[0], 15), what="the run under way")
         late = [await watch(relay.url, streams) for relay in relays]  # replay, then live
         await asyncio.to_thread(thread.join, 30 * UNIT_S)
         assert not errors, errors
@@ -153,12 +154,17 @@ async def test_two_relays_deliver_sessions_on_every_master_exactly_once(
     # while the clients still watch: once they leave, the relays drop their groups.
     for relay in relays:
         group = KEYS.relay_group(relay.settings.name)
-        deadline = time.monotonic() + 5 * UNIT_S
-        while await asyncio.to_thread(pending, rc, sids, group):
-            assert time.monotonic() < deadline, "entries left unacknowledged"
-            await asyncio.sleep(0.05)
+        await wait_for_async(
+            lambda: asyncio.to_thread(lambda: not pending(rc, sids, group)),  # noqa: B023
+            what="every entry acknowledged",
+        )
     for c in [*early, *late]:
         await c.close()
+
+
+def written(rc: redis.RedisCluster, sid: str, n: int) -> Awaitable[bool]:
+    """True once ``sid``'s stream holds ``n`` entries (a run is under way)."""
+    return asyncio.to_thread(lambda: rc.xlen(KEYS.session(sid)) >= n)
 
 
 def pending(rc: redis.RedisCluster, sids: list[str], group: str) -> int:
@@ -188,7 +194,7 @@ async def test_readers_follow_a_bucket_moving_to_another_master(
     rounds = 100
     with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
         thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.01)
-        await asyncio.sleep(0.3)
+        await wait_for_async(lambda: written(rc, sids[0], 20), what="the run under way")
         await asyncio.to_thread(cluster.migrate_slot, slot, target, pause_s=0.05)
         await asyncio.to_thread(thread.join, 30 * UNIT_S)
         assert not errors, errors
@@ -211,10 +217,7 @@ def test_up_serves_the_cluster(
     with running_service(args, port=port, folder=tmp_path) as up:
         sid = asyncio.run(_follow_a_demo_session(up))
         assert stream_ids(rc, sid_stream(sid))
-        deadline = time.monotonic() + 10 * UNIT_S
-        while not rc.xlen(KEYS.monitor("up-cluster")):
-            assert time.monotonic() < deadline, "the monitor wrote no sample"
-            time.sleep(0.1)
+        wait_for(lambda: rc.xlen(KEYS.monitor("up-cluster")), what="a monitor sample", timeout_s=10)
 
 
 async def _follow_a_demo_session(up: Service) -> str:
@@ -243,7 +246,7 @@ async def _follow_a_demo_session(up: Service) -> str:
 
 
 async def test_clients_resume_when_a_master_is_killed(
-    cluster: LocalCluster, relays: list[Relay], tmp_path: Path
+    cluster: LocalCluster, rc: redis.RedisCluster, relays: list[Relay], tmp_path: Path
 ) -> None:
     """SIGKILL the master of some subscribed sessions mid-run: its replica takes over, the
     relays' readers for those slots reconnect to it, and with ``min_replicas=1`` on the
@@ -258,7 +261,7 @@ async def test_clients_resume_when_a_master_is_killed(
     rounds = 150
     with Producer(cluster.url, spool_dir=tmp_path, min_replicas=1) as bus:
         thread, errors = tick_in_background(bus, sids, rounds, pause_s=0.02)
-        await asyncio.sleep(1.0)
+        await wait_for_async(lambda: written(rc, sids[0], 40), what="the run under way")
         cluster.kill(victim)
         await asyncio.to_thread(cluster.wait_replaced, victim, time.monotonic() + 20 * UNIT_S)
         late = [await watch(relay.url, streams) for relay in relays]

@@ -26,8 +26,9 @@ from relay._connection import Connection
 from rpa_bus import ConfigMismatch
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
 from tests._proxy import FaultProxy
+from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
 __all__ = ["relay", "writer"]
 
@@ -79,7 +80,7 @@ async def test_redis_killed_and_restarted_while_writing(
         first = [await writer.add(S) for _ in range(10)]
         await c.until(lambda f: f.get("id") == first[-1])
         redis_server.kill()
-        await asyncio.sleep(0.3)
+        await wait_for_async(lambda: not r.stats.redis_up, what="the relay to see Redis gone")
         redis_server.start()
         # Subscribing while Redis was away, or just after: still exact.
         late = await Client.open(r.url)
@@ -113,7 +114,7 @@ async def test_dropped_redis_connections_lose_nothing(redis_url: str, writer: Wr
                 proxy.cut_replies(1)
             else:
                 proxy.drop_connections()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05 * UNIT_S)  # not a wait for something: faults paced
         written += [await writer.add(S, message="end")]
         await c.until(lambda f: f.get("id") == written[-1], 20)
         assert c.ids(S) == written
@@ -146,7 +147,12 @@ async def test_client_that_stops_reading_keeps_relay_memory_bounded(
         watcher = asyncio.create_task(watch())
         # The client reads nothing while 20,000 events of 2 KB (40 MB) flow.
         ids = await writer.add_many("session:big", 20_000, size=2048)
-        await asyncio.sleep(0.5)
+
+        async def all_read() -> bool:
+            groups = await writer.r.xinfo_groups(writer.key("session:big"))
+            return any(g["last-delivered-id"].decode() == ids[-1] for g in groups)
+
+        await wait_for_async(all_read, what="every event through the relay", timeout_s=10)
         watcher.cancel()
         grown = _rss_bytes() - rss_before
         assert r.stats.slow_switches >= 1
@@ -218,27 +224,18 @@ async def test_tail_client_resumes_across_relay_restart(redis_url: str, writer: 
 
     task = asyncio.create_task(follow())
     try:
-        await _until(lambda: len(seen) == 5)
+        await wait_for_async(lambda: len(seen) == 5, what="5 events")
         await close_relay(r)
         written += [await writer.add(S, message=str(i)) for i in range(5, 10)]
         r = Relay(relay_settings(redis_url, port=port))
         await r.start()
         written += [await writer.add(S, message=str(i)) for i in range(10, 15)]
-        await _until(lambda: len(seen) >= 15, 10)
+        await wait_for_async(lambda: len(seen) >= 15, what="15 events", timeout_s=10)
         assert seen == written
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await close_relay(r)
-
-
-async def _until(check: object, timeout_s: float = 5.0) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.slow
@@ -258,11 +255,12 @@ async def test_sigterm_closes_clients_1001_and_exits_0(redis_url: str, writer: W
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 15 * UNIT_S
-        while not await asyncio.to_thread(port_open, "127.0.0.1", port):
+
+        async def listening() -> bool:
             assert proc.returncode is None, "relay exited"
-            assert time.monotonic() < deadline, "relay did not listen"
-            await asyncio.sleep(0.05)
+            return await asyncio.to_thread(port_open, "127.0.0.1", port)
+
+        await wait_for_async(listening, what="the relay to listen", timeout_s=15)
         clients = [await Client.open(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
         for c in clients:
             await c.send(op="subscribe", stream=S)
@@ -447,7 +445,9 @@ async def test_relay_wide_queue_bound_switches_connections_that_are_behind(
         watcher = asyncio.create_task(watch())
         # Nobody reads while 8,000 events of 1 KB (8 MB per client) flow.
         ids = await writer.add_many("session:big", 8_000, size=1024)
-        await _until(lambda: r.stats.total_bound_switches >= 1, 10)
+        await wait_for_async(
+            lambda: r.stats.total_bound_switches >= 1, what="a switch to catch-up", timeout_s=10
+        )
         await asyncio.sleep(0.3)
         watcher.cancel()
         # Each behind connection may add one replayed frame and its control frames.

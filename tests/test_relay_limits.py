@@ -16,8 +16,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from relay import Relay, RelaySettings, mint_token, verify_token
 from relay._http import STATIC_DIR, resolve_static, static_response
 from rpa_bus import ConfigError, Forbidden, Settings
+from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
 __all__ = ["relay", "writer"]
 
@@ -175,7 +176,7 @@ async def test_op_rate_limit(redis_url: str) -> None:
         frames = [await c.recv() for _ in range(6)]
         assert [f["type"] for f in frames].count("pong") == 5
         assert {"type": "error", "code": "rate_limited"}.items() <= frames[-1].items()
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(0.6 * UNIT_S)  # not a wait for something: the bucket refills
         await c.send(op="ping")
         assert await c.recv() == {"type": "pong"}
         await c.close()
@@ -203,10 +204,7 @@ async def test_connections_per_ip(redis_url: str) -> None:
             await Client.open(r.url)
         assert refused.value.response.status_code == 429
         await a.close()
-        for _ in range(50):
-            if r.stats.connections < 2:
-                break
-            await asyncio.sleep(0.02)
+        await wait_for_async(lambda: r.stats.connections < 2, what="a closed connection")
         c = await Client.open(r.url)
         await c.close()
         await b.close()
@@ -240,22 +238,12 @@ async def test_dead_peer_is_dropped_by_keepalive(redis_url: str) -> None:
         )
         await writer_.drain()
         assert (await reader.readline()).startswith(b"HTTP/1.1 101")
-        assert r.stats.connections == 1 or await _eventually(lambda: r.stats.connections == 1)
+        await wait_for_async(lambda: r.stats.connections == 1, what="1 connection", timeout_s=2)
         # Never answer the pings: the relay must give up on us.
-        assert await _eventually(lambda: r.stats.connections == 0, timeout_s=3)
+        await wait_for_async(lambda: r.stats.connections == 0, what="dropped", timeout_s=3)
         writer_.close()
     finally:
         await close_relay(r)
-
-
-async def _eventually(check: object, timeout_s: float = 2.0) -> bool:
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(check())
 
 
 # -- HTTP ---------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from relay import Relay
 from relay._frames import parse_id
+from tests._relay_support import Writer, close_relay, relay_settings
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Writer, close_relay, relay_settings
 
 N_CLIENTS = 3
 

@@ -23,9 +23,9 @@ import redis.asyncio as aioredis
 from producer import AsyncProducer
 from relay import Relay
 from tests._cluster import LocalSentinel, free_ports, running
+from tests._relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 from tests._service import Service, running_service
 from tests.conftest import UNIT_S
-from tests.test_relay_support import KEYS, Client, close_relay, relay_settings, sid_stream
 
 
 @pytest.fixture(scope="module")

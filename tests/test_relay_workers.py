@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from rpa_bus.cli._embedded import free_port
 from rpa_bus.redisio import cancel_and_wait
+from tests._relay_support import Writer, sid_stream
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Writer, sid_stream
 
 RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 NAMES = ("w-1", "w-2")

@@ -11,7 +11,7 @@ import orjson
 import redis
 
 from rpa_bus import Keys, Settings, state_from_meta
-from rpa_bus.redisio import SyncClient, sync_client
+from rpa_bus.redisio import ShardReplicas, SyncClient, master_label, replica_counts, sync_client
 
 # What redis-py returns for XRANGE/XREVRANGE on a client without decode_responses.
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -176,3 +176,16 @@ def redis_info(client: SyncClient) -> dict[str, Any]:
         "uptime_s": min((int(i.get("uptime_in_seconds", 0)) for i in infos), default=None),
         "masters": len(infos),
     }
+
+
+def replica_report(client: SyncClient, *, min_replicas: int) -> list[ShardReplicas]:
+    """`rpa-bus status`: every master's online replicas (its INFO replication), against
+    ``min_replicas`` (``RPA_BUS_MIN_REPLICAS``); on a cluster one INFO per master."""
+    if isinstance(client, redis.RedisCluster):
+        infos = {
+            node.name: client.get_redis_connection(node).info("replication")
+            for node in client.get_primaries()  # type: ignore[no-untyped-call]
+        }
+    else:
+        infos = {master_label(client): client.info("replication")}
+    return replica_counts(infos, min_replicas=min_replicas)

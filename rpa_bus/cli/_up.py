@@ -37,6 +37,7 @@ from rpa_bus.cli._ops import (
     list_monitors,
     list_sessions,
     redis_info,
+    replica_report,
 )
 from rpa_bus.redisio import close_sync
 
@@ -176,6 +177,7 @@ def status(
         running = [
             r for r in list_sessions(client, settings.keys, limit=1000) if r.status == "running"
         ]
+        shards = replica_report(client, min_replicas=settings.min_replicas)
     except redis.RedisError as exc:
         if as_json:
             redis_report.update(reachable=False, error=str(exc))
@@ -191,6 +193,10 @@ def status(
     report["relays"] = relays
     report["monitors"] = [asdict(m) for m in monitors]
     report["active_sessions"] = [r.session for r in running]
+    report["replicas"] = {
+        "min_replicas": settings.min_replicas,
+        "masters": [asdict(s) | {"below": s.below} for s in shards],
+    }
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -212,6 +218,11 @@ def status(
         for m in monitors:
             typer.echo(f"monitor   {m.host}  last sample {format_age(m.age_s)} ago")
         typer.echo(f"sessions  {len(running)} running")
+        for s in shards:
+            # With RPA_BUS_MIN_REPLICAS, a master below it blocks every producer batch.
+            need = f" of {s.min_replicas} required" if s.min_replicas else ""
+            short = ": BELOW RPA_BUS_MIN_REPLICAS, writes to it wait" if s.below else ""
+            typer.echo(f"replicas  {s.master}  {s.replicas} online{need}{short}")
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 

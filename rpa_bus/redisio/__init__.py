@@ -2,7 +2,8 @@
 
 Connection forms and their timeouts (``sync_client``, ``async_client``, node-pinned
 clients), the one transient-error classifier (``is_retryable``), capped jittered
-``Backoff``, rate-limited outage logging, the ``P:config`` handshake and task ownership.
+``Backoff``, rate-limited outage logging, the ``P:config`` handshake, task ownership, and
+which masters have fewer replicas than ``min_replicas`` (``shards_below``).
 The producer, the relay, the monitor, the workers and the CLI import this package; the
 pure contract modules of ``rpa_bus`` never do (a test keeps it so).
 """
@@ -28,6 +29,13 @@ from rpa_bus.redisio._config import (
     check_config_reply,
     config_commands,
 )
+from rpa_bus.redisio._replicas import (
+    ShardReplicas,
+    master_label,
+    online_replicas,
+    replica_counts,
+    shards_below,
+)
 from rpa_bus.redisio._retry import (
     REDIS_FAILURES,
     RETRYABLE_TYPES,
@@ -45,6 +53,7 @@ __all__ = [
     "Backoff",
     "NodeClient",
     "RateLimitedLog",
+    "ShardReplicas",
     "SyncClient",
     "async_client",
     "async_node_client",
@@ -56,7 +65,11 @@ __all__ = [
     "close_sync",
     "config_commands",
     "is_retryable",
+    "master_label",
     "node_client_factory",
     "node_kwargs",
+    "online_replicas",
+    "replica_counts",
+    "shards_below",
     "sync_client",
 ]
