@@ -20,8 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from relay import Relay, mint_token, verify_token
 from rpa_bus import Forbidden
+from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 from tests.conftest import UNIT_S
-from tests.test_relay_support import Client, Writer, close_relay, relay, relay_settings, writer
 
 __all__ = ["relay", "writer"]
 
