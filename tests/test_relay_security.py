@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import jwt
 import orjson
@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from relay import Relay, mint_token, verify_token
 from rpa_bus import Forbidden
 from tests._relay_support import Client, Writer, close_relay, relay, relay_settings, writer
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 
 __all__ = ["relay", "writer"]
@@ -285,18 +286,11 @@ async def test_client_that_never_reads_its_answers_is_closed_1008(redis_url: str
                 await ws.send(op)
             await asyncio.sleep(0)
         assert r.stats.policy_closes == 1
-        await until(lambda: r.stats.connections == 0, 10)
+        await wait_for_async(lambda: r.stats.connections == 0, what="the close", timeout_s=10)
         assert r.stats.queued_bytes == 0
         ws.transport.abort()
     finally:
         await close_relay(r)
-
-
-async def until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # -- op floods (item 5; issue 11 item 9b) -------------------------------------------------
