@@ -1,19 +1,32 @@
 """The on-disk journal: events not yet in Redis, in order, one file per producer.
 
-A line per event, orjson, written with one ``write()`` per spill (no user-space buffer,
-so a killed process loses nothing it has written; no fsync, so a machine crash may)::
+The first line names where the events go; then a line per event, orjson, written with
+one ``write()`` per spill (no user-space buffer, so a killed process loses nothing it has
+written)::
 
+    {"journal":1,"target":"redis://10.0.0.5:6379/0","prefix":"rpa"}
     {"s":"session:quote-123","p":"<producer id>","q":42,"w":0,"e":{...envelope...}}
+
+``target`` is the connection's identity without credentials (``target_of``) and
+``prefix`` the key prefix: a journal is adopted only by a producer writing to that same
+target and prefix; others leave it alone (``rpa-bus status`` lists it). A journal without
+the header line (written before it existed) is adopted by any producer, as it was then.
 
 ``s`` is the client-facing stream name (keys are derived again when the line is written,
 so a journal made under a wrong bucket count is still delivered right), ``p`` and ``q``
 the producer id and sequence number the event got when it was emitted (a replay after a
-partial write is deduplicated by the append script), ``w`` the time window of a monitor
+partial write is deduplicated by the append scripts), ``w`` the time window of a monitor
 stream in ms (0: capped by length), ``e`` the envelope.
 
+Durability against a machine crash: ``fsync`` per ``FSYNC_POLICIES`` (like Redis's
+``appendfsync``): ``always`` after every append, ``everysec`` at most a second after one
+(the default), ``no`` never (the OS writes it back when it likes). A killed process loses
+nothing it has written under any policy.
+
 The owner holds an exclusive ``flock`` on its file for as long as it lives. A producer
-starting up adopts every journal in the spool folder whose lock it can take (its process
-died) and writes it before its own events. A torn last line (killed mid-write) is skipped.
+starting up adopts every journal for its target in the spool folder whose lock it can
+take (its process died) and writes it before its own events. A torn last line (killed
+mid-write) is skipped.
 """
 
 from __future__ import annotations
@@ -22,17 +35,75 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from rpa_bus import InvalidInput, parse_stream_name
+from rpa_bus import ConfigError, EnvReader, InvalidInput, Settings, parse_stream_name
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".journal"
 _READ_CHUNK = 1 << 20
+FSYNC_POLICIES: Final = ("always", "everysec", "no")
+DEFAULT_FSYNC: Final = "everysec"
+
+
+def check_fsync(policy: str) -> str:
+    if policy not in FSYNC_POLICIES:
+        raise ConfigError(
+            f"journal fsync policy must be one of {', '.join(FSYNC_POLICIES)}, got {policy!r}"
+        )
+    return policy
+
+
+def journal_fsync_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """``RPA_BUS_JOURNAL_FSYNC`` (``always``, ``everysec``, ``no``), default ``everysec``."""
+    return check_fsync(EnvReader(environ).text("JOURNAL_FSYNC", DEFAULT_FSYNC))
+
+
+def target_of(settings: Settings) -> str:
+    """The Redis a producer writes to, without credentials: the topology, its hosts
+    (sorted) and the db (Sentinel: and the service). Two URLs naming one server the same
+    way give the same string; ``localhost`` and ``127.0.0.1`` do not."""
+    t = settings.target
+    if t.topology == "single":
+        u = urlsplit(t.url)
+        scheme = u.scheme.lower()
+        query = parse_qs(u.query)
+        db = u.path.strip("/") if scheme != "unix" else ""
+        db = db or query.get("db", ["0"])[0]
+        if scheme == "unix":
+            return f"unix://{u.path}?db={db}"
+        return f"{scheme}://{(u.hostname or '').lower()}:{u.port or 6379}/{db}"
+    hosts = ",".join(sorted(f"[{h}]:{p}" if ":" in h else f"{h.lower()}:{p}" for h, p in t.hosts))
+    scheme = ("rediss+" if t.tls else "redis+") + t.topology
+    if t.topology == "sentinel":
+        return f"{scheme}://{hosts}/{t.service}/{t.db}"
+    return f"{scheme}://{hosts}"
+
+
+def _header(target: str, prefix: str) -> bytes:
+    return orjson.dumps({"journal": 1, "target": target, "prefix": prefix}) + b"\n"
+
+
+def _read_header(fd: int) -> tuple[dict[str, Any] | None, int]:
+    """The header of an open journal and the offset after it; (None, 0) for a journal
+    without one (written before headers existed)."""
+    head = os.pread(fd, 4096, 0)
+    nl = head.find(b"\n")
+    if not head.startswith(b'{"journal":') or nl < 0:
+        return None, 0
+    try:
+        header = orjson.loads(head[:nl])
+    except orjson.JSONDecodeError:
+        return None, 0
+    return (header if isinstance(header, dict) else None), nl + 1
 
 
 class Item:
@@ -83,29 +154,44 @@ class Item:
 class Journal:
     """An open, locked journal file: appended by its owner, read back from ``read_pos``."""
 
-    def __init__(self, path: Path, fd: int, *, adopted: bool) -> None:
+    def __init__(
+        self, path: Path, fd: int, *, adopted: bool, start: int, fsync: str = DEFAULT_FSYNC
+    ) -> None:
         self.path = path
         self.fd = fd
         self.adopted = adopted
-        self.read_pos = 0
+        self.start = start  # the offset after the header: the first record
+        self.read_pos = start
         self.size = os.fstat(fd).st_size
         self.count = 0  # records appended by this process
+        self.fsync = fsync
+        self.syncs = 0  # fsync() calls made
+        self._dirty = False
+        self._synced_at = time.monotonic()
 
     @classmethod
-    def create(cls, spool_dir: Path, producer_id: str) -> Journal:
+    def create(
+        cls, spool_dir: Path, producer_id: str, target: str, prefix: str, fsync: str
+    ) -> Journal:
         spool_dir.mkdir(parents=True, exist_ok=True)
         path = spool_dir / f"{os.getpid()}-{producer_id}{SUFFIX}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = _header(target, prefix)
+            os.write(fd, header)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
-        return cls(path, fd, adopted=False)
+        return cls(path, fd, adopted=False, start=len(header), fsync=fsync)
 
     @classmethod
-    def try_adopt(cls, path: Path) -> Journal | None:
-        """Open and lock a journal whose owner died; ``None`` if it is alive or gone."""
+    def try_adopt(cls, path: Path, target: str, prefix: str, fsync: str) -> Journal | None:
+        """Open and lock a journal whose owner died and whose events go to ``target`` and
+        ``prefix``; ``None`` if its owner is alive, it is gone, or it is for another
+        target (then it is left as it is, for a producer writing there)."""
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -117,10 +203,17 @@ class Journal:
             st = os.fstat(fd)
             if st.st_nlink == 0 or os.stat(path).st_ino != st.st_ino:
                 raise FileNotFoundError(path)
+            header, start = _read_header(fd)
         except OSError:
             os.close(fd)
             return None
-        return cls(path, fd, adopted=True)
+        if header is not None and (header.get("target"), header.get("prefix")) != (
+            target,
+            prefix,
+        ):
+            os.close(fd)  # not ours: unlocked again, untouched
+            return None
+        return cls(path, fd, adopted=True, start=start, fsync=fsync)
 
     @property
     def pending(self) -> bool:
@@ -142,6 +235,26 @@ class Journal:
             raise
         self.size = os.fstat(self.fd).st_size
         self.count += len(items)
+        self._dirty = True
+        if self.fsync == "always":
+            self.sync()
+        else:
+            self.sync_if_due()
+
+    def sync(self) -> None:
+        """fsync() what was appended (policy ``no``: nothing)."""
+        if self._dirty and self.fsync != "no":
+            os.fsync(self.fd)
+            self.syncs += 1
+            self._dirty = False
+            self._synced_at = time.monotonic()
+
+    def sync_if_due(self) -> None:
+        """``everysec``: fsync() if something was appended and the last one is a second
+        old. The flusher calls it while it spills, so nothing stays unsynced much longer."""
+        due = time.monotonic() - self._synced_at >= 1.0
+        if self._dirty and self.fsync == "everysec" and due:
+            self.sync()
 
     def read(self, max_items: int) -> tuple[list[Item], int]:
         """Up to ``max_items`` complete records from ``read_pos``, and the offset after them.
@@ -184,17 +297,21 @@ class Journal:
         if not self.pending:
             self.remove()
             return
-        if self.read_pos > 0:
+        if self.read_pos > self.start:
+            head = os.pread(self.fd, self.start, 0)  # the header, kept
             rest = os.pread(self.fd, self.size - self.read_pos, self.read_pos)
             tmp = self.path.with_name(self.path.name + ".tmp")  # not *.journal: not adopted
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            view = memoryview(rest)
+            view = memoryview(head + rest)
             while view:
                 view = view[os.write(fd, view) :]
+            if self.fsync != "no":
+                os.fsync(fd)
             os.replace(tmp, self.path)  # the path now names the new, still locked, file
             os.close(self.fd)
             self.fd = fd
+            self._dirty = False
         self.close()
 
     def remove(self) -> None:
@@ -205,23 +322,76 @@ class Journal:
 
     def close(self) -> None:
         """Release the lock and keep the file, for the next start to deliver."""
+        with contextlib.suppress(OSError):
+            self.sync()
         os.close(self.fd)
 
 
-def adopt_all(spool_dir: Path) -> list[Journal]:
-    """Lock every orphaned journal in ``spool_dir``, oldest first."""
-
+def _by_age(spool_dir: Path) -> list[Path]:
     def mtime(path: Path) -> float:
         try:
             return path.stat().st_mtime
         except FileNotFoundError:
             return 0.0
 
-    paths = sorted(spool_dir.glob("*" + SUFFIX), key=mtime)
+    return sorted(spool_dir.glob("*" + SUFFIX), key=mtime)
+
+
+def adopt_all(spool_dir: Path, target: str, prefix: str, fsync: str) -> list[Journal]:
+    """Lock every orphaned journal in ``spool_dir`` for ``target``/``prefix``, oldest
+    first; say once how many wait for other targets."""
     adopted = []
-    for path in paths:
-        journal = Journal.try_adopt(path)
+    for path in _by_age(spool_dir):
+        journal = Journal.try_adopt(path, target, prefix, fsync)
         if journal is not None:
             log.info("adopting journal %s (%d bytes) left by a dead process", path, journal.size)
             adopted.append(journal)
     return adopted
+
+
+@dataclass(frozen=True, slots=True)
+class JournalInfo:
+    """A journal in a spool folder, as ``list_journals`` sees it."""
+
+    path: Path
+    target: str | None  # None: written before journals named their target
+    prefix: str | None
+    events: int  # complete records, delivered ones included until the owner cuts them
+    live: bool  # its owner is running (it holds the lock)
+
+
+def list_journals(spool_dir: Path | str) -> list[JournalInfo]:
+    """Every journal in ``spool_dir``, oldest first, read without taking it over."""
+    folder = Path(spool_dir)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in _by_age(folder):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            header, _start = _read_header(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                live = False
+            except OSError:
+                live = True
+            lines = 0
+            pos = 0
+            while chunk := os.pread(fd, _READ_CHUNK, pos):
+                lines += chunk.count(b"\n")
+                pos += len(chunk)
+        finally:
+            os.close(fd)
+        found.append(
+            JournalInfo(
+                path=path,
+                target=None if header is None else header.get("target"),
+                prefix=None if header is None else header.get("prefix"),
+                events=lines - (header is not None),
+                live=live,
+            )
+        )
+    return found

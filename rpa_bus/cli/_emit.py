@@ -70,15 +70,11 @@ def emit(
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
                 raise InvalidEvent(f"--data is not valid JSON: {exc}") from exc
-        percent = None
-        if step is not None and total is not None and 0 <= step <= total:
-            percent = round(100.0 * step / total, 1)
         error = message if event_type in ("error", "failed") else None
         event = make(
             event_type,
             step=step,
-            total=total,
-            percent=percent,
+            total=total,  # percent: computed by make (percent_of), as progress() does
             message=message,
             error=error,
             data=payload,
