@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from producer._async import AsyncProducer, AsyncSession
 from producer._core import ProducerClosed
-from producer._journal import FSYNC_POLICIES, JournalInfo, list_journals
+from producer._journal import FSYNC_POLICIES, JournalInfo, list_journals, target_of
 from producer._sync import Producer, Session
 from rpa_bus.redisio import is_retryable
 
@@ -52,4 +52,5 @@ __all__ = [
     "Session",
     "is_retryable",
     "list_journals",
+    "target_of",
 ]

@@ -33,10 +33,12 @@ from rpa_bus.cli._local import clear_up_state, resolve_redis_url, state_dir, wri
 from rpa_bus.cli._ops import (
     connect,
     format_age,
+    format_journal,
     format_table,
     list_monitors,
     list_sessions,
     redis_info,
+    waiting_journals,
 )
 from rpa_bus.redisio import close_sync
 
@@ -191,6 +193,8 @@ def status(
     report["relays"] = relays
     report["monitors"] = [asdict(m) for m in monitors]
     report["active_sessions"] = [r.session for r in running]
+    journals = waiting_journals(settings)  # events kept on disk for another Redis
+    report["journals"] = [asdict(j) for j in journals]
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -212,6 +216,8 @@ def status(
         for m in monitors:
             typer.echo(f"monitor   {m.host}  last sample {format_age(m.age_s)} ago")
         typer.echo(f"sessions  {len(running)} running")
+        for journal in journals:
+            typer.echo(format_journal(journal))
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 
