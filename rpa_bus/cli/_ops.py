@@ -202,6 +202,5 @@ def waiting_journals(settings: Settings) -> list[JournalRow]:
 def format_journal(row: JournalRow) -> str:
     owner = "its producer is running" if row.live else "waiting for a producer writing there"
     return (
-        f"journal   {row.events} events for {row.target} (prefix {row.prefix}), {owner}: "
-        f"{row.path}"
+        f"journal   {row.events} events for {row.target} (prefix {row.prefix}), {owner}: {row.path}"
     )
