@@ -23,7 +23,6 @@ from producer._core import (
     Sleep,
     Write,
 )
-from producer._journal import journal_fsync_from_env
 from rpa_bus import BusError, ConfigMismatch, Envelope, Settings
 from rpa_bus.redisio import (
     REDIS_FAILURES,
@@ -80,13 +79,6 @@ class AsyncProducer(BaseProducer):
         self._wake_event = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._written = asyncio.Condition()
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> AsyncProducer:
-        """Settings from ``RPA_BUS_*`` variables (``RPA_BUS_JOURNAL_FSYNC`` too); keyword
-        overrides win."""
-        fsync = overrides.pop("journal_fsync", None) or journal_fsync_from_env()
-        return cls(settings=Settings.from_env(**overrides), journal_fsync=fsync)
 
     def session(self, sid: str, *, total: int | None = None, meta: Any = None) -> AsyncSession:
         """A session run; ``async with`` emits ``started``, then ``finished`` or ``failed``."""
@@ -165,10 +157,6 @@ class AsyncProducer(BaseProducer):
         if self._task is None:
             self._ensure_task()  # refuse before anything is queued
         super()._enqueue(stream, event, window_ms)
-
-    def _wake(self) -> None:
-        if not self._wake_event.is_set():
-            self._wake_event.set()
 
     async def _run(self) -> None:
         steps = self._flusher()

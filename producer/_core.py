@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import orjson
 from redis import exceptions as rx
@@ -40,6 +40,7 @@ from producer._journal import (
     Journal,
     adopt_all,
     check_fsync,
+    journal_fsync_from_env,
     target_of,
 )
 from producer._script import APPEND_SHA, INDEX_MAXLEN, ONCE_SHA, SCRIPTS, seen_key
@@ -206,6 +207,7 @@ class BaseProducer:
     """Shared base of ``Producer`` and ``AsyncProducer``; not used directly."""
 
     _client: Any  # the twin's client: one server, Sentinel's master, or a cluster
+    _wake_event: Any  # the twin's threading.Event or asyncio.Event: set by emit()
 
     # Events per round trip: big enough to amortise it, small enough to keep one script
     # (which blocks the server while it runs) well under a millisecond.
@@ -297,6 +299,13 @@ class BaseProducer:
 
     # -- public, shared --------------------------------------------------------------
 
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Settings from ``RPA_BUS_*`` variables (``RPA_BUS_JOURNAL_FSYNC`` too); keyword
+        overrides win."""
+        fsync = overrides.pop("journal_fsync", None) or journal_fsync_from_env()
+        return cls(settings=Settings.from_env(**overrides), journal_fsync=fsync)
+
     def publish(
         self, stream: str | StreamRef, event: Mapping[str, Any], *, window_s: float | None = None
     ) -> None:
@@ -382,7 +391,10 @@ class BaseProducer:
             self._dead = True
 
     def _wake(self) -> None:
-        raise NotImplementedError
+        # Checking first keeps emit() cheap: set() takes a lock and notifies. The flusher
+        # clears the event before it looks at the queue, so no wake-up is lost.
+        if not self._wake_event.is_set():
+            self._wake_event.set()
 
     def _start_flusher(self) -> None:
         raise NotImplementedError

@@ -24,7 +24,6 @@ from producer._core import (
     Sleep,
     Write,
 )
-from producer._journal import journal_fsync_from_env
 from rpa_bus import ConfigMismatch, Settings
 from rpa_bus.redisio import REDIS_FAILURES, SyncClient, close_sync, node_kwargs, sync_client
 
@@ -92,13 +91,6 @@ class Producer(BaseProducer):
         self._atexit = _closer(weakref.ref(self))
         atexit.register(self._atexit)
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> Producer:
-        """Settings from ``RPA_BUS_*`` variables (``RPA_BUS_JOURNAL_FSYNC`` too); keyword
-        overrides win."""
-        fsync = overrides.pop("journal_fsync", None) or journal_fsync_from_env()
-        return cls(settings=Settings.from_env(**overrides), journal_fsync=fsync)
-
     def session(self, sid: str, *, total: int | None = None, meta: Any = None) -> Session:
         """A session run; ``with`` emits ``started`` on enter and ``finished`` (or
         ``failed``, when an exception escapes) on exit."""
@@ -154,12 +146,6 @@ class Producer(BaseProducer):
             target=self._run, name=f"rpa-bus-producer-{self.id}", daemon=True
         )
         self._thread.start()
-
-    def _wake(self) -> None:
-        # Checking first keeps emit() cheap: set() takes a lock and notifies. The flusher
-        # clears the event before it looks at the queue, so no wake-up is lost.
-        if not self._wake_event.is_set():
-            self._wake_event.set()
 
     def _run(self) -> None:
         steps = self._flusher()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,14 @@ from rpa_bus import Keys
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
+from tests.test_producer_faults import messages, wait_for
 from tests.test_producer_helpers import client, events
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10 * UNIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def kept(spool_dir: Path) -> int:
     return sum(j.events for j in list_journals(spool_dir))
-
-
-def messages(evts: list[dict[str, Any]]) -> list[Any]:
-    return [e.get("message") for e in evts if e["type"] == "log"]
 
 
 def status(url: str, spool_dir: Path) -> subprocess.CompletedProcess[str]:
