@@ -7,6 +7,9 @@ Starts a private Redis (no persistence) and measures, with ~200-byte events:
 1. throughput: events/s through ``Producer`` (emit + flush) against raw redis-py
    pipelined ``XADD`` of the same encoded events on the same server, as a ratio;
 2. the cost of one ``emit()`` on the caller's thread, median and p99, Redis up and down;
+   down, once per journal fsync policy (``always``, ``everysec``, ``no``) with the default
+   ``queue_max`` (the flusher spills to the journal every 50 ms) and with ``queue_max``
+   100 (emit() itself spills, and fsyncs under ``always``, every 100 events);
 3. emit -> in-Redis latency under light load (one event every 2 ms): a reader blocked in
    ``XREAD`` notes when each event arrives; p50 and p99.
 """
@@ -106,12 +109,21 @@ def throughput(url: str, spool: Path, n: int, sessions: int, rounds: int) -> Non
           f"(min {ratios[0]:.0%}, max {ratios[-1]:.0%})")  # fmt: skip
 
 
-def emit_cost(url: str, spool: Path, n: int) -> tuple[float, float, float]:
+def emit_cost(
+    url: str, spool: Path, n: int, fsync: str = "everysec", queue_max: int = 10_000
+) -> tuple[float, float, float]:
     """(median, p99, median of the first emit after an idle pause) seconds of one
     progress() call on the caller's thread. Bursts of 1000 emits, 2 ms apart, so the
     flusher runs meanwhile; the first call after a pause runs with cold CPU caches and is
     reported on its own (on this VM any code is ~20 us slower right after a sleep)."""
-    bus = Producer(url, spool_dir=spool, connect_timeout_s=0.2, socket_timeout_s=0.5)
+    bus = Producer(
+        url,
+        spool_dir=spool,
+        connect_timeout_s=0.2,
+        socket_timeout_s=0.5,
+        journal_fsync=fsync,
+        queue_max=queue_max,
+    )
     s = bus.session("cost", total=n)
     s.start()
     warm, cold = [], []
@@ -189,10 +201,16 @@ def main() -> None:
             throughput(server.url, spool, args.events, args.sessions, args.rounds)
             print("2. emit() cost on the caller's thread")
             dead = f"redis://127.0.0.1:{free_port()}/0"
-            for label, url, where in (("up", server.url, spool), ("down", dead, spool_down)):
-                med, p99, cold = emit_cost(url, where, 50_000)
-                print(f"  Redis {label:4}  median {med * 1e6:.1f} us   p99 {p99 * 1e6:.1f} us   "
-                      f"first after a pause: {cold * 1e6:.1f} us")  # fmt: skip
+            runs = [("up", server.url, spool, "everysec", 10_000)] + [
+                (f"down, fsync {policy}, queue_max {qmax}", dead, spool_down / f"{policy}{qmax}",
+                 policy, qmax)
+                for qmax in (10_000, 100)
+                for policy in ("everysec", "always", "no")
+            ]  # fmt: skip
+            for label, url, where, policy, qmax in runs:
+                med, p99, cold = emit_cost(url, where, 50_000, policy, qmax)
+                print(f"  Redis {label:39}  median {med * 1e6:.1f} us   p99 {p99 * 1e6:.1f} us"
+                      f"   first after a pause: {cold * 1e6:.1f} us")  # fmt: skip
             print("3. emit -> in Redis, light load (one event every 2 ms)")
             p50, p99 = latency(server.url, spool, 1000)
             print(f"  p50 {p50 * 1e3:.2f} ms   p99 {p99 * 1e3:.2f} ms")
