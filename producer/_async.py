@@ -184,6 +184,7 @@ class AsyncProducer(BaseProducer):
             pass
         except Exception as exc:  # a bug: logged; the next emit starts a new flusher
             self._crashed(exc)
+            self._mark_dead()
         finally:
             # Wake flush() waiters so they see the task is gone (not under cancellation:
             # acquiring the condition could wait, and close() is awaiting us).

@@ -383,10 +383,13 @@ class BaseProducer:
         self._start_flusher()
 
     def _crashed(self, exc: Exception) -> None:
-        """The flusher met a bug: say so loudly; the next emit or flush restarts it, and
-        close() saves what is queued in any case."""
+        """The flusher met a bug: say so loudly. Once its driver has let go of what it
+        held, ``_mark_dead()`` lets the next emit or flush restart it; close() saves what
+        is queued in any case."""
         self.last_error = exc
         log.exception("rpa-bus producer flusher stopped by an unexpected error")
+
+    def _mark_dead(self) -> None:
         with self._lock:
             self._dead = True
 

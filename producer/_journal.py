@@ -236,10 +236,13 @@ class Journal:
         self.size = os.fstat(self.fd).st_size
         self.count += len(items)
         self._dirty = True
-        if self.fsync == "always":
-            self.sync()
-        else:
-            self.sync_if_due()
+        try:
+            if self.fsync == "always":
+                self.sync()
+            else:
+                self.sync_if_due()
+        except OSError as exc:  # written, maybe not durable: not a reason to write it again
+            log.error("cannot fsync journal %s: %s", self.path, exc)
 
     def sync(self) -> None:
         """fsync() what was appended (policy ``no``: nothing)."""
@@ -361,7 +364,9 @@ class JournalInfo:
 
 
 def list_journals(spool_dir: Path | str) -> list[JournalInfo]:
-    """Every journal in ``spool_dir``, oldest first, read without taking it over."""
+    """Every journal in ``spool_dir``, oldest first, read without taking it over (its
+    lock is probed with a shared lock held for a moment: a producer starting in that
+    very moment leaves that journal for its next start)."""
     folder = Path(spool_dir)
     if not folder.is_dir():
         return []

@@ -150,6 +150,7 @@ class Producer(BaseProducer):
     def _run(self) -> None:
         steps = self._flusher()
         reply: BaseException | None = None
+        crashed = False
         try:
             while True:
                 step = steps.send(reply)
@@ -171,11 +172,14 @@ class Producer(BaseProducer):
         except StopIteration:
             pass
         except Exception as exc:  # a bug: logged; the next emit starts a new flusher
+            crashed = True
             self._crashed(exc)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+            if crashed:  # only now: a new flusher must not meet this one's pool
+                self._mark_dead()
             with self._written:
                 self._written.notify_all()
 
