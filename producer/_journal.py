@@ -138,13 +138,17 @@ class Item:
         )
 
     @classmethod
-    def from_record(cls, line: bytes) -> Item:
-        """Parse a journal line; raise ``ValueError`` if it is not a complete record."""
+    def from_record(cls, line: bytes, streams: set[str] | None = None) -> Item:
+        """Parse a journal line; raise ``ValueError`` if it is not a complete record.
+        ``streams``: names already validated (checked once each, not once per line)."""
         d = orjson.loads(line)
-        if not isinstance(d, dict) or not isinstance(d.get("e"), dict):
+        if d.__class__ is not dict or d.get("e").__class__ is not dict:
             raise ValueError("not a journal record")
         stream = d["s"]
-        parse_stream_name(stream)
+        if streams is None or stream not in streams:
+            parse_stream_name(stream)
+            if streams is not None and len(streams) < 10_000:
+                streams.add(stream)
         # The envelope's bytes as emitted: "e" is the last field, and the ones before it
         # cannot contain its marker (validated names, numbers).
         env = line[line.index(b',"e":') + 5 : line.rindex(b"}")]
@@ -168,6 +172,7 @@ class Journal:
         self.syncs = 0  # fsync() calls made
         self._dirty = False
         self._synced_at = time.monotonic()
+        self._streams: set[str] = set()  # stream names of records read, validated
 
     @classmethod
     def create(
@@ -280,7 +285,7 @@ class Journal:
                 line = chunk[start:nl]
                 start = nl + 1
                 try:
-                    items.append(Item.from_record(line))
+                    items.append(Item.from_record(line, self._streams))
                 except (ValueError, KeyError, TypeError, InvalidInput) as exc:
                     log.error("skipping a damaged line in journal %s: %s", self.path, exc)
             if start == 0:
