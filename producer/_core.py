@@ -23,6 +23,7 @@ events reach Redis in the order they were emitted.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -773,21 +774,22 @@ class BaseProducer:
         )
 
     def _spill(self) -> None:
+        """The flusher, while writes fail: queued events to the journal; under
+        ``everysec`` an fsync once a second, done after letting go of ``_jlock`` (on a
+        duplicate descriptor: close() may release the journal meanwhile)."""
         with self._jlock:
             if self._closed:
                 return
             if self._queue or self._held:
                 self._spill_locked()
-            if self._journal is not None:
-                self._sync_due()
-
-    def _sync_due(self) -> None:
-        """``everysec``: fsync the journal if the last one is a second old. Caller holds
-        ``_jlock``."""
-        try:
-            self._journal.sync_if_due()  # type: ignore[union-attr]
-        except OSError as exc:
-            self._disk_log(logging.ERROR, "cannot fsync the journal: %s", exc)
+            fd = None if self._journal is None else self._journal.due_fd()
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._disk_log(logging.ERROR, "cannot fsync the journal: %s", exc)
+            finally:
+                os.close(fd)
 
     def _spill_locked(self) -> bool:
         """Move held + queued events to the end of our journal. Caller holds ``_jlock``.

@@ -19,8 +19,9 @@ partial write is deduplicated by the append scripts), ``w`` the time window of a
 stream in ms (0: capped by length), ``e`` the envelope.
 
 Durability against a machine crash: ``fsync`` per ``FSYNC_POLICIES`` (like Redis's
-``appendfsync``): ``always`` after every append, ``everysec`` at most a second after one
-(the default), ``no`` never (the OS writes it back when it likes). A killed process loses
+``appendfsync``): ``always`` after every append, ``everysec`` at most about a second after
+one (the default; by the flusher, outside its lock), ``no`` never (the OS writes it back
+when it likes). A killed process loses
 nothing it has written under any policy.
 
 The owner holds an exclusive ``flock`` on its file for as long as it lives. A producer
@@ -241,13 +242,11 @@ class Journal:
         self.size = os.fstat(self.fd).st_size
         self.count += len(items)
         self._dirty = True
-        try:
-            if self.fsync == "always":
+        if self.fsync == "always":
+            try:
                 self.sync()
-            else:
-                self.sync_if_due()
-        except OSError as exc:  # written, maybe not durable: not a reason to write it again
-            log.error("cannot fsync journal %s: %s", self.path, exc)
+            except OSError as exc:  # written, maybe not durable: no reason to write it again
+                log.error("cannot fsync journal %s: %s", self.path, exc)
 
     def sync(self) -> None:
         """fsync() what was appended (policy ``no``: nothing)."""
@@ -259,10 +258,26 @@ class Journal:
 
     def sync_if_due(self) -> None:
         """``everysec``: fsync() if something was appended and the last one is a second
-        old. The flusher calls it while it spills, so nothing stays unsynced much longer."""
+        old."""
+        fd = self.due_fd()
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def due_fd(self) -> int | None:
+        """``everysec``: if an fsync is due (something appended, the last one a second
+        old), a duplicate of the file descriptor to fsync, counted as done; else None.
+        The flusher fsyncs it after letting go of its lock, so a slow disk never holds up
+        an emit() that spills."""
         due = time.monotonic() - self._synced_at >= 1.0
-        if self._dirty and self.fsync == "everysec" and due:
-            self.sync()
+        if not (self._dirty and self.fsync == "everysec" and due):
+            return None
+        self.syncs += 1
+        self._dirty = False
+        self._synced_at = time.monotonic()
+        return os.dup(self.fd)
 
     def read(self, max_items: int) -> tuple[list[Item], int]:
         """Up to ``max_items`` complete records from ``read_pos``, and the offset after them.
