@@ -362,7 +362,8 @@ def _by_age(spool_dir: Path) -> list[Path]:
 
 def adopt_all(spool_dir: Path, target: str, prefix: str, fsync: str) -> list[Journal]:
     """Lock every orphaned journal in ``spool_dir`` for ``target``/``prefix``, oldest
-    first; say once how many wait for other targets."""
+    first (journals for other targets are left as they are: ``list_journals`` shows
+    them)."""
     adopted = []
     for path in _by_age(spool_dir):
         journal = Journal.try_adopt(path, target, prefix, fsync)
