@@ -203,7 +203,7 @@ class Journal:
         except FileNotFoundError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_orphan(fd)
             # The owner unlinks a drained journal before it lets go of the lock; if we
             # opened it just before that, the lock is ours but the file is gone: skip it.
             st = os.fstat(fd)
@@ -350,6 +350,26 @@ class Journal:
         os.close(self.fd)
 
 
+def _lock_orphan(fd: int, wait_s: float = 0.5) -> None:
+    """Take the exclusive lock of a journal whose owner died; ``OSError`` if its owner
+    lives. A shared lock (a reader such as ``list_journals``, held for a moment) is waited
+    out for up to ``wait_s``, so a producer starting then still adopts the journal."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except OSError:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises if the owner holds it
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # converts our shared lock
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
 def _by_age(spool_dir: Path) -> list[Path]:
     def mtime(path: Path) -> float:
         try:
@@ -386,8 +406,7 @@ class JournalInfo:
 
 def list_journals(spool_dir: Path | str) -> list[JournalInfo]:
     """Every journal in ``spool_dir``, oldest first, read without taking it over (its
-    lock is probed with a shared lock held for a moment: a producer starting in that
-    very moment leaves that journal for its next start)."""
+    lock is probed with a shared lock let go at once; an adopter waits that out)."""
     folder = Path(spool_dir)
     if not folder.is_dir():
         return []
@@ -399,8 +418,9 @@ def list_journals(spool_dir: Path | str) -> list[JournalInfo]:
             continue
         try:
             header, _start = _read_header(fd)
-            try:
+            try:  # its owner holds it exclusively while it lives
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)  # at once: an adopter waits for no reader
                 live = False
             except OSError:
                 live = True

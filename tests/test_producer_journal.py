@@ -157,3 +157,23 @@ def test_fsync_policy(spool_dir: Path) -> None:
     assert journal_fsync_from_env({"RPA_BUS_JOURNAL_FSYNC": "always"}) == "always"
     with pytest.raises(ConfigError, match="always, everysec, no"):
         journal_fsync_from_env({"RPA_BUS_JOURNAL_FSYNC": "sometimes"})
+
+
+def test_a_reader_probing_the_lock_does_not_stop_an_adopter(spool_dir: Path) -> None:
+    """``list_journals`` (``rpa-bus status``) takes a shared lock for a moment; a producer
+    starting in that moment still adopts the journal (a live owner's exclusive lock is
+    not waited for)."""
+    import fcntl
+    import threading
+
+    j = create(spool_dir)
+    j.append([item(1)])
+    j.close()
+    reader = os.open(j.path, os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    threading.Timer(0.05, os.close, (reader,)).start()  # the reader lets go 50 ms later
+    (adopted,) = adopt_all(spool_dir, *HERE)
+    live = Journal.create(spool_dir, "pid2", HERE[0], "rpa", "no")  # an owner that lives
+    assert adopt_all(spool_dir, *HERE) == []  # not waited for: refused at once
+    adopted.close()
+    live.close()
