@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -284,6 +285,7 @@ class BaseProducer:
         self._down_log = RateLimitedLog(log)
         self._disk_log = RateLimitedLog(log)
         self._revive_log = RateLimitedLog(log)
+        self._crash_log = RateLimitedLog(log)
         self._disk_retry_at = 0.0  # a failed journal write is not retried before this
         self._failing = False
         self._key_cache: dict[tuple[str, str], str] = {}
@@ -388,7 +390,12 @@ class BaseProducer:
         held, ``_mark_dead()`` lets the next emit or flush restart it; close() saves what
         is queued in any case."""
         self.last_error = exc
-        log.exception("rpa-bus producer flusher stopped by an unexpected error")
+        # Rate-limited: a bug that strikes every batch must not flood the log.
+        self._crash_log(
+            logging.ERROR,
+            "rpa-bus producer flusher stopped by an unexpected error:\n%s",
+            "".join(traceback.format_exception(exc)).rstrip(),
+        )
 
     def _mark_dead(self) -> None:
         with self._lock:
