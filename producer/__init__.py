@@ -25,24 +25,32 @@ Lower level, for streams without a session object (the monitor's samples and ale
                   default settings.retention_s (24 h)
 
 Guarantees: emitting never blocks on the network and never raises because Redis is slow
-or down; events are kept in order (in memory, then in a journal on disk) until written,
-also across a restart of the process; a session event is never written twice (an
-idempotent append script checks a per-producer sequence number); bad input raises
-``rpa_bus.InvalidInput`` subclasses at once. See docs/producer.md.
+or down; events are kept in order (in memory up to ``queue_max``, then in a journal on
+disk, fsynced per ``journal_fsync``: ``always``/``everysec``/``no``) until written, also
+across a restart of the process (by the next producer writing to the same Redis target
+and prefix); no event is written twice, on any stream (idempotent append scripts check a
+per-producer sequence number); bad input raises ``rpa_bus.InvalidInput`` subclasses at
+once. ``list_journals(spool_dir)`` shows what waits on disk, and for which target. See
+docs/producer.md.
 """
 
 from __future__ import annotations
 
 from producer._async import AsyncProducer, AsyncSession
 from producer._core import ProducerClosed
+from producer._journal import FSYNC_POLICIES, JournalInfo, list_journals, target_of
 from producer._sync import Producer, Session
 from rpa_bus.redisio import is_retryable
 
 __all__ = [
+    "FSYNC_POLICIES",
     "AsyncProducer",
     "AsyncSession",
+    "JournalInfo",
     "Producer",
     "ProducerClosed",
     "Session",
     "is_retryable",
+    "list_journals",
+    "target_of",
 ]

@@ -1,29 +1,51 @@
 """What the sync and async producers share: input checks, envelopes, sequence numbers,
-pace and eta, the queue and journals, and the flusher's decisions (what to write next, how,
-and what a reply means). The twins add only the I/O: a thread and ``redis.Redis``, or a
-task and ``redis.asyncio.Redis``.
+pace and eta, the queue and journals, and every decision of the flusher (what to write
+next, on which node, what a reply means, when to back off, spill or stop). The twins add
+only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
 
-Order of unwritten events, oldest first: adopted journals (left by dead processes), this
-producer's own journal, the batch in flight (``_held``), the memory queue. The flusher
-always writes from the oldest non-empty source, so each session's events reach Redis in
-the order they were emitted.
+The flusher is written once, as generators that yield what they need done:
+
+- ``BaseProducer._flusher()`` yields ``Write(batch)`` (the driver sends back ``None`` or
+  the Redis failure), ``Sleep(s)`` (wait for close() at most ``s``), ``IDLE`` (wait for an
+  emit) and ``NOTIFY`` (wake ``flush()`` waiters);
+- ``BaseProducer._rounds()`` / ``_config_rounds()`` yield, for one node, ``Pipeline``
+  (send these commands in one round trip, reply with the results, errors included) and
+  ``LoadScripts``.
+
+``Producer`` drives them by blocking, ``AsyncProducer`` by awaiting; neither decides.
+
+Order of unwritten events, oldest first: adopted journals (left by dead processes writing
+to the same target), this producer's own journal, the batch in flight (``_held``), the
+memory queue. The flusher always writes from the oldest non-empty source, so each stream's
+events reach Redis in the order they were emitted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
+import traceback
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Generator, Mapping
+from pathlib import Path
+from typing import Any, Final, Self
 
 import orjson
 from redis import exceptions as rx
 
-from producer._journal import Item, Journal, adopt_all
-from producer._script import APPEND_LUA, APPEND_SHA, INDEX_LUA, INDEX_MAXLEN, INDEX_SHA
+from producer._journal import (
+    DEFAULT_FSYNC,
+    Item,
+    Journal,
+    adopt_all,
+    check_fsync,
+    journal_fsync_from_env,
+    target_of,
+)
+from producer._script import APPEND_SHA, INDEX_MAXLEN, ONCE_SHA, SCRIPTS, seen_key
 from rpa_bus import (
     STATE_FIELDS,
     TERMINAL_TYPES,
@@ -38,21 +60,29 @@ from rpa_bus import (
     StreamRef,
     Unavailable,
     encode,
+    eta_of,
     make,
     now_ts,
     parse_stream_name,
+    progress,
     state_fields,
     validate,
     validate_session_id,
     validate_type,
 )
-from rpa_bus.redisio import RateLimitedLog, is_retryable
+from rpa_bus.redisio import (
+    Backoff,
+    RateLimitedLog,
+    check_config_reply,
+    config_commands,
+    is_retryable,
+)
 
 log = logging.getLogger("producer")
 
-# Lifecycle types have their own Session methods; emit() refuses them.
+# Lifecycle types: their own Session methods (emit() refuses them), and the events that
+# go into the sessions index.
 _LIFECYCLE: Final = frozenset({"started", "finished", "failed"})
-_INDEX_TYPES: Final = frozenset({"started", "finished", "failed"})
 
 Call = tuple[tuple[Any, ...], list[Item]]
 
@@ -67,8 +97,8 @@ class NotReplicated(rx.RedisError):
 
 
 def call_key(args: tuple[Any, ...]) -> str:
-    """The key a call is routed by on a cluster: EVALSHA's first key, XADD's key."""
-    return str(args[3] if args[0] == "EVALSHA" else args[1])
+    """The key a call is routed by on a cluster: the script's first key."""
+    return str(args[3])
 
 
 # state_fields() of any event type outside _RESETTING sets only these keys.
@@ -107,8 +137,79 @@ class Batch:
         self.calls: list[Call] = []
 
 
+# -- what the flusher core asks its driver for -----------------------------------------
+
+
+class Write:
+    """Write the batch; send back None, or the Redis failure (``REDIS_FAILURES``)."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+
+
+class Sleep:
+    """Wait ``seconds``, or less if close() is called."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+IDLE: Final = "idle"  # clear the wake-up signal; wait for it unless _has_work()
+NOTIFY: Final = "notify"  # wake flush() waiters
+Step = Write | Sleep | str
+
+
+class Pipeline:
+    """One round trip on one node: the commands, pipelined, without a transaction; send
+    back the list of replies, errors as exception objects (``raise_on_error=False``)."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self, commands: list[tuple[Any, ...]]) -> None:
+        self.commands = commands
+
+
+class LoadScripts:
+    """``SCRIPT LOAD`` each of ``scripts`` on the node; send back None."""
+
+    __slots__ = ("scripts",)
+
+    def __init__(self, scripts: tuple[str, ...]) -> None:
+        self.scripts = scripts
+
+
+NodeOp = Pipeline | LoadScripts
+NodeRounds = Generator[NodeOp, Any, None]
+
+
+class TsClock:
+    """``rpa_bus.now_ts()``, with the formatted second cached: 0.3 us instead of 3. One
+    per producer (no process-wide state); the pair is one tuple, so threads see it whole."""
+
+    __slots__ = ("_cached",)
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str] = (-1, "")
+
+    def now(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        sec, frac = divmod(ms, 1000)
+        cached_sec, prefix = self._cached
+        if cached_sec != sec:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._cached = (sec, prefix)
+        return f"{prefix}.{frac:03d}Z"
+
+
 class BaseProducer:
     """Shared base of ``Producer`` and ``AsyncProducer``; not used directly."""
+
+    _client: Any  # the twin's client: one server, Sentinel's master, or a cluster
+    _wake_event: Any  # the twin's threading.Event or asyncio.Event: set by emit()
 
     # Events per round trip: big enough to amortise it, small enough to keep one script
     # (which blocks the server while it runs) well under a millisecond.
@@ -125,6 +226,7 @@ class BaseProducer:
         *,
         client: Any = None,
         settings: Settings | None = None,
+        journal_fsync: str | None = None,
         **overrides: Any,
     ) -> None:
         if url is not None and client is not None:
@@ -138,21 +240,30 @@ class BaseProducer:
                 settings = settings.with_(**overrides)
             except TypeError as exc:
                 raise ValueError(f"unknown producer setting: {exc}") from exc
+        if not isinstance(settings.spool_dir, Path):  # a str (or any path-like) is fine
+            settings = settings.with_(spool_dir=Path(settings.spool_dir))
         self.settings: Final = settings
         self.keys: Final[Keys] = settings.keys
-        #: Random per instance: the name under which the append script records this
-        #: producer's highest applied sequence number in each session's meta hash.
+        #: Random per instance: the name under which the append scripts record this
+        #: producer's highest applied sequence number for each stream.
         self.id: Final = secrets.token_hex(8)
+        #: The journal's fsync policy: ``always``, ``everysec`` (default) or ``no``.
+        self.journal_fsync: Final = check_fsync(journal_fsync or DEFAULT_FSYNC)
+        #: Where this producer writes, without credentials: its journals carry it, and
+        #: only a producer writing to the same target (and prefix) adopts them.
+        self.target: Final = target_of(settings)
         #: The last error the flusher met, or None: ``Unavailable`` (Redis could not be
-        #: written; the redis-py error is its ``__cause__``), ``ConfigMismatch``, or a
-        #: ``BusError`` for events Redis refused for good.
+        #: written; the redis-py error is its ``__cause__``), ``ConfigMismatch``, a
+        #: ``BusError`` for events Redis refused for good, or the bug that stopped the
+        #: flusher (it is restarted on the next emit or flush).
         self.last_error: BaseException | None = None
         #: Events refused by Redis for good (e.g. WRONGTYPE) and so not written.
         self.dropped = 0
 
-        self._lock = threading.Lock()  # _queue, _seq
+        self._lock = threading.Lock()  # _queue, _seq, _dead
         self._jlock = threading.Lock()  # journals and _held; taken before _lock
         self._queue: deque[Item] = deque()
+        self._queue_max = settings.queue_max
         self._seq = 0
         self._held: list[Item] = []
         self._journal: Journal | None = None
@@ -162,24 +273,41 @@ class BaseProducer:
             raise ConfigError(
                 f"cannot create the spool folder {settings.spool_dir}: {exc}"
             ) from exc
-        self._adopted: list[Journal] = adopt_all(settings.spool_dir)
+        self._adopted: list[Journal] = adopt_all(
+            settings.spool_dir, self.target, self.keys.prefix, self.journal_fsync
+        )
         self._written_seq = 0  # every own event with seq <= this is in Redis
         self._closed = False
+        self._stopping = False  # close() asked the flusher to stop
+        self._dead = False  # the flusher stopped on a bug; restarted by the next emit
         self._config_checked = False
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
         self._disk_log = RateLimitedLog(log)
+        self._revive_log = RateLimitedLog(log)
+        self._crash_log = RateLimitedLog(log)
+        self._disk_retry_at = 0.0  # a failed journal write is not retried before this
         self._failing = False
         self._key_cache: dict[tuple[str, str], str] = {}
         self._max_bytes = settings.max_event_bytes
+        self._clock = TsClock()
+        self._types_ok: set[str] = set()  # custom event types already checked (bounded)
         #: On a cluster the sessions index lives in another slot than any session, so
-        #: its entries are written by their own script (``INDEX_LUA``), not the append.
+        #: its entries are written by their own script (``ONCE_LUA``), not the append.
         self._cluster = settings.target.topology == "cluster"
         # Cluster: the slot map is read again before the next write after a failure
         # (MOVED, a dead master, READONLY from a demoted one).
         self._refresh = False
+        self._nodes: dict[str, Any] = {}  # cluster: a client per node, by "host:port"
 
     # -- public, shared --------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Settings from ``RPA_BUS_*`` variables (``RPA_BUS_JOURNAL_FSYNC`` too); keyword
+        overrides win."""
+        fsync = overrides.pop("journal_fsync", None) or journal_fsync_from_env()
+        return cls(settings=Settings.from_env(**overrides), journal_fsync=fsync)
 
     def publish(
         self, stream: str | StreamRef, event: Mapping[str, Any], *, window_s: float | None = None
@@ -190,8 +318,9 @@ class BaseProducer:
         ``event``: an envelope; ``ts`` is filled in when missing. Session events are
         appended by the idempotent script (folded state, index, retention, dedup);
         monitor streams keep a time window (``XADD MINID ~ now - window_s``, default
-        ``settings.retention_s``, 24 h); ``sessions`` is capped by length. Never blocks;
-        raises ``InvalidInput`` subclasses for bad input.
+        ``settings.retention_s``, 24 h); ``sessions`` is capped by length. Every stream is
+        written exactly once. Never blocks; raises ``InvalidInput`` subclasses for bad
+        input.
         """
         ref = stream if isinstance(stream, StreamRef) else parse_stream_name(stream)
         if not isinstance(event, Mapping):
@@ -207,7 +336,7 @@ class BaseProducer:
             window_ms = int(w * 1000)
         self._enqueue(ref.name, checked, window_ms)
 
-    # -- the caller's side: never blocks ------------------------------------------------
+    # -- the caller's side: never blocks on the network -----------------------------------
 
     def _enqueue(self, stream: str, event: Envelope, window_ms: int = 0) -> None:
         if self._closed:
@@ -220,13 +349,97 @@ class BaseProducer:
             encode(event, max_bytes=self._max_bytes)  # raises, naming the size
         with self._lock:
             self._seq = seq = self._seq + 1
-            self._queue.append(Item(stream, self.id, seq, env, event, window_ms))
+            q = self._queue
+            q.append(Item(stream, self.id, seq, env, event, window_ms))
+            over = len(q) > self._queue_max
+        if over:
+            self._bound()
+        if self._dead:
+            self._revive()
         self._wake()
 
+    def _bound(self) -> None:
+        """The memory bound, held by emit() itself (whatever the flusher is doing): past
+        ``queue_max`` the queue goes to the end of the journal, in order. If the journal
+        cannot be written, the events stay in memory and the disk is tried again after
+        ``spill_interval_s``."""
+        if time.monotonic() < self._disk_retry_at:
+            return
+        with self._jlock:
+            if self._closed or len(self._queue) <= self._queue_max:
+                return
+            if not self._spill_locked():
+                self._disk_retry_at = time.monotonic() + self.spill_interval_s
+
+    def _revive(self) -> None:
+        """Start a new flusher after one stopped on a bug (logged, rate-limited)."""
+        with self._lock:
+            if not self._dead or self._stopping:
+                return
+            self._dead = False
+        self._revive_log(
+            logging.ERROR,
+            "rpa-bus producer flusher had stopped (%s: %s); restarting it",
+            type(self.last_error).__name__,
+            self.last_error,
+        )
+        self._start_flusher()
+
+    def _crashed(self, exc: Exception) -> None:
+        """The flusher met a bug: say so loudly. Once its driver has let go of what it
+        held, ``_mark_dead()`` lets the next emit or flush restart it; close() saves what
+        is queued in any case."""
+        self.last_error = exc
+        # Rate-limited: a bug that strikes every batch must not flood the log.
+        self._crash_log(
+            logging.ERROR,
+            "rpa-bus producer flusher stopped by an unexpected error:\n%s",
+            "".join(traceback.format_exception(exc)).rstrip(),
+        )
+
+    def _mark_dead(self) -> None:
+        with self._lock:
+            self._dead = True
+
     def _wake(self) -> None:
+        # Checking first keeps emit() cheap: set() takes a lock and notifies. The flusher
+        # clears the event before it looks at the queue, so no wake-up is lost.
+        if not self._wake_event.is_set():
+            self._wake_event.set()
+
+    def _start_flusher(self) -> None:
         raise NotImplementedError
 
     # -- the flusher's decisions ----------------------------------------------------------
+
+    def _flusher(self) -> Generator[Step, BaseException | None, None]:
+        """The flusher's loop: write the oldest unwritten events, back off and spill to
+        the journal while Redis fails, stop when close() asks."""
+        backoff = Backoff(initial_s=self.backoff_initial_s, max_s=self.backoff_max_s)
+        while not self._stopping:
+            if self._fatal is not None:
+                self._spill()
+                yield Sleep(self.spill_interval_s)
+                continue
+            batch = self._next_batch()
+            if batch is None:
+                yield IDLE
+                continue
+            error = yield Write(batch)
+            if error is None:
+                backoff.reset()
+                self._recovered()
+                if self._done(batch):
+                    yield NOTIFY
+            elif not isinstance(error, ConfigMismatch):  # a mismatch: _fatal is set
+                self._failed(error)
+                end = time.monotonic() + backoff.next_s()
+                while not self._stopping:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    yield Sleep(min(remaining, self.spill_interval_s))
+                    self._spill()
 
     def _has_work(self) -> bool:
         return bool(self._queue or self._held or self._adopted) or (
@@ -234,7 +447,7 @@ class BaseProducer:
         )
 
     def _next_batch(self) -> Batch | None:
-        """The oldest unwritten events, or None. Moves a queue past its bound to disk."""
+        """The oldest unwritten events, or None."""
         with self._jlock:
             while self._adopted:
                 j = self._adopted[0]
@@ -245,11 +458,6 @@ class BaseProducer:
                 j.remove()
                 self._adopted.pop(0)
             own = self._journal
-            if own is not None and len(self._queue) > self.settings.queue_max:
-                # The memory bound while a journal drains after an outage: what is queued
-                # goes to disk too, behind it, in order. (A write that fails moves the
-                # queue to disk anyway; a burst while Redis keeps up stays in memory.)
-                self._spill_locked()
             if own is not None:
                 items, end = own.read(self.batch_max)
                 if items:
@@ -276,28 +484,34 @@ class BaseProducer:
         return batch
 
     def _build_calls(self, items: list[Item]) -> list[Call]:
-        """One EVALSHA per (session, producer id), one XADD per non-session event."""
+        """One EVALSHA per (stream, producer id): the append script for a session, the
+        once-only script for any other stream (and on a cluster for index entries)."""
         now_ms = int(time.time() * 1000)
         epoch = secrets.token_hex(8)
         s = self.settings
+        retention_ms = int(s.retention_s * 1000)
         groups: dict[tuple[str, str], list[Item]] = {}
-        calls: list[Call] = []
+        plain: dict[tuple[str, str], list[Item]] = {}
         for item in items:
             if item.stream.startswith("session:"):
                 groups.setdefault((item.stream, item.pid), []).append(item)
             else:
-                calls.append((self._plain_args(item, now_ms), [item]))
-        head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
+                plain.setdefault((item.stream, item.pid), []).append(item)
+        calls: list[Call] = [
+            (self._once_args(stream, pid, group, now_ms), group)
+            for (stream, pid), group in plain.items()
+        ]
+        head = (s.maxlen, retention_ms, epoch, now_ms, INDEX_MAXLEN)
         cluster = self._cluster
         index_keys = 2 if cluster else 3
-        indexed: dict[str, list[tuple[int, bytes, Item]]] = {}
+        indexed: dict[str, list[tuple[int, bytes]]] = {}
         for (stream, pid), group in groups.items():
             sid = stream[8:]
             tail: list[Any] = []
             for item in group:
                 event = item.event
                 kind = event["type"]
-                if kind in _INDEX_TYPES:
+                if kind in _LIFECYCLE:
                     entry = orjson.dumps({"type": kind, "session": sid, "ts": event["ts"]})
                     first: int | bytes = b"%d|%s%s" % (
                         item.seq,
@@ -305,7 +519,7 @@ class BaseProducer:
                         b"" if cluster else entry,
                     )
                     if cluster:
-                        indexed.setdefault(pid, []).append((item.seq, entry, item))
+                        indexed.setdefault(pid, []).append((item.seq, entry))
                 else:
                     first = item.seq
                 tail += (first, item.env)
@@ -328,31 +542,43 @@ class BaseProducer:
             # entries are in, or none, so the sidecar's "highest seq" check stays exact
             # however a replayed journal cuts its batches.
             entries.sort(key=lambda e: e[0])
-            tail = []
-            for seq, entry, _item in entries:
-                tail += (seq, entry)
             args = (
                 "EVALSHA",
-                INDEX_SHA,
+                ONCE_SHA,
                 2,
                 self.keys.sessions,
                 self.keys.index_seen(pid),
+                "MAXLEN",
                 INDEX_MAXLEN,
-                int(s.retention_s * 1000),
-                *tail,
+                retention_ms,
+                *(x for entry in entries for x in entry),
             )
             # Its events are counted by their append call; an empty list keeps the
             # "dropped" count honest if Redis ever refuses this one.
             calls.append((args, []))
         return calls
 
-    def _plain_args(self, item: Item, now_ms: int) -> tuple[Any, ...]:
-        # Not deduplicated: a retry after a lost reply may append a monitor sample twice.
-        ref = parse_stream_name(item.stream)
-        key = self.keys.key_for(ref)
-        if item.window_ms:
-            return ("XADD", key, "MINID", "~", max(0, now_ms - item.window_ms), "*", "e", item.env)
-        return ("XADD", key, "MAXLEN", "~", INDEX_MAXLEN, "*", "e", item.env)
+    def _once_args(self, stream: str, pid: str, group: list[Item], now_ms: int) -> tuple[Any, ...]:
+        """A stream outside a session: its events appended once each (seq-checked), the
+        stream trimmed by time window (monitor) or length."""
+        key = self.keys.key_for(parse_stream_name(stream))
+        window_ms = max(item.window_ms for item in group)
+        if window_ms:
+            trim: tuple[Any, ...] = ("MINID", max(0, now_ms - window_ms))
+        else:
+            trim = ("MAXLEN", INDEX_MAXLEN)
+        ttl_ms = max(int(self.settings.retention_s * 1000), window_ms)
+        tail = (x for item in group for x in (item.seq, item.env))
+        return (
+            "EVALSHA",
+            ONCE_SHA,
+            2,
+            key,
+            seen_key(self.keys.prefix, key, pid),
+            *trim,
+            ttl_ms,
+            *tail,
+        )
 
     def _key(self, kind: str, sid: str) -> str:
         key = self._key_cache.get((kind, sid))
@@ -362,6 +588,77 @@ class BaseProducer:
                 self._key_cache.clear()
             self._key_cache[(kind, sid)] = key
         return key
+
+    def _jobs(self, calls: list[Call]) -> list[tuple[Any, list[Call], str]]:
+        """(client, calls, name) per node: one server, or on a cluster each node serving
+        some of the calls' slots (the calls in order), with a client of its own."""
+        if not self._cluster:
+            return [(self._client, calls, "Redis")]
+        by_node: dict[str, tuple[Any, list[Call]]] = {}
+        for call in calls:
+            node = self._client.get_node_from_key(call_key(call[0]))
+            by_node.setdefault(node.name, (node, []))[1].append(call)
+        return [
+            (self._node(node), node_calls, name) for name, (node, node_calls) in by_node.items()
+        ]
+
+    def _config_job(self) -> tuple[Any, NodeRounds]:
+        """The client that holds ``P:config`` and the handshake's rounds."""
+        if not self._cluster:
+            return self._client, self._config_rounds()
+        return self._node(self._client.get_node_from_key(self.keys.config)), self._config_rounds()
+
+    def _node(self, node: Any) -> Any:
+        client = self._nodes.get(node.name)
+        if client is None:
+            client = self._nodes[node.name] = self._node_client(node.host, node.port)
+        return client
+
+    def _node_client(self, host: str, port: int) -> Any:
+        raise NotImplementedError
+
+    def _config_rounds(self) -> NodeRounds:
+        """The ``P:config`` handshake, with the scripts loaded in the same round trip."""
+        commands: list[tuple[Any, ...]] = list(config_commands(self.keys))
+        stored_at = len(commands) - 1
+        commands += [("SCRIPT", "LOAD", script) for script in SCRIPTS]
+        replies = yield Pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        try:
+            check_config_reply(self.keys, replies[stored_at])
+        except ConfigMismatch as exc:
+            self._fatal = exc
+            self.last_error = exc
+            log.error(
+                "%s; not writing, events are kept in the journal in %s",
+                exc,
+                self.settings.spool_dir,
+            )
+            raise
+        self._config_checked = True
+
+    def _rounds(self, calls: list[Call], where: str) -> NodeRounds:
+        """The calls in one pipeline on one connection, then WAIT on that same connection
+        (WAIT counts the replicas that acknowledged this connection's last write); again
+        for the calls Redis asks to resend (NOSCRIPT, after loading the scripts)."""
+        wait = self._wait_args()
+        while calls:
+            commands = [args for args, _items in calls]
+            if wait is not None:
+                commands.append(wait)
+            results = yield Pipeline(commands)
+            acked = results.pop() if wait is not None else None
+            calls, reload = self._sort_results(calls, results)
+            if wait is not None:
+                self._check_replicas(acked, where)
+            if reload:
+                # NOSCRIPT: the server restarted, flushed its script cache, or is a
+                # replica promoted by a failover that never saw SCRIPT LOAD.
+                yield LoadScripts(SCRIPTS)
+            if self._closed:
+                return
 
     def _sort_results(self, calls: list[Call], results: list[Any]) -> tuple[list[Call], bool]:
         """Split a pipeline's replies: the calls to send again, and whether the script
@@ -404,19 +701,6 @@ class BaseProducer:
             raise transient
         return again, reload
 
-    def _config_commands(self) -> list[tuple[Any, ...]]:
-        ((field, value),) = self.keys.config_fields().items()
-        return [
-            ("HSETNX", self.keys.config, field, value),
-            ("HGETALL", self.keys.config),
-            ("SCRIPT", "LOAD", APPEND_LUA),
-        ]
-
-    @property
-    def _scripts(self) -> tuple[str, ...]:
-        """The scripts this producer's calls use (loaded again after NOSCRIPT)."""
-        return (APPEND_LUA, INDEX_LUA) if self._cluster else (APPEND_LUA,)
-
     def _wait_args(self) -> tuple[Any, ...] | None:
         """WAIT sent last in a batch's pipeline (same connection), or None."""
         n = self.settings.min_replicas
@@ -433,31 +717,11 @@ class BaseProducer:
                 f"within {self.settings.wait_timeout_ms} ms"
             )
 
-    def _route(self, calls: list[Call], node_of: Any) -> dict[str, tuple[Any, list[Call]]]:
-        """Cluster: the calls grouped by the node serving each call's slot, in order."""
-        by_node: dict[str, tuple[Any, list[Call]]] = {}
-        for call in calls:
-            node = node_of(call_key(call[0]))
-            by_node.setdefault(node.name, (node, []))[1].append(call)
-        return by_node
-
-    def _check_config_reply(self, results: list[Any]) -> None:
-        stored = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in results[1].items()
-        }
-        try:
-            self.keys.check_config(stored)
-        except ConfigMismatch as exc:
-            self._fatal = exc
-            self.last_error = exc
-            log.error(
-                "%s; not writing, events are kept in the journal in %s",
-                exc,
-                self.settings.spool_dir,
-            )
-            raise
-        self._config_checked = True
+    @property
+    def _round_trip_s(self) -> float:
+        """The bound on one round trip: connect, the reply, and WAIT's own bound."""
+        s = self.settings
+        return s.connect_timeout_s + s.socket_timeout_s + s.wait_timeout_ms / 1000
 
     def _done(self, batch: Batch) -> bool:
         """Record a written batch; True if flush() waiters should look again."""
@@ -489,35 +753,50 @@ class BaseProducer:
         if self._failing:
             self._failing = False
             self._down_log.reset()
-            log.info("Redis at %s is available again; writing kept events", self._redacted_url())
+            log.info(
+                "Redis at %s is available again; writing kept events",
+                self.settings.target.redacted(),
+            )
 
-    def _failed(self, batch: Batch | None, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         """A write failed: keep everything unwritten on disk, in order."""
         self._failing = True
         self._refresh = self._cluster
+        where = self.settings.target.redacted()
         # Translated at this boundary: callers see the bus's own exception tree.
-        error = Unavailable(
-            f"Redis at {self._redacted_url()} unavailable: {type(exc).__name__}: {exc}"
-        )
+        error = Unavailable(f"Redis at {where} unavailable: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
         self.last_error = error
         with self._jlock:
             if not self._closed:
                 self._spill_locked()
-        where = f"{self._journal.path}" if self._journal is not None else "memory"
+        kept = f"{self._journal.path}" if self._journal is not None else "memory"
         self._down_log(
             logging.WARNING,
             "Redis unavailable at %s (%s: %s); events are kept (%s) and written when it returns",
-            self._redacted_url(),
+            where,
             type(exc).__name__,
             exc,
-            where,
+            kept,
         )
 
     def _spill(self) -> None:
+        """The flusher, while writes fail: queued events to the journal; under
+        ``everysec`` an fsync once a second, done after letting go of ``_jlock`` (on a
+        duplicate descriptor: close() may release the journal meanwhile)."""
         with self._jlock:
-            if not self._closed and (self._queue or self._held):
+            if self._closed:
+                return
+            if self._queue or self._held:
                 self._spill_locked()
+            fd = None if self._journal is None else self._journal.due_fd()
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._disk_log(logging.ERROR, "cannot fsync the journal: %s", exc)
+            finally:
+                os.close(fd)
 
     def _spill_locked(self) -> bool:
         """Move held + queued events to the end of our journal. Caller holds ``_jlock``.
@@ -532,7 +811,13 @@ class BaseProducer:
             return True
         try:
             if self._journal is None:
-                self._journal = Journal.create(self.settings.spool_dir, self.id)
+                self._journal = Journal.create(
+                    self.settings.spool_dir,
+                    self.id,
+                    self.target,
+                    self.keys.prefix,
+                    self.journal_fsync,
+                )
             self._journal.append(items)
         except OSError as exc:
             self._disk_log(
@@ -565,15 +850,17 @@ class BaseProducer:
             self._journal = None
         return self._seq - self._written_seq
 
-    def _redacted_url(self) -> str:
-        url = self.settings.redis_url
-        scheme, sep, rest = url.partition("://")
-        if sep and "@" in rest:
-            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        return url
+    def _closing(self) -> None:
+        """close() has begun: the flusher stops after its current step."""
+        self._stopping = True
 
-    def _pending_own(self) -> bool:
-        return self._written_seq < self._seq
+    def _closed_report(self, left: int) -> None:
+        if left:
+            log.warning(
+                "closed with %d events not yet written; they are in the journal in %s",
+                left,
+                self.settings.spool_dir,
+            )
 
 
 class BaseSession:
@@ -595,6 +882,7 @@ class BaseSession:
         self.total: Final = total
         self.meta = meta
         self._bus = bus
+        self._now = bus._clock.now
         self._stream = "session:" + sid
         self._t0: float | None = None
         self._ended: str | None = None
@@ -614,45 +902,37 @@ class BaseSession:
         self._put(make("started", total=self.total, data=self.meta))
 
     # The hot paths below build envelopes directly (the same fields, in the same order,
-    # as rpa_bus.make) and check only what the caller supplied: make()'s generic
-    # validation costs several times more than the whole rest of an emit.
+    # as rpa_bus.make; progress by rpa_bus.progress, the builder `rpa-bus emit` and make
+    # share) and check only what the caller supplied: make()'s generic validation costs
+    # several times more than the whole rest of an emit.
 
     def progress(self, step: int, message: str | None = None, data: Any = None) -> None:
         """Report step ``step`` of ``total``; ``percent`` and ``eta_s`` are computed from
         the pace so far (average time per step since ``started``)."""
-        if step.__class__ is not int:  # bool is refused too
-            raise InvalidEvent(f"step must be an integer, got {step!r}")
-        if step < 0:
-            raise InvalidEvent(f"step must be >= 0, got {step}")
-        event: Envelope = {"type": "progress", "ts": fast_ts(), "step": step}
         total = self.total
-        if total is not None:
-            if step > total:
-                raise InvalidEvent(f"step {step} is beyond total {total}")
-            event["total"] = total
-            # One decimal, half up; round(x, 1) costs several times more.
-            event["percent"] = int(1000.0 * step / total + 0.5) / 10
-            if step > 0 and self._t0 is not None:
-                elapsed = time.monotonic() - self._t0
-                event["eta_s"] = int(10.0 * elapsed / step * (total - step) + 0.5) / 10
-        if message is not None:
-            event["message"] = _text(message, "message")
-        if data is not None:
-            event["data"] = data
-        self._put(event)
+        eta_s = None
+        if (
+            total is not None
+            and self._t0 is not None
+            and step.__class__ is int
+            and 0 < step <= total
+        ):
+            eta_s = eta_of(time.monotonic() - self._t0, step, total)
+        self._put(progress(step, total, ts=self._now(), eta_s=eta_s, message=message, data=data))
 
     def emit(self, type: str, data: Any = None, *, message: str | None = None) -> None:
         """Emit an event of a job's own type (or ``log``, ``result``, ``error``...)."""
-        if type not in _CHECKED_TYPES:
+        checked = self._bus._types_ok
+        if type not in checked:
             validate_type(type)
             if type in _LIFECYCLE:
                 raise InvalidEventType(
                     f"event type {type!r} is emitted by the session itself: use "
                     "start(), finish() or fail()"
                 )
-            if len(_CHECKED_TYPES) < 1024:
-                _CHECKED_TYPES.add(type)
-        event: Envelope = {"type": type, "ts": fast_ts()}
+            if len(checked) < 1024:
+                checked.add(type)
+        event: Envelope = {"type": type, "ts": self._now()}
         if message is not None:
             event["message"] = _text(message, "message")
         if data is not None:
@@ -660,7 +940,7 @@ class BaseSession:
         self._put(event)
 
     def log(self, message: str, data: Any = None) -> None:
-        event: Envelope = {"type": "log", "ts": fast_ts(), "message": _text(message, "message")}
+        event: Envelope = {"type": "log", "ts": self._now(), "message": _text(message, "message")}
         if data is not None:
             event["data"] = data
         self._put(event)
@@ -668,7 +948,7 @@ class BaseSession:
     def error(self, message: str, data: Any = None) -> None:
         """A non-fatal error: recorded as the session's last error; the run goes on."""
         text = _text(message, "message")
-        event: Envelope = {"type": "error", "ts": fast_ts(), "message": text, "error": text}
+        event: Envelope = {"type": "error", "ts": self._now(), "message": text, "error": text}
         if data is not None:
             event["data"] = data
         self._put(event)
@@ -704,23 +984,6 @@ class BaseSession:
             self.finish()
         else:
             self.fail(exc)
-
-
-# Custom type names already checked (a bounded cache; most jobs use a handful).
-_CHECKED_TYPES: set[str] = set()
-_TS_CACHE: tuple[int, str] = (-1, "")
-
-
-def fast_ts() -> str:
-    """``rpa_bus.now_ts()``, with the formatted second cached: 0.3 us instead of 3."""
-    global _TS_CACHE
-    ms = time.time_ns() // 1_000_000
-    sec, frac = divmod(ms, 1000)
-    cached_sec, prefix = _TS_CACHE  # one tuple: threads see a consistent pair
-    if cached_sec != sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _TS_CACHE = (sec, prefix)
-    return f"{prefix}.{frac:03d}Z"
 
 
 def _text(value: object, what: str) -> str:

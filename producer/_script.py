@@ -2,7 +2,7 @@
 
 ``KEYS``: the session stream, its meta hash, and on one server the sessions index stream.
 On a cluster the index lives in another slot, so it is left out (two keys: the script
-touches only its bucket's slot) and the index entries go to ``INDEX_LUA`` instead.
+touches only its bucket's slot) and the index entries go to ``ONCE_LUA`` instead.
 
 ``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
 folded state fields of the call's events (one JSON object of strings, merged in order),
@@ -94,29 +94,39 @@ return {applied, top}
 
 APPEND_SHA: Final = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 
-# Cluster only: the sessions index entries of one batch and producer, deduplicated like
-# the append. KEYS: the index stream, the producer's sidecar ``Keys.index_seen(pid)`` (same
-# slot: its hash tag is the index key's name). ARGV: index maxlen, sidecar ttl ms, then
-# seq and index envelope per entry, seq ascending. The sidecar holds the highest seq
-# indexed and expires after the retention period (a producer silent that long starts anew).
-INDEX_LUA: Final = """
-local index, seen = KEYS[1], KEYS[2]
+# Any stream outside a session (monitor samples and alerts, ``publish("sessions", ...)``,
+# and on a cluster the sessions index entries): appended once, deduplicated like the
+# append. KEYS: the stream, the producer's sidecar for it (``seen_key``: its hash tag is the
+# stream's name, so both are in one slot). ARGV: the trim strategy (``MINID`` or
+# ``MAXLEN``) and its threshold, the sidecar's ttl in ms, then seq and envelope per event,
+# seq ascending. The sidecar holds the highest seq appended and expires after the
+# retention period (a producer silent that long starts anew).
+ONCE_LUA: Final = """
+local stream, seen = KEYS[1], KEYS[2]
 local top = tonumber(redis.call('GET', seen) or '0')
 local applied = 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
   if seq > top then
-    redis.call('XADD', index, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i + 1])
+    redis.call('XADD', stream, ARGV[1], '~', ARGV[2], '*', 'e', ARGV[i + 1])
     top = seq
     applied = applied + 1
   end
 end
 -- Written even when nothing is new, like the append: WAIT then covers a lost attempt.
-redis.call('SET', seen, top, 'PX', ARGV[2])
+redis.call('SET', seen, top, 'PX', ARGV[3])
 return applied
 """
 
-INDEX_SHA: Final = hashlib.sha1(INDEX_LUA.encode()).hexdigest()
+ONCE_SHA: Final = hashlib.sha1(ONCE_LUA.encode()).hexdigest()
 
-# The sessions index holds two entries per session run; cap it like any stream.
+SCRIPTS: Final = (APPEND_LUA, ONCE_LUA)
+
+# The sessions index holds two entries per session run; cap it like any stream. Plain
+# (non-monitor) streams written through ``publish`` get the same cap.
 INDEX_MAXLEN: Final = 100_000
+
+
+def seen_key(prefix: str, key: str, producer_id: str) -> str:
+    """The sidecar of ``ONCE_LUA`` for a stream key and producer (same slot)."""
+    return f"{prefix}:{{{key}}}:seen:{producer_id}"

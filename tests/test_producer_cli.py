@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from rpa_bus.cli._embedded import free_port
+from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._producer_helpers import client, events, index, meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,16 +56,47 @@ def test_emit_refuses_bad_input_with_one_line(redis_url: str, spool_dir: Path) -
     assert events(client(redis_url), "s") == []
 
 
-def test_emit_redis_down_fails_clearly_and_keeps_the_event(redis_url: str, spool_dir: Path) -> None:
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    done = run(dead, spool_dir, "cli-2", "log", "--message", "kept", "--timeout", "0.3")
+def test_emit_redis_down_fails_clearly_and_keeps_the_event(
+    redis_server: EmbeddedRedis, spool_dir: Path
+) -> None:
+    url = redis_server.url
+    redis_server.stop()
+    done = run(url, spool_dir, "cli-2", "log", "--message", "kept", "--timeout", "0.3")
     assert done.returncode == 1
     assert "not written within 0.3s" in done.stderr
     assert "journal" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert len(list(spool_dir.glob("*.journal"))) == 1
-    # The next emit, with Redis up, delivers the kept event first.
-    assert run(redis_url, spool_dir, "cli-2", "log", "--message", "next").returncode == 0
-    got = events(client(redis_url), "cli-2")
+    # An emit to another Redis leaves the kept event alone (it is not for that target).
+    other = f"redis://127.0.0.1:{free_port()}/0"
+    assert run(other, spool_dir, "cli-2", "log", "--timeout", "0.1").returncode == 1
+    assert len(list(spool_dir.glob("*.journal"))) == 2
+    # The next emit to the same Redis, once it is up, delivers the kept event first.
+    redis_server.start()
+    assert run(url, spool_dir, "cli-2", "log", "--message", "next").returncode == 0
+    got = events(client(url), "cli-2")
     assert [e["message"] for e in got] == ["kept", "next"]
-    assert list(spool_dir.iterdir()) == []
+    assert len(list(spool_dir.glob("*.journal"))) == 1  # the other target's, still waiting
+
+
+def test_cli_producer_and_make_build_the_same_envelope(redis_url: str, spool_dir: Path) -> None:
+    """One builder, one rounding: 1 of 16 is 6.3 percent from every door."""
+    from producer import Producer
+    from rpa_bus import make
+
+    done = run(redis_url, spool_dir, "one", "progress", "--step", "1", "--total", "16")
+    assert done.returncode == 0, done.stderr
+    bus = Producer(redis_url, spool_dir=spool_dir)
+    s = bus.session("two", total=16)  # not started: no pace, so no eta_s, like the CLI
+    s.progress(1)
+    assert bus.flush(5)
+    bus.close()
+    r = client(redis_url)
+    (cli,) = events(r, "one")
+    (lib,) = events(r, "two")
+    built = make("progress", ts=cli["ts"], step=1, total=16)
+    assert cli["percent"] == 6.3
+    assert cli == built
+    assert list(cli) == list(built)  # the same fields in the same order
+    assert {**lib, "ts": cli["ts"]} == cli
+    assert list(lib) == list(cli)

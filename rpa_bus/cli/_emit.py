@@ -2,13 +2,14 @@
 
 Exit status: 0 when the event is in Redis; 1 when it could not be written in time (it is
 then kept in the journal and written by the next producer started with the same spool
-folder, e.g. the next ``rpa-bus emit``); 2 for bad input or settings. Errors are one line
-on stderr.
+folder and Redis target, e.g. the next ``rpa-bus emit`` there); 2 for bad input or
+settings. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import orjson
@@ -70,20 +71,17 @@ def emit(
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError as exc:
                 raise InvalidEvent(f"--data is not valid JSON: {exc}") from exc
-        percent = None
-        if step is not None and total is not None and 0 <= step <= total:
-            percent = round(100.0 * step / total, 1)
         error = message if event_type in ("error", "failed") else None
         event = make(
             event_type,
             step=step,
-            total=total,
-            percent=percent,
+            total=total,  # percent: computed by make (percent_of), as progress() does
             message=message,
             error=error,
             data=payload,
         )
-        bus = Producer(settings=settings)
+        # from_env: the settings above, and the journal's fsync policy (RPA_BUS_JOURNAL_FSYNC).
+        bus = Producer.from_env(**asdict(settings))
     except BusError as exc:
         raise _fail(2, str(exc)) from None
     try:

@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 import redis
 
+from producer import list_journals, target_of
 from rpa_bus import Keys, Settings, state_from_meta
 from rpa_bus.redisio import ShardReplicas, SyncClient, master_label, replica_counts, sync_client
 
@@ -189,3 +190,30 @@ def replica_report(client: SyncClient, *, min_replicas: int) -> list[ShardReplic
     else:
         infos = {master_label(client): client.info("replication")}
     return replica_counts(infos, min_replicas=min_replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    target: str | None  # None: a journal from before journals named their target
+    prefix: str | None
+    events: int
+    live: bool  # its producer is running
+    path: str
+
+
+def waiting_journals(settings: Settings) -> list[JournalRow]:
+    """Producer journals in ``settings.spool_dir`` that wait for another Redis target (or
+    prefix) than ``settings``': no producer writing here will deliver them. For `status`."""
+    here = (target_of(settings), settings.prefix)
+    return [
+        JournalRow(j.target, j.prefix, j.events, j.live, str(j.path))
+        for j in list_journals(settings.spool_dir)
+        if j.target is not None and (j.target, j.prefix) != here
+    ]
+
+
+def format_journal(row: JournalRow) -> str:
+    owner = "its producer is running" if row.live else "waiting for a producer writing there"
+    return (
+        f"journal   {row.events} events for {row.target} (prefix {row.prefix}), {owner}: {row.path}"
+    )

@@ -33,11 +33,13 @@ from rpa_bus.cli._local import clear_up_state, resolve_redis_url, state_dir, wri
 from rpa_bus.cli._ops import (
     connect,
     format_age,
+    format_journal,
     format_table,
     list_monitors,
     list_sessions,
     redis_info,
     replica_report,
+    waiting_journals,
 )
 from rpa_bus.redisio import close_sync
 
@@ -197,6 +199,8 @@ def status(
         "min_replicas": settings.min_replicas,
         "masters": [asdict(s) | {"below": s.below} for s in shards],
     }
+    journals = waiting_journals(settings)  # events kept on disk for another Redis
+    report["journals"] = [asdict(j) for j in journals]
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -223,6 +227,8 @@ def status(
             need = f" of {s.min_replicas} required" if s.min_replicas else ""
             short = ": BELOW RPA_BUS_MIN_REPLICAS, writes to it wait" if s.below else ""
             typer.echo(f"replicas  {s.master}  {s.replicas} online{need}{short}")
+        for journal in journals:
+            typer.echo(format_journal(journal))
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 
