@@ -18,8 +18,9 @@ from rpa_bus import Keys
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._producer_helpers import client, events
 from tests._proxy import FaultProxy
+from tests._wait import wait_for
 from tests.conftest import UNIT_S
-from tests.test_producer_faults import messages, wait_for
+from tests.test_producer_faults import messages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def test_dead_flusher_bound_holds_in_emit_and_it_is_restarted(
     _bug_in(bus, bug)
     s = bus.session("bounded")
     s.start()
-    wait_for(lambda: isinstance(bus.last_error, RuntimeError))
+    wait_for(lambda: isinstance(bus.last_error, RuntimeError), what="the flusher's crash")
     for i in range(300):
         s.log(f"m{i}")
         assert len(bus._queue) <= 20
@@ -124,7 +125,7 @@ def test_dead_flusher_is_restarted_by_flush(redis_url: str, spool_dir: Path) -> 
     bus = Producer(redis_url, spool_dir=spool_dir)
     _bug_in(bus, [1])  # one failure, then the flusher works again
     bus.publish("session:once", {"type": "log", "message": "m0"})
-    wait_for(lambda: isinstance(bus.last_error, RuntimeError))
+    wait_for(lambda: isinstance(bus.last_error, RuntimeError), what="the flusher's crash")
     assert bus.flush(10 * UNIT_S)
     assert messages(events(client(redis_url), "once")) == ["m0"]
     bus.close()
@@ -186,7 +187,7 @@ def test_journal_fsync_policy_from_env(
     redis_server.stop()
     for i in range(10):
         bus.publish("session:synced", {"type": "log", "message": f"m{i}"})
-    wait_for(lambda: kept(spool_dir) == 10)
+    wait_for(lambda: kept(spool_dir) == 10, what="10 events kept in the journal")
     journal = bus._journal
     assert journal is not None
     assert journal.syncs >= 1  # fsynced at every spill
