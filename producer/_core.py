@@ -23,7 +23,14 @@ import orjson
 from redis import exceptions as rx
 
 from producer._journal import Item, Journal, adopt_all
-from producer._script import APPEND_LUA, APPEND_SHA, INDEX_LUA, INDEX_MAXLEN, INDEX_SHA
+from producer._script import (
+    APPEND_LUA,
+    APPEND_SHA,
+    INDEX_LUA,
+    INDEX_MAXLEN,
+    INDEX_SHA,
+    trim_args,
+)
 from rpa_bus import (
     STATE_FIELDS,
     TERMINAL_TYPES,
@@ -166,6 +173,7 @@ class BaseProducer:
         self._written_seq = 0  # every own event with seq <= this is in Redis
         self._closed = False
         self._config_checked = False
+        self._archive = False  # P:config archive=1: the archiver trims and expires
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
         self._disk_log = RateLimitedLog(log)
@@ -287,7 +295,10 @@ class BaseProducer:
                 groups.setdefault((item.stream, item.pid), []).append(item)
             else:
                 calls.append((self._plain_args(item, now_ms), [item]))
-        head = (s.maxlen, int(s.retention_s * 1000), epoch, now_ms, INDEX_MAXLEN)
+        maxlen, retention_ms, index_maxlen = trim_args(
+            s.maxlen, int(s.retention_s * 1000), archive=self._archive
+        )
+        head = (maxlen, retention_ms, epoch, now_ms, index_maxlen)
         cluster = self._cluster
         index_keys = 2 if cluster else 3
         indexed: dict[str, list[tuple[int, bytes, Item]]] = {}
@@ -337,7 +348,7 @@ class BaseProducer:
                 2,
                 self.keys.sessions,
                 self.keys.index_seen(pid),
-                INDEX_MAXLEN,
+                index_maxlen,
                 int(s.retention_s * 1000),
                 *tail,
             )
@@ -457,6 +468,7 @@ class BaseProducer:
                 self.settings.spool_dir,
             )
             raise
+        self._archive = self.keys.archive_on(stored)
         self._config_checked = True
 
     def _done(self, batch: Batch) -> bool:

@@ -30,6 +30,11 @@ Redis semantics relied on:
   previous run's terminal event set, so a reused session id does not vanish mid-run.
 - Lua numbers are doubles: sequence numbers stay exact up to 2^53.
 
+With the archive on (``P:config`` ``archive=1``, see ``trim_args``) maxlen, retention and
+index maxlen arrive as ``0``: the script then neither trims the stream or the index nor
+expires a finished session's keys. The archiver does both once it has stored the entries,
+so Redis grows while an archiver lags instead of losing what is not archived yet.
+
 - WAIT counts a connection's last *propagated* write. A retry whose events were all
   applied by a lost attempt writes nothing, so its WAIT would return at once, proving
   nothing about that attempt; the script then rewrites the producer's ``seq:`` field (same
@@ -58,7 +63,9 @@ for i = 8, #ARGV, 2 do
   if seq > top then
     redis.call('XADD', stream, '*', 'e', ARGV[i + 1])
     if bar then
-      if index then
+      if index and index_maxlen == '0' then
+        redis.call('XADD', index, '*', 'e', string.sub(head, bar + 2))
+      elseif index then
         redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', string.sub(head, bar + 2))
       end
       -- Only the batch's last lifecycle event counts: started then finished expires.
@@ -70,14 +77,16 @@ for i = 8, #ARGV, 2 do
 end
 if applied > 0 then
   -- Trimmed once per call rather than per XADD: the same cap, fewer arguments per event.
-  redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  if maxlen ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  end
   local fields = {seqfield, top}
   for k, v in pairs(cjson.decode(ARGV[7])) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
   redis.call('HSET', meta, unpack(fields))
-  if expire == true then
+  if expire == true and retention ~= '0' then
     redis.call('PEXPIRE', stream, retention)
     redis.call('PEXPIRE', meta, retention)
   elseif expire == false then
@@ -105,7 +114,11 @@ local top = tonumber(redis.call('GET', seen) or '0')
 local applied = 0
 for i = 3, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
-  if seq > top then
+  if seq > top and ARGV[1] == '0' then  -- the archive is on: the archiver trims
+    redis.call('XADD', index, '*', 'e', ARGV[i + 1])
+    top = seq
+    applied = applied + 1
+  elseif seq > top then
     redis.call('XADD', index, 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i + 1])
     top = seq
     applied = applied + 1
@@ -120,3 +133,9 @@ INDEX_SHA: Final = hashlib.sha1(INDEX_LUA.encode()).hexdigest()
 
 # The sessions index holds two entries per session run; cap it like any stream.
 INDEX_MAXLEN: Final = 100_000
+
+
+def trim_args(maxlen: int, retention_ms: int, *, archive: bool) -> tuple[int, int, int]:
+    """The scripts' caps: (stream maxlen, retention ms, index maxlen); all ``0`` (no trim,
+    no expiry) with the archive on, whose archiver trims and expires after storing."""
+    return (0, 0, 0) if archive else (maxlen, retention_ms, INDEX_MAXLEN)

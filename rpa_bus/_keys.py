@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,9 @@ from rpa_bus._errors import ConfigMismatch, InvalidSessionId, InvalidStreamName
 DEFAULT_PREFIX = "rpa"
 DEFAULT_BUCKETS = 256
 MAX_BUCKETS = 4096
+
+# The P:config field the archiver sets to "1" (see ``Keys.archive_on``).
+ARCHIVE_FIELD = "archive"
 
 _IDENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -137,6 +141,13 @@ class Keys:
 
     def config_fields(self) -> dict[str, str]:
         return {"buckets": str(self.buckets)}
+
+    @staticmethod
+    def archive_on(stored: Mapping[str, str]) -> bool:
+        """Whether the deployment has an archive (``P:config`` field ``archive`` = ``1``,
+        set by the archiver, never by the others): then no part trims a stream or expires
+        a finished session's keys; the archiver does both once it has stored the entries."""
+        return stored.get(ARCHIVE_FIELD) == "1"
 
 
 @dataclass(frozen=True, slots=True)
