@@ -894,14 +894,16 @@ class PostgresStore(Store):
                 if self._conn is not None:  # a lost connection: reconnect on next use
                     self._conn = None
                 await self._connect()
-            assert self._conn is not None
+            conn = self._conn
+            if conn is None:
+                raise ArchiveUnavailable(f"archive {self.url_redacted}: no connection")
             try:
-                yield self._conn
+                yield conn
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 # Connection lost, server shutting down, statement timeout: the batch is
                 # retried by the caller; the next use reconnects.
                 with contextlib.suppress(psycopg.Error, OSError):
-                    await self._conn.close()
+                    await conn.close()
                 self._conn = None
                 raise ArchiveUnavailable(f"archive {self.url_redacted}: {exc}") from exc
 
