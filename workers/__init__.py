@@ -11,6 +11,15 @@ API (``Store.events``, ``Store.sessions``) serves history past Redis's retention
 
 from __future__ import annotations
 
+from workers._archive import (
+    EXPIRE_LUA,
+    TRIM_CAP,
+    TRIM_LUA,
+    Archiver,
+    ArchiverSettings,
+    ArchiverStats,
+    ArchiveSink,
+)
 from workers._store import (
     MAX_PAGE,
     SCHEMA_VERSION,
@@ -32,12 +41,19 @@ from workers._store import (
 )
 
 __all__ = [
+    "EXPIRE_LUA",
     "MAX_PAGE",
     "SCHEMA_VERSION",
+    "TRIM_CAP",
+    "TRIM_LUA",
     "ArchiveError",
+    "ArchiveSink",
     "ArchiveUnavailable",
     "ArchivedEvent",
     "ArchivedSession",
+    "Archiver",
+    "ArchiverSettings",
+    "ArchiverStats",
     "EventPage",
     "PostgresStore",
     "Record",

@@ -43,6 +43,7 @@ from rpa_bus.redisio import (
     AsyncClient,
     Entry,
     GroupSettings,
+    GroupStats,
     GroupWorker,
     RateLimitedLog,
     async_client,
@@ -260,6 +261,11 @@ class Archiver:
         self._metrics: _Metrics | None = None
         self._server: Any = None
         self.metrics_port: int | None = None
+
+    @property
+    def group_stats(self) -> GroupStats | None:
+        """The group loop's counters (units owned, streams tailed...), once running."""
+        return self._worker.stats if self._worker is not None else None
 
     @property
     def store(self) -> Store:

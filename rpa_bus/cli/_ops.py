@@ -199,7 +199,7 @@ def archive_lag(client: SyncClient, keys: Keys, *, max_streams: int = 10_000) ->
     Bounded: at most ``max_streams`` streams (SCAN + one pipelined XINFO GROUPS each)."""
     config = cast(dict[bytes, bytes], client.hgetall(keys.config))
     on = Keys.archive_on({k.decode(): v.decode() for k, v in config.items()})
-    group = f"{keys.prefix}:archiver"
+    group = keys.worker_group("archiver")
     names: list[str] = [keys.sessions] if client.exists(keys.sessions) else []
     capped = False
     for key in client.scan_iter(match=f"{keys.prefix}:{{*}}:session:*", count=1000, _type="stream"):
