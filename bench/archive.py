@@ -289,7 +289,8 @@ async def main() -> None:
             )
         ]
         print(
-            f"   psycopg 3 / asyncpg, unnest, same round: median x{statistics.median(same_round):.2f}"
+            "   psycopg 3 / asyncpg, unnest, same round: median "
+            f"x{statistics.median(same_round):.2f}"
         )
 
         print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
