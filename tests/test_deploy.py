@@ -84,3 +84,16 @@ def test_every_command_line_is_a_real_command(line: list[str]) -> None:
     ctx = command.make_context(line[1], list(line[2:]), parent=root)
     given = {p.name for p in command.params if ctx.get_parameter_source(p.name).name != "DEFAULT"}
     assert given, f"no option of {line} was recognised"
+
+
+def test_compose_archives_into_postgres_on_a_volume() -> None:
+    data = _compose()
+    services = data["services"]
+    assert any("postgres-data" in v for v in services["postgres"]["volumes"])  # type: ignore[attr-defined]
+    assert "postgres-data" in data["volumes"]
+    archivers = [s for name, s in services.items() if name.startswith("archiver")]
+    assert len(archivers) == 2  # two processes share the group, either takes over
+    for service in archivers:
+        assert service["command"][:2] == ["rpa-bus", "archiver"]  # type: ignore[index]
+        assert service["environment"]["RPA_BUS_ARCHIVE_URL"].startswith("postgresql://")  # type: ignore[index]
+        assert "postgres" in service["depends_on"]  # type: ignore[operator]
