@@ -254,6 +254,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 1 or 2,3")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -264,75 +265,87 @@ async def main() -> None:
     redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
     redis_server.start()
     try:
-        rows = make_rows(args.events, args.sessions, "d")
-        print(f"1. insert path, {args.events} rows in batches of {BATCH}: rows/s, best of "
-              f"{args.rounds} interleaved rounds")  # fmt: skip
-        drivers: dict[str, Any] = {
-            "psycopg 3 unnest, binary (the store)": lambda u: psycopg_rate(u, rows, many=False),
-            "psycopg 3 unnest, text": lambda u: psycopg_rate(u, rows, many=False, ph="%s"),
-            "asyncpg   unnest": lambda u: asyncpg_rate(u, rows, many=False),
-            "psycopg 3 executemany, binary": lambda u: psycopg_rate(u, rows, many=True),
-            "asyncpg   executemany": lambda u: asyncpg_rate(u, rows, many=True),
-        }
-        rates: dict[str, list[float]] = {name: [] for name in drivers}
-        for r in range(args.rounds):
-            for i, (name, fn) in enumerate(drivers.items()):
-                rates[name].append(await fn(await fresh_pg(pg, f"drv{r}_{i}")))
-        for name, got in rates.items():
-            print(f"   {name:38s} {max(got):8.0f}")
-        same_round = [
-            p / a
-            for p, a in zip(
-                rates["psycopg 3 unnest, binary (the store)"],
-                rates["asyncpg   unnest"],
-                strict=True,
-            )
-        ]
-        print(
-            "   psycopg 3 / asyncpg, unnest, same round: median "
-            f"x{statistics.median(same_round):.2f}"
-        )
-
-        print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
-              f"({args.sessions} sessions) already in Redis")  # fmt: skip
-        for engine in ("postgresql", "sqlite"):
-            arch, raw = [], []
-            for r in range(args.rounds):
-                if engine == "sqlite":
-                    url = f"sqlite://{tmp / f'a{r}.db'}"
-                    raw_url = f"sqlite://{tmp / f'raw{r}.db'}"
-                    s = await open_store(raw_url)
-                    await s.close()
-                else:
-                    url = await fresh_pg(pg, f"arch{r}")
-                    raw_url = await fresh_pg(pg, f"raw{r}")
-                settings = Settings(
-                    redis_url=redis_server.url,
-                    spool_dir=tmp / "spool",
-                    maxlen=1_000_000,
-                    queue_max=1_000_000,
-                    prefix=f"b{engine[:2]}{r}",
-                )
-                raw_rows = make_rows(args.events, args.sessions, "r")
-                raw.append(await raw_store_rate(raw_url, raw_rows))
-                arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
-            ratios = [x / y for x, y in zip(arch, raw, strict=True)]
-            print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
-                  f"same-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
-
-        print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit)")
-        for engine in ("postgresql", "sqlite"):
-            url = (f"sqlite://{tmp / 'lag.db'}" if engine == "sqlite"
-                   else await fresh_pg(pg, "lag"))  # fmt: skip
-            settings = Settings(redis_url=redis_server.url, spool_dir=tmp / "spool",
-                                prefix=f"lag{engine[:2]}")  # fmt: skip
-            delays = await lag(settings, url, args.rate, args.seconds, "l")
-            print(f"   {engine:10s}  p50 {statistics.median(delays):6.1f} ms   "
-                  f"p99 {quantile(delays, 0.99):6.1f} ms   ({len(delays)} events)")  # fmt: skip
+        parts = {int(p) for p in args.parts.split(",")}
+        if 1 in parts:
+            await drivers_part(pg, args)
+        if 2 in parts:
+            await throughput_part(pg, redis_server, tmp, args)
+        if 3 in parts:
+            await lag_part(pg, redis_server, tmp, args)
     finally:
         redis_server.kill()
         pg.stop("immediate")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def drivers_part(pg: LocalPostgres, args: argparse.Namespace) -> None:
+    rows = make_rows(args.events, args.sessions, "d")
+    print(f"1. insert path, {args.events} rows in batches of {BATCH}: rows/s, best of "
+          f"{args.rounds} interleaved rounds")  # fmt: skip
+    drivers: dict[str, Any] = {
+        "psycopg 3 unnest, binary (the store)": lambda u: psycopg_rate(u, rows, many=False),
+        "psycopg 3 unnest, text": lambda u: psycopg_rate(u, rows, many=False, ph="%s"),
+        "asyncpg   unnest": lambda u: asyncpg_rate(u, rows, many=False),
+        "psycopg 3 executemany, binary": lambda u: psycopg_rate(u, rows, many=True),
+        "asyncpg   executemany": lambda u: asyncpg_rate(u, rows, many=True),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in drivers}
+    for r in range(args.rounds):
+        order = list(drivers.items())
+        if r % 2:  # alternate who goes first: a busy machine favours no one
+            order.reverse()
+        for i, (name, fn) in enumerate(order):
+            rates[name].append(await fn(await fresh_pg(pg, f"drv{r}_{i}")))
+    for name, got in rates.items():
+        print(f"   {name:38s} best {max(got):8.0f}   median {statistics.median(got):8.0f}")
+    ours, theirs = rates["psycopg 3 unnest, binary (the store)"], rates["asyncpg   unnest"]
+    same_round = [p / a for p, a in zip(ours, theirs, strict=True)]
+    print(f"   psycopg 3 / asyncpg (unnest), per round: median x{statistics.median(same_round):.2f}"
+          f"  (rounds: {' '.join(f'{x:.2f}' for x in same_round)})")  # fmt: skip
+
+
+async def throughput_part(
+    pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
+) -> None:
+    print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
+          f"({args.sessions} sessions) already in Redis")  # fmt: skip
+    for engine in ("postgresql", "sqlite"):
+        arch, raw = [], []
+        for r in range(args.rounds):
+            if engine == "sqlite":
+                url = f"sqlite://{tmp / f'a{r}.db'}"
+                raw_url = f"sqlite://{tmp / f'raw{r}.db'}"
+                s = await open_store(raw_url)
+                await s.close()
+            else:
+                url = await fresh_pg(pg, f"arch{r}")
+                raw_url = await fresh_pg(pg, f"raw{r}")
+            settings = Settings(
+                redis_url=redis_server.url,
+                spool_dir=tmp / "spool",
+                maxlen=1_000_000,
+                queue_max=1_000_000,
+                prefix=f"b{engine[:2]}{r}",
+            )
+            raw.append(await raw_store_rate(raw_url, make_rows(args.events, args.sessions, "r")))
+            arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
+        ratios = [x / y for x, y in zip(arch, raw, strict=True)]
+        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
+              f"per-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
+
+
+async def lag_part(
+    pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
+) -> None:
+    print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit)")
+    for engine in ("postgresql", "sqlite"):
+        url = (f"sqlite://{tmp / 'lag.db'}" if engine == "sqlite"
+               else await fresh_pg(pg, "lag"))  # fmt: skip
+        settings = Settings(redis_url=redis_server.url, spool_dir=tmp / "spool",
+                            prefix=f"lag{engine[:2]}")  # fmt: skip
+        delays = await lag(settings, url, args.rate, args.seconds, "l")
+        print(f"   {engine:10s}  p50 {statistics.median(delays):6.1f} ms   "
+              f"p99 {quantile(delays, 0.99):6.1f} ms   ({len(delays)} events)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -297,6 +297,7 @@ async def test_two_archiver_processes_both_take_entries(
     finally:
         for p in procs:
             _stop(p)
+    assert [p.returncode for p in procs] == [0, 0]  # SIGTERM: a clean stop
 
 
 def _lease_holders(client: redis.Redis) -> set[str]:

@@ -228,6 +228,9 @@ def _too_new(found: int) -> SchemaTooNew:
 
 
 def _split_id(text: str) -> tuple[int, int]:
+    ms, sep, seq = text.partition("-")
+    if sep and ms.isdigit() and seq.isdigit() and len(ms) < 19 and len(seq) < 19:
+        return int(ms), int(seq)  # the usual case, without the general parser's cost
     sid = StreamId.parse(text)
     return min(sid.ms, _I64), min(sid.seq, _I64)
 
@@ -298,8 +301,10 @@ def fold_session(
     first = current.first if current is not None else None
     last_id = current.last if current is not None else None
     changed = False
+    # Rows come in id order: when the first is past ``last``, all are.
+    check = bool(rows) and _split_id(rows[0].id) <= last
     for row in rows:
-        if _split_id(row.id) <= last:
+        if check and _split_id(row.id) <= last:
             continue
         changed = True
         last_id = row.id

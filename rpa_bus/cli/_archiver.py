@@ -11,6 +11,7 @@ import typer
 from rpa_bus import BusError, ConfigError, Settings
 from rpa_bus.cli._app import app, configure_logging
 from rpa_bus.cli._local import resolve_redis_url, state_dir
+from rpa_bus.redisio import REDIS_FAILURES
 
 if TYPE_CHECKING:
     from workers import Archiver
@@ -135,6 +136,9 @@ def archiver(
         raise typer.Exit(FATAL_EXIT) from exc
     except BusError as exc:
         typer.echo(f"rpa-bus archiver: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except REDIS_FAILURES as exc:  # a permanent Redis refusal (auth, ACL) ends the run
+        typer.echo(f"rpa-bus archiver: Redis refused: {exc}", err=True)
         raise typer.Exit(1) from exc
 
 
