@@ -523,3 +523,37 @@ def _old_row() -> Row:
     return Record(
         "session:ancient", "e", f"{ms}-0", orjson.dumps({"type": "started", "ts": now_ts()})
     )
+
+
+def test_producer_with_the_archive_on_neither_trims_nor_expires(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    """P:config archive=1 (set by an archiver): the append script leaves both to it."""
+    b = bus(redis_url, tmp_path, maxlen=10, retention_s=60.0)
+    client.hset(b.keys.config, mapping={"buckets": str(BUCKETS), "archive": "1"})
+    write_sessions(b, ["kept"], 50)
+    key = b.keys.session("kept")
+    assert client.xlen(key) == 52
+    assert client.pttl(key) == -1
+    assert client.pttl(b.keys.meta("kept")) == -1
+    # Without the flag the same run is capped and expires (the producer's own retention).
+    client.hdel(b.keys.config, "archive")
+    write_sessions(b, ["capped"], 50)
+    assert client.xlen(b.keys.session("capped")) < 52
+    assert 0 < client.pttl(b.keys.session("capped")) <= 60_000
+
+
+async def test_metrics_port_serves_the_lag_gauge(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    b = bus(redis_url, tmp_path)
+    url = f"sqlite://{tmp_path / 'archive.db'}"
+    async with running(archiver_settings(b, url, metrics_port=0)) as archiver:
+        assert archiver.metrics_port
+        await asyncio.to_thread(write_sessions, b, ["m-1"], 5)
+        await wait_until(lambda: archiver.stats.stored >= 9, 20, "archived")
+        port = archiver.metrics_port
+        await wait_until(
+            lambda: _metric(port, "rpa_bus_archive_stored_entries_total") == 9, 10, "counter"
+        )
+        await wait_until(lambda: _metric(port, "rpa_bus_archive_lag_entries") == 0, 10, "lag 0")
