@@ -219,7 +219,7 @@ async def test_prune_deletes_only_what_is_older(store: Store) -> None:
     new = session_rows("new", 3, ms0=now_ms - 1000)
     await store.put(old)
     await store.put(new)
-    assert await store.prune(older_than_s=86_400) == 3
+    assert await store.prune(older_than_s=86_400, chunk=2) == 3  # slices of 2: 2, 1
     assert await store.count("session:old") == 0
     assert await store.count("session:new") == 3
     assert await store.session("old") is None

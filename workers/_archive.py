@@ -30,14 +30,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from rpa_bus import ARCHIVE_FIELD, TERMINAL_TYPES, EnvReader, Settings
+from rpa_bus import ARCHIVE_FIELD, TERMINAL_TYPES, ConfigError, EnvReader, Settings
 from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
@@ -107,7 +107,7 @@ class ArchiverSettings:
 
     @classmethod
     def from_env(
-        cls, bus: Settings, environ: dict[str, str] | None = None, **overrides: Any
+        cls, bus: Settings, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> ArchiverSettings:
         """Read ``RPA_BUS_ARCHIVER_*`` (and ``RPA_BUS_ARCHIVE_RETENTION_DAYS``); options win.
 
@@ -127,8 +127,6 @@ class ArchiverSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if not values["archive_url"]:
-            from rpa_bus import ConfigError
-
             raise ConfigError(
                 "no archive configured: pass --archive-url sqlite:///PATH or "
                 "postgresql://..., or set RPA_BUS_ARCHIVE_URL"

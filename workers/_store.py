@@ -448,13 +448,23 @@ class Store:
     async def session(self, sid: str) -> ArchivedSession | None:
         raise NotImplementedError
 
-    async def prune(self, *, older_than_s: float) -> int:
+    async def prune(self, *, older_than_s: float, chunk: int = 10_000) -> int:
         """Delete events older than ``older_than_s`` (by their id's time) and sessions not
-        updated since; return the number of events deleted."""
+        updated since, ``chunk`` events per transaction; return how many events went."""
         raise NotImplementedError
 
     async def count(self, stream: str | None = None) -> int:
         raise NotImplementedError
+
+
+# Pruning deletes this many events per transaction (by the events_ms index).
+PRUNE_CHUNK: Final = 10_000
+_PRUNE_WHERE: Final = (
+    "DELETE FROM events WHERE (stream, ms, seq, epoch) IN (SELECT stream, ms, seq, epoch "
+    "FROM events WHERE ms < {0} ORDER BY ms LIMIT {0})"
+)
+_PRUNE_SQLITE: Final = _PRUNE_WHERE.format("?")
+_PRUNE_PG: Final = _PRUNE_WHERE.format("%s")
 
 
 def _cutoff_ms(older_than_s: float) -> int:
@@ -697,22 +707,30 @@ class SqliteStore(Store):
 
         return await asyncio.to_thread(run)
 
-    async def prune(self, *, older_than_s: float) -> int:
+    async def prune(self, *, older_than_s: float, chunk: int = PRUNE_CHUNK) -> int:
         cutoff = _cutoff_ms(older_than_s)
 
-        def run() -> int:
+        def one(sql: str, args: tuple[Any, ...]) -> int:
             with self._use() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    deleted = conn.execute("DELETE FROM events WHERE ms < ?", (cutoff,)).rowcount
-                    conn.execute("DELETE FROM sessions WHERE updated < ?", (_ts_of_ms(cutoff),))
+                    n = int(conn.execute(sql, args).rowcount)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
-            return int(deleted)
+            return n
 
-        return await asyncio.to_thread(run)
+        # In slices, each its own transaction: the archiver's writes wait for one slice at
+        # most, not for the whole cut.
+        deleted = 0
+        while True:
+            n = await asyncio.to_thread(one, _PRUNE_SQLITE, (cutoff, chunk))
+            deleted += n
+            if n < chunk:
+                break
+        await asyncio.to_thread(one, "DELETE FROM sessions WHERE updated < ?", (_ts_of_ms(cutoff),))
+        return deleted
 
     async def count(self, stream: str | None = None) -> int:
         def run() -> int:
@@ -1059,13 +1077,19 @@ class PostgresStore(Store):
             await conn.commit()
         return _session_row(row) if row else None
 
-    async def prune(self, *, older_than_s: float) -> int:
+    async def prune(self, *, older_than_s: float, chunk: int = PRUNE_CHUNK) -> int:
         cutoff = _cutoff_ms(older_than_s)
+        deleted = 0
+        while True:  # in slices, as on SQLite: short transactions, under statement_timeout
+            async with self._use() as conn, conn.transaction():
+                cur = await conn.execute(_PRUNE_PG, (cutoff, chunk))
+                n = int(cur.rowcount)
+            deleted += n
+            if n < chunk:
+                break
         async with self._use() as conn, conn.transaction():
-            cur = await conn.execute("DELETE FROM events WHERE ms < %s", (cutoff,))
-            deleted = cur.rowcount
             await conn.execute("DELETE FROM sessions WHERE updated < %s", (_ts_of_ms(cutoff),))
-        return int(deleted)
+        return deleted
 
     async def count(self, stream: str | None = None) -> int:
         async with self._use() as conn:
