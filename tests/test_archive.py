@@ -28,7 +28,9 @@ from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._postgres import LocalPostgres
 from tests.conftest import UNIT_S
 from workers import (
+    EXPIRE_LUA,
     SCHEMA_VERSION,
+    TRIM_LUA,
     Archiver,
     ArchiverSettings,
     Row,
@@ -557,3 +559,29 @@ async def test_metrics_port_serves_the_lag_gauge(
             lambda: _metric(port, "rpa_bus_archive_stored_entries_total") == 9, 10, "counter"
         )
         await wait_until(lambda: _metric(port, "rpa_bus_archive_lag_entries") == 0, 10, "lag 0")
+
+
+def test_trim_keeps_maxlen_and_everything_not_yet_acknowledged(client: redis.Redis) -> None:
+    trim = client.register_script(TRIM_LUA)
+    ids = [client.xadd("s", {"e": b"x"}).decode() for _ in range(30)]
+    # The batch being stored starts at entry 15: only the 14 before it may go.
+    assert trim(keys=["s"], args=[ids[14], 10, 1000]) == 14
+    assert redis_ids(client, "s") == ids[14:]
+    # Now the batch starts at entry 28: the newest 10 stay (excess 6), at most `cap` go.
+    assert trim(keys=["s"], args=[ids[28], 10, 4]) == 4
+    assert trim(keys=["s"], args=[ids[28], 10, 1000]) == 2
+    assert redis_ids(client, "s") == ids[20:]
+    assert trim(keys=["s"], args=[ids[29], 10, 1000]) == 0  # never below maxlen
+
+
+def test_expire_only_when_the_terminal_entry_is_still_the_last(client: redis.Redis) -> None:
+    expire = client.register_script(EXPIRE_LUA)
+    client.hset("s:meta", "status", "finished")
+    done = client.xadd("s", {"e": b"finished"}).decode()
+    client.xadd("s", {"e": b"started again"})  # a new run began before the archiver got here
+    assert expire(keys=["s", "s:meta"], args=[done, 60_000]) == 0
+    assert client.pttl("s") == -1
+    last = client.xadd("s", {"e": b"finished"}).decode()
+    assert expire(keys=["s", "s:meta"], args=[last, 60_000]) == 1
+    assert 0 < client.pttl("s") <= 60_000
+    assert 0 < client.pttl("s:meta") <= 60_000
