@@ -281,6 +281,13 @@ class Archiver:
 
     async def open(self) -> None:
         s = self.settings
+        if s.bus.target.topology == "cluster":
+            # Refused before anything is written, archive=1 above all: producers must keep
+            # trimming when no archiver can run.
+            raise ConfigError(
+                "the archiver does not run on a Redis Cluster yet (its consumer-group loop "
+                "reads one server or a Sentinel-managed master)"
+            )
         if self._store is None:
             self._store = await open_store(s.archive_url, connect_timeout_s=s.connect_timeout_s)
         if self._client is None:
@@ -305,6 +312,10 @@ class Archiver:
         if self._store is None or self._client is None:
             raise ArchiveError("the archiver could not open its store or Redis client")
         s = self.settings
+        # Built (and its settings checked) before archive=1 is announced.
+        sink = ArchiveSink(self._store, self._client, s.bus, self.stats, metrics=self._metrics)
+        group = _group_settings(s)
+        self._worker = GroupWorker(s.bus, group, sink, client=self._client)
         down = RateLimitedLog(log)
         while not self._closing.is_set():
             try:
@@ -318,9 +329,6 @@ class Archiver:
                     await asyncio.wait_for(self._closing.wait(), 1.0)
         if self._closing.is_set():
             return
-        sink = ArchiveSink(self._store, self._client, s.bus, self.stats, metrics=self._metrics)
-        group = _group_settings(s)
-        self._worker = GroupWorker(s.bus, group, sink, client=self._client)
         log.info("archiver %s: archiving into %s", group.consumer, s.redacted())
         tasks = [
             asyncio.create_task(self._worker.run(), name="archiver-group"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,8 @@ from rpa_bus.redisio import REDIS_FAILURES
 
 if TYPE_CHECKING:
     from workers import Archiver
+
+log = logging.getLogger("rpa_bus.cli.archiver")
 
 # The exit code for what a restart cannot fix: a bad URL, an unreachable database at
 # start-up, a schema newer than this code, a P:config mismatch.
@@ -181,6 +184,14 @@ class RunningArchiver:
     def __init__(self, service: Archiver, task: asyncio.Task[None]) -> None:
         self.service = service
         self.task = task
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # Awaited (and re-raised) by stop(); said at once, since while no archiver runs
+        # with archive=1 Redis keeps every entry.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the archiver stopped: %s; Redis now keeps every entry until one "
+                      "runs again", task.exception())  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -194,11 +205,14 @@ class RunningArchiver:
             await self.service.wait_closed()
 
 
-async def start_archiver(bus: Settings) -> RunningArchiver:
+async def start_archiver(bus: Settings) -> RunningArchiver | None:
     """Open the archive (``bus.archive_url``, else the SQLite file in the state folder)
-    and start archiving; ``ArchiveError``/``ConfigError`` if the store cannot be used."""
+    and start archiving; ``ArchiveError``/``ConfigError`` if the store cannot be used.
+    None on a Redis Cluster, where the archiver does not run yet."""
     from workers import Archiver, ArchiverSettings
 
+    if bus.target.topology == "cluster":
+        return None
     url = bus.archive_url or default_archive_url()
     service = Archiver(ArchiverSettings(bus=bus.with_(archive_url=url), archive_url=url))
     try:

@@ -387,7 +387,11 @@ async def _serve_up(
                     f"redis      {bus.redis_url}   (producers: RPA_BUS_REDIS_URL={bus.redis_url})"
                 )
                 typer.echo(f"monitor    host {monitor_settings.host_name}")
-                typer.echo(f"archive    {archiver.url}")
+                typer.echo(
+                    f"archive    {archiver.url}"
+                    if archiver is not None
+                    else "archive    off (the archiver does not run on a Redis Cluster yet)"
+                )
                 typer.echo("Ctrl-C stops everything this command started.")
                 demo_task = None
                 if demo_sessions is not None:
@@ -401,4 +405,5 @@ async def _serve_up(
         finally:
             mon.stop()
             await sampler
-            await archiver.stop()
+            if archiver is not None:
+                await archiver.stop()
