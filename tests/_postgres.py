@@ -74,13 +74,18 @@ class LocalPostgres:
         if self.user is not None:
             pw = pwd.getpwnam(self.user)
             os.chown(self.folder, pw.pw_uid, pw.pw_gid)
-            # The user must reach the folder through its parents (pytest's tmp dirs are 0700).
+            # The user must reach the folder through its parents: our own temp folder
+            # (mkdtemp makes it 0700) is opened for traversal; anything else must be already.
             for parent in self.folder.parents:
-                if parent == Path("/"):
-                    break
                 mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    parent.chmod(mode | 0o001)
+                if mode & 0o001:
+                    continue
+                if not parent.name.startswith("rpa-bus-"):
+                    raise PermissionError(
+                        f"{parent} is not traversable by {self.user!r}: put the server's "
+                        "folder under /tmp (tempfile.mkdtemp(prefix='rpa-bus-...'))"
+                    )
+                parent.chmod(mode | 0o001)
         subprocess.run(
             self._cmd(
                 str(self.bin / "initdb"),
