@@ -300,7 +300,7 @@ class BaseProducer:
         )
         head = (maxlen, retention_ms, epoch, now_ms, index_maxlen)
         cluster = self._cluster
-        index_keys = 2 if cluster else 3
+        index_keys = 2 if cluster else 4  # + the index and P:config (archive=1)
         indexed: dict[str, list[tuple[int, bytes, Item]]] = {}
         for (stream, pid), group in groups.items():
             sid = stream[8:]
@@ -327,7 +327,7 @@ class BaseProducer:
                 index_keys,
                 self._key("s", sid),
                 self._key("m", sid),
-                *(() if cluster else (self.keys.sessions,)),
+                *(() if cluster else (self.keys.sessions, self.keys.config)),
                 pid,
                 *head,
                 orjson.dumps(state),

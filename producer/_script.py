@@ -1,8 +1,9 @@
 """The idempotent append: one Lua script per (session, batch).
 
-``KEYS``: the session stream, its meta hash, and on one server the sessions index stream.
-On a cluster the index lives in another slot, so it is left out (two keys: the script
-touches only its bucket's slot) and the index entries go to ``INDEX_LUA`` instead.
+``KEYS``: the session stream, its meta hash, and on one server the sessions index stream
+and the ``P:config`` hash. On a cluster the index and the config live in other slots, so
+they are left out (two keys: the script touches only its bucket's slot) and the index
+entries go to ``INDEX_LUA`` instead.
 
 ``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
 folded state fields of the call's events (one JSON object of strings, merged in order),
@@ -30,15 +31,18 @@ Redis semantics relied on:
   previous run's terminal event set, so a reused session id does not vanish mid-run.
 - Lua numbers are doubles: sequence numbers stay exact up to 2^53.
 
-With the archive on (``P:config`` ``archive=1``, see ``trim_args``) maxlen, retention and
-index maxlen arrive as ``0``: the script then neither trims the stream or the index nor
-expires a finished session's keys. The archiver does both once it has stored the entries,
-so Redis grows while an archiver lags instead of losing what is not archived yet.
-
 - WAIT counts a connection's last *propagated* write. A retry whose events were all
   applied by a lost attempt writes nothing, so its WAIT would return at once, proving
   nothing about that attempt; the script then rewrites the producer's ``seq:`` field (same
   value), so WAIT covers everything applied so far (``min_replicas``).
+
+With the archive on (``P:config`` ``archive=1``) the script neither trims the stream or
+the index nor expires a finished session's keys. On one server it reads the flag itself,
+on every call (so a producer started before the first archiver obeys it at once); on a
+cluster, where ``P:config`` is in another slot, the producer passes maxlen, retention and
+index maxlen as ``0`` once its handshake saw the flag (``trim_args``). The archiver does
+both once it has stored the entries, so Redis grows while an archiver lags instead of
+losing what is not archived yet.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ APPEND_LUA: Final = """
 local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]  -- index: nil on a cluster
 local seqfield = 'seq:' .. ARGV[1]
 local maxlen, retention, index_maxlen = ARGV[2], ARGV[3], ARGV[6]
+if KEYS[4] and redis.call('HGET', KEYS[4], 'archive') == '1' then
+  maxlen, retention, index_maxlen = '0', '0', '0'  -- the archiver trims and expires
+end
 local stored = tonumber(redis.call('HGET', meta, seqfield) or '0')
 redis.call('HSETNX', meta, 'epoch', ARGV[4])
 redis.call('HSETNX', meta, 'created', ARGV[5])

@@ -537,19 +537,30 @@ def _old_row() -> Row:
 def test_producer_with_the_archive_on_neither_trims_nor_expires(
     redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
-    """P:config archive=1 (set by an archiver): the append script leaves both to it."""
+    """P:config archive=1 (set by an archiver): the append script leaves trimming and
+    expiry to it, from the next call on, also in a producer that was running already."""
     b = bus(redis_url, tmp_path, maxlen=10, retention_s=60.0)
-    client.hset(b.keys.config, mapping={"buckets": str(BUCKETS), "archive": "1"})
-    write_sessions(b, ["kept"], 50)
-    key = b.keys.session("kept")
-    assert client.xlen(key) == 52
-    assert client.pttl(key) == -1
-    assert client.pttl(b.keys.meta("kept")) == -1
-    # Without the flag the same run is capped and expires (the producer's own retention).
-    client.hdel(b.keys.config, "archive")
-    write_sessions(b, ["capped"], 50)
-    assert client.xlen(b.keys.session("capped")) < 52
-    assert 0 < client.pttl(b.keys.session("capped")) <= 60_000
+
+    def run(p: Producer, sid: str) -> str:
+        with p.session(sid, total=200) as s:
+            for step in range(1, 201):
+                s.progress(step)
+        assert p.flush(timeout_s=30 * UNIT_S)
+        return b.keys.session(sid)
+
+    with Producer(settings=b) as p:
+        capped = run(p, "before")  # no archive yet: capped (approximately) and expiring
+        assert client.xlen(capped) < 202
+        assert 0 < client.pttl(capped) <= 60_000
+        client.hset(b.keys.config, "archive", "1")
+        kept = run(p, "kept")
+        assert client.xlen(kept) == 202
+        assert client.pttl(kept) == -1
+        assert client.pttl(b.keys.meta("kept")) == -1
+        client.hdel(b.keys.config, "archive")  # turned off: capped and expiring again
+        again = run(p, "after")
+        assert client.xlen(again) < 202
+        assert 0 < client.pttl(again) <= 60_000
 
 
 async def test_metrics_port_serves_the_lag_gauge(
