@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -265,13 +266,15 @@ async def test_two_archivers_split_and_a_dead_ones_pending_entries_move(
         await a.wait_closed()
 
 
-def _pending(client: redis.Redis, b: Settings, consumer: str) -> int:
-    """Entries pending for ``consumer`` in P:archiver over every session stream."""
+def _pending(client: redis.Redis, b: Settings, consumer: str | None) -> int:
+    """Entries pending in P:archiver over every session stream and the index, for
+    ``consumer`` (None: for anyone)."""
     n = 0
-    for key in client.scan_iter(match=f"{b.keys.prefix}:{{*}}:session:*", _type="stream"):
+    keys = [*client.scan_iter(match=f"{b.keys.prefix}:{{*}}:session:*", _type="stream")]
+    for key in [*keys, b.keys.sessions]:
         with contextlib.suppress(redis.ResponseError):
             for c in client.xinfo_consumers(key, b.keys.worker_group("archiver")):
-                if c["name"].decode() == consumer:
+                if consumer is None or c["name"].decode() == consumer:
                     n += int(c["pending"])
     return n
 
@@ -348,21 +351,32 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 async def test_sigkill_mid_batch_loses_and_doubles_nothing(
     redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
+    """`rpa-bus archiver` SIGKILLed again and again while a producer writes, until kills
+    have caught it with entries delivered but not acknowledged (mid-batch); then one more
+    archiver drains: the archive equals Redis, every entry once."""
     b = bus(redis_url, tmp_path)
     url = f"sqlite://{tmp_path / 'archive.db'}"
     sids = [f"kill-{i}" for i in range(16)]
-    writer = asyncio.create_task(asyncio.to_thread(write_sessions, b, sids, 400))
-    kills = 0
+    stop = threading.Event()
+    writer = asyncio.create_task(asyncio.to_thread(write_until, b, sids, stop))
+    mid_batch = kills = 0
     try:
-        for _ in range(3):  # kill it while the producer writes and batches are in flight
+        while mid_batch < 2 and kills < 12:
             proc = _spawn(redis_url, tmp_path, "--archive-url", url, "--claim-idle-ms", "1000")
-            await wait_until(lambda: _db_rows(tmp_path / "archive.db") > 0, 30, "archiving")
-            await asyncio.sleep(0.3 * UNIT_S)
+            before = _db_rows(tmp_path / "archive.db")
+            await wait_until(
+                lambda n=before: _db_rows(tmp_path / "archive.db") > n, 30, "this one storing"
+            )
+            await asyncio.sleep(0.1 * (kills % 4) * UNIT_S)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             kills += 1
+            mid_batch += _pending(client, b, None) > 0
+        stop.set()
         await writer
-        total = 16 * 402 + 32
+        assert mid_batch >= 1, f"no kill of {kills} left entries pending"
+        total = sum(client.xlen(b.keys.session(sid)) for sid in sids)
+        total += client.xlen(b.keys.sessions)
         proc = _spawn(redis_url, tmp_path, "--archive-url", url, "--claim-idle-ms", "1000")
         try:
             await wait_until(lambda: _db_rows(tmp_path / "archive.db") >= total, 60, "all stored")
@@ -374,10 +388,26 @@ async def test_sigkill_mid_batch_loses_and_doubles_nothing(
             assert await store.count() == total  # once each: the key refuses a second copy
         finally:
             await store.close()
-        assert kills == 3
     finally:
+        stop.set()
         if not writer.done():
             await writer
+
+
+def write_until(settings: Settings, sids: Sequence[str], stop: threading.Event) -> None:
+    """Start the sessions, then a step of each every 5 ms until ``stop``; finish them."""
+    with Producer(settings=settings) as p:
+        runs = [p.session(sid) for sid in sids]
+        for run in runs:
+            run.start()
+        step = 0
+        while not stop.wait(0.005):
+            step += 1
+            for run in runs:
+                run.progress(step, f"step {step}")
+        for run in runs:
+            run.finish()
+        assert p.flush(timeout_s=60 * UNIT_S)
 
 
 def _db_rows(path: Path) -> int:
