@@ -330,7 +330,7 @@ async def test_redis_restart_mid_run_loses_nothing(
         await wait_until(
             lambda: {(s, i) for s, ids in sink.got.items() for i in ids} == want,
             timeout_s=15,
-            what="everything after the restart",
+            what=f"everything after the restart: {worker.stats}",
         )
         assert worker.stats.redis_up
         assert sink.problems == []
@@ -360,3 +360,124 @@ async def test_a_config_mismatch_ends_run(redis_url: str, tmp_path: Path, r: are
     with pytest.raises(ConfigMismatch):
         async with asyncio.timeout(5 * UNIT_S):
             await worker.run()
+
+
+async def test_close_hands_the_units_over_without_waiting_for_expiry(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    ledger: list[tuple[str, str, str]] = []
+    one, two = Sink(ledger, "one"), Sink(ledger, "two")
+    slow = {"claim_idle_ms": 6000}  # leases live 6 s; ticks every 2 s
+    first = GroupWorker(bus(redis_url, tmp_path), group("one", **slow), one)
+    async with GroupWorker(bus(redis_url, tmp_path), group("two", **slow), two) as second:
+        async with first:
+            await wait_until(
+                lambda: (
+                    first.stats.owned + second.stats.owned == BUCKETS + 1
+                    and first.stats.owned > 0
+                    and second.stats.owned > 0
+                ),
+                what="units split",
+            )
+            write_sessions(producer, "c", 8, 2, finish=False)
+            assert await producer.flush()
+            await wait_until(lambda: len(ledger) == 8 * 3 + 8, what="first wave")
+        closed = time.monotonic()
+        await wait_until(lambda: second.stats.owned == BUCKETS + 1, what="hand-over")
+        assert time.monotonic() - closed < 3.5  # the next tick, not the 6 s expiry
+        write_sessions(producer, "d", 8, 2, finish=True)
+        for i in range(8):
+            producer.session(f"c-{i}").finish()
+        assert await producer.flush()
+        expected = await truth(r, keys)
+        await wait_until(lambda: len(ledger) == sum(map(len, expected.values())), what="all")
+        merged: dict[str, list[str]] = {}
+        for _name, stream, entry_id in ledger:
+            merged.setdefault(stream, []).append(entry_id)
+        assert merged == expected  # a graceful hand-over gives nothing twice
+        assert {s for s in two.got if s.startswith("session:d-")} == {
+            f"session:d-{i}" for i in range(8)
+        }
+
+
+async def test_a_reused_session_id_is_read_again_with_its_epoch(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got.get("session:re-0", [])) == 3)
+        await wait_until(lambda: worker.stats.tailed == 0, what="finished session left")
+        first_epoch = await epoch_of(r, keys, "session:re-0")
+        # Run again while the keys still exist: the same stream and epoch go on.
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:re-0"]) == 6, what="second run")
+        # The keys expired (deleted here), then a third run: a new stream, a new epoch.
+        await r.delete(keys.session("re-0"), keys.meta("re-0"))
+        await wait_until(lambda: worker.stats.tailed == 0, what="second run left")
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:re-0"]) == 9, what="third run")
+        second_epoch = await epoch_of(r, keys, "session:re-0")
+        assert second_epoch != first_epoch
+        assert sink.epochs["session:re-0"] == {first_epoch, second_epoch}
+        assert sink.got["session:re-0"][6:] == [
+            i.decode() for i, _ in await r.xrange(keys.session("re-0"))
+        ]
+
+
+async def test_a_new_session_wakes_a_blocked_read(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    sink = Sink()
+    settings = group("w1", block_ms=4000, kinds=frozenset({"session"}))
+    patient = bus(redis_url, tmp_path, socket_timeout_s=5.0)
+    async with GroupWorker(patient, settings, sink) as worker:
+        write_sessions(producer, "first", 1, 0, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: sink.count() == 1)
+        await asyncio.sleep(0.3)  # the reader is blocked on the one stream now
+        write_sessions(producer, "second", 1, 0, finish=False)
+        assert await producer.flush()
+        started = time.monotonic()
+        await wait_until(lambda: sink.count() == 2)
+        assert time.monotonic() - started < 2.0  # not after the 4 s BLOCK
+        assert worker.stats.tailed == 2
+
+
+async def test_a_deleted_stream_is_dropped_and_the_rest_goes_on(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "x", 3, 1, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: sink.count() == 6)
+        await r.delete(keys.session("x-0"), keys.meta("x-0"))  # it expired, say
+        await wait_until(lambda: worker.stats.tailed == 2, what="deleted stream left")
+        producer.session("x-1").log("still here")
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:x-1"]) == 3)
+        assert worker.stats.redis_up
+
+
+async def test_a_stream_the_index_never_announced_is_found_by_a_rescan(
+    redis_url: str, tmp_path: Path, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}), rescan_ms=300)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink):
+        await asyncio.sleep(0.2)
+        # Written behind the index's back (an index trimmed away, a cluster's lag).
+        await r.hset(keys.meta("quiet"), "epoch", "e1")
+        entry = (await r.xadd(keys.session("quiet"), {"e": b'{"type":"log"}'})).decode()
+        await wait_until(lambda: sink.got.get("session:quiet") == [entry], what="rescan")
+        assert sink.epochs["session:quiet"] == {"e1"}

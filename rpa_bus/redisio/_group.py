@@ -210,6 +210,8 @@ class GroupSettings:
     # Owned buckets are scanned again this often (and after every outage), for sessions
     # the index did not announce (trimmed away, or written apart on a cluster).
     rescan_ms: int = 300_000
+    # close() waits this long for the sink to take the batch in flight.
+    close_timeout_ms: int = 10_000
 
     def __post_init__(self) -> None:
         validate_host_name(self.kind)
@@ -219,8 +221,8 @@ class GroupSettings:
             raise ValueError(f"kinds must be a non-empty subset of {sorted(STREAM_KINDS)}")
         if self.claim_idle_ms < 300:
             raise ValueError(f"claim_idle_ms must be >= 300, got {self.claim_idle_ms}")
-        if self.block_ms < 1 or self.count < 1 or self.rescan_ms < 1:
-            raise ValueError("block_ms, count and rescan_ms must be >= 1")
+        if min(self.block_ms, self.count, self.rescan_ms, self.close_timeout_ms) < 1:
+            raise ValueError("block_ms, count, rescan_ms and close_timeout_ms must be >= 1")
 
 
 @dataclass(eq=False)
@@ -348,8 +350,10 @@ class GroupWorker:
         self._closing = False
         self._started = False
         self._index_last = "0-0"
-        self._outage = False
+        self._rescan = False  # scan every owned bucket again (after an outage)
         self._rescan_at = 0.0
+        self._to_scan: dict[str, _Unit] = {}  # units just taken, for discovery
+        self._discover_event = asyncio.Event()
         self._redis_log = RateLimitedLog(log)
         self._sink_log = RateLimitedLog(log)
         self._task: asyncio.Task[None] | None = None
@@ -370,6 +374,7 @@ class GroupWorker:
             return
         self._closing = True
         self._close_event.set()
+        self._discover_event.set()
         self._bump()
 
     async def wait_closed(self) -> None:
@@ -396,6 +401,7 @@ class GroupWorker:
                     asyncio.create_task(self._manage(), name="group-manage"),
                     asyncio.create_task(self._read(), name="group-read"),
                     asyncio.create_task(self._waker(), name="group-waker"),
+                    asyncio.create_task(self._discovery(), name="group-discovery"),
                 ]
                 if "session" in self.settings.kinds:
                     tasks.append(asyncio.create_task(self._follow(), name="group-follow"))
@@ -406,7 +412,11 @@ class GroupWorker:
                     await cancel_and_wait([closing])
                 _raise_failure(tasks)
                 # Closing: the reader finishes its batch and returns; the rest just stop.
-                await asyncio.wait([tasks[1]])
+                reader = tasks[1]
+                await asyncio.wait([reader], timeout=self.settings.close_timeout_ms / 1000)
+                if not reader.done():
+                    # A sink stuck in put(): its batch stays pending for the next owner.
+                    log.warning("%s: the sink did not return in time; closing anyway", self._group)
                 await cancel_and_wait(tasks)
                 _raise_failure(tasks)
                 await self._leave()
@@ -459,7 +469,7 @@ class GroupWorker:
             raise exc
         self.stats.errors += 1
         self.stats.redis_up = False
-        self._outage = True
+        self._rescan = True
         self._redis_log.warning("Redis unavailable for %s (%s); retrying", self._group, exc)
 
     def _up(self) -> None:
@@ -568,19 +578,11 @@ class GroupWorker:
             log.info(
                 "%s took %d units: %s", self._consumer, len(taken), _summary(u.name for u in taken)
             )
-        rescan = self._outage or time.monotonic() >= self._rescan_at
-        if rescan:
-            self._outage = False
-            self._rescan_at = time.monotonic() + self.settings.rescan_ms / 1000
-        buckets = [u for u in self._held.values() if u.bucket is not None and not u.releasing]
-        await self._discover(buckets if rescan else [u for u in taken if u.bucket is not None])
-        singles = [
-            u
-            for u in self._held.values()
-            if u.key is not None and u.key not in self._streams and not u.releasing
-        ]
-        if singles:
-            await self._add([(u, u.key, None, u.stream) for u in singles if u.key], mkstream=True)
+        # Discovery runs in its own task: a long SCAN must not hold up the renewals.
+        self._to_scan.update((u.name, u) for u in taken)
+        missing = any(u.key is not None and u.key not in self._streams for u in held)
+        if taken or missing or self._rescan:
+            self._discover_event.set()
         self.stats.owned = len(self._held)
 
     def _expire_lapsed(self) -> None:
@@ -628,6 +630,42 @@ class GroupWorker:
         log.info("%s gave up %d units: %s", self._consumer, len(units), names)
 
     # -- discovery ------------------------------------------------------------------------
+
+    async def _discovery(self) -> None:
+        """Add the streams of units just taken; scan every owned bucket again after an
+        outage and every ``rescan_ms``."""
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        while not self._closing:
+            wait = max(0.0, self._rescan_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._discover_event.wait()
+            self._discover_event.clear()
+            if self._closing:
+                return
+            rescan = self._rescan or time.monotonic() >= self._rescan_at
+            try:
+                if rescan:
+                    self._rescan = False
+                    self._rescan_at = time.monotonic() + self.settings.rescan_ms / 1000
+                    self._to_scan.clear()
+                    units = list(self._held.values())
+                else:
+                    units = list(self._to_scan.values())
+                    self._to_scan.clear()
+                units = [u for u in units if self._valid(u) and not u.releasing]
+                await self._discover([u for u in units if u.bucket is not None])
+                singles: list[tuple[_Unit, str, str | None, str]] = [
+                    (u, u.key, None, u.stream)
+                    for u in self._held.values()
+                    if u.key is not None and u.key not in self._streams and not u.releasing
+                ]
+                await self._add(singles, mkstream=True)
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                self._down(exc)  # asks for a rescan of everything
+                self._discover_event.set()
+                await self._sleep(backoff.next_s())
 
     async def _discover(self, units: list[_Unit]) -> None:
         """SCAN for the session streams of these bucket units and add them."""
@@ -705,14 +743,16 @@ class GroupWorker:
                     {index: self._index_last}, count=500, block=self.settings.block_ms
                 )
                 adds: dict[str, tuple[_Unit, str, str | None, str]] = {}
+                last = self._index_last
                 for _key, entries in reply or []:
                     for raw_id, fields in entries:
-                        self._index_last = _text(raw_id)
+                        last = _text(raw_id)
                         item = self._started_item(fields)
                         if item is not None:
                             adds[item[1]] = item
                 if adds:
                     await self._add(list(adds.values()), started=True)
+                self._index_last = last  # only now: a failed add reads them again
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 self._down(exc)
