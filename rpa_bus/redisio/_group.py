@@ -35,7 +35,9 @@ entry is ``finished``/``failed``, delivered and acknowledged. Done streams are n
 tailed; one that reaches that state is dropped; a ``started`` in the index for it (the id
 is reused) adds it again.
 
-Reading. One task runs one XREADGROUP over every tailed stream: first ``0`` (our own
+Reading. A reader task runs one XREADGROUP over its tailed streams (on one server one
+reader for all; on a cluster one per active hash slot, on a connection to the slot's
+master, since a multi-key read must stay in one slot): first ``0`` (our own
 pending list, in id order: claimed entries and replies lost in a dropped connection) for
 streams just added or after a reconnect, until empty, then ``>`` with BLOCK. The response's
 batches (one per stream) go to ``sink.put`` concurrently, then their ids are XACKed. A
