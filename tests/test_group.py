@@ -481,3 +481,20 @@ async def test_a_stream_the_index_never_announced_is_found_by_a_rescan(
         entry = (await r.xadd(keys.session("quiet"), {"e": b'{"type":"log"}'})).decode()
         await wait_until(lambda: sink.got.get("session:quiet") == [entry], what="rescan")
         assert sink.epochs["session:quiet"] == {"e1"}
+
+
+async def test_a_session_announced_before_its_stream_exists_is_waited_for(
+    redis_url: str, tmp_path: Path, r: aredis.Redis
+) -> None:
+    """On a cluster the index entry and the stream are written on two masters at once."""
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}), block_ms=500)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        await wait_until(lambda: worker.stats.owned == BUCKETS, what="units")
+        await r.xadd(keys.sessions, {"e": b'{"type":"started","session":"late","ts":"x"}'})
+        await asyncio.sleep(0.4)  # the follower has seen it; no stream yet
+        await r.hset(keys.meta("late"), "epoch", "e2")
+        entry = (await r.xadd(keys.session("late"), {"e": b'{"type":"started"}'})).decode()
+        await wait_until(lambda: sink.got.get("session:late") == [entry], timeout_s=3)
+        assert sink.epochs["session:late"] == {"e2"}

@@ -178,6 +178,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 _CLAIM_COUNT = 1000  # XAUTOCLAIM page inside _ADD
 _ADD_CHUNK = 200  # _ADD calls per pipeline
 _CLUSTER_FANOUT = 64  # script calls in flight at once on a cluster
+_UNBORN_S = 10.0  # how long an announced session's stream is waited for
 _LEASE_MARGIN = 0.9  # read only for this share of a lease's TTL after its renewal was sent
 
 
@@ -782,10 +783,12 @@ class GroupWorker:
         *,
         mkstream: bool = False,
         started: bool = False,
-    ) -> None:
+    ) -> list[tuple[_Unit, str, str | None, str]]:
         """Create the group on these streams, claim their pending entries, and tail those
         not done. ``started``: the index announced them (a reused id may have a new epoch).
+        Returns the items whose stream does not exist.
         """
+        missing: list[tuple[_Unit, str, str | None, str]] = []
         base: list[str | int] = [self._group, self._consumer, _CLAIM_COUNT]
         for i in range(0, len(items), _ADD_CHUNK):
             chunk = items[i : i + _ADD_CHUNK]
@@ -794,7 +797,10 @@ class GroupWorker:
                 for _unit, key, meta, _name in chunk
             ]
             replies = await self._scripts(self._add_script, calls)
-            for (unit, key, meta, name), reply in zip(chunk, replies, strict=True):
+            for item, reply in zip(chunk, replies, strict=True):
+                unit, key, meta, name = item
+                if reply is None:
+                    missing.append(item)
                 if reply is None or not self._readable(unit):
                     continue
                 epoch, done, claimed = _text(reply[0]), int(reply[1]), int(reply[2])
@@ -809,27 +815,41 @@ class GroupWorker:
                     continue
                 if not done:
                     self._tail(_Stream(key, meta, name, unit, epoch, slot=self._slot(key)))
+        return missing
 
     async def _follow(self) -> None:
-        """Learn sessions that start in owned buckets from the index (plain XREAD)."""
+        """Learn sessions that start in owned buckets from the index (plain XREAD).
+
+        On a cluster the producer writes a session's stream and its index entry on two
+        masters at once, so the entry may come first: such a session is tried again on
+        every round for ``_UNBORN_S`` (then the periodic rescan is its safety net).
+        """
         backoff = Backoff(max_s=min(2.0, self._tick_s))
         index = self._keys.sessions
+        # Announced sessions whose stream is not there yet -> wall-clock deadline (the
+        # index entry's time + _UNBORN_S: an old entry read late is not waited for).
+        unborn: dict[str, tuple[tuple[_Unit, str, str | None, str], float]] = {}
         while not self._closing:
             try:
+                block = min(self.settings.block_ms, 50) if unborn else self.settings.block_ms
                 reply: Any = await self._cmd.xread(
-                    {index: self._index_last}, count=500, block=self.settings.block_ms
+                    {index: self._index_last}, count=500, block=block
                 )
-                adds: dict[str, tuple[_Unit, str, str | None, str]] = {}
+                adds = dict(unborn)
                 last = self._index_last
                 for _key, entries in reply or []:
                     for raw_id, fields in entries:
                         last = _text(raw_id)
                         item = self._started_item(fields)
                         if item is not None:
-                            adds[item[1]] = item
+                            deadline = int(last.partition("-")[0]) / 1000 + _UNBORN_S
+                            adds[item[1]] = (item, deadline)
+                missing = []
                 if adds:
-                    await self._add(list(adds.values()), started=True)
+                    missing = await self._add([item for item, _ in adds.values()], started=True)
                 self._index_last = last  # only now: a failed add reads them again
+                now = time.time()
+                unborn = {item[1]: adds[item[1]] for item in missing if adds[item[1]][1] > now}
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 self._down(exc)
