@@ -5,10 +5,13 @@ a killed process's streams and pending entries, Redis restarts."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aredis
 
@@ -498,3 +501,41 @@ async def test_a_session_announced_before_its_stream_exists_is_waited_for(
         entry = (await r.xadd(keys.session("late"), {"e": b'{"type":"started"}'})).decode()
         await wait_until(lambda: sink.got.get("session:late") == [entry], timeout_s=3)
         assert sink.epochs["session:late"] == {"e2"}
+
+
+async def test_a_sigkilled_worker_process_is_taken_over(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    out = tmp_path / "victim.jsonl"
+    out.touch()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).parent / "scripts" / "group_worker.py"),
+        redis_url, str(BUCKETS), "victim", "1500", str(out),
+    )  # fmt: skip
+    try:
+        write_sessions(producer, "s", 12, 8, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: len(out.read_bytes().splitlines()) >= 40, what="victim reads")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    victim = {tuple(orjson.loads(line)) for line in out.read_bytes().splitlines()}
+    pending = set()
+    for name in await truth(r, keys):
+        key = keys.sessions if name == "sessions" else keys.session(name.partition(":")[2])
+        for p in await r.xpending_range(key, GROUP, "-", "+", 1000):
+            pending.add((name, p["message_id"].decode()))
+    heir_sink = Sink(name="heir")
+    async with GroupWorker(bus(redis_url, tmp_path), group("heir"), heir_sink):
+        want = {(s, i) for s, ids in (await truth(r, keys)).items() for i in ids}
+        heir: set[tuple[str, str]] = set()
+
+        def complete() -> bool:
+            heir.clear()
+            heir.update((s, i) for s, ids in heir_sink.got.items() for i in ids)
+            return victim | heir == want
+
+        await wait_until(complete, what="take-over after SIGKILL")
+        assert not (victim - pending) & heir  # acknowledged entries are not given again
+        assert heir_sink.problems == []
