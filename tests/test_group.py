@@ -539,3 +539,19 @@ async def test_a_sigkilled_worker_process_is_taken_over(
         await wait_until(complete, what="take-over after SIGKILL")
         assert not (victim - pending) & heir  # acknowledged entries are not given again
         assert heir_sink.problems == []
+
+
+async def test_close_before_run_and_a_never_started_task(redis_url: str, tmp_path: Path) -> None:
+    worker = GroupWorker(bus(redis_url, tmp_path), group("w1"), Sink())
+    worker.close()
+    worker.close()  # idempotent
+    async with asyncio.timeout(2 * UNIT_S):
+        await worker.wait_closed()  # never ran: nothing to wait for
+        await worker.run()  # returns at once
+    other = GroupWorker(bus(redis_url, tmp_path), group("w2"), Sink())
+    task = asyncio.create_task(other.run())
+    task.cancel()  # before its first step: run() never starts
+    await asyncio.wait([task])
+    other.close()
+    async with asyncio.timeout(2 * UNIT_S):
+        await other.wait_closed()

@@ -424,6 +424,8 @@ class GroupWorker:
         """Wait until ``run()`` has ended; re-raise its error if it failed."""
         task = self._task
         if task is None:
+            if not self._started and self._closing:
+                return  # closed before it ran (a task cancelled before its first step)
             await self._done.wait()
             return
         await asyncio.wait([task])
@@ -437,6 +439,11 @@ class GroupWorker:
         if self._started:
             raise RuntimeError("GroupWorker.run() was already called")
         self._started = True
+        if self._closing:  # closed before it ran
+            if self._owns_client:
+                await close_async(self._cmd)
+            self._done.set()
+            return
         tasks: list[asyncio.Task[None]] = []
         try:
             if await self._connect():
