@@ -19,6 +19,7 @@ from producer import AsyncProducer
 from rpa_bus import ConfigMismatch, Keys, Settings
 from rpa_bus.cli._embedded import EmbeddedRedis
 from rpa_bus.redisio import Entry, GroupSettings, GroupWorker
+from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
 
 BUCKETS = 8
@@ -555,3 +556,40 @@ async def test_close_before_run_and_a_never_started_task(redis_url: str, tmp_pat
     other.close()
     async with asyncio.timeout(2 * UNIT_S):
         await other.wait_closed()
+
+
+async def test_lost_replies_dropped_connections_and_a_stall_lose_and_repeat_nothing(
+    redis_server: EmbeddedRedis, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_server.url, tmp_path).keys
+    proxy = FaultProxy(redis_server.port)
+    sink = Sink()
+    settings = group("w1", claim_idle_ms=2000, block_ms=300)
+    try:
+        async with GroupWorker(bus(proxy.url, tmp_path), settings, sink) as worker:
+            for wave in range(6):
+                write_sessions(producer, f"f{wave}", 4, 5, finish=wave % 2 == 0)
+                assert await producer.flush()
+                await asyncio.sleep(0.15)
+                if wave % 3 == 0:
+                    proxy.cut_replies(3)  # XREADGROUP, XACK, a renewal: applied, unanswered
+                elif wave % 3 == 1:
+                    proxy.drop_connections()
+                else:
+                    proxy.stall()  # longer than the socket timeout and the leases' life
+                    await asyncio.sleep(2.5)
+                    proxy.resume()
+            want = {(s, i) for s, ids in (await truth(r, keys)).items() for i in ids}
+            await wait_until(
+                lambda: {(s, i) for s, ids in sink.got.items() for i in ids} == want,
+                timeout_s=15,
+                what=f"everything: {worker.stats}",
+            )
+            assert worker.stats.errors > 0
+            assert worker.stats.lost > 0  # the stall outlived the leases
+            assert proxy.cut_count > 0
+            for s, ids in sink.got.items():
+                assert ids == sorted(set(ids), key=_id), f"{s} repeated or out of order"
+            assert sink.problems == []
+    finally:
+        proxy.close()
