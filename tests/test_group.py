@@ -593,3 +593,33 @@ async def test_lost_replies_dropped_connections_and_a_stall_lose_and_repeat_noth
             assert sink.problems == []
     finally:
         proxy.close()
+
+
+async def test_min_replicas_holds_entries_until_a_replica_has_them(
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
+    producer: AsyncProducer,
+    server_binary: Path,
+    r: aredis.Redis,
+) -> None:
+    await r.config_set("repl-diskless-sync-delay", 0)  # a replica syncs at once
+    careful = bus(redis_server.url, tmp_path, min_replicas=1)
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(careful, settings, sink):
+        write_sessions(producer, "rep", 3, 2, finish=True)
+        assert await producer.flush()
+        await asyncio.sleep(1.0)
+        assert sink.count() == 0  # no replica: nothing is handed over
+        replica = EmbeddedRedis(
+            tmp_path / "replica",
+            binary=server_binary,
+            persistent=False,
+            extra_args=("--replicaof", "127.0.0.1", str(redis_server.port)),
+        )
+        replica.start()
+        try:
+            await wait_until(lambda: sink.count() == 3 * 4, what="entries once replicated")
+        finally:
+            replica.kill()
+        assert sink.problems == []

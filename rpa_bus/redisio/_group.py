@@ -65,6 +65,7 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from rpa_bus import TERMINAL_TYPES, Keys, Settings, bucket_of, validate_host_name
@@ -1103,8 +1104,37 @@ class GroupWorker:
                 )
             finally:
                 reader.blocked = False
+        if reply and self._bus.min_replicas:
+            await self._await_replicas(client)
         if reply:
             await self._deliver(reader, client, reply)
+
+    async def _await_replicas(self, client: aredis.Redis) -> None:
+        """With ``min_replicas``: hold what a read returned until that many replicas hold
+        it too. A failover can lose entries the old master took but never replicated (a
+        producer with ``min_replicas`` writes them again under new ids); a sink that got
+        them would keep events the stream no longer has. Our XREADGROUP propagated after
+        the XADDs it returned, so a replica that acknowledged it (WAIT on the reader's
+        connection) holds them. If the connection drops meanwhile, the entries stay
+        pending, and the next connection's pending read finds exactly those that survived.
+        """
+        wanted = self._bus.min_replicas
+        warned = False
+        while True:
+            try:
+                acked = await client.wait(wanted, self._bus.wait_timeout_ms)
+            except ResponseError as exc:
+                # "WAIT cannot be used with replica instances": demoted under us.
+                raise RedisConnectionError(f"cannot confirm replication: {exc}") from exc
+            if acked >= wanted:
+                return
+            if not warned:
+                warned = True
+                log.warning(
+                    "%d of %d replicas hold the entries just read; the sink waits for them",
+                    acked,
+                    wanted,
+                )
 
     async def _deliver(self, reader: _Reader, client: aredis.Redis, reply: Any) -> None:
         batches: list[tuple[_Stream, list[Entry], list[bytes]]] = []
