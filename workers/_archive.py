@@ -284,9 +284,12 @@ class Archiver:
         if s.bus.target.topology == "cluster":
             # Refused before anything is written, archive=1 above all: producers must keep
             # trimming when no archiver can run.
+            # The group loop runs there, but a producer on a cluster learns archive=1 only
+            # in its handshake (P:config is in another slot than its script's keys), after
+            # its first batch was built: that batch could still be trimmed or expired.
             raise ConfigError(
-                "the archiver does not run on a Redis Cluster yet (its consumer-group loop "
-                "reads one server or a Sentinel-managed master)"
+                "the archiver does not run on a Redis Cluster yet: producers there cannot "
+                "yet be kept from trimming what it has not stored"
             )
         if self._store is None:
             self._store = await open_store(s.archive_url, connect_timeout_s=s.connect_timeout_s)

@@ -390,7 +390,7 @@ async def _serve_up(
                 typer.echo(
                     f"archive    {archiver.url}"
                     if archiver is not None
-                    else "archive    off (the archiver does not run on a Redis Cluster yet)"
+                    else "archive    off (not on a Redis Cluster yet; see docs/archive.md)"
                 )
                 typer.echo("Ctrl-C stops everything this command started.")
                 demo_task = None
