@@ -279,6 +279,11 @@ async def main() -> None:
 
 
 async def drivers_part(pg: LocalPostgres, args: argparse.Namespace) -> None:
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        print("1. skipped: the driver comparison needs asyncpg (pip install 'rpa-bus[bench]')")
+        return
     rows = make_rows(args.events, args.sessions, "d")
     print(f"1. insert path, {args.events} rows in batches of {BATCH}: rows/s, best of "
           f"{args.rounds} interleaved rounds")  # fmt: skip
