@@ -45,7 +45,14 @@ from producer._journal import (
     journal_fsync_from_env,
     target_of,
 )
-from producer._script import APPEND_SHA, INDEX_MAXLEN, ONCE_SHA, SCRIPTS, seen_key
+from producer._script import (
+    APPEND_SHA,
+    INDEX_MAXLEN,
+    ONCE_SHA,
+    SCRIPTS,
+    seen_key,
+    trim_args,
+)
 from rpa_bus import (
     STATE_FIELDS,
     TERMINAL_TYPES,
@@ -281,6 +288,7 @@ class BaseProducer:
         self._stopping = False  # close() asked the flusher to stop
         self._dead = False  # the flusher stopped on a bug; restarted by the next emit
         self._config_checked = False
+        self._archive = False  # P:config archive=1: the archiver trims and expires
         self._fatal: ConfigMismatch | None = None
         self._down_log = RateLimitedLog(log)
         self._disk_log = RateLimitedLog(log)
@@ -501,9 +509,10 @@ class BaseProducer:
             (self._once_args(stream, pid, group, now_ms), group)
             for (stream, pid), group in plain.items()
         ]
-        head = (s.maxlen, retention_ms, epoch, now_ms, INDEX_MAXLEN)
+        maxlen, kept_ms, index_maxlen = trim_args(s.maxlen, retention_ms, archive=self._archive)
+        head = (maxlen, kept_ms, epoch, now_ms, index_maxlen)
         cluster = self._cluster
-        index_keys = 2 if cluster else 3
+        index_keys = 2 if cluster else 4  # + the index and P:config (archive=1)
         indexed: dict[str, list[tuple[int, bytes]]] = {}
         for (stream, pid), group in groups.items():
             sid = stream[8:]
@@ -530,7 +539,7 @@ class BaseProducer:
                 index_keys,
                 self._key("s", sid),
                 self._key("m", sid),
-                *(() if cluster else (self.keys.sessions,)),
+                *(() if cluster else (self.keys.sessions, self.keys.config)),
                 pid,
                 *head,
                 orjson.dumps(state),
@@ -549,7 +558,7 @@ class BaseProducer:
                 self.keys.sessions,
                 self.keys.index_seen(pid),
                 "MAXLEN",
-                INDEX_MAXLEN,
+                index_maxlen,  # 0 with the archive on: the archiver trims
                 retention_ms,
                 *(x for entry in entries for x in entry),
             )
@@ -565,6 +574,8 @@ class BaseProducer:
         window_ms = max(item.window_ms for item in group)
         if window_ms:
             trim: tuple[Any, ...] = ("MINID", max(0, now_ms - window_ms))
+        elif stream == "sessions" and self._archive:
+            trim = ("MAXLEN", 0)  # the archiver stores the index, then trims it
         else:
             trim = ("MAXLEN", INDEX_MAXLEN)
         ttl_ms = max(int(self.settings.retention_s * 1000), window_ms)
@@ -627,7 +638,7 @@ class BaseProducer:
             if isinstance(reply, BaseException):
                 raise reply
         try:
-            check_config_reply(self.keys, replies[stored_at])
+            stored = check_config_reply(self.keys, replies[stored_at])
         except ConfigMismatch as exc:
             self._fatal = exc
             self.last_error = exc
@@ -637,6 +648,8 @@ class BaseProducer:
                 self.settings.spool_dir,
             )
             raise
+        # P:config archive=1: an archiver stores every entry, then trims and expires.
+        self._archive = self.keys.archive_on(stored)
         self._config_checked = True
 
     def _rounds(self, calls: list[Call], where: str) -> NodeRounds:

@@ -1,8 +1,9 @@
 """The idempotent append: one Lua script per (session, batch).
 
-``KEYS``: the session stream, its meta hash, and on one server the sessions index stream.
-On a cluster the index lives in another slot, so it is left out (two keys: the script
-touches only its bucket's slot) and the index entries go to ``ONCE_LUA`` instead.
+``KEYS``: the session stream, its meta hash, and on one server the sessions index stream
+and the ``P:config`` hash. On a cluster the index and the config live in other slots, so
+they are left out (two keys: the script touches only its bucket's slot) and the index
+entries go to ``ONCE_LUA`` instead.
 
 ``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
 folded state fields of the call's events (one JSON object of strings, merged in order),
@@ -34,6 +35,14 @@ Redis semantics relied on:
   applied by a lost attempt writes nothing, so its WAIT would return at once, proving
   nothing about that attempt; the script then rewrites the producer's ``seq:`` field (same
   value), so WAIT covers everything applied so far (``min_replicas``).
+
+With the archive on (``P:config`` ``archive=1``) the script neither trims the stream or
+the index nor expires a finished session's keys. On one server it reads the flag itself,
+on every call (so a producer started before the first archiver obeys it at once); on a
+cluster, where ``P:config`` is in another slot, the producer passes maxlen, retention and
+index maxlen as ``0`` once its handshake saw the flag (``trim_args``). The archiver does
+both once it has stored the entries, so Redis grows while an archiver lags instead of
+losing what is not archived yet.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ APPEND_LUA: Final = """
 local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]  -- index: nil on a cluster
 local seqfield = 'seq:' .. ARGV[1]
 local maxlen, retention, index_maxlen = ARGV[2], ARGV[3], ARGV[6]
+if KEYS[4] and redis.call('HGET', KEYS[4], 'archive') == '1' then
+  maxlen, retention, index_maxlen = '0', '0', '0'  -- the archiver trims and expires
+end
 local stored = tonumber(redis.call('HGET', meta, seqfield) or '0')
 redis.call('HSETNX', meta, 'epoch', ARGV[4])
 redis.call('HSETNX', meta, 'created', ARGV[5])
@@ -58,7 +70,9 @@ for i = 8, #ARGV, 2 do
   if seq > top then
     redis.call('XADD', stream, '*', 'e', ARGV[i + 1])
     if bar then
-      if index then
+      if index and index_maxlen == '0' then
+        redis.call('XADD', index, '*', 'e', string.sub(head, bar + 2))
+      elseif index then
         redis.call('XADD', index, 'MAXLEN', '~', index_maxlen, '*', 'e', string.sub(head, bar + 2))
       end
       -- Only the batch's last lifecycle event counts: started then finished expires.
@@ -70,14 +84,16 @@ for i = 8, #ARGV, 2 do
 end
 if applied > 0 then
   -- Trimmed once per call rather than per XADD: the same cap, fewer arguments per event.
-  redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  if maxlen ~= '0' then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  end
   local fields = {seqfield, top}
   for k, v in pairs(cjson.decode(ARGV[7])) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
   redis.call('HSET', meta, unpack(fields))
-  if expire == true then
+  if expire == true and retention ~= '0' then
     redis.call('PEXPIRE', stream, retention)
     redis.call('PEXPIRE', meta, retention)
   elseif expire == false then
@@ -107,7 +123,11 @@ local top = tonumber(redis.call('GET', seen) or '0')
 local applied = 0
 for i = 4, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
-  if seq > top then
+  if seq > top and ARGV[2] == '0' then  -- no cap: the archive is on, the archiver trims
+    redis.call('XADD', stream, '*', 'e', ARGV[i + 1])
+    top = seq
+    applied = applied + 1
+  elseif seq > top then
     redis.call('XADD', stream, ARGV[1], '~', ARGV[2], '*', 'e', ARGV[i + 1])
     top = seq
     applied = applied + 1
@@ -130,3 +150,9 @@ INDEX_MAXLEN: Final = 100_000
 def seen_key(prefix: str, key: str, producer_id: str) -> str:
     """The sidecar of ``ONCE_LUA`` for a stream key and producer (same slot)."""
     return f"{prefix}:{{{key}}}:seen:{producer_id}"
+
+
+def trim_args(maxlen: int, retention_ms: int, *, archive: bool) -> tuple[int, int, int]:
+    """The scripts' caps: (stream maxlen, retention ms, index maxlen); all ``0`` (no trim,
+    no expiry) with the archive on, whose archiver trims and expires after storing."""
+    return (0, 0, 0) if archive else (maxlen, retention_ms, INDEX_MAXLEN)

@@ -38,6 +38,7 @@ from rpa_bus._errors import (
 )
 from rpa_bus._ids import ZERO, Offset, StreamId, parse_offset
 from rpa_bus._keys import (
+    ARCHIVE_FIELD,
     DEFAULT_BUCKETS,
     DEFAULT_PREFIX,
     MAX_BUCKETS,
@@ -53,6 +54,7 @@ from rpa_bus._state import STATE_FIELDS, state_fields, state_from_meta
 from rpa_bus._urls import RedisTarget, parse_redis_url
 
 __all__ = [
+    "ARCHIVE_FIELD",
     "BUILTIN_TYPES",
     "DEFAULT_BUCKETS",
     "DEFAULT_PREFIX",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,6 +19,9 @@ from rpa_bus._errors import ConfigMismatch, InvalidSessionId, InvalidStreamName
 DEFAULT_PREFIX = "rpa"
 DEFAULT_BUCKETS = 256
 MAX_BUCKETS = 4096
+
+# The P:config field the archiver sets to "1" (see ``Keys.archive_on``).
+ARCHIVE_FIELD = "archive"
 
 _IDENT = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -110,6 +114,30 @@ class Keys:
         validate_host_name(name)
         return f"{self.prefix}:relay:{name}"
 
+    def worker_group(self, kind: str) -> str:
+        """The consumer group of one kind of worker (``archiver``, ``webhooks``) on every
+        stream that kind reads; the processes of the kind share it."""
+        validate_host_name(kind)
+        return f"{self.prefix}:{kind}"
+
+    def workers(self, kind: str) -> str:
+        """Sorted set of the live processes of a worker kind: consumer -> last heartbeat
+        (ms since the epoch, the server's clock)."""
+        validate_host_name(kind)
+        return f"{self.prefix}:workers:{kind}"
+
+    def lease(self, kind: str, tag: str) -> str:
+        """A worker kind's lease on one unit of streams: ``P:{TAG}:lease:KIND``. ``tag`` is
+        a bucket's three hex digits (``bucket_hex``) or a stream's key (``P:sessions``,
+        ``P:monitor:HOST``), so on a cluster the lease lives in its streams' slot."""
+        validate_host_name(kind)
+        return f"{self.prefix}:{{{tag}}}:lease:{kind}"
+
+    @staticmethod
+    def bucket_hex(bucket: int) -> str:
+        """A bucket as it appears in hash tags: three lowercase hex digits."""
+        return f"{bucket:03x}"
+
     def key_for(self, stream: StreamRef) -> str:
         """The Redis key behind a client-facing stream name."""
         if stream.kind == "session":
@@ -137,6 +165,13 @@ class Keys:
 
     def config_fields(self) -> dict[str, str]:
         return {"buckets": str(self.buckets)}
+
+    @staticmethod
+    def archive_on(stored: Mapping[str, str]) -> bool:
+        """Whether the deployment has an archive (``P:config`` field ``archive`` = ``1``,
+        set by the archiver, never by the others): then no part trims a stream or expires
+        a finished session's keys; the archiver does both once it has stored the entries."""
+        return stored.get(ARCHIVE_FIELD) == "1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,9 @@ class Settings:
     # Producer durability: a batch counts as written only once this many replicas
     # acknowledged it (WAIT after the batch, bounded by wait_timeout_ms); 0 = don't wait.
     min_replicas: int = 0
+    # The archive store (``sqlite:///PATH`` or ``postgresql://...``): the archiver writes
+    # it; the relay and the CLI read history from it. None: no archive configured here.
+    archive_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         parse_redis_url(self.redis_url)  # a bad form fails here, naming the problem
@@ -158,6 +161,7 @@ class Settings:
             "max_event_bytes": env.integer("MAX_EVENT_BYTES", MAX_EVENT_BYTES, lo=256),
             "secret": env.optional_text("SECRET"),
             "min_replicas": env.integer("MIN_REPLICAS", 0, lo=0, hi=64),
+            "archive_url": env.optional_text("ARCHIVE_URL"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

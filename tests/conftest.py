@@ -8,6 +8,9 @@ found the test fails with instructions; it never skips.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import redis
 
 from rpa_bus.cli._embedded import EmbeddedRedis, ServerNotFound, find_server_binary
 from tests._cluster import LocalCluster, running
+from tests._postgres import LocalPostgres, PostgresNotFound
 from tests._proxy import FaultProxy
 
 # One scaled unit for every wait in the tests: raise RPA_BUS_TEST_UNIT on a slow machine.
@@ -78,3 +82,34 @@ def rc(cluster: LocalCluster) -> Iterator[redis.RedisCluster]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One private PostgreSQL per test run (never the machine's on 5432); tests may stop
+    and start it: each test that asks for ``postgres_url`` finds it running again.
+
+    Its folder is its own, not under pytest's base temp: concurrent pytest runs prune each
+    other's old base temps, which would delete a live server's data."""
+    folder = Path(tempfile.mkdtemp(prefix="rpa-bus-pg-"))
+    try:
+        server = LocalPostgres(folder / "pg")
+    except PostgresNotFound as exc:
+        pytest.fail(f"{exc}. The archive tests need a real PostgreSQL.", pytrace=False)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """A fresh, empty database on the private server, for this test alone."""
+    if not postgres_server.running():
+        postgres_server.start()
+    name = f"t{uuid.uuid4().hex[:12]}"
+    postgres_server.psql(f"CREATE DATABASE {name}")
+    return postgres_server.url_for(name)

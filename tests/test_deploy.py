@@ -142,3 +142,16 @@ def test_the_image_installs_from_exactly_what_the_dockerfile_copies(tmp_path: pa
         assert f"{package}/__init__.py" in names, package
     # What `rpa-bus demo --real` runs, carried by the force-include.
     assert "rpa_bus/cli/_examples/rpa_quote.py" in names
+
+
+def test_compose_archives_into_postgres_on_a_volume() -> None:
+    data = _compose()
+    services = data["services"]
+    assert any("postgres-data" in v for v in services["postgres"]["volumes"])  # type: ignore[attr-defined]
+    assert "postgres-data" in data["volumes"]
+    archivers = [s for name, s in services.items() if name.startswith("archiver")]
+    assert len(archivers) == 2  # two processes share the group, either takes over
+    for service in archivers:
+        assert service["command"][:2] == ["rpa-bus", "archiver"]  # type: ignore[index]
+        assert service["environment"]["RPA_BUS_ARCHIVE_URL"].startswith("postgresql://")  # type: ignore[index]
+        assert "postgres" in service["depends_on"]  # type: ignore[operator]

@@ -47,6 +47,8 @@ def test_up_without_any_redis_starts_an_embedded_one(tmp_path: Path) -> None:
     started = [e for e in seen["sessions_index"] if e["type"] == "started"]
     assert started, "demo sessions should appear on the sessions stream"
     assert all(e["session"].startswith("quote-") for e in started)
+    assert seen["archived"] > 0, output  # the archiver up runs, on SQLite in the state dir
+    assert "archive    sqlite://" in output
     assert seen["exit"] == 0, output
     assert isinstance(seen["up.json"]["embedded_redis_pid"], int)
     assert seen["embedded_alive_after"] is False

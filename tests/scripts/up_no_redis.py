@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +47,17 @@ try:
         time.sleep(0.2)
     seen["sessions_index"] = [json.loads(f[b"e"]) for _, f in client.xrange("rpa:sessions")]
     client.close()
+    # The archiver `up` runs: the demo's events reach the SQLite file in the state folder.
+    archive, seen["archived"] = state / "rpa-bus" / "archive.db", 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not seen["archived"]:
+        try:
+            with sqlite3.connect(f"file:{archive}?mode=ro", uri=True) as db:
+                seen["archived"] = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            pass
+        time.sleep(0.2)
 finally:
     proc.send_signal(signal.SIGINT)
     try:

@@ -1,0 +1,357 @@
+"""Archive benchmark: prints figures, never passes or fails.
+
+    python bench/archive.py [--events 20000] [--sessions 20] [--rounds 3] [--rate 500]
+
+Starts a private Redis and a private PostgreSQL (initdb/pg_ctl as for the tests; fsync
+off, loopback) and a SQLite file, and measures in one run, with ~200-byte events:
+
+1. drivers: the archiver's insert statement (one ``INSERT ... SELECT FROM unnest(arrays)
+   ON CONFLICT DO NOTHING`` per 500-row batch) on psycopg 3 (async) and asyncpg, and each
+   driver's ``executemany`` of the same rows, rows/s (best of the rounds);
+2. throughput: the archiver (Redis group read -> store -> XACK -> trim) draining a backlog
+   of ``--events`` against raw batched inserts of the same rows into the same store
+   (PostgreSQL and SQLite), as a ratio;
+3. lag: with the archiver running, a producer at ``--rate`` events/s for ``--seconds``;
+   per event, the time from its Redis id (XADD time) to the store's commit; p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this folder is sys.path[0] and this file would shadow the package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import orjson  # noqa: E402
+
+from producer import Producer  # noqa: E402
+from rpa_bus import Settings, now_ts  # noqa: E402
+from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
+from tests._postgres import LocalPostgres  # noqa: E402
+from workers import Archiver, ArchiverSettings, Record, Row, open_store  # noqa: E402
+
+PAYLOAD = {"plate": "ABC1D23", "insurer": "porto", "plans": [101, 202, 303]}
+BATCH = 500
+INSERT_PG = (
+    "INSERT INTO events (stream, ms, seq, epoch, data) SELECT * FROM unnest({}::text[], "
+    "{}::int8[], {}::int8[], {}::text[], {}::bytea[]) ON CONFLICT DO NOTHING"
+)
+ROW_INSERT = (
+    "INSERT INTO events (stream, ms, seq, epoch, data) VALUES ({}, {}, {}, {}, {}) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+def quantile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_rows(n: int, sessions: int, tag: str) -> list[Record]:
+    ms0 = int(time.time() * 1000)
+    rows = []
+    for i in range(n):
+        event = {"type": "progress", "ts": now_ts(), "step": i, "total": n,
+                 "message": "Tela de cotação", "data": PAYLOAD}  # fmt: skip
+        rows.append(Record(f"session:{tag}-{i % sessions}", "e", f"{ms0 + i}-0",
+                           orjson.dumps(event)))  # fmt: skip
+    return rows
+
+
+def columns(rows: Sequence[Record]) -> tuple[list[Any], ...]:
+    ids = [r.id.split("-") for r in rows]
+    return (
+        [r.stream for r in rows],
+        [int(a) for a, _ in ids],
+        [int(b) for _, b in ids],
+        [r.epoch for r in rows],
+        [r.data for r in rows],
+    )
+
+
+async def fresh_pg(pg: LocalPostgres, name: str) -> str:
+    pg.psql(f"DROP DATABASE IF EXISTS {name}")
+    pg.psql(f"CREATE DATABASE {name}")
+    url = pg.url_for(name)
+    store = await open_store(url)  # creates the schema
+    await store.close()
+    return url
+
+
+async def psycopg_rate(url: str, rows: list[Record], *, many: bool, ph: str = "%b") -> float:
+    """psycopg 3 (async): ``ph`` %b sends binary parameters (the store's choice), %s text."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            batch = rows[i : i + BATCH]
+            async with conn.transaction():
+                if many:
+                    async with conn.cursor() as cur:
+                        cols = columns(batch)
+                        await cur.executemany(
+                            ROW_INSERT.format(*[ph] * 5).encode(), list(zip(*cols, strict=True))
+                        )
+                else:
+                    await conn.execute(INSERT_PG.format(*[ph] * 5).encode(), columns(batch))
+        return len(rows) / (time.perf_counter() - t0)
+
+
+async def asyncpg_rate(url: str, rows: list[Record], *, many: bool) -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            batch = rows[i : i + BATCH]
+            async with conn.transaction():
+                cols = columns(batch)
+                if many:
+                    await conn.executemany(
+                        ROW_INSERT.format("$1", "$2", "$3", "$4", "$5"),
+                        list(zip(*cols, strict=True)),
+                    )
+                else:
+                    await conn.execute(INSERT_PG.format("$1", "$2", "$3", "$4", "$5"), *cols)
+        return len(rows) / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
+
+
+async def raw_store_rate(url: str, rows: list[Record]) -> float:
+    """Plain batched inserts of the rows, no folding, no Redis: the store's ceiling."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        path = url[len("sqlite://") :]
+
+        def run() -> float:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("PRAGMA synchronous=FULL")
+            t0 = time.perf_counter()
+            for i in range(0, len(rows), BATCH):
+                batch = rows[i : i + BATCH]
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    ROW_INSERT.format(*["?"] * 5), list(zip(*columns(batch), strict=True))
+                )
+                conn.execute("COMMIT")
+            rate = len(rows) / (time.perf_counter() - t0)
+            conn.close()
+            return rate
+
+        return await asyncio.to_thread(run)
+    return await psycopg_rate(url, rows, many=False)
+
+
+def fill_redis(settings: Settings, n: int, sessions: int, tag: str) -> None:
+    with Producer(settings=settings) as p:
+        runs = [p.session(f"{tag}-{k}", total=n) for k in range(sessions)]
+        for run in runs:
+            run.start()
+        for i in range(n - sessions):
+            runs[i % sessions].progress(i // sessions, "Tela de cotação", data=PAYLOAD)
+        assert p.flush(120)
+
+
+async def archiver_rate(settings: Settings, url: str, n: int, sessions: int, tag: str) -> float:
+    """Events/s the archiver drains from a backlog of ``n`` events already in Redis, from
+    its first store call to its last commit (start-up and discovery left out)."""
+    marker = ArchiverSettings(bus=settings, archive_url=url)
+    async with Archiver(marker) as a:  # sets archive=1 so the producer keeps everything
+        task = asyncio.create_task(a.run())
+        await until(lambda: a.group_stats is not None and a.group_stats.owned > 0)
+        a.close()
+        await task
+    await asyncio.to_thread(fill_redis, settings, n, sessions, tag)
+    span: list[float] = []
+    async with Archiver(ArchiverSettings(bus=settings, archive_url=url)) as a:
+        real_put = a.store.put
+
+        async def timed_put(rows: Sequence[Row]) -> int:
+            if not span:
+                span.append(time.perf_counter())
+            stored = await real_put(rows)
+            span[1:] = [time.perf_counter()]
+            return stored
+
+        a.store.put = timed_put  # type: ignore[method-assign]
+        task = asyncio.create_task(a.run())
+        await until(lambda: a.stats.stored >= n + sessions)  # + the index's entries
+        rate = a.stats.stored / (span[1] - span[0])
+        a.close()
+        await task
+    return rate
+
+
+async def until(cond: Any, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step did not finish")
+        await asyncio.sleep(0.005)
+
+
+async def lag(settings: Settings, url: str, rate: float, seconds: float, tag: str) -> list[float]:
+    """Per event: ms from its Redis id to the store's commit, at a steady rate."""
+    delays: list[float] = []
+    async with Archiver(ArchiverSettings(bus=settings, archive_url=url)) as a:
+        real_put = a.store.put
+
+        async def timed_put(rows: Sequence[Row]) -> int:
+            n = await real_put(rows)
+            now = time.time() * 1000
+            delays.extend(now - int(r.id.split("-")[0]) for r in rows)
+            return n
+
+        a.store.put = timed_put  # type: ignore[method-assign]
+        task = asyncio.create_task(a.run())
+        await until(lambda: a.group_stats is not None and a.group_stats.owned > 0)
+        total = int(rate * seconds)
+        done = threading.Event()
+
+        def produce() -> None:
+            with Producer(settings=settings) as p:
+                runs = [p.session(f"{tag}-{k}", total=total) for k in range(10)]
+                for run in runs:
+                    run.start()
+                t0 = time.perf_counter()
+                for i in range(total):
+                    due = t0 + i / rate
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    runs[i % 10].progress(i // 10, "Tela de cotação", data=PAYLOAD)
+                assert p.flush(60)
+            done.set()
+
+        await asyncio.to_thread(produce)
+        await until(lambda: a.stats.stored >= total + 20)
+        a.close()
+        await task
+    return delays
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=500.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 1 or 2,3")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-archive-"))
+    pg = LocalPostgres(tmp / "pg")
+    pg.init()
+    pg.start()
+    redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
+    redis_server.start()
+    try:
+        parts = {int(p) for p in args.parts.split(",")}
+        if 1 in parts:
+            await drivers_part(pg, args)
+        if 2 in parts:
+            await throughput_part(pg, redis_server, tmp, args)
+        if 3 in parts:
+            await lag_part(pg, redis_server, tmp, args)
+    finally:
+        redis_server.kill()
+        pg.stop("immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def drivers_part(pg: LocalPostgres, args: argparse.Namespace) -> None:
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        print("1. skipped: the driver comparison needs asyncpg (pip install 'rpa-bus[bench]')")
+        return
+    rows = make_rows(args.events, args.sessions, "d")
+    print(f"1. insert path, {args.events} rows in batches of {BATCH}: rows/s, best of "
+          f"{args.rounds} interleaved rounds")  # fmt: skip
+    drivers: dict[str, Any] = {
+        "psycopg 3 unnest, binary (the store)": lambda u: psycopg_rate(u, rows, many=False),
+        "psycopg 3 unnest, text": lambda u: psycopg_rate(u, rows, many=False, ph="%s"),
+        "asyncpg   unnest": lambda u: asyncpg_rate(u, rows, many=False),
+        "psycopg 3 executemany, binary": lambda u: psycopg_rate(u, rows, many=True),
+        "asyncpg   executemany": lambda u: asyncpg_rate(u, rows, many=True),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in drivers}
+    for r in range(args.rounds):
+        order = list(drivers.items())
+        if r % 2:  # alternate who goes first: a busy machine favours no one
+            order.reverse()
+        for i, (name, fn) in enumerate(order):
+            rates[name].append(await fn(await fresh_pg(pg, f"drv{r}_{i}")))
+    for name, got in rates.items():
+        print(f"   {name:38s} best {max(got):8.0f}   median {statistics.median(got):8.0f}")
+    ours, theirs = rates["psycopg 3 unnest, binary (the store)"], rates["asyncpg   unnest"]
+    same_round = [p / a for p, a in zip(ours, theirs, strict=True)]
+    print(f"   psycopg 3 / asyncpg (unnest), per round: median x{statistics.median(same_round):.2f}"
+          f"  (rounds: {' '.join(f'{x:.2f}' for x in same_round)})")  # fmt: skip
+
+
+async def throughput_part(
+    pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
+) -> None:
+    print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
+          f"({args.sessions} sessions) already in Redis")  # fmt: skip
+    for engine in ("postgresql", "sqlite"):
+        arch, raw = [], []
+        for r in range(args.rounds):
+            if engine == "sqlite":
+                url = f"sqlite://{tmp / f'a{r}.db'}"
+                raw_url = f"sqlite://{tmp / f'raw{r}.db'}"
+                s = await open_store(raw_url)
+                await s.close()
+            else:
+                url = await fresh_pg(pg, f"arch{r}")
+                raw_url = await fresh_pg(pg, f"raw{r}")
+            settings = Settings(
+                redis_url=redis_server.url,
+                spool_dir=tmp / "spool",
+                maxlen=1_000_000,
+                queue_max=1_000_000,
+                prefix=f"b{engine[:2]}{r}",
+            )
+            raw.append(await raw_store_rate(raw_url, make_rows(args.events, args.sessions, "r")))
+            arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
+        ratios = [x / y for x, y in zip(arch, raw, strict=True)]
+        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
+              f"per-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
+
+
+async def lag_part(
+    pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
+) -> None:
+    print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit)")
+    for engine in ("postgresql", "sqlite"):
+        url = (f"sqlite://{tmp / 'lag.db'}" if engine == "sqlite"
+               else await fresh_pg(pg, "lag"))  # fmt: skip
+        settings = Settings(redis_url=redis_server.url, spool_dir=tmp / "spool",
+                            prefix=f"lag{engine[:2]}")  # fmt: skip
+        delays = await lag(settings, url, args.rate, args.seconds, "l")
+        print(f"   {engine:10s}  p50 {statistics.median(delays):6.1f} ms   "
+              f"p99 {quantile(delays, 0.99):6.1f} ms   ({len(delays)} events)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,328 @@
+"""The archive store on real SQLite files and a real private PostgreSQL: writes (idempotent
+on stream, epoch, id), folded session state, the read API the relay's history and session
+list need, migrations, retention pruning and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from rpa_bus import ConfigError, InvalidOffset, InvalidStreamName, now_ts
+from tests._postgres import LocalPostgres
+from workers import (
+    SCHEMA_VERSION,
+    ArchiveUnavailable,
+    Record,
+    SchemaTooNew,
+    Store,
+    open_store,
+    parse_archive_url,
+)
+
+
+def env(kind: str, ts: str, **fields: object) -> bytes:
+    return orjson.dumps({"type": kind, "ts": ts, **fields})
+
+
+def session_rows(
+    sid: str, n: int, *, epoch: str = "e1", ms0: int = 1_700_000_000_000
+) -> list[Record]:
+    """A whole run of ``n`` events: started, n-2 progress, finished."""
+    rows = [Record(f"session:{sid}", epoch, f"{ms0}-0", env("started", now_ts(ms0 / 1000)))]
+    for i in range(1, n - 1):
+        ms = ms0 + i
+        rows.append(
+            Record(
+                f"session:{sid}",
+                epoch,
+                f"{ms}-0",
+                env("progress", now_ts(ms / 1000), step=i, total=n - 2, message=f"step {i}"),
+            )
+        )
+    ms = ms0 + n - 1
+    rows.append(Record(f"session:{sid}", epoch, f"{ms}-0", env("finished", now_ts(ms / 1000))))
+    return rows
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'archive' / 'archive.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(archive_url: str) -> AsyncIterator[Store]:
+    s = await open_store(archive_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_put_is_idempotent_and_pages_read_in_id_order(store: Store) -> None:
+    rows = session_rows("quote-1", 250)
+    assert await store.put(rows[:100]) == 100
+    assert await store.put(rows[:150]) == 50  # a replayed batch plus new rows
+    assert await store.put(rows) == 100
+    assert await store.count("session:quote-1") == 250
+
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.events("session:quote-1", after=after, limit=64)
+        assert page.first == rows[0].id
+        assert page.last == rows[-1].id
+        assert page.epoch == "e1"
+        seen += [e.id for e in page.events]
+        if page.next is None:
+            break
+        after = page.next
+    assert seen == [r.id for r in rows]
+    assert [e.data for e in (await store.events("session:quote-1", limit=3)).events] == [
+        r.data for r in rows[:3]
+    ]
+
+    back = await store.events("session:quote-1", before=rows[10].id, limit=5, order="desc")
+    assert [e.id for e in back.events] == [r.id for r in reversed(rows[5:10])]
+    assert back.next == rows[5].id
+    window = await store.events("session:quote-1", after=rows[0].id, before=rows[3].id)
+    assert [e.id for e in window.events] == [rows[1].id, rows[2].id]
+    assert window.next is None
+
+    empty = await store.events("session:nobody")
+    assert (empty.events, empty.first, empty.last, empty.epoch, empty.next) == (
+        [],
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+async def test_same_id_in_another_epoch_is_another_row(store: Store) -> None:
+    a = Record("session:s", "e1", "5-0", env("started", now_ts(1)))
+    b = Record("session:s", "e2", "5-0", env("started", now_ts(2)))
+    assert await store.put([a]) == 1
+    assert await store.put([b]) == 1
+    assert await store.put([a, b]) == 0
+    assert await store.count("session:s") == 2
+
+
+async def test_folded_state_and_session_list(store: Store) -> None:
+    ms0 = int(time.time() * 1000) - 60_000
+    await store.put(session_rows("quote-a", 12, ms0=ms0))
+    running = [
+        Record("session:quote-b", "eb", f"{ms0 + 100}-0", env("started", now_ts(ms0 / 1000 + 0.1))),
+        Record(
+            "session:quote-b",
+            "eb",
+            f"{ms0 + 200}-0",
+            env("progress", now_ts(ms0 / 1000 + 0.2), step=3, total=15, message="Screen 3"),
+        ),
+    ]
+    await store.put(running)
+    failed = [
+        Record("session:job-c", "ec", f"{ms0 + 300}-0", env("started", now_ts(ms0 / 1000 + 0.3))),
+        Record(
+            "session:job-c",
+            "ec",
+            f"{ms0 + 400}-0",
+            env("failed", now_ts(ms0 / 1000 + 0.4), error="captcha"),
+        ),
+    ]
+    await store.put(failed)
+    await store.put(failed)  # replayed: state unchanged
+
+    a = await store.session("quote-a")
+    assert a is not None
+    assert (a.status, a.step, a.total, a.percent, a.eta_s) == ("finished", 10, 10, 100.0, 0.0)
+    assert a.first == f"{ms0}-0"
+    assert a.last == f"{ms0 + 11}-0"
+    assert a.epoch == "e1"
+    assert a.started == now_ts(ms0 / 1000)
+    b = await store.session("quote-b")
+    assert b is not None
+    assert (b.status, b.step, b.message) == ("running", 3, "Screen 3")
+    c = await store.session("job-c")
+    assert c is not None
+    assert (c.status, c.error) == ("failed", "captcha")
+
+    listed = await store.sessions()
+    assert [s.session for s in listed.sessions] == ["job-c", "quote-b", "quote-a"]
+    assert [s.session for s in (await store.sessions(status="running")).sessions] == ["quote-b"]
+    assert [s.session for s in (await store.sessions(q="QUOTE")).sessions] == [
+        "quote-b",
+        "quote-a",
+    ]
+    assert [s.session for s in (await store.sessions(q="captcha")).sessions] == ["job-c"]
+    assert [s.session for s in (await store.sessions(q="100%")).sessions] == []
+    since = now_ts(ms0 / 1000 + 0.35)
+    assert [s.session for s in (await store.sessions(since=since)).sessions] == ["job-c"]
+
+    first = await store.sessions(limit=2)
+    assert [s.session for s in first.sessions] == ["job-c", "quote-b"]
+    assert first.next
+    rest = await store.sessions(limit=2, cursor=first.next)
+    assert [s.session for s in rest.sessions] == ["quote-a"]
+    assert rest.next is None
+    with pytest.raises(InvalidOffset):
+        await store.sessions(cursor="not-a-cursor")
+
+
+async def test_index_entries_name_sessions_without_overriding_their_own_state(
+    store: Store,
+) -> None:
+    ms0 = 1_700_000_000_000
+    await store.put(session_rows("known", 4, ms0=ms0))
+    index = [
+        Record("sessions", "", f"{ms0}-0", orjson.dumps({"type": "started", "session": "known",
+                                                        "ts": now_ts(ms0 / 1000)})),
+        Record("sessions", "", f"{ms0 + 5}-0", orjson.dumps({"type": "started",
+               "session": "gone", "ts": now_ts(ms0 / 1000 + 0.005)})),
+    ]  # fmt: skip
+    await store.put(index)
+    known = await store.session("known")
+    gone = await store.session("gone")
+    assert known is not None
+    assert known.status == "finished"
+    assert gone is not None
+    assert gone.status == "running"
+    assert gone.first is None
+    assert await store.count("sessions") == 2
+
+
+async def test_new_epoch_starts_a_new_history_in_the_folded_state(store: Store) -> None:
+    await store.put(session_rows("reused", 5, epoch="old", ms0=1_700_000_000_000))
+    await store.put(
+        [Record("session:reused", "new", "1700000009000-0", env("started", now_ts(1_700_000_009)))]
+    )
+    s = await store.session("reused")
+    assert s is not None
+    assert (s.epoch, s.status, s.first, s.last) == (
+        "new",
+        "running",
+        "1700000009000-0",
+        "1700000009000-0",
+    )
+
+
+async def test_prune_deletes_only_what_is_older(store: Store) -> None:
+    now_ms = int(time.time() * 1000)
+    old = session_rows("old", 3, ms0=now_ms - 10 * 86_400_000)
+    new = session_rows("new", 3, ms0=now_ms - 1000)
+    await store.put(old)
+    await store.put(new)
+    assert await store.prune(older_than_s=86_400, chunk=2) == 3  # slices of 2: 2, 1
+    assert await store.count("session:old") == 0
+    assert await store.count("session:new") == 3
+    assert await store.session("old") is None
+    assert await store.session("new") is not None
+
+
+async def test_bad_reads_are_refused(store: Store) -> None:
+    with pytest.raises(InvalidStreamName):
+        await store.events("bogus")
+    with pytest.raises(ConfigError):
+        await store.events("session:x", limit=0)
+    with pytest.raises(ConfigError):
+        await store.events("session:x", limit=1001)
+    with pytest.raises(InvalidOffset):
+        await store.events("session:x", after="yesterday")
+
+
+async def test_reopen_keeps_data_and_version(archive_url: str) -> None:
+    s = await open_store(archive_url)
+    await s.put(session_rows("x", 3))
+    assert await s.schema_version() == SCHEMA_VERSION
+    await s.close()
+    s = await open_store(archive_url)
+    try:
+        assert await s.count() == 3
+        assert await s.schema_version() == SCHEMA_VERSION
+    finally:
+        await s.close()
+
+
+def test_archive_url_forms() -> None:
+    assert parse_archive_url("sqlite:///var/lib/a.db") == ("sqlite", "/var/lib/a.db")
+    assert parse_archive_url("postgres://u@h/db")[0] == "postgresql"
+    for bad in ("mysql://u:secret@h/db", "sqlite://relative.db", "/tmp/a.db", "sqlite:///"):
+        with pytest.raises(ConfigError) as info:
+            parse_archive_url(bad)
+        assert "secret" not in str(info.value)
+
+
+async def test_sqlite_store_newer_than_the_code_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    s = await open_store(f"sqlite://{path}")
+    await s.put(session_rows("x", 3))
+    await s.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("INSERT INTO schema_version VALUES (?, 'future')", (SCHEMA_VERSION + 1,))
+    conn.execute("PRAGMA journal_mode=DELETE")  # a plain file: any later write shows
+    conn.close()
+    before = _files(path)
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await open_store(f"sqlite://{path}")
+    assert _files(path) == before
+
+
+def _files(path: Path) -> list[tuple[str, str]]:
+    """Every file of the database (main, journal, WAL) with its content hash."""
+    return sorted(
+        (p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in path.parent.glob("a.db*")
+    )
+
+
+async def test_postgres_store_newer_than_the_code_is_refused_untouched(
+    postgres_url: str, postgres_server: LocalPostgres
+) -> None:
+    s = await open_store(postgres_url)
+    await s.put(session_rows("x", 3))
+    await s.close()
+    db = postgres_url.rsplit("/", 1)[1]
+    postgres_server.psql(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION + 1}, 'x')", db)
+    snapshot = "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM sessions), " \
+        "(SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_version)"  # fmt: skip
+    before = postgres_server.psql(snapshot, db)
+    with pytest.raises(SchemaTooNew):
+        await open_store(postgres_url)
+    assert postgres_server.psql(snapshot, db) == before
+
+
+async def test_unreachable_postgres_is_a_clear_error_within_the_bound() -> None:
+    from rpa_bus.cli._embedded import free_port
+
+    start = time.monotonic()
+    with pytest.raises(ArchiveUnavailable, match="cannot reach") as info:
+        await open_store(f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db", connect_timeout_s=1)
+    assert time.monotonic() - start < 5
+    assert "hunter2" not in str(info.value)
+
+
+async def test_postgres_down_mid_run_fails_the_batch_then_recovers(
+    postgres_url: str, postgres_server: LocalPostgres
+) -> None:
+    s = await open_store(postgres_url, connect_timeout_s=1)
+    try:
+        rows = session_rows("x", 20)
+        await s.put(rows[:10])
+        postgres_server.stop()
+        with pytest.raises(ArchiveUnavailable):
+            await s.put(rows[10:])
+        with pytest.raises(ArchiveUnavailable):
+            await s.put(rows[10:])
+        postgres_server.start()
+        assert await s.put(rows[10:]) == 10
+        assert [e.id for e in (await s.events("session:x", limit=100)).events] == [
+            r.id for r in rows
+        ]
+    finally:
+        await s.close()

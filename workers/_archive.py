@@ -1,0 +1,398 @@
+"""The archiver: every session stream and the ``sessions`` index into the archive store.
+
+It reads with the consumer group ``P:archiver`` through the shared ``GroupWorker`` (N
+processes split the streams; a dead process's streams and pending entries are taken over
+after ``claim_idle_ms``), and is the group's sink: ``put`` commits a stream's batch to the
+store and only then returns, so the loop XACKs only what is stored. The store ignores
+rows it already has (stream, epoch, id), so a crash between commit and XACK stores
+nothing twice.
+
+No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config``; from
+their next handshake on, producers neither trim streams nor expire finished sessions.
+The archiver does both after storing:
+
+- trim: a stream longer than ``maxlen`` loses its oldest entries, but only those before
+  the batch being stored (stored and acknowledged: per stream, batches come one at a
+  time and each is XACKed before the next), at most ``TRIM_CAP`` per batch. Redis keeps
+  the newest ``maxlen`` entries for live replay; an archiver that lags makes Redis grow.
+- expire: once a session's terminal event (``finished``/``failed``) is stored and is
+  still the stream's last entry, its stream and meta hash get the retention TTL the
+  producer would have set.
+
+Lag (entries pending in the group plus not yet delivered, over the streams this process
+reads) is sampled every ``lag_interval_s`` into ``stats.lag`` and, with a metrics port,
+the Prometheus gauge ``rpa_bus_archive_lag_entries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from rpa_bus import ARCHIVE_FIELD, TERMINAL_TYPES, ConfigError, EnvReader, Settings
+from rpa_bus.redisio import (
+    REDIS_FAILURES,
+    AsyncClient,
+    Entry,
+    GroupSettings,
+    GroupStats,
+    GroupWorker,
+    RateLimitedLog,
+    async_client,
+    cancel_and_wait,
+    check_config_async,
+    close_async,
+    is_retryable,
+)
+from workers._store import ArchiveError, Store, open_store, redact_url
+
+log = logging.getLogger(__name__)
+
+KIND: Final = "archiver"
+# At most this many entries are trimmed per stored batch (the trim script reads them).
+TRIM_CAP: Final = 2_000
+INDEX_MAXLEN: Final = 100_000
+
+# KEYS: the stream. ARGV: the id of the batch's first entry (all entries before it are
+# stored and acknowledged), maxlen, cap. Deletes the oldest entries beyond maxlen that
+# come before that id, at most cap. Returns how many.
+TRIM_LUA: Final = """
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if excess <= 0 then return 0 end
+if excess > tonumber(ARGV[3]) then excess = tonumber(ARGV[3]) end
+local old = redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', excess)
+if #old == 0 then return 0 end
+local last = old[#old][1]
+local n = redis.call('XTRIM', KEYS[1], 'MINID', last)
+return n + redis.call('XDEL', KEYS[1], last)
+"""
+
+# KEYS: the session stream, its meta hash. ARGV: the stored terminal entry's id, ttl ms.
+# Sets the retention TTL only if that entry is still the stream's last (a new run that
+# started meanwhile keeps its keys).
+EXPIRE_LUA: Final = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 or last[1][1] ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiverSettings:
+    """The archiver's settings on top of the bus's (units in the names)."""
+
+    bus: Settings
+    archive_url: str
+    consumer: str | None = None  # default: host-pid (the group loop's default)
+    claim_idle_ms: int = 30_000
+    block_ms: int = 1_000
+    count: int = 500
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    lag_interval_s: float = 5.0
+    # Archive retention: events older than this are pruned every prune_interval_s.
+    retention_days: float | None = None  # None: keep forever
+    prune_interval_s: float = 3600.0
+    connect_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(
+        cls, bus: Settings, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ArchiverSettings:
+        """Read ``RPA_BUS_ARCHIVER_*`` (and ``RPA_BUS_ARCHIVE_RETENTION_DAYS``); options win.
+
+        The archive URL comes from ``bus.archive_url`` (``RPA_BUS_ARCHIVE_URL``) unless an
+        override names one."""
+        env = EnvReader(environ)
+        retention = env.number("ARCHIVE_RETENTION_DAYS", 0.0, lo=0.0, hi=1e6)
+        values: dict[str, Any] = {
+            "archive_url": bus.archive_url,
+            "consumer": env.optional_text("ARCHIVER_CONSUMER"),
+            "claim_idle_ms": env.integer("ARCHIVER_CLAIM_IDLE_MS", 30_000, lo=100),
+            "block_ms": env.integer("ARCHIVER_BLOCK_MS", 1_000, lo=10, hi=60_000),
+            "count": env.integer("ARCHIVER_COUNT", 500, lo=1, hi=10_000),
+            "metrics_host": env.text("ARCHIVER_METRICS_HOST", "127.0.0.1"),
+            "metrics_port": env.integer("ARCHIVER_METRICS_PORT", 0, lo=0, hi=65535) or None,
+            "retention_days": retention or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if not values["archive_url"]:
+            raise ConfigError(
+                "no archive configured: pass --archive-url sqlite:///PATH or "
+                "postgresql://..., or set RPA_BUS_ARCHIVE_URL"
+            )
+        return cls(bus=bus, **values)
+
+    def redacted(self) -> str:
+        return redact_url(self.archive_url)
+
+
+@dataclass
+class ArchiverStats:
+    batches: int = 0
+    stored: int = 0  # rows new to the store
+    replayed: int = 0  # rows the store already had (a replay after a crash)
+    trimmed: int = 0
+    expired: int = 0
+    store_errors: int = 0
+    lag: int = 0
+    lag_by_stream: dict[str, int] = field(default_factory=dict)
+    last_store_ms: float = 0.0
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.lag = Gauge(
+            "rpa_bus_archive_lag_entries",
+            "Entries of the streams this archiver reads that are not archived yet",
+            registry=self.registry,
+        )
+        self.stored = Counter(
+            "rpa_bus_archive_stored_entries", "Entries written to the archive",
+            registry=self.registry,
+        )  # fmt: skip
+        self.errors = Counter(
+            "rpa_bus_archive_store_errors", "Batches the store failed (retried)",
+            registry=self.registry,
+        )  # fmt: skip
+
+
+class ArchiveSink:
+    """The group loop's sink: store a stream's batch, then trim and expire in Redis."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: AsyncClient,
+        bus: Settings,
+        stats: ArchiverStats,
+        *,
+        metrics: _Metrics | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._stats = stats
+        self._trim = client.register_script(TRIM_LUA)
+        self._expire = client.register_script(EXPIRE_LUA)
+        self._metrics = metrics
+        self._store_log = RateLimitedLog(log)
+
+    async def put(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        start = time.perf_counter()
+        try:
+            new = await self._store.put(entries)
+        except ArchiveError as exc:
+            self._stats.store_errors += 1
+            if self._metrics is not None:
+                self._metrics.errors.inc()
+            self._store_log.warning("archive store failed (%s); the batch is retried", exc)
+            raise
+        self._store_log.recovered("archive store accepts entries again")
+        self._stats.last_store_ms = (time.perf_counter() - start) * 1000
+        self._stats.batches += 1
+        self._stats.stored += new
+        self._stats.replayed += len(entries) - new
+        if self._metrics is not None:
+            self._metrics.stored.inc(new)
+        await self._after_store(entries)
+
+    async def _after_store(self, entries: Sequence[Entry]) -> None:
+        """Trim what is stored and acknowledged; expire a finished session. A Redis
+        failure here raises: the loop retries the batch (the store ignores the rows it
+        has) once Redis answers, and acknowledges it then."""
+        first = entries[0]
+        is_session = first.stream.startswith("session:")
+        maxlen = self._bus.maxlen if is_session else INDEX_MAXLEN
+        trimmed = await self._trim(keys=[first.key], args=[first.id, maxlen, TRIM_CAP])
+        self._stats.trimmed += int(trimmed)
+        last = entries[-1]
+        if is_session and _event_type(last.data) in TERMINAL_TYPES:
+            meta = first.key + ":meta"
+            ttl_ms = int(self._bus.retention_s * 1000)
+            self._stats.expired += int(
+                await self._expire(keys=[first.key, meta], args=[last.id, ttl_ms])
+            )
+
+
+def _event_type(data: bytes) -> str | None:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+class Archiver:
+    """One archiver process's service: an async context manager; ``run()`` until
+    ``close()``. Opening the store fails fast (``ArchiveError``, ``ConfigError``) so a
+    bad URL or an unreachable database stops the process at start-up with a clear error."""
+
+    def __init__(
+        self,
+        settings: ArchiverSettings,
+        *,
+        store: Store | None = None,
+        client: AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = ArchiverStats()
+        self._store = store
+        self._own_store = store is None
+        self._client = client
+        self._own_client = client is None
+        self._worker: GroupWorker | None = None
+        self._closing = asyncio.Event()
+        self._metrics: _Metrics | None = None
+        self._server: Any = None
+        self.metrics_port: int | None = None
+
+    @property
+    def group_stats(self) -> GroupStats | None:
+        """The group loop's counters (units owned, streams tailed...), once running."""
+        return self._worker.stats if self._worker is not None else None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ArchiveError("the archiver is not open")
+        return self._store
+
+    async def __aenter__(self) -> Archiver:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def open(self) -> None:
+        s = self.settings
+        if s.bus.target.topology == "cluster":
+            # Refused before anything is written, archive=1 above all: producers must keep
+            # trimming when no archiver can run.
+            # The group loop runs there, but a producer on a cluster learns archive=1 only
+            # in its handshake (P:config is in another slot than its script's keys), after
+            # its first batch was built: that batch could still be trimmed or expired.
+            raise ConfigError(
+                "the archiver does not run on a Redis Cluster yet: producers there cannot "
+                "yet be kept from trimming what it has not stored"
+            )
+        if self._store is None:
+            self._store = await open_store(s.archive_url, connect_timeout_s=s.connect_timeout_s)
+        if self._client is None:
+            self._client = async_client(s.bus)
+        if s.metrics_port is not None:
+            self._metrics = _Metrics()
+            self._server, _thread = start_http_server(
+                s.metrics_port, s.metrics_host, registry=self._metrics.registry
+            )
+            self.metrics_port = int(self._server.server_port)
+
+    async def _announce(self, client: AsyncClient) -> None:
+        """Record that an archive exists (P:config archive=1), after the handshake."""
+        await check_config_async(client, self.settings.bus.keys)
+        await client.hset(self.settings.bus.keys.config, ARCHIVE_FIELD, "1")
+
+    async def run(self) -> None:
+        """Archive until ``close()``. Redis outages are waited out (the group loop backs
+        off); store outages keep the batch and retry it."""
+        if self._store is None or self._client is None:
+            await self.open()
+        if self._store is None or self._client is None:
+            raise ArchiveError("the archiver could not open its store or Redis client")
+        s = self.settings
+        # Built (and its settings checked) before archive=1 is announced.
+        sink = ArchiveSink(self._store, self._client, s.bus, self.stats, metrics=self._metrics)
+        group = _group_settings(s)
+        self._worker = GroupWorker(s.bus, group, sink, client=self._client)
+        down = RateLimitedLog(log)
+        while not self._closing.is_set():
+            try:
+                await self._announce(self._client)
+                break
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
+                down.warning("Redis unavailable (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), 1.0)
+        if self._closing.is_set():
+            return
+        log.info("archiver %s: archiving into %s", group.consumer, s.redacted())
+        tasks = [
+            asyncio.create_task(self._worker.run(), name="archiver-group"),
+            asyncio.create_task(self._sample_lag(), name="archiver-lag"),
+        ]
+        if s.retention_days:
+            tasks.append(asyncio.create_task(self._prune_loop(), name="archiver-prune"))
+        closing = asyncio.create_task(self._closing.wait(), name="archiver-closing")
+        try:
+            done, _ = await asyncio.wait([tasks[0], closing], return_when=asyncio.FIRST_COMPLETED)
+            if closing in done:
+                self._worker.close()
+                await self._worker.wait_closed()
+            await tasks[0]
+        finally:
+            await cancel_and_wait([*tasks, closing])
+
+    async def _sample_lag(self) -> None:
+        while True:
+            if self._worker is not None:
+                try:
+                    by_stream = await self._worker.lag()
+                except REDIS_FAILURES as exc:
+                    if not is_retryable(exc):
+                        raise
+                else:
+                    self.stats.lag_by_stream = by_stream
+                    self.stats.lag = sum(by_stream.values())
+                    if self._metrics is not None:
+                        self._metrics.lag.set(self.stats.lag)
+            await asyncio.sleep(self.settings.lag_interval_s)
+
+    async def _prune_loop(self) -> None:
+        days = self.settings.retention_days or 0
+        while True:
+            try:
+                n = await self.store.prune(older_than_s=days * 86_400)
+                if n:
+                    log.info("archive: pruned %d events older than %g days", n, days)
+            except ArchiveError as exc:
+                log.warning("archive: pruning failed (%s); trying again later", exc)
+            await asyncio.sleep(self.settings.prune_interval_s)
+
+    def close(self) -> None:
+        self._closing.set()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._own_client and self._client is not None:
+            await close_async(self._client)
+            self._client = None
+        if self._own_store and self._store is not None:
+            await self._store.close()
+            self._store = None
+
+
+def _group_settings(s: ArchiverSettings) -> GroupSettings:
+    group = GroupSettings(
+        kind=KIND, claim_idle_ms=s.claim_idle_ms, block_ms=s.block_ms, count=s.count
+    )
+    return group if s.consumer is None else replace(group, consumer=s.consumer)
