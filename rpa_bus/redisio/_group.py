@@ -246,6 +246,7 @@ class GroupStats:
     claimed: int = 0  # pending entries taken on when a stream was added
     retried: int = 0  # batches given to the sink again after it raised
     owned: int = 0  # units (buckets, index, monitor hosts) leased now
+    releasing: int = 0  # of those, units another member wants (given up when idle)
     tailed: int = 0  # streams read now
     dropped: int = 0  # session streams finished and left
     lost: int = 0  # leases lost (not renewed in time, or taken)
@@ -659,13 +660,17 @@ class GroupWorker:
             log.info(
                 "%s took %d units: %s", self._consumer, len(taken), _summary(u.name for u in taken)
             )
+        self._count_units()
         await self._release_ready()
         # Discovery runs in its own task: a long SCAN must not hold up the renewals.
         self._to_scan.update((u.name, u) for u in taken)
         missing = any(u.key is not None and u.key not in self._streams for u in held)
         if taken or missing or self._rescan:
             self._discover_event.set()
+
+    def _count_units(self) -> None:
         self.stats.owned = len(self._held)
+        self.stats.releasing = sum(1 for u in self._held.values() if u.releasing)
 
     def _expire_lapsed(self) -> None:
         now = time.monotonic()
@@ -680,7 +685,7 @@ class GroupWorker:
             return
         del self._held[unit.name]
         self.stats.lost += 1
-        self.stats.owned = len(self._held)
+        self._count_units()
         log.warning("%s lost the lease of %s: %s", self._consumer, unit.name, why)
         self._forget(unit)
 
@@ -718,7 +723,7 @@ class GroupWorker:
         for u in units:
             if self._held.get(u.name) is u:
                 del self._held[u.name]
-        self.stats.owned = len(self._held)
+        self._count_units()
         names = _summary(u.name for u in units)
         log.info("%s gave up %d units: %s", self._consumer, len(units), names)
 
@@ -787,7 +792,7 @@ class GroupWorker:
 
     async def _add(
         self,
-        items: list[tuple[_Unit, str, str | None, str]],
+        items: Sequence[tuple[_Unit, str, str | None, str]],
         *,
         mkstream: bool = False,
         started: bool = False,
@@ -1005,6 +1010,7 @@ class GroupWorker:
         backoff = Backoff(max_s=min(2.0, self._tick_s))
         client: aredis.Redis | None = None
         stale: tuple[int, Address | None] | None = None
+        repair = False
         try:
             while not self._closing:
                 if reader.slot is not None and not reader.streams and not reader.unacked:
@@ -1021,6 +1027,11 @@ class GroupWorker:
                         stale = None
                         for s in reader.streams.values():
                             s.recovering = True
+                    if repair:
+                        # Here, not in the except clause: a failure while repairing must
+                        # reach the handler below like any other.
+                        await self._repair(reader)
+                        repair = False
                     await self._read_once(reader, client)
                     if not self.stats.redis_up:
                         self._up()
@@ -1029,7 +1040,7 @@ class GroupWorker:
                     if isinstance(exc, ResponseError) and str(exc).startswith(
                         ("NOGROUP", "UNBLOCKED")
                     ):
-                        await self._repair(reader)
+                        repair = True
                         continue
                     self._down(exc)
                     if stale is None and reader.read_id is not None:
@@ -1230,15 +1241,17 @@ class GroupWorker:
 
     async def _repair(self, reader: _Reader) -> None:
         """After NOGROUP/UNBLOCKED: one of the reader's streams was deleted (expired) or
-        lost its group. Add them all again; those gone are dropped."""
+        lost its group. Create the group again where it is gone (at 0) and re-read each
+        stream's epoch; streams that no longer exist are dropped."""
         streams = list(reader.streams.values())
-        for s in streams:
-            self._untail(s)
-        await self._add([(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None])
-        singles: list[tuple[_Unit, str, str | None, str]] = [
-            (s.unit, s.key, None, s.name) for s in streams if s.meta is None
-        ]
+        sessions = [(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None]
+        missing = {key for _u, key, _m, _n in await self._add(sessions, started=True)}
+        singles = [(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is None]
         await self._add(singles, mkstream=True)
+        for s in streams:
+            s.recovering = True
+            if s.key in missing:
+                self._untail(s)
 
 
 async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:
