@@ -1011,6 +1011,7 @@ class GroupWorker:
         client: aredis.Redis | None = None
         stale: tuple[int, Address | None] | None = None
         repair = False
+        repairs = 0  # repairs since the last read that succeeded
         try:
             while not self._closing:
                 if reader.slot is not None and not reader.streams and not reader.unacked:
@@ -1033,6 +1034,7 @@ class GroupWorker:
                         await self._repair(reader)
                         repair = False
                     await self._read_once(reader, client)
+                    repairs = 0
                     if not self.stats.redis_up:
                         self._up()
                     backoff.reset()
@@ -1041,6 +1043,9 @@ class GroupWorker:
                         ("NOGROUP", "UNBLOCKED")
                     ):
                         repair = True
+                        repairs += 1
+                        if repairs > 1:  # again at once: do not hammer Redis
+                            await self._sleep(backoff.next_s())
                         continue
                     self._down(exc)
                     if stale is None and reader.read_id is not None:
