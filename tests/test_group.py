@@ -628,3 +628,21 @@ async def test_min_replicas_holds_entries_until_a_replica_has_them(
         finally:
             replica.kill()
         assert sink.problems == []
+
+
+async def test_lag_counts_pending_and_undelivered_entries_per_stream(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    sink = Sink()
+    sink.gate = asyncio.Event()  # the sink holds the first batch
+    settings = group("w1", kinds=frozenset({"session"}), count=2)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "lag", 1, 4, finish=False)  # 5 entries
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.attempts) == 1, what="a batch in the sink")
+        # 2 delivered and pending (in the sink), 3 not delivered yet.
+        assert await worker.lag() == {"session:lag-0": 5}
+        sink.gate.set()
+        await wait_until(lambda: sink.count() == 5)
+        await wait_until(lambda: worker.stats.acked == 5)
+        assert await worker.lag() == {"session:lag-0": 0}
