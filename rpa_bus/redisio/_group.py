@@ -292,6 +292,7 @@ class _Reader:
         self.streams: dict[str, _Stream] = {}
         self.unacked: dict[str, list[bytes]] = {}  # acknowledged by the next flush
         self.unacked_units: list[_Unit] = []  # one per batch in ``unacked`` (busy counts)
+        self.ending: dict[str, _Stream] = {}  # streams whose session just ended
         self.gen = 0  # bumped when ``streams`` changes
         self.reading_gen = -1  # the generation the blocked read was built from
         self.blocked = False
@@ -1084,6 +1085,7 @@ class GroupWorker:
 
     async def _read_once(self, reader: _Reader, client: aredis.Redis) -> None:
         await self._flush_acks(reader, client)
+        await self._drop_ended(reader)
         await self._release_ready()
         await self._retry_due(reader, client)
         reader.changed.clear()  # before looking: a change from here on ends the wait below
@@ -1167,14 +1169,13 @@ class GroupWorker:
                 if isinstance(data, bytes):
                     batch.append(Entry(s.name, s.key, s.epoch, _text(raw_id), data))
             batches.append((s, batch, ids))
-        ends = await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
+        await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
         await self._flush_acks(reader, client)
-        for (s, _batch, _ids), terminal in zip(batches, ends, strict=True):
-            if terminal:
-                await self._drop_if_done(s)
+        await self._drop_ended(reader)
 
-    async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> bool:
-        """Hand one stream's batch to the sink; True if its last entry ends the session."""
+    async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> None:
+        """Hand one stream's batch to the sink; note the stream if the batch ended its
+        session (it may be dropped once acknowledged)."""
         unit = s.unit
         unit.busy += 1  # until acknowledged: the unit is not given up meanwhile
         if batch:
@@ -1188,7 +1189,7 @@ class GroupWorker:
                 s.retry_at = time.monotonic() + s.backoff.next_s()
                 self._sink_log(logging.ERROR, "sink failed on %s; retrying the batch", s.name)
                 log.debug("sink failure on %s", s.name, exc_info=True)
-                return False
+                return
             except BaseException:
                 unit.busy -= 1
                 raise
@@ -1198,17 +1199,17 @@ class GroupWorker:
         self._sink_log.recovered("sink accepts entries again")
         reader.unacked.setdefault(s.key, []).extend(ids)
         reader.unacked_units.append(unit)
-        return bool(s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES)
+        if s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES:
+            reader.ending[s.key] = s
 
     async def _retry_due(self, reader: _Reader, client: aredis.Redis) -> None:
         now = time.monotonic()
         due = [s for s in reader.streams.values() if s.retry is not None and s.retry_at <= now]
         for s in due:
             if self._readable(s.unit) and s.retry is not None:
-                terminal = await self._put(reader, s, s.retry, s.retry_ids)
+                await self._put(reader, s, s.retry, s.retry_ids)
                 await self._flush_acks(reader, client)
-                if terminal:
-                    await self._drop_if_done(s)
+                await self._drop_ended(reader)
 
     async def _flush_acks(self, reader: _Reader, client: aredis.Redis) -> None:
         """XACK what the sink took, on the reader's connection (its streams' server)."""
@@ -1229,6 +1230,17 @@ class GroupWorker:
         units, reader.unacked_units = reader.unacked_units, []
         for unit in units:
             unit.busy -= 1
+
+    async def _drop_ended(self, reader: _Reader) -> None:
+        """Check the streams whose session ended, once their acks are flushed (a check
+        that fails is made again after the next flush)."""
+        if reader.unacked:
+            return
+        for key, s in list(reader.ending.items()):
+            # Only while we hold its unit: the check claims the stream's pending entries.
+            if self._streams.get(key) is s and self._readable(s.unit):
+                await self._drop_if_done(s)
+            reader.ending.pop(key, None)
 
     async def _drop_if_done(self, s: _Stream) -> None:
         """Stop tailing a session stream whose last entry ended it, once that entry is
