@@ -265,6 +265,7 @@ class _Unit:
     releasing: bool = False  # another member wants it: given up once nothing is in flight
     busy: int = 0  # batches of its streams given to the sink and not yet acknowledged
     gone: bool = False  # being given up
+    keys: set[str] = field(default_factory=set)  # its tailed streams
 
 
 @dataclass(eq=False)
@@ -691,8 +692,11 @@ class GroupWorker:
         self._forget(unit)
 
     def _forget(self, unit: _Unit) -> None:
-        for s in [s for s in self._streams.values() if s.unit is unit]:
-            self._untail(s)
+        for key in list(unit.keys):
+            s = self._streams.get(key)
+            if s is not None and s.unit is unit:
+                self._untail(s)
+        unit.keys.clear()
 
     def _valid(self, unit: _Unit) -> bool:
         return self._held.get(unit.name) is unit and unit.valid_until > time.monotonic()
@@ -701,7 +705,7 @@ class GroupWorker:
         return not unit.releasing and self._valid(unit)
 
     def _wake_readers(self, unit: _Unit) -> None:
-        for slot in {s.slot for s in self._streams.values() if s.unit is unit}:
+        for slot in {self._slot(key) for key in unit.keys}:
             reader = self._readers.get(slot)
             if reader is not None:
                 reader.bump()
@@ -918,6 +922,7 @@ class GroupWorker:
         if self._closing:
             return
         self._streams[s.key] = s
+        s.unit.keys.add(s.key)
         reader = self._reader(s.slot)
         reader.streams[s.key] = s
         reader.bump()
@@ -927,6 +932,7 @@ class GroupWorker:
     def _untail(self, s: _Stream) -> None:
         if self._streams.get(s.key) is s:
             del self._streams[s.key]
+        s.unit.keys.discard(s.key)
         reader = self._readers.get(s.slot)
         if reader is not None and reader.streams.get(s.key) is s:
             del reader.streams[s.key]
