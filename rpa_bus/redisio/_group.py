@@ -213,7 +213,9 @@ class GroupSettings:
     """One worker kind's consumer group and how a process of it reads."""
 
     kind: str  # "archiver" | "webhooks": the group is P:KIND
-    consumer: str = field(default_factory=default_consumer)  # unique per process
+    # Unique per GroupWorker of a kind: two with one name would share leases (a lease that
+    # names us is ours), so two workers of a kind in one process need names of their own.
+    consumer: str = field(default_factory=default_consumer)
     kinds: frozenset[str] = frozenset({"session", "sessions"})  # + "monitor" for webhooks
     # Lease TTL: a dead process's streams (and pending entries) are taken over after this.
     claim_idle_ms: int = 30_000
