@@ -19,7 +19,7 @@ from rpa_bus import Keys, Settings
 from rpa_bus.redisio import GroupWorker
 from tests._cluster import LocalCluster
 from tests.conftest import UNIT_S
-from tests.test_group import Sink, group, wait_until
+from tests.test_group import Sink, group, wait_split, wait_until
 
 BUCKETS = 16
 
@@ -72,15 +72,7 @@ async def test_two_workers_on_a_cluster_split_and_deliver_each_entry_once_in_ord
     first = GroupWorker(settings, group("c-one", claim_idle_ms=3000), one)
     second = GroupWorker(settings, group("c-two", claim_idle_ms=3000), two)
     async with first, second:
-        await wait_until(
-            lambda: (
-                first.stats.owned + second.stats.owned == BUCKETS + 1
-                and first.stats.owned > 0
-                and second.stats.owned > 0
-            ),
-            timeout_s=15,
-            what="units split",
-        )
+        await wait_split([first, second], BUCKETS + 1, timeout_s=15)
         after = run_sessions(producer, "post", 24, 3)
         assert await producer.flush()
         want = await asyncio.to_thread(expected, rc, keys, before + after)
