@@ -4,8 +4,56 @@ consumer group per kind (``P:archiver``, ``P:webhooks``).
 Each kind runs as its own service (``rpa-bus archiver``, ``rpa-bus webhooks``); N processes
 of a kind share the group, and a dead process's streams and pending entries are taken
 over by the others. The loop they share lives in ``rpa_bus.redisio`` (``GroupWorker``).
+
+The webhook sender: ``WebhookService`` (the process), ``Endpoint`` and the endpoints-file
+helpers, ``Deliverer`` (one signed POST), and the Redis-side operator actions.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from workers._admin import (
+    DeadLetter,
+    EndpointStatus,
+    dead_letters,
+    endpoint_status,
+    pause,
+    replay,
+    resume,
+)
+from workers._deliver import Attempt, Deliverer, sign_headers
+from workers._endpoints import (
+    Endpoint,
+    add_endpoint,
+    load_endpoints,
+    new_secret,
+    parse_endpoints,
+    remove_endpoint,
+    write_endpoints,
+)
+from workers._outbox import SenderSettings, WebhookKeys, webhook_id
+from workers._safety import AddressRefused, refusal
+
+__all__ = [
+    "AddressRefused",
+    "Attempt",
+    "DeadLetter",
+    "Deliverer",
+    "Endpoint",
+    "EndpointStatus",
+    "SenderSettings",
+    "WebhookKeys",
+    "add_endpoint",
+    "dead_letters",
+    "endpoint_status",
+    "load_endpoints",
+    "new_secret",
+    "parse_endpoints",
+    "pause",
+    "refusal",
+    "remove_endpoint",
+    "replay",
+    "resume",
+    "sign_headers",
+    "webhook_id",
+    "write_endpoints",
+]
