@@ -110,6 +110,30 @@ class Keys:
         validate_host_name(name)
         return f"{self.prefix}:relay:{name}"
 
+    def worker_group(self, kind: str) -> str:
+        """The consumer group of one kind of worker (``archiver``, ``webhooks``) on every
+        stream that kind reads; the processes of the kind share it."""
+        validate_host_name(kind)
+        return f"{self.prefix}:{kind}"
+
+    def workers(self, kind: str) -> str:
+        """Sorted set of the live processes of a worker kind: consumer -> last heartbeat
+        (ms since the epoch, the server's clock)."""
+        validate_host_name(kind)
+        return f"{self.prefix}:workers:{kind}"
+
+    def lease(self, kind: str, tag: str) -> str:
+        """A worker kind's lease on one unit of streams: ``P:{TAG}:lease:KIND``. ``tag`` is
+        a bucket's three hex digits (``bucket_hex``) or a stream's key (``P:sessions``,
+        ``P:monitor:HOST``), so on a cluster the lease lives in its streams' slot."""
+        validate_host_name(kind)
+        return f"{self.prefix}:{{{tag}}}:lease:{kind}"
+
+    @staticmethod
+    def bucket_hex(bucket: int) -> str:
+        """A bucket as it appears in hash tags: three lowercase hex digits."""
+        return f"{bucket:03x}"
+
     def key_for(self, stream: StreamRef) -> str:
         """The Redis key behind a client-facing stream name."""
         if stream.kind == "session":

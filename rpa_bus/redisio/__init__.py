@@ -2,7 +2,8 @@
 
 Connection forms and their timeouts (``sync_client``, ``async_client``, node-pinned
 clients), the one transient-error classifier (``is_retryable``), capped jittered
-``Backoff``, rate-limited outage logging, the ``P:config`` handshake and task ownership.
+``Backoff``, rate-limited outage logging, the ``P:config`` handshake, task ownership, and
+the consumer-group loop the workers share (``GroupWorker``: leases, discovery, reading).
 The producer, the relay, the monitor, the workers and the CLI import this package; the
 pure contract modules of ``rpa_bus`` never do (a test keeps it so).
 """
@@ -28,6 +29,13 @@ from rpa_bus.redisio._config import (
     check_config_reply,
     config_commands,
 )
+from rpa_bus.redisio._group import (
+    Entry,
+    GroupSettings,
+    GroupSink,
+    GroupStats,
+    GroupWorker,
+)
 from rpa_bus.redisio._retry import (
     REDIS_FAILURES,
     RETRYABLE_TYPES,
@@ -43,6 +51,11 @@ __all__ = [
     "Address",
     "AsyncClient",
     "Backoff",
+    "Entry",
+    "GroupSettings",
+    "GroupSink",
+    "GroupStats",
+    "GroupWorker",
     "NodeClient",
     "RateLimitedLog",
     "SyncClient",

@@ -1,0 +1,979 @@
+"""The consumer-group loop the workers share: ``GroupWorker`` reads streams through the
+group ``P:KIND`` and hands each stream's entries, in order, to a ``GroupSink``.
+
+Ownership. The streams are cut into units: the session buckets (all sessions of bucket B,
+``P:{B}:session:*``), the index stream ``P:sessions`` and each ``P:monitor:HOST``, as the
+settings' ``kinds`` select. The live processes of a kind heartbeat into the sorted set
+``P:workers:KIND`` (consumer -> server time, ms); every process computes the same
+rendezvous hash of each unit over the live members and *wants* the units that hash to it.
+A process reads a unit's streams only while it holds the unit's lease, the string
+``P:{TAG}:lease:KIND`` = consumer with a TTL of ``claim_idle_ms`` (TAG: the bucket, or the
+stream's key, so the lease shares its streams' slot on a cluster):
+
+- taken with SET-if-absent (or kept, if it still names us: a restart of Redis with AOF),
+- renewed every ``claim_idle_ms / 3`` with compare-and-PEXPIRE,
+- given up with compare-and-DEL when another member wants the unit, after the batch in
+  flight is acknowledged (the new owner takes it on its next tick),
+- and counted lost when a renewal answers 0, or when no renewal succeeded for
+  ``claim_idle_ms`` (Redis unreachable): reading the unit stops at once. A process that
+  died holds its leases until they expire, so its units are taken over after
+  ``claim_idle_ms``, with their pending entries.
+
+The rendezvous hash only spreads the units; the lease is what makes a stream read by one
+process at a time. Two members that disagree on who is alive (a heartbeat not seen yet)
+race for a lease with SET NX and one wins.
+
+Discovery. Taking a bucket SCANs for its session streams; sessions that start later are
+learnt from the index (a plain XREAD of ``P:sessions`` in every process, from the index's
+last id before the first scan, so nothing falls between the two). Every owned bucket is
+scanned again after an outage and every ``rescan_ms`` (a trimmed index, a cluster where
+the index entry and the stream are written apart). Adding a stream is one script
+(``_ADD``): create the group at 0 (everything still in Redis is processed), read the
+session's epoch, XAUTOCLAIM the group's pending entries to us (min-idle 0: the lease says
+their reader is gone or gave the unit up), and tell whether the stream is done: its last
+entry is ``finished``/``failed``, delivered and acknowledged. Done streams are not
+tailed; one that reaches that state is dropped; a ``started`` in the index for it (the id
+is reused) adds it again.
+
+Reading. One task runs one XREADGROUP over every tailed stream: first ``0`` (our own
+pending list, in id order: claimed entries and replies lost in a dropped connection) for
+streams just added or after a reconnect, until empty, then ``>`` with BLOCK. The response's
+batches (one per stream) go to ``sink.put`` concurrently, then their ids are XACKed. A
+``put`` that raises keeps its batch and its stream out of the reads until a retry (after
+a per-stream backoff) succeeds. CLIENT UNBLOCK wakes the blocked read when the tailed set
+changes.
+
+Cancelling ``run()`` is a hard stop (as if the process were killed: nothing released);
+``close()`` is the graceful one: the batch in flight is acknowledged, the leases are given
+up and the member leaves ``P:workers:KIND``, so others take over at their next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+
+from rpa_bus import TERMINAL_TYPES, Keys, Settings, bucket_of, validate_host_name
+from rpa_bus.redisio._clients import AsyncClient, async_client, close_async
+from rpa_bus.redisio._config import check_config_async
+from rpa_bus.redisio._retry import REDIS_FAILURES, Backoff, RateLimitedLog, is_retryable
+from rpa_bus.redisio._tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+STREAM_KINDS = frozenset({"session", "sessions", "monitor"})
+
+# KEYS: the stream, its meta hash (the stream again when it has none).
+# ARGV: group, consumer, XAUTOCLAIM count, "1" for a session stream, "1" to MKSTREAM.
+# Returns nil if the stream does not exist, else {epoch, done, claimed}.
+_ADD = """
+if ARGV[5] == '1' then
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+else
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0')
+end
+local epoch = ''
+if KEYS[2] ~= KEYS[1] then
+  epoch = redis.call('HGET', KEYS[2], 'epoch') or ''
+end
+local claimed = 0
+local cursor = '0-0'
+repeat
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, cursor,
+                       'COUNT', ARGV[3], 'JUSTID')
+  cursor = r[1]
+  claimed = claimed + #r[2]
+until cursor == '0-0'
+local done = 0
+if ARGV[4] == '1' then
+  local pending, delivered = -1, nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local f = {}
+    for i = 1, #g, 2 do
+      f[g[i]] = g[i + 1]
+    end
+    if f['name'] == ARGV[1] then
+      pending, delivered = f['pending'], f['last-delivered-id']
+    end
+  end
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if pending == 0 and last[1] and last[1][1] == delivered then
+    local fields = last[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then
+        local ok, ev = pcall(cjson.decode, fields[i + 1])
+        if ok and type(ev) == 'table' and (ev['type'] == 'finished' or ev['type'] == 'failed') then
+          done = 1
+        end
+      end
+    end
+  end
+end
+return {epoch, done, claimed}
+"""
+
+# KEYS: a lease. ARGV: consumer, ttl ms. Ours already (a restart of Redis kept it): extend.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Renew only: a lease that is gone (given up, expired) is never re-created here, so a
+# renewal racing a release cannot leave a lease nobody knows it holds.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: P:workers:KIND. ARGV: consumer, ttl ms. The server's clock, so members on hosts
+# whose clocks disagree still age alike.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+_CLAIM_COUNT = 1000  # XAUTOCLAIM page inside _ADD
+_ADD_CHUNK = 200  # _ADD calls per pipeline
+_LEASE_MARGIN = 0.9  # read only for this share of a lease's TTL after its renewal was sent
+
+
+def default_consumer() -> str:
+    """This process's consumer name: ``HOST-PID``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry handed to a sink."""
+
+    stream: str  # client-facing name: "session:SID", "sessions", "monitor:HOST"
+    key: str  # the Redis key
+    epoch: str  # the session's epoch from its meta hash ("" for sessions/monitor streams)
+    id: str  # stream entry id, "ms-seq"
+    data: bytes  # the envelope JSON (entry field ``e``)
+
+
+class GroupSink(Protocol):
+    async def put(self, entries: Sequence[Entry]) -> None:
+        """Take entries of ONE stream, in id order. Return only when the sink holds them
+        (stored / durably queued); the loop XACKs after put returns. Must be idempotent on
+        (stream, epoch, id): a crash between put and XACK replays them. Raise to have the
+        same batch retried after backoff (nothing later of that stream is given
+        meanwhile)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    """One worker kind's consumer group and how a process of it reads."""
+
+    kind: str  # "archiver" | "webhooks": the group is P:KIND
+    consumer: str = field(default_factory=default_consumer)  # unique per process
+    kinds: frozenset[str] = frozenset({"session", "sessions"})  # + "monitor" for webhooks
+    # Lease TTL: a dead process's streams (and pending entries) are taken over after this.
+    claim_idle_ms: int = 30_000
+    block_ms: int = 1_000
+    count: int = 500
+    # Owned buckets are scanned again this often (and after every outage), for sessions
+    # the index did not announce (trimmed away, or written apart on a cluster).
+    rescan_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        validate_host_name(self.kind)
+        if not self.consumer or any(c.isspace() for c in self.consumer):
+            raise ValueError(f"consumer must be non-empty without spaces: {self.consumer!r}")
+        if not self.kinds or not self.kinds <= STREAM_KINDS:
+            raise ValueError(f"kinds must be a non-empty subset of {sorted(STREAM_KINDS)}")
+        if self.claim_idle_ms < 300:
+            raise ValueError(f"claim_idle_ms must be >= 300, got {self.claim_idle_ms}")
+        if self.block_ms < 1 or self.count < 1 or self.rescan_ms < 1:
+            raise ValueError("block_ms, count and rescan_ms must be >= 1")
+
+
+@dataclass(eq=False)
+class GroupStats:
+    """Plain counters of one GroupWorker (read them any time)."""
+
+    read: int = 0  # entries the sink took (put returned)
+    acked: int = 0  # entries acknowledged (XACK)
+    claimed: int = 0  # pending entries taken on when a stream was added
+    retried: int = 0  # batches given to the sink again after it raised
+    owned: int = 0  # units (buckets, index, monitor hosts) leased now
+    tailed: int = 0  # streams read now
+    dropped: int = 0  # session streams finished and left
+    lost: int = 0  # leases lost (not renewed in time, or taken)
+    errors: int = 0  # Redis failures absorbed (retried)
+    redis_up: bool = False
+
+
+@dataclass(eq=False)
+class _Unit:
+    name: str  # "bucket:00a" | "sessions" | "monitor:HOST"
+    lease: str
+    bucket: int | None = None
+    key: str | None = None  # the one stream of a "sessions" / "monitor:HOST" unit
+    stream: str = ""  # and its client-facing name
+    valid_until: float = 0.0  # monotonic: reading stops then unless renewed
+    releasing: bool = False
+
+
+@dataclass(eq=False)
+class _Stream:
+    key: str
+    meta: str | None
+    name: str
+    unit: _Unit
+    epoch: str
+    recovering: bool = True  # read our pending list ("0") before ">"
+    retry: list[Entry] | None = None  # a batch the sink refused, with all its ids
+    retry_ids: list[bytes] = field(default_factory=list)
+    retry_at: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=0.05, max_s=5.0))
+    gen: int = 0  # bumped when the index says the session (re)started
+
+
+def _weight(unit: str, member: str) -> bytes:
+    return hashlib.blake2b(f"{unit}\n{member}".encode(), digest_size=8).digest()
+
+
+def owner_of(unit: str, members: Iterable[str]) -> str | None:
+    """The member a unit rendezvous-hashes to (the same answer in every process)."""
+    return max(members, key=lambda m: (_weight(unit, m), m), default=None)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _event_type(data: bytes) -> str | None:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    kind = event.get("type") if isinstance(event, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+class GroupWorker:
+    """Reads its share of a worker kind's streams through the group ``P:KIND`` into a sink.
+
+    ``run()`` until ``close()`` (or ``async with``, which runs it in a task it owns).
+    Transient Redis failures are retried with backoff and logged at most every 30 s; a
+    permanent one (a bad password, a missing permission, a refused script) ends ``run()``
+    with that error. See the module docstring for ownership, discovery and reading.
+    """
+
+    def __init__(
+        self,
+        bus: Settings,
+        group: GroupSettings,
+        sink: GroupSink,
+        *,
+        client: AsyncClient | None = None,
+    ) -> None:
+        if group.block_ms >= bus.socket_timeout_s * 1000:
+            raise ValueError(
+                f"block_ms ({group.block_ms}) must be under the socket timeout "
+                f"({bus.socket_timeout_s} s), or every idle read would time out"
+            )
+        if isinstance(client, aredis.RedisCluster) or (
+            client is None and bus.target.topology == "cluster"
+        ):
+            raise ValueError("GroupWorker does not run on a Redis Cluster yet")
+        self.settings = group
+        self.stats = GroupStats()
+        self._bus = bus
+        self._keys: Keys = bus.keys
+        self._sink = sink
+        self._owns_client = client is None
+        self._cmd: AsyncClient = client if client is not None else async_client(bus)
+        self._group = self._keys.worker_group(group.kind)
+        self._consumer = group.consumer
+        self._members_key = self._keys.workers(group.kind)
+        self._ttl_ms = group.claim_idle_ms
+        self._tick_s = group.claim_idle_ms / 3000
+        self._add_script = self._cmd.register_script(_ADD)
+        self._acquire = self._cmd.register_script(_ACQUIRE)
+        self._renew = self._cmd.register_script(_RENEW)
+        self._release = self._cmd.register_script(_RELEASE)
+        self._heartbeat = self._cmd.register_script(_HEARTBEAT)
+        self._held: dict[str, _Unit] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._unacked: dict[str, list[bytes]] = {}
+        self._gen = 0  # bumped when the tailed set changes
+        self._reading_gen = -1
+        self._blocked = False
+        self._read_id: int | None = None
+        self._wake_event = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._close_event = asyncio.Event()
+        self._done = asyncio.Event()
+        self._closing = False
+        self._started = False
+        self._index_last = "0-0"
+        self._outage = False
+        self._rescan_at = 0.0
+        self._redis_log = RateLimitedLog(log)
+        self._sink_log = RateLimitedLog(log)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GroupWorker:
+        self._task = asyncio.create_task(self.run(), name=f"group-{self.settings.kind}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def close(self) -> None:
+        """Stop gracefully: finish the batch in flight, give up the leases, leave."""
+        if self._closing:
+            return
+        self._closing = True
+        self._close_event.set()
+        self._bump()
+
+    async def wait_closed(self) -> None:
+        """Wait until ``run()`` has ended; re-raise its error if it failed."""
+        task = self._task
+        if task is None:
+            await self._done.wait()
+            return
+        await asyncio.wait([task])
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            raise exc
+
+    async def run(self) -> None:
+        """Read until ``close()``. Cancelling it is a hard stop: nothing is released, and
+        other processes take over once the leases expire."""
+        if self._started:
+            raise RuntimeError("GroupWorker.run() was already called")
+        self._started = True
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if await self._connect():
+                tasks = [
+                    asyncio.create_task(self._manage(), name="group-manage"),
+                    asyncio.create_task(self._read(), name="group-read"),
+                    asyncio.create_task(self._waker(), name="group-waker"),
+                ]
+                if "session" in self.settings.kinds:
+                    tasks.append(asyncio.create_task(self._follow(), name="group-follow"))
+                closing = asyncio.create_task(self._close_event.wait(), name="group-closing")
+                try:
+                    await asyncio.wait([*tasks, closing], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    await cancel_and_wait([closing])
+                _raise_failure(tasks)
+                # Closing: the reader finishes its batch and returns; the rest just stop.
+                await asyncio.wait([tasks[1]])
+                await cancel_and_wait(tasks)
+                _raise_failure(tasks)
+                await self._leave()
+        finally:
+            self._closing = True
+            await cancel_and_wait(tasks)
+            if self._owns_client:
+                await close_async(self._cmd)
+            self._done.set()
+
+    async def _connect(self) -> bool:
+        """The P:config handshake and the index's position, retried until Redis answers;
+        False if closed meanwhile."""
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        while not self._closing:
+            try:
+                await check_config_async(self._cmd, self._keys)
+                if "session" in self.settings.kinds:
+                    last = await self._cmd.xrevrange(self._keys.sessions, "+", "-", count=1)
+                    self._index_last = _text(last[0][0]) if last else "0-0"
+                self._up()
+                return True
+            except REDIS_FAILURES as exc:
+                self._down(exc)
+                await self._sleep(backoff.next_s())
+        return False
+
+    async def _leave(self) -> None:
+        """Graceful end: acknowledge, give up the leases, leave the members (one try: what
+        fails here expires by itself)."""
+        try:
+            await self._flush_acks()
+            await self._release_units(list(self._held.values()))
+            await self._cmd.zrem(self._members_key, self._consumer)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
+            log.warning("could not give up leases on close (%s); they expire by themselves", exc)
+
+    async def _sleep(self, delay_s: float) -> None:
+        """Sleep, returning early when closing."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._close_event.wait()
+
+    # -- health ---------------------------------------------------------------------------
+
+    def _down(self, exc: BaseException) -> None:
+        if not is_retryable(exc):
+            raise exc
+        self.stats.errors += 1
+        self.stats.redis_up = False
+        self._outage = True
+        self._redis_log.warning("Redis unavailable for %s (%s); retrying", self._group, exc)
+
+    def _up(self) -> None:
+        self.stats.redis_up = True
+        self._redis_log.recovered("Redis available again for %s", self._group)
+
+    async def lag(self) -> dict[str, int]:
+        """Per tailed stream: entries pending in the group plus those not yet delivered."""
+        streams = list(self._streams.values())
+        if not streams:
+            return {}
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            for s in streams:
+                pipe.xinfo_groups(s.key)
+            replies = await pipe.execute(raise_on_error=False)
+        result: dict[str, int] = {}
+        for s, groups in zip(streams, replies, strict=True):
+            if isinstance(groups, BaseException):
+                continue
+            for g in groups:
+                if _text(g.get("name")) != self._group:
+                    continue
+                behind = g.get("lag")
+                if behind is None:  # Redis cannot tell (deleted entries): count them
+                    after = "(" + _text(g.get("last-delivered-id"))
+                    rest: Any = await self._cmd.xrange(s.key, after, "+", count=100_000)
+                    behind = len(rest)
+                result[s.name] = int(g.get("pending", 0)) + int(behind)
+        return result
+
+    # -- ownership ------------------------------------------------------------------------
+
+    def _units(self, hosts: Iterable[str]) -> dict[str, _Unit]:
+        kinds, keys, kind = self.settings.kinds, self._keys, self.settings.kind
+        units: dict[str, _Unit] = {}
+        if "session" in kinds:
+            for b in range(keys.buckets):
+                tag = keys.bucket_hex(b)
+                units[f"bucket:{tag}"] = _Unit(f"bucket:{tag}", keys.lease(kind, tag), bucket=b)
+        if "sessions" in kinds:
+            key = keys.sessions
+            units["sessions"] = _Unit("sessions", keys.lease(kind, key), key=key, stream="sessions")
+        if "monitor" in kinds:
+            for host in hosts:
+                try:
+                    key = keys.monitor(host)
+                except ValueError:
+                    continue  # not a host name we write (InvalidStreamName is a ValueError)
+                name = f"monitor:{host}"
+                units[name] = _Unit(name, keys.lease(kind, key), key=key, stream=name)
+        return units
+
+    async def _manage(self) -> None:
+        """Heartbeat, lease and rebalance every ``claim_idle_ms / 3``."""
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        while not self._closing:
+            try:
+                await self._tick()
+                backoff.reset()
+                wait = self._tick_s
+            except REDIS_FAILURES as exc:
+                self._down(exc)
+                wait = min(backoff.next_s(), self._tick_s)
+            self._expire_lapsed()
+            await self._sleep(wait)
+
+    async def _tick(self) -> None:
+        lease_args = [self._consumer, self._ttl_ms]
+        raw = await _call(
+            self._heartbeat, keys=[self._members_key], args=lease_args, client=self._cmd
+        )
+        members = {_text(m) for m in raw} | {self._consumer}
+        hosts: list[str] = []
+        if "monitor" in self.settings.kinds:
+            hosts = sorted(_text(h) for h in await self._cmd.hkeys(self._keys.monitors))
+        units = self._units(hosts)
+        desired = {name for name in units if owner_of(name, members) == self._consumer}
+        self._expire_lapsed()
+        held = list(self._held.values())
+        wanted = [units[n] for n in sorted(desired) if n not in self._held]
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            for u in held:
+                await _call(self._renew, keys=[u.lease], args=lease_args, client=pipe)
+            for u in wanted:
+                await _call(self._acquire, keys=[u.lease], args=lease_args, client=pipe)
+            sent = time.monotonic()
+            replies = await pipe.execute()
+        self._up()
+        valid_until = sent + self._ttl_ms / 1000 * _LEASE_MARGIN
+        for u, ok in zip(held, replies, strict=False):
+            if self._held.get(u.name) is not u:
+                continue  # released meanwhile
+            if ok:
+                u.valid_until = valid_until
+            else:
+                self._lose(u, "taken by another process")
+        taken = [u for u, ok in zip(wanted, replies[len(held) :], strict=True) if ok]
+        for u in taken:
+            u.valid_until = valid_until
+            self._held[u.name] = u
+        for u in self._held.values():
+            if u.name not in desired and not u.releasing:
+                u.releasing = True
+                self._bump()
+        if taken:
+            log.info(
+                "%s took %d units: %s", self._consumer, len(taken), _summary(u.name for u in taken)
+            )
+        rescan = self._outage or time.monotonic() >= self._rescan_at
+        if rescan:
+            self._outage = False
+            self._rescan_at = time.monotonic() + self.settings.rescan_ms / 1000
+        buckets = [u for u in self._held.values() if u.bucket is not None and not u.releasing]
+        await self._discover(buckets if rescan else [u for u in taken if u.bucket is not None])
+        singles = [
+            u
+            for u in self._held.values()
+            if u.key is not None and u.key not in self._streams and not u.releasing
+        ]
+        if singles:
+            await self._add([(u, u.key, None, u.stream) for u in singles if u.key], mkstream=True)
+        self.stats.owned = len(self._held)
+
+    def _expire_lapsed(self) -> None:
+        now = time.monotonic()
+        for u in list(self._held.values()):
+            if u.valid_until <= now:
+                self._lose(u, "lease not renewed in time")
+
+    def _lose(self, unit: _Unit, why: str) -> None:
+        """Stop reading a unit at once (its entries in flight stay pending for the next
+        owner, who claims them)."""
+        if self._held.get(unit.name) is not unit:
+            return
+        del self._held[unit.name]
+        self.stats.lost += 1
+        self.stats.owned = len(self._held)
+        log.warning("%s lost the lease of %s: %s", self._consumer, unit.name, why)
+        self._forget(unit)
+
+    def _forget(self, unit: _Unit) -> None:
+        for key in [k for k, s in self._streams.items() if s.unit is unit]:
+            del self._streams[key]
+        self.stats.tailed = len(self._streams)
+        self._bump()
+
+    def _valid(self, unit: _Unit) -> bool:
+        return self._held.get(unit.name) is unit and unit.valid_until > time.monotonic()
+
+    async def _release_units(self, units: list[_Unit]) -> None:
+        """Give up units we no longer want, once nothing of theirs is in flight (called by
+        the reader between batches, and on close)."""
+        if not units:
+            return
+        await self._flush_acks()
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            for u in units:
+                await _call(self._release, keys=[u.lease], args=[self._consumer], client=pipe)
+            await pipe.execute()
+        for u in units:
+            if self._held.get(u.name) is u:
+                del self._held[u.name]
+                self._forget(u)
+        self.stats.owned = len(self._held)
+        names = _summary(u.name for u in units)
+        log.info("%s gave up %d units: %s", self._consumer, len(units), names)
+
+    # -- discovery ------------------------------------------------------------------------
+
+    async def _discover(self, units: list[_Unit]) -> None:
+        """SCAN for the session streams of these bucket units and add them."""
+        if not units:
+            return
+        by_bucket = {u.bucket: u for u in units}
+        prefix = _glob_escape(self._keys.prefix)
+        if len(units) == 1:
+            pattern = f"{prefix}:{{{self._keys.bucket_hex(units[0].bucket or 0)}}}:session:*"
+        else:
+            pattern = f"{prefix}:{{*}}:session:*"
+        found: list[tuple[_Unit, str, str | None, str]] = []
+        async for raw in self._cmd.scan_iter(match=pattern, count=1000, _type="stream"):
+            key = _text(raw)
+            sid = key.rpartition(":session:")[2]
+            try:
+                if self._keys.session(sid) != key:
+                    continue
+            except ValueError:
+                continue  # not a session stream of ours
+            unit = by_bucket.get(bucket_of(sid, self._keys.buckets))
+            if unit is not None and key not in self._streams:
+                found.append((unit, key, self._keys.meta(sid), f"session:{sid}"))
+        await self._add(found)
+
+    async def _add(
+        self,
+        items: list[tuple[_Unit, str, str | None, str]],
+        *,
+        mkstream: bool = False,
+        started: bool = False,
+    ) -> None:
+        """Create the group on these streams, claim their pending entries, and tail those
+        not done. ``started``: the index announced them (a reused id may have a new epoch).
+        """
+        args: list[str | int] = [self._group, self._consumer, _CLAIM_COUNT]
+        for i in range(0, len(items), _ADD_CHUNK):
+            chunk = items[i : i + _ADD_CHUNK]
+            async with self._cmd.pipeline(transaction=False) as pipe:
+                for _unit, key, meta, _name in chunk:
+                    session = "1" if meta is not None else "0"
+                    await _call(
+                        self._add_script,
+                        keys=[key, meta or key],
+                        args=[*args, session, "1" if mkstream else "0"],
+                        client=pipe,
+                    )
+                replies = await pipe.execute()
+            for (unit, key, meta, name), reply in zip(chunk, replies, strict=True):
+                if reply is None or not self._valid(unit) or unit.releasing:
+                    continue
+                epoch, done, claimed = _text(reply[0]), int(reply[1]), int(reply[2])
+                self.stats.claimed += claimed
+                current = self._streams.get(key)
+                if current is not None:
+                    if started:
+                        current.gen += 1
+                        if current.epoch != epoch:
+                            log.info("%s has a new epoch %s", name, epoch)
+                            current.epoch = epoch
+                    continue
+                if done:
+                    continue
+                self._streams[key] = _Stream(key, meta, name, unit, epoch)
+                self._bump()
+        self.stats.tailed = len(self._streams)
+
+    async def _follow(self) -> None:
+        """Learn sessions that start in owned buckets from the index (plain XREAD)."""
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        index = self._keys.sessions
+        while not self._closing:
+            try:
+                reply: Any = await self._cmd.xread(
+                    {index: self._index_last}, count=500, block=self.settings.block_ms
+                )
+                adds: dict[str, tuple[_Unit, str, str | None, str]] = {}
+                for _key, entries in reply or []:
+                    for raw_id, fields in entries:
+                        self._index_last = _text(raw_id)
+                        item = self._started_item(fields)
+                        if item is not None:
+                            adds[item[1]] = item
+                if adds:
+                    await self._add(list(adds.values()), started=True)
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                self._down(exc)
+                await self._sleep(backoff.next_s())
+
+    def _started_item(self, fields: Any) -> tuple[_Unit, str, str | None, str] | None:
+        """The stream to add for an index entry: a ``started`` of a session in an owned
+        bucket."""
+        data = (fields or {}).get(b"e")
+        if not isinstance(data, bytes):
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict) or event.get("type") != "started":
+            return None
+        sid = event.get("session")
+        try:
+            key = self._keys.session(sid)  # type: ignore[arg-type]
+        except ValueError:
+            return None
+        bucket = bucket_of(key.rpartition(":session:")[2], self._keys.buckets)
+        unit = self._held.get(f"bucket:{self._keys.bucket_hex(bucket)}")
+        if unit is None or unit.releasing:
+            return None
+        return unit, key, self._keys.meta(str(sid)), f"session:{sid}"
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _bump(self) -> None:
+        """The tailed set changed: wake the reader (CLIENT UNBLOCK if it is blocked)."""
+        self._gen += 1
+        self._changed.set()
+        self._wake_event.set()
+
+    async def _waker(self) -> None:
+        """Wake a blocked read with CLIENT UNBLOCK when the tailed set changed. UNBLOCK
+        answers 0 while the read is still on its way to Redis: try again shortly."""
+        while True:
+            await self._wake_event.wait()
+            self._wake_event.clear()
+            for _ in range(200):
+                read_id = self._read_id
+                if not self._blocked or read_id is None or self._reading_gen >= self._gen:
+                    break
+                try:
+                    if await self._cmd.client_unblock(read_id):
+                        break
+                except REDIS_FAILURES as exc:
+                    if not is_retryable(exc):
+                        raise
+                    break
+                await asyncio.sleep(0.005)
+
+    async def _read(self) -> None:
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        client: aredis.Redis | None = None
+        stale_id: int | None = None
+        try:
+            while not self._closing:
+                try:
+                    if client is None:
+                        client = self._single().client()
+                        self._read_id = int(await client.client_id())
+                        await self._retire(stale_id)
+                        stale_id = None
+                        for s in self._streams.values():
+                            s.recovering = True
+                    await self._read_once(client)
+                    if not self.stats.redis_up:
+                        self._up()
+                    backoff.reset()
+                except REDIS_FAILURES as exc:
+                    if isinstance(exc, ResponseError) and str(exc).startswith(
+                        ("NOGROUP", "UNBLOCKED")
+                    ):
+                        await self._repair()
+                        continue
+                    self._down(exc)
+                    if stale_id is None and self._read_id is not None:
+                        stale_id = self._read_id
+                    self._read_id = None
+                    if client is not None:
+                        await client.aclose()
+                        client = None
+                    await self._sleep(backoff.next_s())
+        finally:
+            self._read_id = None
+            if client is not None:
+                await client.aclose()
+
+    def _single(self) -> aredis.Redis:
+        assert isinstance(self._cmd, aredis.Redis)  # refused in __init__ otherwise
+        return self._cmd
+
+    async def _retire(self, stale_id: int | None) -> None:
+        """Kill our previous read connection server-side: a read still blocked there could
+        take entries nobody would see until the next recovery."""
+        if stale_id is None or stale_id == self._read_id:
+            return
+        try:
+            await self._cmd.client_kill_filter(_id=str(stale_id))
+        except ResponseError as exc:
+            if "no such client" not in str(exc).lower():
+                # Refused (ACLs): wait out the old read's BLOCK instead.
+                await asyncio.sleep(self.settings.block_ms / 1000 + 0.05)
+
+    async def _read_once(self, client: aredis.Redis) -> None:
+        await self._flush_acks()
+        releasing = [u for u in self._held.values() if u.releasing]
+        if releasing:
+            await self._release_units(releasing)
+        await self._retry_due()
+        self._changed.clear()  # before looking: a change from here on ends the wait below
+        now = time.monotonic()
+        ready = [s for s in self._streams.values() if s.retry is None and self._valid(s.unit)]
+        retry_at = min((s.retry_at for s in self._streams.values() if s.retry), default=None)
+        if not ready:
+            wait = self.settings.block_ms / 1000 if retry_at is None else retry_at - now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._changed.wait()
+            return
+        recovering = [s for s in ready if s.recovering]
+        count = self.settings.count
+        reply: Any
+        if recovering:
+            reply = await client.xreadgroup(
+                self._group, self._consumer, {s.key: "0" for s in recovering}, count=count
+            )
+            got = {_text(k) for k, entries in reply or [] if entries}
+            for s in recovering:
+                if s.key not in got:
+                    s.recovering = False
+        else:
+            block = self.settings.block_ms
+            if retry_at is not None:
+                block = max(1, min(block, int((retry_at - now) * 1000)))
+            self._reading_gen = self._gen
+            self._blocked = True
+            try:
+                reply = await client.xreadgroup(
+                    self._group, self._consumer, {s.key: ">" for s in ready}, count, block
+                )
+            finally:
+                self._blocked = False
+        if reply:
+            await self._deliver(reply)
+
+    async def _deliver(self, reply: Any) -> None:
+        batches: list[tuple[_Stream, list[Entry], list[bytes]]] = []
+        for raw_key, entries in reply:
+            s = self._streams.get(_text(raw_key))
+            if s is None or not entries or not self._valid(s.unit):
+                # Not ours any more: left pending; the next reader of the stream claims them.
+                continue
+            batch: list[Entry] = []
+            ids: list[bytes] = []
+            for raw_id, fields in entries:
+                ids.append(raw_id)
+                data = fields.get(b"e") if fields else None  # None: deleted while pending
+                if isinstance(data, bytes):
+                    batch.append(Entry(s.name, s.key, s.epoch, _text(raw_id), data))
+            batches.append((s, batch, ids))
+        done = await asyncio.gather(*(self._put(s, batch, ids) for s, batch, ids in batches))
+        await self._flush_acks()
+        for (s, _batch, _ids), terminal in zip(batches, done, strict=True):
+            if terminal:
+                await self._drop_if_done(s)
+
+    async def _put(self, s: _Stream, batch: list[Entry], ids: list[bytes]) -> bool:
+        """Hand one stream's batch to the sink; True if its last entry ends the session."""
+        if batch:
+            try:
+                await self._sink.put(batch)
+            except Exception:
+                # The sink's failure boundary: keep the batch, retry it after a backoff.
+                self.stats.retried += 1
+                s.retry, s.retry_ids = batch, ids
+                s.retry_at = time.monotonic() + s.backoff.next_s()
+                self._sink_log(logging.ERROR, "sink failed on %s; retrying the batch", s.name)
+                log.debug("sink failure on %s", s.name, exc_info=True)
+                return False
+            self.stats.read += len(batch)
+        s.retry, s.retry_ids = None, []
+        s.backoff.reset()
+        self._sink_log.recovered("sink accepts entries again")
+        self._unacked.setdefault(s.key, []).extend(ids)
+        return bool(s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES)
+
+    async def _retry_due(self) -> None:
+        now = time.monotonic()
+        due = [s for s in self._streams.values() if s.retry is not None and s.retry_at <= now]
+        for s in due:
+            if self._valid(s.unit) and s.retry is not None:
+                terminal = await self._put(s, s.retry, s.retry_ids)
+                await self._flush_acks()
+                if terminal:
+                    await self._drop_if_done(s)
+
+    async def _flush_acks(self) -> None:
+        if not self._unacked:
+            return
+        acks = self._unacked
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, self._group, *ids)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                raise reply
+        # NOGROUP (a ResponseError): the stream went away, and its pending list with it.
+        self.stats.acked += sum(len(ids) for ids in acks.values())
+        self._unacked = {}
+
+    async def _drop_if_done(self, s: _Stream) -> None:
+        """Stop tailing a session stream whose last entry ended it, once that entry is
+        acknowledged and nothing followed it (a restart shows up in the index: ``gen``)."""
+        gen = s.gen
+        reply = await _call(
+            self._add_script,
+            keys=[s.key, s.meta or s.key],
+            args=[self._group, self._consumer, _CLAIM_COUNT, "1", "0"],
+            client=self._cmd,
+        )
+        if reply is not None and int(reply[1]) and s.gen == gen and self._streams.get(s.key) is s:
+            del self._streams[s.key]
+            self.stats.dropped += 1
+            self.stats.tailed = len(self._streams)
+            self._bump()
+
+    async def _repair(self) -> None:
+        """After NOGROUP/UNBLOCKED: a tailed stream was deleted (expired) or lost its group.
+        Add every tailed stream again; those gone are dropped."""
+        streams = list(self._streams.values())
+        for s in streams:
+            if self._streams.get(s.key) is s:
+                del self._streams[s.key]
+        await self._add([(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None])
+        singles: list[tuple[_Unit, str, str | None, str]] = [
+            (s.unit, s.key, None, s.name) for s in streams if s.meta is None
+        ]
+        await self._add(singles, mkstream=True)
+        self._bump()
+
+
+async def _call(script: Any, *, keys: list[str], args: list[Any], client: Any) -> Any:
+    """Run a registered script on a client or queue it on a pipeline."""
+    return await script(keys=keys, args=args, client=client)
+
+
+def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+
+def _summary(names: Iterable[str], limit: int = 8) -> str:
+    items = sorted(names)
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -1,0 +1,362 @@
+"""The consumer-group loop the workers share (rpa_bus.redisio.GroupWorker), on a real Redis:
+exactly-once in per-stream order, sink retries, splitting between processes, take-over of
+a killed process's streams and pending entries, Redis restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aredis
+
+from producer import AsyncProducer
+from rpa_bus import ConfigMismatch, Keys, Settings
+from rpa_bus.cli._embedded import EmbeddedRedis
+from rpa_bus.redisio import Entry, GroupSettings, GroupWorker
+from tests.conftest import UNIT_S
+
+BUCKETS = 8
+GROUP = "rpa:archiver"
+
+
+def bus(url: str, tmp_path: Path, **kw: object) -> Settings:
+    return Settings(redis_url=url, buckets=BUCKETS, spool_dir=tmp_path / "spool", **kw)  # type: ignore[arg-type]
+
+
+def group(consumer: str, **kw: object) -> GroupSettings:
+    values: dict[str, object] = {
+        "kind": "archiver",
+        "consumer": consumer,
+        "claim_idle_ms": 1500,
+        "block_ms": 200,
+        "count": 20,
+    }
+    values.update(kw)
+    return GroupSettings(**values)  # type: ignore[arg-type]
+
+
+class Sink:
+    """Records every put; checks each batch is one stream in ascending id order.
+    ``ledger``: shared between the sinks of several workers (put order across them)."""
+
+    def __init__(self, ledger: list[tuple[str, str, str]] | None = None, name: str = "") -> None:
+        self.name = name
+        self.ledger = ledger if ledger is not None else []
+        self.attempts: list[tuple[str, list[str]]] = []  # every put call, refused ones too
+        self.got: dict[str, list[str]] = {}  # stream -> ids taken, in put order
+        self.epochs: dict[str, set[str]] = {}
+        self.fail: Callable[[Sequence[Entry]], bool] = lambda entries: False
+        self.gate: asyncio.Event | None = None  # when set by a test: put waits on it
+        self.problems: list[str] = []
+
+    async def put(self, entries: Sequence[Entry]) -> None:
+        ids = [e.id for e in entries]
+        self.attempts.append((entries[0].stream, ids))
+        if len({e.stream for e in entries}) != 1:
+            self.problems.append(f"mixed batch {entries}")
+        if [_id(i) for i in ids] != sorted(_id(i) for i in ids):
+            self.problems.append(f"unordered batch {ids}")
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail(entries):
+            raise RuntimeError("sink refuses")
+        stream = entries[0].stream
+        self.got.setdefault(stream, []).extend(ids)
+        self.epochs.setdefault(stream, set()).update(e.epoch for e in entries)
+        self.ledger.extend((self.name, stream, i) for i in ids)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.got.values())
+
+
+def _id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
+
+
+async def wait_until(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s * UNIT_S
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        await asyncio.sleep(0.02)
+
+
+async def truth(r: aredis.Redis, keys: Keys) -> dict[str, list[str]]:
+    """Every session stream and the index in Redis: stream name -> ids."""
+    found: dict[str, list[str]] = {}
+    async for raw in r.scan_iter(match=f"{keys.prefix}:{{*}}:session:*", _type="stream"):
+        key = raw.decode()
+        sid = key.rpartition(":session:")[2]
+        found[f"session:{sid}"] = [i.decode() for i, _ in await r.xrange(key)]
+    index = await r.xrange(keys.sessions)
+    if index:
+        found["sessions"] = [i.decode() for i, _ in index]
+    return found
+
+
+def write_sessions(p: AsyncProducer, prefix: str, n: int, events: int, finish: bool) -> None:
+    for i in range(n):
+        s = p.session(f"{prefix}-{i}")
+        s.start()
+        for k in range(events):
+            s.log(f"step {k}")
+        if finish:
+            s.finish()
+
+
+@pytest.fixture
+async def r(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    client = aredis.Redis.from_url(redis_url, socket_timeout=5 * UNIT_S, protocol=2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def producer(redis_url: str, tmp_path: Path) -> AsyncIterator[AsyncProducer]:
+    p = AsyncProducer(settings=bus(redis_url, tmp_path))
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def stop(worker: GroupWorker, timeout_s: float = 10.0) -> None:
+    worker.close()
+    async with asyncio.timeout(timeout_s * UNIT_S):
+        await worker.wait_closed()
+
+
+async def test_settings_are_checked(redis_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="kinds"):
+        group("a", kinds=frozenset({"bogus"}))
+    with pytest.raises(ValueError, match="socket timeout"):
+        GroupWorker(bus(redis_url, tmp_path), group("a", block_ms=5000), Sink())
+    assert GroupSettings(kind="archiver").consumer  # host-pid by default
+
+
+async def test_sessions_from_before_start_and_live_reach_the_sink_once_in_order(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    # Started and ended while no worker ran: found at start-up.
+    write_sessions(producer, "old", 12, 5, finish=True)
+    write_sessions(producer, "live", 4, 3, finish=False)
+    assert await producer.flush()
+    sink = Sink()
+    async with GroupWorker(bus(redis_url, tmp_path), group("w1"), sink) as worker:
+        expected = await truth(r, keys)
+        await wait_until(lambda: sink.count() == sum(map(len, expected.values())), what="old")
+        # Learnt live from the index: sessions that start now, and more of the live ones.
+        write_sessions(producer, "new", 10, 4, finish=True)
+        for i in range(4):
+            s = producer.session(f"live-{i}")
+            s.log("more")
+            s.finish()
+        assert await producer.flush()
+        expected = await truth(r, keys)
+        assert len(expected) == 12 + 4 + 10 + 1
+        await wait_until(lambda: sink.count() == sum(map(len, expected.values())), what="new")
+        assert sink.got == expected  # every entry once, in id order per stream
+        assert sink.problems == []
+        for name, epochs in sink.epochs.items():
+            assert epochs == ({""} if name == "sessions" else {(await epoch_of(r, keys, name))})
+        # Finished sessions are left once acknowledged; the index is always tailed.
+        await wait_until(lambda: worker.stats.tailed == 1, what="finished sessions dropped")
+        assert worker.stats.dropped == 26
+        assert worker.stats.owned == BUCKETS + 1
+        assert await worker.lag() == {"sessions": 0}
+        assert worker.stats.acked == worker.stats.read == sink.count()
+    # Closed gracefully: leases given up, member gone.
+    assert await r.zrange(keys.workers("archiver"), 0, -1) == []
+    assert await r.keys("*:lease:*") == []
+
+
+async def epoch_of(r: aredis.Redis, keys: Keys, name: str) -> str:
+    raw = await r.hget(keys.meta(name.partition(":")[2]), "epoch")
+    assert raw is not None
+    return str(raw.decode())
+
+
+async def test_a_refused_batch_is_retried_and_nothing_later_is_given_meanwhile(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    write_sessions(producer, "flaky", 1, 9, finish=True)  # 11 entries, batches of 4
+    write_sessions(producer, "fine", 3, 2, finish=True)
+    assert await producer.flush()
+    sink = Sink()
+    refusals = 0
+
+    def fail(entries: Sequence[Entry]) -> bool:
+        nonlocal refusals
+        if entries[0].stream == "session:flaky-0" and refusals < 2:
+            refusals += 1
+            return True
+        return False
+
+    sink.fail = fail
+    settings = group("w1", count=4, kinds=frozenset({"session"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        await wait_until(lambda: len(sink.got.get("session:flaky-0", [])) == 11)
+        await wait_until(lambda: len(sink.got) == 4)
+        flaky = [ids for stream, ids in sink.attempts if stream == "session:flaky-0"]
+        # The same first batch three times (two refusals), then the rest, in order.
+        assert flaky[0] == flaky[1] == flaky[2]
+        assert len(flaky[0]) == 4
+        assert [i for a in flaky[2:] for i in a] == sink.got["session:flaky-0"]
+        assert worker.stats.retried == 2
+        assert [len(sink.got[f"session:fine-{i}"]) for i in range(3)] == [4, 4, 4]
+        assert sink.problems == []
+
+
+async def test_two_workers_split_the_streams_and_keep_per_stream_order(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    write_sessions(producer, "a", 16, 3, finish=False)
+    assert await producer.flush()
+    ledger: list[tuple[str, str, str]] = []
+    one, two = Sink(ledger, "one"), Sink(ledger, "two")
+    first = GroupWorker(bus(redis_url, tmp_path), group("one"), one)
+    second = GroupWorker(bus(redis_url, tmp_path), group("two"), two)
+    async with first, second:
+        # Both hold units once they have seen each other.
+        await wait_until(
+            lambda: (
+                first.stats.owned > 0
+                and second.stats.owned > 0
+                and first.stats.owned + second.stats.owned == BUCKETS + 1
+            ),
+            what="units split",
+        )
+        write_sessions(producer, "b", 24, 3, finish=True)
+        assert await producer.flush()
+        expected = await truth(r, keys)
+        total = sum(map(len, expected.values()))
+        await wait_until(lambda: len(ledger) >= total, what="all entries")
+        await asyncio.sleep(0.3)  # nothing more should come
+        merged: dict[str, list[str]] = {}
+        for _name, stream, entry_id in ledger:
+            merged.setdefault(stream, []).append(entry_id)
+        assert merged == expected  # once each, in order across both processes
+        b_streams = {s for s in merged if s.startswith("session:b-")}
+        assert b_streams & set(one.got)  # both got some
+        assert b_streams & set(two.got)
+        for s in b_streams:  # and a stream that started after the split had one reader
+            assert (s in one.got) != (s in two.got), s
+        assert one.problems == two.problems == []
+
+
+async def test_a_killed_workers_streams_and_pending_entries_are_taken_over(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    write_sessions(producer, "k", 10, 6, finish=False)
+    assert await producer.flush()
+    victim_sink, heir_sink = Sink(name="victim"), Sink(name="heir")
+    # The victim takes entries and then hangs in the sink, so some stay pending to it.
+    stuck = asyncio.Event()
+    orig_put = victim_sink.put
+
+    async def put(entries: Sequence[Entry]) -> None:
+        if victim_sink.count() >= 30:
+            stuck.set()
+            await asyncio.Event().wait()  # hangs until the "kill"
+        await orig_put(entries)
+
+    victim_sink.put = put  # type: ignore[method-assign]
+    victim = GroupWorker(bus(redis_url, tmp_path), group("victim", count=5), victim_sink)
+    run = asyncio.create_task(victim.run())
+    await asyncio.wait_for(stuck.wait(), 10 * UNIT_S)
+    run.cancel()  # a kill: nothing acked further, nothing released
+    await asyncio.wait([run])
+    pending: set[tuple[str, str]] = set()
+    for name in await truth(r, keys):
+        key = keys.sessions if name == "sessions" else keys.session(name.partition(":")[2])
+        for p in await r.xpending_range(key, GROUP, "-", "+", 1000):
+            pending.add((name, p["message_id"].decode()))
+    assert pending  # the kill left entries delivered but not acknowledged
+    assert await r.keys("*:lease:archiver")  # and its leases, until they expire
+    write_sessions(producer, "after", 3, 2, finish=True)
+    assert await producer.flush()
+    started = time.monotonic()
+    async with GroupWorker(bus(redis_url, tmp_path), group("heir", count=5), heir_sink) as heir:
+        expected = await truth(r, keys)
+        want = {(s, i) for s, ids in expected.items() for i in ids}
+
+        def seen() -> set[tuple[str, str]]:
+            return {(s, i) for sink in (victim_sink, heir_sink) for s, ids in sink.got.items()
+                    for i in ids}  # fmt: skip
+
+        await wait_until(lambda: seen() == want, what="take-over")
+        took_s = time.monotonic() - started
+        assert took_s >= 1.0  # not before the victim's leases expired (1.5 s TTL)
+        victim_acked = {(s, i) for s, ids in victim_sink.got.items() for i in ids} - pending
+        heir_seen = {(s, i) for s, ids in heir_sink.got.items() for i in ids}
+        assert not victim_acked & heir_seen  # acknowledged entries are not given again
+        assert heir.stats.claimed >= len(pending)
+        for s, ids in heir_sink.got.items():  # the heir's share in order, once
+            assert ids == sorted(set(ids), key=_id), s
+        assert heir_sink.problems == []
+
+
+async def test_redis_restart_mid_run_loses_nothing(
+    redis_server: EmbeddedRedis, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    url = redis_server.url
+    keys = bus(url, tmp_path).keys
+    sink = Sink()
+    async with GroupWorker(bus(url, tmp_path), group("w1"), sink) as worker:
+        write_sessions(producer, "pre", 6, 4, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: sink.count() >= 6 * 5, what="before the restart")
+        redis_server.stop()
+        write_sessions(producer, "during", 4, 3, finish=True)  # the producer keeps them
+        await wait_until(lambda: worker.stats.errors > 0, what="outage noticed")
+        assert not worker.stats.redis_up
+        redis_server.start()
+        write_sessions(producer, "post", 4, 3, finish=True)
+        assert await producer.flush(timeout_s=10 * UNIT_S)
+        r = aredis.Redis.from_url(url, socket_timeout=5 * UNIT_S, protocol=2)
+        try:
+            expected = await truth(r, keys)
+        finally:
+            await r.aclose()
+        want = {(s, i) for s, ids in expected.items() for i in ids}
+        await wait_until(
+            lambda: {(s, i) for s, ids in sink.got.items() for i in ids} == want,
+            timeout_s=15,
+            what="everything after the restart",
+        )
+        assert worker.stats.redis_up
+        assert sink.problems == []
+        for s, ids in sink.got.items():
+            assert sorted(set(ids), key=_id) == expected[s], s
+
+
+async def test_monitor_streams_are_units_of_their_own(
+    redis_url: str, tmp_path: Path, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    await r.hset(keys.monitors, mapping={"h1": 1, "h2": 1})
+    ids = {h: [(await r.xadd(keys.monitor(h), {"e": b'{"type":"metrics"}'})).decode()
+               for _ in range(3)] for h in ("h1", "h2")}  # fmt: skip
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"monitor"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        await wait_until(lambda: sink.count() == 6)
+        assert sink.got == {"monitor:h1": ids["h1"], "monitor:h2": ids["h2"]}
+        assert worker.stats.owned == 2
+        assert sink.epochs == {"monitor:h1": {""}, "monitor:h2": {""}}
+
+
+async def test_a_config_mismatch_ends_run(redis_url: str, tmp_path: Path, r: aredis.Redis) -> None:
+    await r.hset(bus(redis_url, tmp_path).keys.config, "buckets", "64")
+    worker = GroupWorker(bus(redis_url, tmp_path), group("w1"), Sink())
+    with pytest.raises(ConfigMismatch):
+        async with asyncio.timeout(5 * UNIT_S):
+            await worker.run()
