@@ -32,6 +32,7 @@ from workers._endpoints import (
 )
 from workers._outbox import SenderSettings, WebhookKeys, webhook_id
 from workers._safety import AddressRefused, refusal
+from workers._webhooks import WebhookService, WebhookSettings
 
 __all__ = [
     "AddressRefused",
@@ -42,6 +43,8 @@ __all__ = [
     "EndpointStatus",
     "SenderSettings",
     "WebhookKeys",
+    "WebhookService",
+    "WebhookSettings",
     "add_endpoint",
     "dead_letters",
     "endpoint_status",

@@ -176,3 +176,11 @@ def redis_info(client: SyncClient) -> dict[str, Any]:
         "uptime_s": min((int(i.get("uptime_in_seconds", 0)) for i in infos), default=None),
         "masters": len(infos),
     }
+
+
+def list_webhooks(client: SyncClient, prefix: str) -> list[dict[str, Any]]:
+    """Webhook endpoints the running senders registered: backlog (jobs in the outbox),
+    dead letters, paused, whether a process delivers, last error and when (for `status`)."""
+    from workers import WebhookKeys, endpoint_status
+
+    return [row.as_dict() for row in endpoint_status(client, WebhookKeys(prefix))]

@@ -36,6 +36,7 @@ from rpa_bus.cli._ops import (
     format_table,
     list_monitors,
     list_sessions,
+    list_webhooks,
     redis_info,
 )
 from rpa_bus.redisio import close_sync
@@ -176,6 +177,7 @@ def status(
         running = [
             r for r in list_sessions(client, settings.keys, limit=1000) if r.status == "running"
         ]
+        webhooks = list_webhooks(client, settings.prefix)
     except redis.RedisError as exc:
         if as_json:
             redis_report.update(reachable=False, error=str(exc))
@@ -191,6 +193,7 @@ def status(
     report["relays"] = relays
     report["monitors"] = [asdict(m) for m in monitors]
     report["active_sessions"] = [r.session for r in running]
+    report["webhooks"] = webhooks
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -212,6 +215,16 @@ def status(
         for m in monitors:
             typer.echo(f"monitor   {m.host}  last sample {format_age(m.age_s)} ago")
         typer.echo(f"sessions  {len(running)} running")
+        for w in webhooks:
+            error = ""
+            if w["last_error"]:
+                at = w["last_error_at_ms"]
+                age = format_age(None if at is None else max(0.0, time.time() - at / 1000))
+                error = f"  last error {age} ago: {w['last_error']}"
+            state = "paused" if w["paused"] else "delivering" if w["delivering"] else "no sender"
+            typer.echo(
+                f"webhook   {w['name']}  {state}  backlog {w['backlog']}  dead {w['dead']}{error}"
+            )
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 

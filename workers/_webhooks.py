@@ -1,0 +1,237 @@
+"""``WebhookService``: the webhook sender process (``rpa-bus webhooks``).
+
+It runs the shared consumer-group loop (``GroupWorker``, group ``P:webhooks``) with a
+``WebhookSink`` that queues delivery jobs in each matching endpoint's outbox, one
+``EndpointSender`` per endpoint that delivers while this process holds that endpoint's
+lease, and optionally a small HTTP server with ``/metrics`` and ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rpa_bus import ConfigError, EnvReader, Settings
+from rpa_bus.redisio import (
+    AsyncClient,
+    GroupSettings,
+    GroupWorker,
+    async_client,
+    cancel_and_wait,
+    check_config_async,
+    close_async,
+)
+from workers._endpoints import Endpoint, load_endpoints
+from workers._outbox import EndpointSender, Metrics, SenderSettings, WebhookKeys, WebhookSink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FILE = "webhooks.toml"
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Everything ``rpa-bus webhooks`` runs with; ``from_env`` reads ``RPA_BUS_WEBHOOKS_*``."""
+
+    bus: Settings
+    endpoints: tuple[Endpoint, ...]
+    consumer: str = field(default_factory=default_consumer)
+    sender: SenderSettings = field(default_factory=SenderSettings)
+    claim_idle_ms: int = 30_000
+    max_backlog: int = 100_000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics server
+
+    def __post_init__(self) -> None:
+        names = [ep.name for ep in self.endpoints]
+        if len(set(names)) != len(names):
+            raise ConfigError("endpoint names must be unique")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be 0..65535, got {self.metrics_port}")
+
+    @classmethod
+    def from_env(
+        cls, *, bus: Settings, path: Path, environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> WebhookSettings:  # fmt: skip
+        """Endpoints from ``path``; the rest from ``RPA_BUS_WEBHOOKS_*``; overrides win."""
+        env = EnvReader(environ, prefix="RPA_BUS_WEBHOOKS_")
+        sender_values: dict[str, Any] = {
+            "retry_initial_s": env.number("RETRY_INITIAL_S", 1.0, lo=0.001, hi=3600),
+            "retry_max_s": env.number("RETRY_MAX_S", 300.0, lo=0.001, hi=86400),
+            "lease_ms": env.integer("LEASE_MS", 10_000, lo=100, hi=600_000),
+            "concurrency": env.integer("CONCURRENCY", 16, lo=1, hi=1024),
+            "body_cap_bytes": env.integer("BODY_CAP_BYTES", 64 * 1024, lo=0, hi=16 << 20),
+        }
+        for key in list(sender_values):
+            if overrides.get(key) is not None:
+                sender_values[key] = overrides.pop(key)
+            else:
+                overrides.pop(key, None)
+        if sender_values["retry_initial_s"] > sender_values["retry_max_s"]:
+            raise ConfigError("retry_initial_s must not exceed retry_max_s")
+        values: dict[str, Any] = {
+            "claim_idle_ms": env.integer("CLAIM_IDLE_MS", 30_000, lo=100),
+            "max_backlog": env.integer("MAX_BACKLOG", 100_000, lo=1),
+            "metrics_host": env.text("METRICS_HOST", "127.0.0.1"),
+            "metrics_port": env.integer("METRICS_PORT", 0, lo=0, hi=65535),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(
+            bus=bus,
+            endpoints=tuple(load_endpoints(path)),
+            sender=SenderSettings(**sender_values),
+            **values,
+        )
+
+
+class WebhookService:
+    """The webhook sender: an async context manager; ``run()`` until ``close()``."""
+
+    def __init__(self, settings: WebhookSettings, *, client: AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.keys = WebhookKeys(settings.bus.prefix)
+        self.metrics = Metrics()
+        self._own_client = client is None
+        self._client: AsyncClient = client if client is not None else async_client(settings.bus)
+        self.sink = WebhookSink(
+            self._client,
+            self.keys,
+            settings.endpoints,
+            metrics=self.metrics,
+            seen_ttl_s=settings.bus.retention_s,
+            max_backlog=settings.max_backlog,
+            dead_maxlen=settings.sender.dead_maxlen,
+        )
+        self.senders = [
+            EndpointSender(
+                self._client,
+                self.keys,
+                ep,
+                holder=settings.consumer,
+                settings=settings.sender,
+                metrics=self.metrics,
+            )
+            for ep in settings.endpoints
+        ]
+        self.group = GroupWorker(
+            settings.bus,
+            GroupSettings(
+                kind="webhooks",
+                consumer=settings.consumer,
+                kinds=frozenset({"session", "sessions", "monitor"}),
+                claim_idle_ms=settings.claim_idle_ms,
+            ),
+            self.sink,
+            client=self._client,
+        )
+        self._closed = asyncio.Event()
+        self._done = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None
+        self._running = False
+        self._shut = False
+
+    async def __aenter__(self) -> WebhookService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def start(self) -> None:
+        """Check the deployment's P:config, register the endpoints, start /metrics."""
+        await check_config_async(self._client, self.settings.bus.keys)
+        names = [ep.name for ep in self.settings.endpoints]
+        if names:
+            await self._client.sadd(self.keys.endpoints, *names)
+        if self.settings.metrics_port:
+            await self._serve_metrics()
+
+    async def _serve_metrics(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_get("/healthz", self._handle_health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.metrics_host, self.settings.metrics_port)
+        await site.start()
+        self.metrics_port = self._runner.addresses[0][1] if self._runner.addresses else None
+        log.info("webhooks: /metrics on %s:%s", self.settings.metrics_host, self.metrics_port)
+
+    async def _handle_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def _handle_health(self, request: web.Request) -> web.Response:
+        body = {
+            "status": "ok",
+            "consumer": self.settings.consumer,
+            "delivering": sorted(s.endpoint.name for s in self.senders if s.holding),
+        }
+        return web.json_response(body)
+
+    async def run(self) -> None:
+        """Read the streams and deliver until ``close()``."""
+        self._running = True
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self.group.run(), name="webhooks:group"),
+            *(
+                asyncio.create_task(s.run(), name=f"webhooks:{s.endpoint.name}")
+                for s in self.senders
+            ),
+        ]
+        closed = asyncio.create_task(self._closed.wait(), name="webhooks:closed")
+        try:
+            done, _ = await asyncio.wait([*tasks, closed], return_when="FIRST_COMPLETED")
+            for task in tasks:
+                if task in done:
+                    task.result()  # a part that stopped on its own: raise why
+        finally:
+            self.group.close()
+            for sender in self.senders:
+                sender.close()
+            # Senders release their leases on the way out; give them a moment to do it.
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            await cancel_and_wait([*pending, closed])
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._running:  # a GroupWorker that never ran has nothing to wait for
+            await self.group.wait_closed()
+        if self._own_client:
+            await close_async(self._client)
+        self._done.set()
+
+    def close(self) -> None:
+        """Stop reading and delivering; idempotent. ``wait_closed()`` waits for it."""
+        self._closed.set()
+        self.group.close()
+        for sender in self.senders:
+            sender.close()
+
+    async def wait_closed(self) -> None:
+        if not self._running:
+            await self._shutdown()
+        await self._done.wait()
