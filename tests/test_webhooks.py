@@ -73,14 +73,17 @@ def worker(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
+        code = proc.poll()
+        if code is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(20 * UNIT_S)
+                code = proc.wait(20 * UNIT_S)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         print(log.read_text(errors="replace")[-3000:])
+    # SIGTERM: a clean stop (a test that SIGKILLs a worker sees -9 here).
+    assert code in (0, -signal.SIGKILL), f"{name} exited {code}"
 
 
 @pytest.fixture
@@ -124,18 +127,27 @@ async def test_service_delivers_what_the_producer_writes_with_metrics(
                 job.progress(1)
                 raise RuntimeError("the site is down")
             assert bus.flush(10)
+            # A monitor's alert, written as the monitor writes it.
+            alert = {"type": "alert", "ts": "2026-11-27T00:00:00.000Z",
+                     "data": {"name": "cpu", "state": "firing"}}  # fmt: skip
+            with redis.Redis.from_url(redis_url) as client:
+                client.xadd("rpa:monitor:h1", {"e": orjson.dumps(alert)})
+                client.xadd("rpa:monitor:h1", {"e": b'{"type":"metrics","ts":"x"}'})
+                client.hset("rpa:monitors", "h1", str(int(time.time() * 1000)))
             await _until(lambda: len(rx.delivered()) == 8, "8 events at `all`")
-            await _until(lambda: len(failures.delivered()) == 1, "1 failure")
+            await _until(lambda: len(failures.delivered()) == 2, "a failure and an alert")
             assert all(r.verified for r in rx.requests + failures.requests)
             assert steps(rx, "quote-1") == [1, 2, 3]
-            (failed,) = failures.delivered()
+            alerted, failed = sorted(failures.delivered(), key=lambda r: r.json["type"])
+            assert alerted.json["data"]["stream"] == "monitor:h1"
+            assert alerted.json["data"]["event"] == alert
             assert failed.json["data"]["event"]["error"] == "RuntimeError: the site is down"
             assert failed.json["data"]["stream"] == "session:quote-2"
             metrics = await asyncio.to_thread(
                 _get, f"http://127.0.0.1:{service.metrics_port}/metrics"
             )
             assert 'rpa_bus_webhook_delivered_total{endpoint="all"} 8.0' in metrics
-            assert 'rpa_bus_webhook_delivered_total{endpoint="failures"} 1.0' in metrics
+            assert 'rpa_bus_webhook_delivered_total{endpoint="failures"} 2.0' in metrics
             assert "rpa_bus_webhook_latency_seconds_bucket" in metrics
             health = orjson.loads(
                 await asyncio.to_thread(_get, f"http://127.0.0.1:{service.metrics_port}/healthz")

@@ -408,6 +408,9 @@ class EndpointSender:
         self._metrics = metrics
         self._clock_ms = clock_ms
         self._name = endpoint.name
+        # The hot path's series, looked up once.
+        self._delivered_total = metrics.delivered.labels(endpoint.name)
+        self._latency = metrics.latency.labels(endpoint.name)
         self._lease = client.register_script(LEASE_LUA)
         self._release = client.register_script(RELEASE_LUA)
         self._dead = client.register_script(DEAD_LUA)
@@ -418,6 +421,8 @@ class EndpointSender:
         self._closed = asyncio.Event()
         self._outage = RateLimitedLog(log)
         self.holding = False
+        self._done_ids: list[bytes] = []  # delivered, not yet XDELed
+        self._done_ready = asyncio.Event()
         self.deliverer = Deliverer(
             endpoint,
             body_cap_bytes=settings.body_cap_bytes,
@@ -467,15 +472,43 @@ class EndpointSender:
         log.info("endpoint %s: delivering (this process holds its lease)", self._name)
         keeper = asyncio.create_task(self._keep_lease(), name=f"lease:{self._name}")
         pump = asyncio.create_task(self._pump(), name=f"pump:{self._name}")
+        flusher = asyncio.create_task(self._flush_done(), name=f"done:{self._name}")
         closed = asyncio.create_task(self._closed.wait(), name=f"closed:{self._name}")
         try:
-            done, _ = await asyncio.wait({keeper, pump, closed}, return_when="FIRST_COMPLETED")
-            for task in (keeper, pump):
+            done, _ = await asyncio.wait(
+                {keeper, pump, flusher, closed}, return_when="FIRST_COMPLETED"
+            )
+            for task in (keeper, pump, flusher):
                 if task in done:
                     task.result()  # raises what ended it
         finally:
             self.holding = False
-            await cancel_and_wait([keeper, pump, closed])
+            await cancel_and_wait([keeper, pump, flusher, closed])
+            # What was delivered leaves the outbox now if Redis lets it; if not, the next
+            # holder sends those jobs again (same webhook-id).
+            with contextlib.suppress(*REDIS_FAILURES):
+                await asyncio.shield(self._flush_once())
+
+    async def _flush_done(self) -> None:
+        """Take delivered jobs out of the outbox, many per round trip: while one XDEL is
+        in flight the next deliveries' ids gather for the next."""
+        while True:
+            await self._done_ready.wait()
+            self._done_ready.clear()
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        if not self._done_ids:
+            return
+        ids, self._done_ids = self._done_ids, []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.xdel(self._keys.outbox(self._name), *ids)
+            pipe.hset(self._keys.state(self._name), "last_ok_at", str(int(self._clock_ms())))
+            await pipe.execute()
+        except BaseException:
+            self._done_ids[:0] = ids  # not known to be gone: try again on the way out
+            raise
 
     async def _keep_lease(self) -> None:
         """Renew the lease every third of its TTL; read the pause flag meanwhile."""
@@ -565,9 +598,9 @@ class EndpointSender:
             attempts += 1
             result = await self.deliverer.post(wid, body)
             if result.ok:
-                self._metrics.delivered.labels(self._name).inc()
+                self._delivered_total.inc()
                 self._observe_latency(fields)
-                await self._delivered(oid)
+                self._delivered(oid)
                 return
             self._metrics.failed.labels(self._name).inc()
             await self._note_error(result)
@@ -587,15 +620,11 @@ class EndpointSender:
             xadd_ms = int(fields[b"i"].split(b"-", 1)[0])
         except (KeyError, ValueError):
             return
-        self._metrics.latency.labels(self._name).observe(
-            max(0.0, (self._clock_ms() - xadd_ms) / 1000)
-        )
+        self._latency.observe(max(0.0, (self._clock_ms() - xadd_ms) / 1000))
 
-    async def _delivered(self, oid: bytes) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        pipe.xdel(self._keys.outbox(self._name), oid)
-        pipe.hset(self._keys.state(self._name), "last_ok_at", str(int(self._clock_ms())))
-        await pipe.execute()
+    def _delivered(self, oid: bytes) -> None:
+        self._done_ids.append(oid)
+        self._done_ready.set()
 
     async def _note_error(self, result: Attempt) -> None:
         await self._client.hset(
