@@ -1,17 +1,19 @@
 """Webhook sender throughput and latency against a local receiver, loopback only.
 
-    python bench/webhooks.py [--sessions 64] [--events 40] [--raw 3000] [--rate 100] [--seconds 10]
+    python bench/webhooks.py [--rounds 3] [--sessions 64] [--events 40] [--raw 3000]
+                             [--concurrency 16] [--rate 100] [--seconds 10]
 
 Starts a private Redis (not persistent) and a receiver (aiohttp.web, its own process,
 127.0.0.1, answers 200 without verifying so it costs both sides the same), then:
 
-1. raw: ``--raw`` signed POSTs (standardwebhooks signer, aiohttp, 16 in flight, the
-   sender's own connection settings) straight from this process: the ceiling of the
-   HTTP client library on this machine;
-2. pipeline: SESSIONS x EVENTS events written with the producer, then one
-   ``rpa-bus webhooks`` process delivers them all (group read, outbox, lease, signing,
-   POST, XDEL); deliveries/s from the first to the last arrival;
-3. latency: with that process running, the producer writes ``--rate`` events/s for
+1. raw: ``--raw`` signed POSTs (standardwebhooks signer, aiohttp, CONCURRENCY in
+   flight) straight from this process: the ceiling of the HTTP client library here;
+2. pipeline: SESSIONS x EVENTS events written with the producer while no webhooks
+   process runs, then one ``rpa-bus webhooks`` process (CONCURRENCY sessions at once)
+   delivers them all (group read, outbox, lease, signing, POST, XDEL); deliveries/s from
+   the first to the last arrival. 1 and 2 alternate for ``--rounds`` rounds, so both see
+   the same share of a busy machine; the ratio is taken per round;
+3. latency: with one webhooks process running, the producer writes ``--rate`` events/s for
    ``--seconds`` over 10 sessions; per event the time from its XADD (the entry id's
    milliseconds) to the receiver's hand, p50/p99.
 
@@ -37,7 +39,6 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
-import redis  # noqa: E402
 from standardwebhooks import Webhook  # noqa: E402
 
 from producer import Producer  # noqa: E402
@@ -115,10 +116,10 @@ class Receiver:
         self.proc.wait(10)
 
 
-async def raw_posts(url: str, secret: str, count: int, body: bytes) -> float:
-    """Signed POSTs, 16 in flight; deliveries per second."""
+async def raw_posts(url: str, secret: str, count: int, body: bytes, *, in_flight: int) -> float:
+    """Signed POSTs, ``in_flight`` at once; deliveries per second."""
     signer = Webhook(secret)
-    connector = aiohttp.TCPConnector(limit=16, use_dns_cache=False)
+    connector = aiohttp.TCPConnector(limit=in_flight, use_dns_cache=False)
     timeout = aiohttp.ClientTimeout(total=10, sock_connect=5, sock_read=10)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         todo = iter(range(count))
@@ -133,7 +134,7 @@ async def raw_posts(url: str, secret: str, count: int, body: bytes) -> float:
                     assert response.status == 200
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(16)))
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
         return count / (time.perf_counter() - started)
 
 
@@ -141,15 +142,48 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=64)
     ap.add_argument("--events", type=int, default=40, help="progress events per session")
-    ap.add_argument("--raw", type=int, default=3000)
+    ap.add_argument("--raw", type=int, default=3000, help="raw POSTs per round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--concurrency", type=int, default=16, help="raw: POSTs in flight; webhooks: sessions"
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with EmbeddedRedis(root / "r", persistent=False) as srv:
             run(srv.url, root, args)
+
+
+def start_worker(url: str, config: Path, concurrency: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "RPA_BUS_REDIS_URL": url,
+        "RPA_BUS_WEBHOOKS_FILE": str(config),
+        "RPA_BUS_WEBHOOKS_CONCURRENCY": str(concurrency),
+    }
+    return subprocess.Popen(
+        [RPA_BUS, "webhooks"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+
+
+def backlog(settings: Settings, tag: str, sessions: int, events: int) -> int:
+    """Write SESSIONS x EVENTS progress events (plus started/finished); how many entries."""
+    bus = Producer(settings=settings)
+    for s in range(sessions):
+        with bus.session(f"{tag}-{s:04d}", total=events) as job:
+            for step in range(1, events + 1):
+                job.progress(step, "x" * 80)
+    assert bus.flush(120)
+    bus.close()
+    return sessions * (events + 2)
 
 
 def run(url: str, root: Path, args: argparse.Namespace) -> None:
@@ -164,38 +198,38 @@ def run(url: str, root: Path, args: argparse.Namespace) -> None:
     sample = orjson.dumps({"type": "progress", "data": {"stream": "session:x", "event": event}})
     worker: subprocess.Popen[bytes] | None = None
     try:
-        # 1. raw ceiling of the client library
-        raw_rate = asyncio.run(raw_posts(receiver.url, secret, args.raw, sample))
-        receiver.reset()
+        # 1 and 2, alternating, so both see the same share of a busy machine.
+        raws: list[float] = []
+        pipes: list[float] = []
+        for r in range(args.rounds):
+            raws.append(
+                asyncio.run(
+                    raw_posts(receiver.url, secret, args.raw, sample, in_flight=args.concurrency)
+                )
+            )
+            receiver.reset()
+            # A backlog written while no webhooks process runs, then one process drains it
+            # (group read, outbox, lease, signing, POST, XDEL): first to last arrival.
+            expected = backlog(settings, f"r{r}", args.sessions, args.events)
+            worker = start_worker(url, config, args.concurrency)
+            got = receiver.wait_for(expected, timeout_s=300)
+            stop_worker(worker)
+            worker = None
+            assert len({a[0] for a in got}) == expected, f"{len(got)} of {expected}"
+            times = sorted(a[2] for a in got)
+            pipes.append((len(times) - 1) / ((times[-1] - times[0]) / 1000))
+            receiver.reset()
+            print(f"round {r + 1}: raw {raws[-1]:6.0f}/s  webhooks {pipes[-1]:6.0f}/s  "
+                  f"({pipes[-1] / raws[-1]:.0%})")  # fmt: skip
+        ratios = sorted(p / q for p, q in zip(pipes, raws, strict=True))
+        print(f"raw signed POSTs (aiohttp, {args.concurrency} in flight): "
+              f"median {statistics.median(raws):.0f}/s")  # fmt: skip
+        print(f"rpa-bus webhooks (1 process, {args.concurrency} sessions at once): "
+              f"median {statistics.median(pipes):.0f}/s")  # fmt: skip
+        print(f"webhooks / raw, same round: median {statistics.median(ratios):.0%}")
 
-        # 2. pipeline throughput: a backlog, then one webhooks process drains it
-        bus = Producer(settings=settings)
-        for s in range(args.sessions):
-            with bus.session(f"bench-{s:04d}", total=args.events) as job:
-                for step in range(1, args.events + 1):
-                    job.progress(step, "x" * 80)
-        assert bus.flush(120)
-        bus.close()
-        client = redis.Redis.from_url(url)
-        expected = sum(
-            client.xlen(settings.keys.session(f"bench-{s:04d}")) for s in range(args.sessions)
-        )
-        env = {**os.environ, "RPA_BUS_REDIS_URL": url,
-               "RPA_BUS_WEBHOOKS_FILE": str(config)}  # fmt: skip
-        worker = subprocess.Popen(
-            [RPA_BUS, "webhooks"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        got = receiver.wait_for(expected, timeout_s=300)
-        times = sorted(a[2] for a in got)
-        pipe_rate = (len(times) - 1) / ((times[-1] - times[0]) / 1000)
-        print(f"raw signed POSTs (aiohttp, 16 in flight): {raw_rate:8.0f} /s")
-        print(
-            f"rpa-bus webhooks, 1 process:              {pipe_rate:8.0f} /s "
-            f"({len(got)} of {expected} delivered; {pipe_rate / raw_rate:.0%} of raw)"
-        )
-        receiver.reset()
-
-        # 3. latency at a steady rate
+        # 3. latency at a steady rate, one process running
+        worker = start_worker(url, config, args.concurrency)
         bus = Producer(settings=settings)
         sessions = [bus.session(f"live-{i}", total=100_000) for i in range(10)]
         for s in sessions:
@@ -219,8 +253,7 @@ def run(url: str, root: Path, args: argparse.Namespace) -> None:
               f"p99 {percentile(latencies, 99):.1f} ms")  # fmt: skip
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(30)
+            stop_worker(worker)
         receiver.close()
 
 

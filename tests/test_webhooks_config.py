@@ -118,7 +118,7 @@ def test_metadata_is_named() -> None:
 
 
 def test_signature_verifies_and_a_tampered_body_does_not() -> None:
-    body = payload("failed", "session:q", "e1", "1-0", b'{"type":"failed","ts":"x"}')
+    body = payload("failed", "session:q", "e1", "1-0", b'{"type":"failed","ts":"x"}', ts="x")
     headers = sign_headers(Webhook(SECRET), "msg_1", body, now=datetime.now(UTC))
     assert headers["webhook-signature"].startswith("v1,")
     assert Webhook(SECRET).verify(body, headers)["data"]["event"]["type"] == "failed"
@@ -147,7 +147,9 @@ def test_webhook_id_is_stable_and_distinct() -> None:
 
 def test_body_keeps_the_envelope_as_written() -> None:
     envelope = b'{"type":"progress","ts":"2026-11-27T00:00:00.000Z","step":3}'
-    body = orjson.loads(payload("progress", "session:q", "e1", "5-0", envelope))
+    body = orjson.loads(
+        payload("progress", "session:q", "e1", "5-0", envelope, ts="2026-11-27T00:00:00.000Z")
+    )
     assert body == {
         "type": "progress",
         "timestamp": "2026-11-27T00:00:00.000Z",

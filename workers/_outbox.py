@@ -112,13 +112,12 @@ def webhook_id(endpoint: str, stream: str, epoch: str, entry_id: str) -> str:
     return "msg_" + digest[:32]
 
 
-def payload(event_type: str, stream: str, epoch: str, entry_id: str, envelope: bytes) -> bytes:
-    """The JSON body, in the specification's recommended shape ``{type, timestamp, data}``;
-    ``data.event`` is the envelope exactly as the stream holds it."""
-    try:
-        ts = orjson.loads(envelope).get("ts")
-    except orjson.JSONDecodeError:
-        ts = None
+def payload(
+    event_type: str, stream: str, epoch: str, entry_id: str, envelope: bytes, *, ts: object = None
+) -> bytes:
+    """The JSON body, in the specification's recommended shape ``{type, timestamp, data}``
+    (``timestamp``: the envelope's ``ts``); ``data.event`` is the envelope exactly as the
+    stream holds it."""
     return orjson.dumps(
         {
             "type": event_type,
@@ -307,7 +306,8 @@ class WebhookSink:
         jobs: dict[str, list[bytes | str | int]] = {}
         for entry in entries:
             try:
-                event_type = orjson.loads(entry.data)["type"]
+                envelope = orjson.loads(entry.data)
+                event_type = envelope["type"]
                 if not isinstance(event_type, str):
                     raise TypeError(event_type)
             except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -317,7 +317,8 @@ class WebhookSink:
             for ep in self._endpoints:
                 if ep.matches(stream, event_type):
                     if body is None:
-                        body = payload(event_type, stream, entry.epoch, entry.id, entry.data)
+                        body = payload(event_type, stream, entry.epoch, entry.id, entry.data,
+                                       ts=envelope.get("ts"))  # fmt: skip
                     wid = webhook_id(ep.name, stream, entry.epoch, entry.id)
                     jobs.setdefault(ep.name, []).extend((entry.id, wid, event_type))
                     jobs[ep.name].append(body)
