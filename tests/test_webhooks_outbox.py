@@ -7,18 +7,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import aiohttp
 import orjson
 import pytest
 import redis
 import redis.asyncio as aredis
+from standardwebhooks import Webhook
 
 from rpa_bus import Settings
-from rpa_bus.redisio import async_client, close_async
+from rpa_bus.redisio import Entry, async_client, close_async
 from tests._receiver import HANG, Receiver, receiving
 from tests.conftest import UNIT_S
-from workers import Endpoint, new_secret
+from workers import Endpoint, new_secret, sign_headers
 from workers._admin import dead_letters, endpoint_status, pause, replay, resume
 from workers._outbox import (
     EndpointSender,
@@ -33,18 +35,9 @@ KEYS = WebhookKeys("rpa")
 FAST = SenderSettings(retry_initial_s=0.05, retry_max_s=0.2, lease_ms=600, block_ms=200)
 
 
-@dataclass(frozen=True, slots=True)
-class Ev:
-    stream: str
-    key: str
-    epoch: str
-    id: str
-    data: bytes
-
-
-def event(stream: str, n: int, etype: str = "progress", epoch: str = "e1") -> Ev:
+def event(stream: str, n: int, etype: str = "progress", epoch: str = "e1") -> Entry:
     envelope = {"type": etype, "ts": "2026-11-27T00:00:00.000Z", "step": n, "total": 1000}
-    return Ev(stream, stream, epoch, f"{1_700_000_000_000 + n}-0", orjson.dumps(envelope))
+    return Entry(stream, stream, epoch, f"{1_700_000_000_000 + n}-0", orjson.dumps(envelope))
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
@@ -300,3 +293,24 @@ async def test_private_targets_are_refused_without_the_flag(
     if "localhost" in url:  # the resolver refused the name's answer
         assert "localhost resolves to" in letter.error
     assert rx.requests == []
+
+
+async def test_a_receiver_that_cannot_verify_answers_401_which_is_final(
+    client: aredis.Redis, rx: Receiver, sync: redis.Redis
+) -> None:
+    ep = endpoint(rx.url, new_secret())  # not the receiver's secret
+    await WebhookSink(client, KEYS, [ep], metrics=Metrics()).put([event("session:a", 1)])
+    async with sending(client, ep):
+        await until(lambda: sync.xlen(KEYS.dead("hook")) == 1, what="a dead letter")
+    assert [r.verified for r in rx.requests] == [False]
+    assert dead_letters(sync, KEYS, "hook")[0].error == "HTTP 401 Unauthorized"
+
+
+async def test_a_tampered_body_is_rejected_by_the_receiver(rx: Receiver, secret: str) -> None:
+    body = orjson.dumps({"type": "failed", "data": {"stream": "session:a"}})
+    headers = sign_headers(Webhook(secret), "msg_t", body, now=datetime.now(UTC))
+    async with aiohttp.ClientSession() as http:
+        for payload, expected in ((body, 200), (body.replace(b"failed", b"finished"), 401)):
+            async with http.post(rx.url, data=payload, headers=headers) as response:
+                assert response.status == expected
+    assert [r.verified for r in rx.requests] == [True, False]

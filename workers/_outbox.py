@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -45,6 +45,7 @@ from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
     Backoff,
+    Entry,
     RateLimitedLog,
     cancel_and_wait,
     is_retryable,
@@ -53,19 +54,6 @@ from workers._deliver import Attempt, Deliverer
 from workers._endpoints import Endpoint
 
 log = logging.getLogger(__name__)
-
-
-class EntryLike(Protocol):
-    """What the sink reads of ``rpa_bus.redisio.Entry``."""
-
-    @property
-    def stream(self) -> str: ...
-    @property
-    def epoch(self) -> str: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +285,7 @@ class WebhookSink:
         self._dead_maxlen = dead_maxlen
         self._enqueue = client.register_script(ENQUEUE_LUA)
 
-    async def put(self, entries: Sequence[EntryLike]) -> None:
+    async def put(self, entries: Sequence[Entry]) -> None:
         """Queue ``entries`` (one stream, in id order) for every endpoint that wants them.
         Returns once every outbox holds them; raises (Redis) to have the batch retried."""
         if not entries:

@@ -179,12 +179,15 @@ class WebhookService:
         )
 
     async def _handle_health(self, request: web.Request) -> web.Response:
+        """200 while the group loop reaches Redis, else 503 (a healthcheck restarts it)."""
+        up = self.group.stats.redis_up
         body = {
-            "status": "ok",
+            "status": "ok" if up else "redis unreachable",
             "consumer": self.settings.consumer,
             "delivering": sorted(s.endpoint.name for s in self.senders if s.holding),
+            "streams": self.group.stats.tailed,
         }
-        return web.json_response(body)
+        return web.json_response(body, status=200 if up else 503)
 
     async def run(self) -> None:
         """Read the streams and deliver until ``close()``."""
