@@ -17,7 +17,8 @@ import redis.asyncio as aredis
 from standardwebhooks import Webhook
 
 from rpa_bus import Settings
-from rpa_bus.redisio import Entry, async_client, close_async
+from rpa_bus.cli._embedded import EmbeddedRedis
+from rpa_bus.redisio import REDIS_FAILURES, Entry, async_client, close_async
 from tests._receiver import HANG, Receiver, receiving
 from tests.conftest import UNIT_S
 from workers import Endpoint, new_secret, sign_headers
@@ -314,3 +315,23 @@ async def test_a_tampered_body_is_rejected_by_the_receiver(rx: Receiver, secret:
             async with http.post(rx.url, data=payload, headers=headers) as response:
                 assert response.status == expected
     assert [r.verified for r in rx.requests] == [True, False]
+
+
+async def test_a_redis_outage_pauses_delivery_and_nothing_is_lost(
+    redis_server: EmbeddedRedis, client: aredis.Redis, rx: Receiver, secret: str
+) -> None:
+    ep = endpoint(rx.url, secret)
+    sink = WebhookSink(client, KEYS, [ep], metrics=Metrics())
+    async with sending(client, ep) as sender:
+        await sink.put([event("session:a", n) for n in range(1, 6)])
+        await until(lambda: len(rx.delivered()) == 5, what="5 before the outage")
+        await until(lambda: not sender._done_ids, what="their XDEL")
+        await asyncio.to_thread(redis_server.stop)
+        with pytest.raises(REDIS_FAILURES):
+            await sink.put([event("session:a", 6)])
+        await asyncio.sleep(1.0)  # the sender meets the outage and backs off
+        await asyncio.to_thread(redis_server.start)
+        await sink.put([event("session:a", n) for n in range(6, 11)])
+        await until(lambda: len(rx.delivered()) == 10, what="10 after the outage")
+    assert [r.json["data"]["event"]["step"] for r in rx.delivered()] == list(range(1, 11))
+    assert len(rx.requests) == 10  # nothing sent twice
