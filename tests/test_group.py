@@ -5,10 +5,13 @@ a killed process's streams and pending entries, Redis restarts."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aredis
 
@@ -16,6 +19,7 @@ from producer import AsyncProducer
 from rpa_bus import ConfigMismatch, Keys, Settings
 from rpa_bus.cli._embedded import EmbeddedRedis
 from rpa_bus.redisio import Entry, GroupSettings, GroupWorker
+from tests._proxy import FaultProxy
 from tests.conftest import UNIT_S
 
 BUCKETS = 8
@@ -330,7 +334,7 @@ async def test_redis_restart_mid_run_loses_nothing(
         await wait_until(
             lambda: {(s, i) for s, ids in sink.got.items() for i in ids} == want,
             timeout_s=15,
-            what="everything after the restart",
+            what=f"everything after the restart: {worker.stats}",
         )
         assert worker.stats.redis_up
         assert sink.problems == []
@@ -360,3 +364,262 @@ async def test_a_config_mismatch_ends_run(redis_url: str, tmp_path: Path, r: are
     with pytest.raises(ConfigMismatch):
         async with asyncio.timeout(5 * UNIT_S):
             await worker.run()
+
+
+async def test_close_hands_the_units_over_without_waiting_for_expiry(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    ledger: list[tuple[str, str, str]] = []
+    one, two = Sink(ledger, "one"), Sink(ledger, "two")
+    slow = {"claim_idle_ms": 6000}  # leases live 6 s; ticks every 2 s
+    first = GroupWorker(bus(redis_url, tmp_path), group("one", **slow), one)
+    async with GroupWorker(bus(redis_url, tmp_path), group("two", **slow), two) as second:
+        async with first:
+            await wait_until(
+                lambda: (
+                    first.stats.owned + second.stats.owned == BUCKETS + 1
+                    and first.stats.owned > 0
+                    and second.stats.owned > 0
+                ),
+                what="units split",
+            )
+            write_sessions(producer, "c", 8, 2, finish=False)
+            assert await producer.flush()
+            await wait_until(lambda: len(ledger) == 8 * 3 + 8, what="first wave")
+        closed = time.monotonic()
+        await wait_until(lambda: second.stats.owned == BUCKETS + 1, what="hand-over")
+        assert time.monotonic() - closed < 3.5  # the next tick, not the 6 s expiry
+        write_sessions(producer, "d", 8, 2, finish=True)
+        for i in range(8):
+            producer.session(f"c-{i}").finish()
+        assert await producer.flush()
+        expected = await truth(r, keys)
+        await wait_until(lambda: len(ledger) == sum(map(len, expected.values())), what="all")
+        merged: dict[str, list[str]] = {}
+        for _name, stream, entry_id in ledger:
+            merged.setdefault(stream, []).append(entry_id)
+        assert merged == expected  # a graceful hand-over gives nothing twice
+        assert {s for s in two.got if s.startswith("session:d-")} == {
+            f"session:d-{i}" for i in range(8)
+        }
+
+
+async def test_a_reused_session_id_is_read_again_with_its_epoch(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got.get("session:re-0", [])) == 3)
+        await wait_until(lambda: worker.stats.tailed == 0, what="finished session left")
+        first_epoch = await epoch_of(r, keys, "session:re-0")
+        # Run again while the keys still exist: the same stream and epoch go on.
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:re-0"]) == 6, what="second run")
+        # The keys expired (deleted here), then a third run: a new stream, a new epoch.
+        await r.delete(keys.session("re-0"), keys.meta("re-0"))
+        await wait_until(lambda: worker.stats.tailed == 0, what="second run left")
+        write_sessions(producer, "re", 1, 1, finish=True)
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:re-0"]) == 9, what="third run")
+        second_epoch = await epoch_of(r, keys, "session:re-0")
+        assert second_epoch != first_epoch
+        assert sink.epochs["session:re-0"] == {first_epoch, second_epoch}
+        assert sink.got["session:re-0"][6:] == [
+            i.decode() for i, _ in await r.xrange(keys.session("re-0"))
+        ]
+
+
+async def test_a_new_session_wakes_a_blocked_read(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    sink = Sink()
+    settings = group("w1", block_ms=4000, kinds=frozenset({"session"}))
+    patient = bus(redis_url, tmp_path, socket_timeout_s=5.0)
+    async with GroupWorker(patient, settings, sink) as worker:
+        write_sessions(producer, "first", 1, 0, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: sink.count() == 1)
+        await asyncio.sleep(0.3)  # the reader is blocked on the one stream now
+        write_sessions(producer, "second", 1, 0, finish=False)
+        assert await producer.flush()
+        started = time.monotonic()
+        await wait_until(lambda: sink.count() == 2)
+        assert time.monotonic() - started < 2.0  # not after the 4 s BLOCK
+        assert worker.stats.tailed == 2
+
+
+async def test_a_deleted_stream_is_dropped_and_the_rest_goes_on(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "x", 3, 1, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: sink.count() == 6)
+        await r.delete(keys.session("x-0"), keys.meta("x-0"))  # it expired, say
+        await wait_until(lambda: worker.stats.tailed == 2, what="deleted stream left")
+        producer.session("x-1").log("still here")
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got["session:x-1"]) == 3)
+        assert worker.stats.redis_up
+
+
+async def test_a_stream_the_index_never_announced_is_found_by_a_rescan(
+    redis_url: str, tmp_path: Path, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}), rescan_ms=300)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink):
+        await asyncio.sleep(0.2)
+        # Written behind the index's back (an index trimmed away, a cluster's lag).
+        await r.hset(keys.meta("quiet"), "epoch", "e1")
+        entry = (await r.xadd(keys.session("quiet"), {"e": b'{"type":"log"}'})).decode()
+        await wait_until(lambda: sink.got.get("session:quiet") == [entry], what="rescan")
+        assert sink.epochs["session:quiet"] == {"e1"}
+
+
+async def test_a_session_announced_before_its_stream_exists_is_waited_for(
+    redis_url: str, tmp_path: Path, r: aredis.Redis
+) -> None:
+    """On a cluster the index entry and the stream are written on two masters at once."""
+    keys = bus(redis_url, tmp_path).keys
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}), block_ms=500)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        await wait_until(lambda: worker.stats.owned == BUCKETS, what="units")
+        await r.xadd(keys.sessions, {"e": b'{"type":"started","session":"late","ts":"x"}'})
+        await asyncio.sleep(0.4)  # the follower has seen it; no stream yet
+        await r.hset(keys.meta("late"), "epoch", "e2")
+        entry = (await r.xadd(keys.session("late"), {"e": b'{"type":"started"}'})).decode()
+        await wait_until(lambda: sink.got.get("session:late") == [entry], timeout_s=3)
+        assert sink.epochs["session:late"] == {"e2"}
+
+
+async def test_a_sigkilled_worker_process_is_taken_over(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_url, tmp_path).keys
+    out = tmp_path / "victim.jsonl"
+    out.touch()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).parent / "scripts" / "group_worker.py"),
+        redis_url, str(BUCKETS), "victim", "1500", str(out),
+    )  # fmt: skip
+    try:
+        write_sessions(producer, "s", 12, 8, finish=False)
+        assert await producer.flush()
+        await wait_until(lambda: len(out.read_bytes().splitlines()) >= 40, what="victim reads")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    victim = {tuple(orjson.loads(line)) for line in out.read_bytes().splitlines()}
+    pending = set()
+    for name in await truth(r, keys):
+        key = keys.sessions if name == "sessions" else keys.session(name.partition(":")[2])
+        for p in await r.xpending_range(key, GROUP, "-", "+", 1000):
+            pending.add((name, p["message_id"].decode()))
+    heir_sink = Sink(name="heir")
+    async with GroupWorker(bus(redis_url, tmp_path), group("heir"), heir_sink):
+        want = {(s, i) for s, ids in (await truth(r, keys)).items() for i in ids}
+        heir: set[tuple[str, str]] = set()
+
+        def complete() -> bool:
+            heir.clear()
+            heir.update((s, i) for s, ids in heir_sink.got.items() for i in ids)
+            return victim | heir == want
+
+        await wait_until(complete, what="take-over after SIGKILL")
+        assert not (victim - pending) & heir  # acknowledged entries are not given again
+        assert heir_sink.problems == []
+
+
+async def test_close_before_run_and_a_never_started_task(redis_url: str, tmp_path: Path) -> None:
+    worker = GroupWorker(bus(redis_url, tmp_path), group("w1"), Sink())
+    worker.close()
+    worker.close()  # idempotent
+    async with asyncio.timeout(2 * UNIT_S):
+        await worker.wait_closed()  # never ran: nothing to wait for
+        await worker.run()  # returns at once
+    other = GroupWorker(bus(redis_url, tmp_path), group("w2"), Sink())
+    task = asyncio.create_task(other.run())
+    task.cancel()  # before its first step: run() never starts
+    await asyncio.wait([task])
+    other.close()
+    async with asyncio.timeout(2 * UNIT_S):
+        await other.wait_closed()
+
+
+async def test_lost_replies_dropped_connections_and_a_stall_lose_and_repeat_nothing(
+    redis_server: EmbeddedRedis, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+) -> None:
+    keys = bus(redis_server.url, tmp_path).keys
+    proxy = FaultProxy(redis_server.port)
+    sink = Sink()
+    settings = group("w1", claim_idle_ms=2000, block_ms=300)
+    try:
+        async with GroupWorker(bus(proxy.url, tmp_path), settings, sink) as worker:
+            for wave in range(6):
+                write_sessions(producer, f"f{wave}", 4, 5, finish=wave % 2 == 0)
+                assert await producer.flush()
+                await asyncio.sleep(0.15)
+                if wave % 3 == 0:
+                    proxy.cut_replies(3)  # XREADGROUP, XACK, a renewal: applied, unanswered
+                elif wave % 3 == 1:
+                    proxy.drop_connections()
+                else:
+                    proxy.stall()  # longer than the socket timeout and the leases' life
+                    await asyncio.sleep(2.5)
+                    proxy.resume()
+            want = {(s, i) for s, ids in (await truth(r, keys)).items() for i in ids}
+            await wait_until(
+                lambda: {(s, i) for s, ids in sink.got.items() for i in ids} == want,
+                timeout_s=15,
+                what=f"everything: {worker.stats}",
+            )
+            assert worker.stats.errors > 0
+            assert worker.stats.lost > 0  # the stall outlived the leases
+            assert proxy.cut_count > 0
+            for s, ids in sink.got.items():
+                assert ids == sorted(set(ids), key=_id), f"{s} repeated or out of order"
+            assert sink.problems == []
+    finally:
+        proxy.close()
+
+
+async def test_min_replicas_holds_entries_until_a_replica_has_them(
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
+    producer: AsyncProducer,
+    server_binary: Path,
+    r: aredis.Redis,
+) -> None:
+    await r.config_set("repl-diskless-sync-delay", 0)  # a replica syncs at once
+    careful = bus(redis_server.url, tmp_path, min_replicas=1)
+    sink = Sink()
+    settings = group("w1", kinds=frozenset({"session"}))
+    async with GroupWorker(careful, settings, sink):
+        write_sessions(producer, "rep", 3, 2, finish=True)
+        assert await producer.flush()
+        await asyncio.sleep(1.0)
+        assert sink.count() == 0  # no replica: nothing is handed over
+        replica = EmbeddedRedis(
+            tmp_path / "replica",
+            binary=server_binary,
+            persistent=False,
+            extra_args=("--replicaof", "127.0.0.1", str(redis_server.port)),
+        )
+        replica.start()
+        try:
+            await wait_until(lambda: sink.count() == 3 * 4, what="entries once replicated")
+        finally:
+            replica.kill()
+        assert sink.problems == []

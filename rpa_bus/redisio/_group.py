@@ -35,7 +35,9 @@ entry is ``finished``/``failed``, delivered and acknowledged. Done streams are n
 tailed; one that reaches that state is dropped; a ``started`` in the index for it (the id
 is reused) adds it again.
 
-Reading. One task runs one XREADGROUP over every tailed stream: first ``0`` (our own
+Reading. A reader task runs one XREADGROUP over its tailed streams (on one server one
+reader for all; on a cluster one per active hash slot, on a connection to the slot's
+master, since a multi-key read must stay in one slot): first ``0`` (our own
 pending list, in id order: claimed entries and replies lost in a dropped connection) for
 streams just added or after a reconnect, until empty, then ``>`` with BLOCK. The response's
 batches (one per stream) go to ``sink.put`` concurrently, then their ids are XACKed. A
@@ -63,10 +65,18 @@ from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from rpa_bus import TERMINAL_TYPES, Keys, Settings, bucket_of, validate_host_name
-from rpa_bus.redisio._clients import AsyncClient, async_client, close_async
+from rpa_bus.redisio._clients import (
+    Address,
+    AsyncClient,
+    NodeClient,
+    async_client,
+    close_async,
+    node_client_factory,
+)
 from rpa_bus.redisio._config import check_config_async
 from rpa_bus.redisio._retry import REDIS_FAILURES, Backoff, RateLimitedLog, is_retryable
 from rpa_bus.redisio._tasks import cancel_and_wait
@@ -168,6 +178,8 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 _CLAIM_COUNT = 1000  # XAUTOCLAIM page inside _ADD
 _ADD_CHUNK = 200  # _ADD calls per pipeline
+_CLUSTER_FANOUT = 64  # script calls in flight at once on a cluster
+_UNBORN_S = 10.0  # how long an announced session's stream is waited for
 _LEASE_MARGIN = 0.9  # read only for this share of a lease's TTL after its renewal was sent
 
 
@@ -210,6 +222,8 @@ class GroupSettings:
     # Owned buckets are scanned again this often (and after every outage), for sessions
     # the index did not announce (trimmed away, or written apart on a cluster).
     rescan_ms: int = 300_000
+    # close() waits this long for the sink to take the batch in flight.
+    close_timeout_ms: int = 10_000
 
     def __post_init__(self) -> None:
         validate_host_name(self.kind)
@@ -219,8 +233,8 @@ class GroupSettings:
             raise ValueError(f"kinds must be a non-empty subset of {sorted(STREAM_KINDS)}")
         if self.claim_idle_ms < 300:
             raise ValueError(f"claim_idle_ms must be >= 300, got {self.claim_idle_ms}")
-        if self.block_ms < 1 or self.count < 1 or self.rescan_ms < 1:
-            raise ValueError("block_ms, count and rescan_ms must be >= 1")
+        if min(self.block_ms, self.count, self.rescan_ms, self.close_timeout_ms) < 1:
+            raise ValueError("block_ms, count, rescan_ms and close_timeout_ms must be >= 1")
 
 
 @dataclass(eq=False)
@@ -247,7 +261,9 @@ class _Unit:
     key: str | None = None  # the one stream of a "sessions" / "monitor:HOST" unit
     stream: str = ""  # and its client-facing name
     valid_until: float = 0.0  # monotonic: reading stops then unless renewed
-    releasing: bool = False
+    releasing: bool = False  # another member wants it: given up once nothing is in flight
+    busy: int = 0  # batches of its streams given to the sink and not yet acknowledged
+    gone: bool = False  # being given up
 
 
 @dataclass(eq=False)
@@ -263,6 +279,29 @@ class _Stream:
     retry_at: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=0.05, max_s=5.0))
     gen: int = 0  # bumped when the index says the session (re)started
+    slot: int | None = None  # its hash slot on a cluster (its reader's); None otherwise
+
+
+class _Reader:
+    """One blocking XREADGROUP loop over a set of streams: on one server (``slot=None``)
+    all of them, on a cluster those of one hash slot, on a connection to its master."""
+
+    def __init__(self, slot: int | None) -> None:
+        self.slot = slot
+        self.streams: dict[str, _Stream] = {}
+        self.unacked: dict[str, list[bytes]] = {}  # acknowledged by the next flush
+        self.unacked_units: list[_Unit] = []  # one per batch in ``unacked`` (busy counts)
+        self.gen = 0  # bumped when ``streams`` changes
+        self.reading_gen = -1  # the generation the blocked read was built from
+        self.blocked = False
+        self.read_id: int | None = None  # CLIENT ID of its connection, for UNBLOCK
+        self.addr: Address | None = None  # its server, on a cluster
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def bump(self) -> None:
+        self.gen += 1
+        self.changed.set()
 
 
 def _weight(unit: str, member: str) -> bytes:
@@ -313,10 +352,6 @@ class GroupWorker:
                 f"block_ms ({group.block_ms}) must be under the socket timeout "
                 f"({bus.socket_timeout_s} s), or every idle read would time out"
             )
-        if isinstance(client, aredis.RedisCluster) or (
-            client is None and bus.target.topology == "cluster"
-        ):
-            raise ValueError("GroupWorker does not run on a Redis Cluster yet")
         self.settings = group
         self.stats = GroupStats()
         self._bus = bus
@@ -324,6 +359,18 @@ class GroupWorker:
         self._sink = sink
         self._owns_client = client is None
         self._cmd: AsyncClient = client if client is not None else async_client(bus)
+        # Cluster: keyed commands and scripts go through the RedisCluster client; each
+        # reader has a connection of its own to the master of its slot, and CLIENT
+        # UNBLOCK/KILL go to that server (client ids are per server).
+        self._cluster = self._cmd if isinstance(self._cmd, aredis.RedisCluster) else None
+        self._node_client: NodeClient | None = None
+        if self._cluster is not None:
+            self._node_client = node_client_factory(bus)
+            if self._node_client is None:
+                raise ValueError("a Redis Cluster client needs a redis+cluster:// bus URL")
+        self._controls: dict[Address, aredis.Redis] = {}
+        self._map_stale = self._cluster is not None
+        self._refresh_lock = asyncio.Lock()
         self._group = self._keys.worker_group(group.kind)
         self._consumer = group.consumer
         self._members_key = self._keys.workers(group.kind)
@@ -335,21 +382,20 @@ class GroupWorker:
         self._release = self._cmd.register_script(_RELEASE)
         self._heartbeat = self._cmd.register_script(_HEARTBEAT)
         self._held: dict[str, _Unit] = {}
-        self._streams: dict[str, _Stream] = {}
-        self._unacked: dict[str, list[bytes]] = {}
-        self._gen = 0  # bumped when the tailed set changes
-        self._reading_gen = -1
-        self._blocked = False
-        self._read_id: int | None = None
+        self._streams: dict[str, _Stream] = {}  # every tailed stream, by key
+        self._readers: dict[int | None, _Reader] = {}
+        self._reader_tasks: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
         self._wake_event = asyncio.Event()
-        self._changed = asyncio.Event()
         self._close_event = asyncio.Event()
         self._done = asyncio.Event()
         self._closing = False
         self._started = False
         self._index_last = "0-0"
-        self._outage = False
+        self._rescan = False  # scan every owned bucket again (after an outage)
         self._rescan_at = 0.0
+        self._to_scan: dict[str, _Unit] = {}  # units just taken, for discovery
+        self._discover_event = asyncio.Event()
         self._redis_log = RateLimitedLog(log)
         self._sink_log = RateLimitedLog(log)
         self._task: asyncio.Task[None] | None = None
@@ -365,17 +411,22 @@ class GroupWorker:
         await self.wait_closed()
 
     def close(self) -> None:
-        """Stop gracefully: finish the batch in flight, give up the leases, leave."""
+        """Stop gracefully: finish the batches in flight, give up the leases, leave."""
         if self._closing:
             return
         self._closing = True
         self._close_event.set()
-        self._bump()
+        self._discover_event.set()
+        for reader in self._readers.values():
+            reader.bump()
+        self._wake_event.set()
 
     async def wait_closed(self) -> None:
         """Wait until ``run()`` has ended; re-raise its error if it failed."""
         task = self._task
         if task is None:
+            if not self._started and self._closing:
+                return  # closed before it ran (a task cancelled before its first step)
             await self._done.wait()
             return
         await asyncio.wait([task])
@@ -389,30 +440,48 @@ class GroupWorker:
         if self._started:
             raise RuntimeError("GroupWorker.run() was already called")
         self._started = True
+        if self._closing:  # closed before it ran
+            if self._owns_client:
+                await close_async(self._cmd)
+            self._done.set()
+            return
         tasks: list[asyncio.Task[None]] = []
         try:
             if await self._connect():
                 tasks = [
                     asyncio.create_task(self._manage(), name="group-manage"),
-                    asyncio.create_task(self._read(), name="group-read"),
                     asyncio.create_task(self._waker(), name="group-waker"),
+                    asyncio.create_task(self._discovery(), name="group-discovery"),
                 ]
                 if "session" in self.settings.kinds:
                     tasks.append(asyncio.create_task(self._follow(), name="group-follow"))
+                if self._cluster is None:
+                    self._reader(None)  # one reader for everything
                 closing = asyncio.create_task(self._close_event.wait(), name="group-closing")
                 try:
                     await asyncio.wait([*tasks, closing], return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     await cancel_and_wait([closing])
+                self.close()
                 _raise_failure(tasks)
-                # Closing: the reader finishes its batch and returns; the rest just stop.
-                await asyncio.wait([tasks[1]])
-                await cancel_and_wait(tasks)
-                _raise_failure(tasks)
+                if self._failure is not None:
+                    raise self._failure
+                # Closing: the readers finish their batches and return; the rest just stop.
+                readers = list(self._reader_tasks)
+                if readers:
+                    await asyncio.wait(readers, timeout=self.settings.close_timeout_ms / 1000)
+                if any(not t.done() for t in readers):
+                    # A sink stuck in put(): its batch stays pending for the next owner.
+                    log.warning("%s: the sink did not return in time; closing anyway", self._group)
+                await cancel_and_wait([*tasks, *self._reader_tasks])
+                _raise_failure([*tasks, *readers])
                 await self._leave()
         finally:
             self._closing = True
-            await cancel_and_wait(tasks)
+            await cancel_and_wait([*tasks, *self._reader_tasks])
+            for control in self._controls.values():
+                await control.aclose()
+            self._controls.clear()
             if self._owns_client:
                 await close_async(self._cmd)
             self._done.set()
@@ -435,11 +504,10 @@ class GroupWorker:
         return False
 
     async def _leave(self) -> None:
-        """Graceful end: acknowledge, give up the leases, leave the members (one try: what
-        fails here expires by itself)."""
+        """Graceful end (the readers have flushed their acks): give up the leases, leave
+        the members. One try: what fails here expires by itself."""
         try:
-            await self._flush_acks()
-            await self._release_units(list(self._held.values()))
+            await self._give_up(list(self._held.values()))
             await self._cmd.zrem(self._members_key, self._consumer)
         except REDIS_FAILURES as exc:
             if not is_retryable(exc):
@@ -459,7 +527,9 @@ class GroupWorker:
             raise exc
         self.stats.errors += 1
         self.stats.redis_up = False
-        self._outage = True
+        self._rescan = True
+        if self._cluster is not None:
+            self._map_stale = True  # a failover or a slot move explains it
         self._redis_log.warning("Redis unavailable for %s (%s); retrying", self._group, exc)
 
     def _up(self) -> None:
@@ -471,10 +541,15 @@ class GroupWorker:
         streams = list(self._streams.values())
         if not streams:
             return {}
-        async with self._cmd.pipeline(transaction=False) as pipe:
-            for s in streams:
-                pipe.xinfo_groups(s.key)
-            replies = await pipe.execute(raise_on_error=False)
+        if self._cluster is None:
+            async with self._cmd.pipeline(transaction=False) as pipe:
+                for s in streams:
+                    pipe.xinfo_groups(s.key)
+                replies = await pipe.execute(raise_on_error=False)
+        else:
+            replies = await asyncio.gather(
+                *(self._cmd.xinfo_groups(s.key) for s in streams), return_exceptions=True
+            )
         result: dict[str, int] = {}
         for s, groups in zip(streams, replies, strict=True):
             if isinstance(groups, BaseException):
@@ -489,6 +564,26 @@ class GroupWorker:
                     behind = len(rest)
                 result[s.name] = int(g.get("pending", 0)) + int(behind)
         return result
+
+    async def _scripts(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script for many key sets: pipelined on one server, concurrent calls
+        (each routed to its slot's master) on a cluster."""
+        if not calls:
+            return []
+        if self._cluster is None:
+            async with self._cmd.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await _call(script, keys=keys, args=args, client=pipe)
+                return list(await pipe.execute())
+        replies: list[Any] = []
+        for i in range(0, len(calls), _CLUSTER_FANOUT):
+            replies += await asyncio.gather(
+                *(
+                    _call(script, keys=keys, args=args, client=self._cmd)
+                    for keys, args in calls[i : i + _CLUSTER_FANOUT]
+                )
+            )
+        return replies
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -540,47 +635,36 @@ class GroupWorker:
         self._expire_lapsed()
         held = list(self._held.values())
         wanted = [units[n] for n in sorted(desired) if n not in self._held]
-        async with self._cmd.pipeline(transaction=False) as pipe:
-            for u in held:
-                await _call(self._renew, keys=[u.lease], args=lease_args, client=pipe)
-            for u in wanted:
-                await _call(self._acquire, keys=[u.lease], args=lease_args, client=pipe)
-            sent = time.monotonic()
-            replies = await pipe.execute()
+        sent = time.monotonic()
+        renewed = await self._scripts(self._renew, [([u.lease], lease_args) for u in held])
+        acquired = await self._scripts(self._acquire, [([u.lease], lease_args) for u in wanted])
         self._up()
         valid_until = sent + self._ttl_ms / 1000 * _LEASE_MARGIN
-        for u, ok in zip(held, replies, strict=False):
+        for u, ok in zip(held, renewed, strict=True):
             if self._held.get(u.name) is not u:
-                continue  # released meanwhile
+                continue  # given up meanwhile
             if ok:
                 u.valid_until = valid_until
             else:
                 self._lose(u, "taken by another process")
-        taken = [u for u, ok in zip(wanted, replies[len(held) :], strict=True) if ok]
+        taken = [u for u, ok in zip(wanted, acquired, strict=True) if ok]
         for u in taken:
             u.valid_until = valid_until
             self._held[u.name] = u
         for u in self._held.values():
             if u.name not in desired and not u.releasing:
-                u.releasing = True
-                self._bump()
+                u.releasing = True  # its readers stop giving its entries to the sink
+                self._wake_readers(u)
         if taken:
             log.info(
                 "%s took %d units: %s", self._consumer, len(taken), _summary(u.name for u in taken)
             )
-        rescan = self._outage or time.monotonic() >= self._rescan_at
-        if rescan:
-            self._outage = False
-            self._rescan_at = time.monotonic() + self.settings.rescan_ms / 1000
-        buckets = [u for u in self._held.values() if u.bucket is not None and not u.releasing]
-        await self._discover(buckets if rescan else [u for u in taken if u.bucket is not None])
-        singles = [
-            u
-            for u in self._held.values()
-            if u.key is not None and u.key not in self._streams and not u.releasing
-        ]
-        if singles:
-            await self._add([(u, u.key, None, u.stream) for u in singles if u.key], mkstream=True)
+        await self._release_ready()
+        # Discovery runs in its own task: a long SCAN must not hold up the renewals.
+        self._to_scan.update((u.name, u) for u in taken)
+        missing = any(u.key is not None and u.key not in self._streams for u in held)
+        if taken or missing or self._rescan:
+            self._discover_event.set()
         self.stats.owned = len(self._held)
 
     def _expire_lapsed(self) -> None:
@@ -601,36 +685,84 @@ class GroupWorker:
         self._forget(unit)
 
     def _forget(self, unit: _Unit) -> None:
-        for key in [k for k, s in self._streams.items() if s.unit is unit]:
-            del self._streams[key]
-        self.stats.tailed = len(self._streams)
-        self._bump()
+        for s in [s for s in self._streams.values() if s.unit is unit]:
+            self._untail(s)
 
     def _valid(self, unit: _Unit) -> bool:
         return self._held.get(unit.name) is unit and unit.valid_until > time.monotonic()
 
-    async def _release_units(self, units: list[_Unit]) -> None:
-        """Give up units we no longer want, once nothing of theirs is in flight (called by
-        the reader between batches, and on close)."""
+    def _readable(self, unit: _Unit) -> bool:
+        return not unit.releasing and self._valid(unit)
+
+    def _wake_readers(self, unit: _Unit) -> None:
+        for slot in {s.slot for s in self._streams.values() if s.unit is unit}:
+            reader = self._readers.get(slot)
+            if reader is not None:
+                reader.bump()
+        self._wake_event.set()
+
+    async def _release_ready(self) -> None:
+        """Give up the units another member wants once nothing of theirs is in flight
+        (every batch given to the sink is acknowledged)."""
+        ready = [u for u in self._held.values() if u.releasing and u.busy == 0 and not u.gone]
+        if ready:
+            await self._give_up(ready)
+
+    async def _give_up(self, units: list[_Unit]) -> None:
         if not units:
             return
-        await self._flush_acks()
-        async with self._cmd.pipeline(transaction=False) as pipe:
-            for u in units:
-                await _call(self._release, keys=[u.lease], args=[self._consumer], client=pipe)
-            await pipe.execute()
+        for u in units:
+            u.gone = True
+            self._forget(u)  # nothing new of theirs starts from here on
+        await self._scripts(self._release, [([u.lease], [self._consumer]) for u in units])
         for u in units:
             if self._held.get(u.name) is u:
                 del self._held[u.name]
-                self._forget(u)
         self.stats.owned = len(self._held)
         names = _summary(u.name for u in units)
         log.info("%s gave up %d units: %s", self._consumer, len(units), names)
 
     # -- discovery ------------------------------------------------------------------------
 
+    async def _discovery(self) -> None:
+        """Add the streams of units just taken; scan every owned bucket again after an
+        outage and every ``rescan_ms``."""
+        backoff = Backoff(max_s=min(2.0, self._tick_s))
+        while not self._closing:
+            wait = max(0.0, self._rescan_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._discover_event.wait()
+            self._discover_event.clear()
+            if self._closing:
+                return
+            rescan = self._rescan or time.monotonic() >= self._rescan_at
+            try:
+                if rescan:
+                    self._rescan = False
+                    self._rescan_at = time.monotonic() + self.settings.rescan_ms / 1000
+                    self._to_scan.clear()
+                    units = list(self._held.values())
+                else:
+                    units = list(self._to_scan.values())
+                    self._to_scan.clear()
+                units = [u for u in units if self._readable(u)]
+                await self._discover([u for u in units if u.bucket is not None])
+                singles: list[tuple[_Unit, str, str | None, str]] = [
+                    (u, u.key, None, u.stream)
+                    for u in self._held.values()
+                    if u.key is not None and u.key not in self._streams and not u.releasing
+                ]
+                await self._add(singles, mkstream=True)
+                backoff.reset()
+            except REDIS_FAILURES as exc:
+                self._down(exc)  # asks for a rescan of everything
+                self._discover_event.set()
+                await self._sleep(backoff.next_s())
+
     async def _discover(self, units: list[_Unit]) -> None:
-        """SCAN for the session streams of these bucket units and add them."""
+        """SCAN for the session streams of these bucket units and add them (on a cluster
+        the client scans every master)."""
         if not units:
             return
         by_bucket = {u.bucket: u for u in units}
@@ -659,25 +791,25 @@ class GroupWorker:
         *,
         mkstream: bool = False,
         started: bool = False,
-    ) -> None:
+    ) -> list[tuple[_Unit, str, str | None, str]]:
         """Create the group on these streams, claim their pending entries, and tail those
         not done. ``started``: the index announced them (a reused id may have a new epoch).
+        Returns the items whose stream does not exist.
         """
-        args: list[str | int] = [self._group, self._consumer, _CLAIM_COUNT]
+        missing: list[tuple[_Unit, str, str | None, str]] = []
+        base: list[str | int] = [self._group, self._consumer, _CLAIM_COUNT]
         for i in range(0, len(items), _ADD_CHUNK):
             chunk = items[i : i + _ADD_CHUNK]
-            async with self._cmd.pipeline(transaction=False) as pipe:
-                for _unit, key, meta, _name in chunk:
-                    session = "1" if meta is not None else "0"
-                    await _call(
-                        self._add_script,
-                        keys=[key, meta or key],
-                        args=[*args, session, "1" if mkstream else "0"],
-                        client=pipe,
-                    )
-                replies = await pipe.execute()
-            for (unit, key, meta, name), reply in zip(chunk, replies, strict=True):
-                if reply is None or not self._valid(unit) or unit.releasing:
+            calls: list[tuple[list[str], list[Any]]] = [
+                ([key, meta or key], [*base, "1" if meta else "0", "1" if mkstream else "0"])
+                for _unit, key, meta, _name in chunk
+            ]
+            replies = await self._scripts(self._add_script, calls)
+            for item, reply in zip(chunk, replies, strict=True):
+                unit, key, meta, name = item
+                if reply is None:
+                    missing.append(item)
+                if reply is None or not self._readable(unit):
                     continue
                 epoch, done, claimed = _text(reply[0]), int(reply[1]), int(reply[2])
                 self.stats.claimed += claimed
@@ -689,30 +821,43 @@ class GroupWorker:
                             log.info("%s has a new epoch %s", name, epoch)
                             current.epoch = epoch
                     continue
-                if done:
-                    continue
-                self._streams[key] = _Stream(key, meta, name, unit, epoch)
-                self._bump()
-        self.stats.tailed = len(self._streams)
+                if not done:
+                    self._tail(_Stream(key, meta, name, unit, epoch, slot=self._slot(key)))
+        return missing
 
     async def _follow(self) -> None:
-        """Learn sessions that start in owned buckets from the index (plain XREAD)."""
+        """Learn sessions that start in owned buckets from the index (plain XREAD).
+
+        On a cluster the producer writes a session's stream and its index entry on two
+        masters at once, so the entry may come first: such a session is tried again on
+        every round for ``_UNBORN_S`` (then the periodic rescan is its safety net).
+        """
         backoff = Backoff(max_s=min(2.0, self._tick_s))
         index = self._keys.sessions
+        # Announced sessions whose stream is not there yet -> wall-clock deadline (the
+        # index entry's time + _UNBORN_S: an old entry read late is not waited for).
+        unborn: dict[str, tuple[tuple[_Unit, str, str | None, str], float]] = {}
         while not self._closing:
             try:
+                block = min(self.settings.block_ms, 50) if unborn else self.settings.block_ms
                 reply: Any = await self._cmd.xread(
-                    {index: self._index_last}, count=500, block=self.settings.block_ms
+                    {index: self._index_last}, count=500, block=block
                 )
-                adds: dict[str, tuple[_Unit, str, str | None, str]] = {}
+                adds = dict(unborn)
+                last = self._index_last
                 for _key, entries in reply or []:
                     for raw_id, fields in entries:
-                        self._index_last = _text(raw_id)
+                        last = _text(raw_id)
                         item = self._started_item(fields)
                         if item is not None:
-                            adds[item[1]] = item
+                            deadline = int(last.partition("-")[0]) / 1000 + _UNBORN_S
+                            adds[item[1]] = (item, deadline)
+                missing = []
                 if adds:
-                    await self._add(list(adds.values()), started=True)
+                    missing = await self._add([item for item, _ in adds.values()], started=True)
+                self._index_last = last  # only now: a failed add reads them again
+                now = time.time()
+                unborn = {item[1]: adds[item[1]] for item in missing if adds[item[1]][1] > now}
                 backoff.reset()
             except REDIS_FAILURES as exc:
                 self._down(exc)
@@ -741,48 +886,142 @@ class GroupWorker:
             return None
         return unit, key, self._keys.meta(str(sid)), f"session:{sid}"
 
+    # -- the tailed set -------------------------------------------------------------------
+
+    def _slot(self, key: str) -> int | None:
+        return None if self._cluster is None else int(self._cluster.keyslot(key))
+
+    def _reader(self, slot: int | None) -> _Reader:
+        reader = self._readers.get(slot)
+        if reader is None:
+            reader = self._readers[slot] = _Reader(slot)
+            name = "group-read" if slot is None else f"group-read:{slot}"
+            task = asyncio.create_task(self._read(reader), name=name)
+            reader.task = task
+            self._reader_tasks.add(task)
+            task.add_done_callback(self._reader_done)
+        return reader
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        self._reader_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+            self._close_event.set()  # run() raises it
+
+    def _tail(self, s: _Stream) -> None:
+        if self._closing:
+            return
+        self._streams[s.key] = s
+        reader = self._reader(s.slot)
+        reader.streams[s.key] = s
+        reader.bump()
+        self._wake_event.set()
+        self.stats.tailed = len(self._streams)
+
+    def _untail(self, s: _Stream) -> None:
+        if self._streams.get(s.key) is s:
+            del self._streams[s.key]
+        reader = self._readers.get(s.slot)
+        if reader is not None and reader.streams.get(s.key) is s:
+            del reader.streams[s.key]
+            reader.bump()
+            self._wake_event.set()
+        self.stats.tailed = len(self._streams)
+
     # -- reading --------------------------------------------------------------------------
 
-    def _bump(self) -> None:
-        """The tailed set changed: wake the reader (CLIENT UNBLOCK if it is blocked)."""
-        self._gen += 1
-        self._changed.set()
-        self._wake_event.set()
-
     async def _waker(self) -> None:
-        """Wake a blocked read with CLIENT UNBLOCK when the tailed set changed. UNBLOCK
-        answers 0 while the read is still on its way to Redis: try again shortly."""
+        """Wake blocked reads with CLIENT UNBLOCK when their tailed sets changed. UNBLOCK
+        answers 0 while a read is still on its way to Redis: try again shortly."""
         while True:
             await self._wake_event.wait()
             self._wake_event.clear()
             for _ in range(200):
-                read_id = self._read_id
-                if not self._blocked or read_id is None or self._reading_gen >= self._gen:
+                stale = [
+                    r for r in self._readers.values()
+                    if r.blocked and r.read_id is not None and r.reading_gen < r.gen
+                ]  # fmt: skip
+                if not stale:
                     break
-                try:
-                    if await self._cmd.client_unblock(read_id):
-                        break
-                except REDIS_FAILURES as exc:
-                    if not is_retryable(exc):
-                        raise
-                    break
+                await asyncio.gather(*(self._unblock(r) for r in stale))
                 await asyncio.sleep(0.005)
 
-    async def _read(self) -> None:
+    async def _unblock(self, reader: _Reader) -> None:
+        read_id = reader.read_id
+        if read_id is None:
+            return
+        try:
+            await self._control(reader.addr).client_unblock(read_id)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
+
+    def _control(self, addr: Address | None) -> Any:
+        """The client for CLIENT UNBLOCK/KILL aimed at a connection on ``addr``."""
+        if self._node_client is None or addr is None:
+            return self._cmd
+        client = self._controls.get(addr)
+        if client is None:
+            client = self._controls[addr] = self._node_client(addr)
+        return client
+
+    async def _slot_master(self, slot: int) -> Address:
+        """The master serving ``slot``, re-reading the slot map first after a failure."""
+        cluster = self._cluster
+        assert cluster is not None
+        if self._map_stale:
+            async with self._refresh_lock:
+                if self._map_stale:
+                    self._map_stale = False
+                    try:
+                        await cluster.nodes_manager.initialize()
+                    except BaseException:
+                        self._map_stale = True
+                        raise
+        try:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+        except (KeyError, IndexError) as exc:
+            self._map_stale = True
+            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
+        return (str(node.host), int(node.port))
+
+    async def _connect_reader(self, reader: _Reader) -> aredis.Redis:
+        if reader.slot is None:
+            assert isinstance(self._cmd, aredis.Redis)
+            client = self._cmd.client()
+            reader.addr = None
+        else:
+            assert self._node_client is not None
+            reader.addr = await self._slot_master(reader.slot)
+            client = self._node_client(reader.addr, single=True)
+        try:
+            reader.read_id = int(await client.client_id())
+        except BaseException:
+            await _close_reader_client(client, reader)
+            raise
+        return client
+
+    async def _read(self, reader: _Reader) -> None:
         backoff = Backoff(max_s=min(2.0, self._tick_s))
         client: aredis.Redis | None = None
-        stale_id: int | None = None
+        stale: tuple[int, Address | None] | None = None
         try:
             while not self._closing:
+                if reader.slot is not None and not reader.streams and not reader.unacked:
+                    # A cluster reader ends with its slot's last stream. No await between
+                    # the check and the removal: a new stream either came before (not
+                    # empty) or finds no reader and starts one.
+                    if self._readers.get(reader.slot) is reader:
+                        del self._readers[reader.slot]
+                    return
                 try:
                     if client is None:
-                        client = self._single().client()
-                        self._read_id = int(await client.client_id())
-                        await self._retire(stale_id)
-                        stale_id = None
-                        for s in self._streams.values():
+                        client = await self._connect_reader(reader)
+                        await self._retire(stale, reader)
+                        stale = None
+                        for s in reader.streams.values():
                             s.recovering = True
-                    await self._read_once(client)
+                    await self._read_once(reader, client)
                     if not self.stats.redis_up:
                         self._up()
                     backoff.reset()
@@ -790,52 +1029,57 @@ class GroupWorker:
                     if isinstance(exc, ResponseError) and str(exc).startswith(
                         ("NOGROUP", "UNBLOCKED")
                     ):
-                        await self._repair()
+                        await self._repair(reader)
                         continue
                     self._down(exc)
-                    if stale_id is None and self._read_id is not None:
-                        stale_id = self._read_id
-                    self._read_id = None
+                    if stale is None and reader.read_id is not None:
+                        stale = (reader.read_id, reader.addr)
+                    reader.read_id = None
                     if client is not None:
-                        await client.aclose()
+                        await _close_reader_client(client, reader)
                         client = None
                     await self._sleep(backoff.next_s())
+            if client is not None:  # closing: acknowledge what the sink took
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._flush_acks(reader, client)
         finally:
-            self._read_id = None
+            reader.read_id = None
             if client is not None:
-                await client.aclose()
+                await _close_reader_client(client, reader)
 
-    def _single(self) -> aredis.Redis:
-        assert isinstance(self._cmd, aredis.Redis)  # refused in __init__ otherwise
-        return self._cmd
-
-    async def _retire(self, stale_id: int | None) -> None:
+    async def _retire(self, stale: tuple[int, Address | None] | None, reader: _Reader) -> None:
         """Kill our previous read connection server-side: a read still blocked there could
         take entries nobody would see until the next recovery."""
-        if stale_id is None or stale_id == self._read_id:
+        if stale is None or stale == (reader.read_id, reader.addr):
             return
+        read_id, addr = stale
         try:
-            await self._cmd.client_kill_filter(_id=str(stale_id))
-        except ResponseError as exc:
-            if "no such client" not in str(exc).lower():
-                # Refused (ACLs): wait out the old read's BLOCK instead.
-                await asyncio.sleep(self.settings.block_ms / 1000 + 0.05)
+            await self._control(addr).client_kill_filter(_id=str(read_id))
+        except REDIS_FAILURES as exc:
+            if isinstance(exc, ResponseError) and not is_retryable(exc):
+                if "no such client" not in str(exc).lower():
+                    # Refused (ACLs): wait out the old read's BLOCK instead.
+                    await asyncio.sleep(self.settings.block_ms / 1000 + 0.05)
+                return
+            if not is_retryable(exc) or addr is None or addr == reader.addr:
+                raise
+            # Cluster: the old server is unreachable, so no longer the slot's master: it
+            # hands us nothing more.
 
-    async def _read_once(self, client: aredis.Redis) -> None:
-        await self._flush_acks()
-        releasing = [u for u in self._held.values() if u.releasing]
-        if releasing:
-            await self._release_units(releasing)
-        await self._retry_due()
-        self._changed.clear()  # before looking: a change from here on ends the wait below
+    async def _read_once(self, reader: _Reader, client: aredis.Redis) -> None:
+        await self._flush_acks(reader, client)
+        await self._release_ready()
+        await self._retry_due(reader, client)
+        reader.changed.clear()  # before looking: a change from here on ends the wait below
         now = time.monotonic()
-        ready = [s for s in self._streams.values() if s.retry is None and self._valid(s.unit)]
-        retry_at = min((s.retry_at for s in self._streams.values() if s.retry), default=None)
+        streams = reader.streams.values()
+        ready = [s for s in streams if s.retry is None and self._readable(s.unit)]
+        retry_at = min((s.retry_at for s in streams if s.retry), default=None)
         if not ready:
             wait = self.settings.block_ms / 1000 if retry_at is None else retry_at - now
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, wait)):
-                    await self._changed.wait()
+                    await reader.changed.wait()
             return
         recovering = [s for s in ready if s.recovering]
         count = self.settings.count
@@ -852,22 +1096,51 @@ class GroupWorker:
             block = self.settings.block_ms
             if retry_at is not None:
                 block = max(1, min(block, int((retry_at - now) * 1000)))
-            self._reading_gen = self._gen
-            self._blocked = True
+            reader.reading_gen = reader.gen
+            reader.blocked = True
             try:
                 reply = await client.xreadgroup(
                     self._group, self._consumer, {s.key: ">" for s in ready}, count, block
                 )
             finally:
-                self._blocked = False
+                reader.blocked = False
+        if reply and self._bus.min_replicas:
+            await self._await_replicas(client)
         if reply:
-            await self._deliver(reply)
+            await self._deliver(reader, client, reply)
 
-    async def _deliver(self, reply: Any) -> None:
+    async def _await_replicas(self, client: aredis.Redis) -> None:
+        """With ``min_replicas``: hold what a read returned until that many replicas hold
+        it too. A failover can lose entries the old master took but never replicated (a
+        producer with ``min_replicas`` writes them again under new ids); a sink that got
+        them would keep events the stream no longer has. Our XREADGROUP propagated after
+        the XADDs it returned, so a replica that acknowledged it (WAIT on the reader's
+        connection) holds them. If the connection drops meanwhile, the entries stay
+        pending, and the next connection's pending read finds exactly those that survived.
+        """
+        wanted = self._bus.min_replicas
+        warned = False
+        while True:
+            try:
+                acked = await client.wait(wanted, self._bus.wait_timeout_ms)
+            except ResponseError as exc:
+                # "WAIT cannot be used with replica instances": demoted under us.
+                raise RedisConnectionError(f"cannot confirm replication: {exc}") from exc
+            if acked >= wanted:
+                return
+            if not warned:
+                warned = True
+                log.warning(
+                    "%d of %d replicas hold the entries just read; the sink waits for them",
+                    acked,
+                    wanted,
+                )
+
+    async def _deliver(self, reader: _Reader, client: aredis.Redis, reply: Any) -> None:
         batches: list[tuple[_Stream, list[Entry], list[bytes]]] = []
         for raw_key, entries in reply:
-            s = self._streams.get(_text(raw_key))
-            if s is None or not entries or not self._valid(s.unit):
+            s = reader.streams.get(_text(raw_key))
+            if s is None or not entries or not self._readable(s.unit):
                 # Not ours any more: left pending; the next reader of the stream claims them.
                 continue
             batch: list[Entry] = []
@@ -878,56 +1151,68 @@ class GroupWorker:
                 if isinstance(data, bytes):
                     batch.append(Entry(s.name, s.key, s.epoch, _text(raw_id), data))
             batches.append((s, batch, ids))
-        done = await asyncio.gather(*(self._put(s, batch, ids) for s, batch, ids in batches))
-        await self._flush_acks()
-        for (s, _batch, _ids), terminal in zip(batches, done, strict=True):
+        ends = await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
+        await self._flush_acks(reader, client)
+        for (s, _batch, _ids), terminal in zip(batches, ends, strict=True):
             if terminal:
                 await self._drop_if_done(s)
 
-    async def _put(self, s: _Stream, batch: list[Entry], ids: list[bytes]) -> bool:
+    async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> bool:
         """Hand one stream's batch to the sink; True if its last entry ends the session."""
+        unit = s.unit
+        unit.busy += 1  # until acknowledged: the unit is not given up meanwhile
         if batch:
             try:
                 await self._sink.put(batch)
             except Exception:
                 # The sink's failure boundary: keep the batch, retry it after a backoff.
+                unit.busy -= 1
                 self.stats.retried += 1
                 s.retry, s.retry_ids = batch, ids
                 s.retry_at = time.monotonic() + s.backoff.next_s()
                 self._sink_log(logging.ERROR, "sink failed on %s; retrying the batch", s.name)
                 log.debug("sink failure on %s", s.name, exc_info=True)
                 return False
+            except BaseException:
+                unit.busy -= 1
+                raise
             self.stats.read += len(batch)
         s.retry, s.retry_ids = None, []
         s.backoff.reset()
         self._sink_log.recovered("sink accepts entries again")
-        self._unacked.setdefault(s.key, []).extend(ids)
+        reader.unacked.setdefault(s.key, []).extend(ids)
+        reader.unacked_units.append(unit)
         return bool(s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES)
 
-    async def _retry_due(self) -> None:
+    async def _retry_due(self, reader: _Reader, client: aredis.Redis) -> None:
         now = time.monotonic()
-        due = [s for s in self._streams.values() if s.retry is not None and s.retry_at <= now]
+        due = [s for s in reader.streams.values() if s.retry is not None and s.retry_at <= now]
         for s in due:
-            if self._valid(s.unit) and s.retry is not None:
-                terminal = await self._put(s, s.retry, s.retry_ids)
-                await self._flush_acks()
+            if self._readable(s.unit) and s.retry is not None:
+                terminal = await self._put(reader, s, s.retry, s.retry_ids)
+                await self._flush_acks(reader, client)
                 if terminal:
                     await self._drop_if_done(s)
 
-    async def _flush_acks(self) -> None:
-        if not self._unacked:
+    async def _flush_acks(self, reader: _Reader, client: aredis.Redis) -> None:
+        """XACK what the sink took, on the reader's connection (its streams' server)."""
+        if not reader.unacked:
             return
-        acks = self._unacked
-        async with self._cmd.pipeline(transaction=False) as pipe:
+        acks = reader.unacked
+        async with client.pipeline(transaction=False) as pipe:
             for key, ids in acks.items():
                 pipe.xack(key, self._group, *ids)
             replies = await pipe.execute(raise_on_error=False)
         for reply in replies:
-            if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+            # NOGROUP: the stream went away, and its pending list with it. Anything else
+            # (MOVED after a slot moved, a dropped connection) fails the flush: retried.
+            if isinstance(reply, BaseException) and not str(reply).startswith("NOGROUP"):
                 raise reply
-        # NOGROUP (a ResponseError): the stream went away, and its pending list with it.
         self.stats.acked += sum(len(ids) for ids in acks.values())
-        self._unacked = {}
+        reader.unacked = {}
+        units, reader.unacked_units = reader.unacked_units, []
+        for unit in units:
+            unit.busy -= 1
 
     async def _drop_if_done(self, s: _Stream) -> None:
         """Stop tailing a session stream whose last entry ended it, once that entry is
@@ -940,24 +1225,26 @@ class GroupWorker:
             client=self._cmd,
         )
         if reply is not None and int(reply[1]) and s.gen == gen and self._streams.get(s.key) is s:
-            del self._streams[s.key]
+            self._untail(s)
             self.stats.dropped += 1
-            self.stats.tailed = len(self._streams)
-            self._bump()
 
-    async def _repair(self) -> None:
-        """After NOGROUP/UNBLOCKED: a tailed stream was deleted (expired) or lost its group.
-        Add every tailed stream again; those gone are dropped."""
-        streams = list(self._streams.values())
+    async def _repair(self, reader: _Reader) -> None:
+        """After NOGROUP/UNBLOCKED: one of the reader's streams was deleted (expired) or
+        lost its group. Add them all again; those gone are dropped."""
+        streams = list(reader.streams.values())
         for s in streams:
-            if self._streams.get(s.key) is s:
-                del self._streams[s.key]
+            self._untail(s)
         await self._add([(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None])
         singles: list[tuple[_Unit, str, str | None, str]] = [
             (s.unit, s.key, None, s.name) for s in streams if s.meta is None
         ]
         await self._add(singles, mkstream=True)
-        self._bump()
+
+
+async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:
+    await client.aclose()
+    if reader.slot is not None:
+        await client.connection_pool.disconnect()
 
 
 async def _call(script: Any, *, keys: list[str], args: list[Any], client: Any) -> Any:
