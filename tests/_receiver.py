@@ -22,8 +22,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from tests.conftest import UNIT_S
 
 HANG = -1
-# What `respond` returns: a status, or a status and extra response headers.
-Answer = int | tuple[int, dict[str, str]]
+# What `respond` returns: a status, or a status and extra response headers (and a body).
+Answer = int | tuple[int, dict[str, str]] | tuple[int, dict[str, str], bytes]
 
 
 @dataclass
@@ -71,13 +71,16 @@ class Receiver:
         if not verified:
             return web.Response(status=401, text="bad signature")
         answer = self.respond(got, n)
-        status, extra = (answer, {}) if isinstance(answer, int) else answer
+        if isinstance(answer, int):
+            answer = (answer, {})
+        status, extra = answer[0], answer[1]
+        text = answer[2] if len(answer) > 2 else (b"ok" if status < 300 else b"no")  # type: ignore[misc]
         if status == HANG:
             await asyncio.sleep(3600)
         if 200 <= status < 300:
             with self.lock:
                 self.by_id.setdefault(got.webhook_id, got)
-        return web.Response(status=status, text="ok" if status < 300 else "no", headers=extra)
+        return web.Response(status=status, body=text, headers=extra)
 
     def delivered(self) -> list[Received]:
         """Verified, accepted, one per webhook-id, in arrival order."""

@@ -21,7 +21,7 @@ from rpa_bus.cli._embedded import EmbeddedRedis
 from rpa_bus.redisio import REDIS_FAILURES, Entry, async_client, close_async
 from tests._receiver import HANG, Receiver, receiving
 from tests.conftest import UNIT_S
-from workers import Endpoint, new_secret, sign_headers
+from workers import Deliverer, Endpoint, new_secret, sign_headers
 from workers._admin import dead_letters, endpoint_status, pause, replay, resume
 from workers._outbox import (
     EndpointSender,
@@ -335,3 +335,25 @@ async def test_a_redis_outage_pauses_delivery_and_nothing_is_lost(
         await until(lambda: len(rx.delivered()) == 10, what="10 after the outage")
     assert [r.json["data"]["event"]["step"] for r in rx.delivered()] == list(range(1, 11))
     assert len(rx.requests) == 10  # nothing sent twice
+
+
+async def test_redirects_are_not_followed(
+    client: aredis.Redis, rx: Receiver, secret: str, sync: redis.Redis
+) -> None:
+    with receiving(secret, lambda r, n: (302, {"Location": rx.url})) as redirecting:
+        ep = endpoint(redirecting.url, secret)
+        await WebhookSink(client, KEYS, [ep], metrics=Metrics()).put([event("session:a", 1)])
+        async with sending(client, ep):
+            await until(lambda: sync.xlen(KEYS.dead("hook")) == 1, what="a dead letter")
+    assert len(redirecting.requests) == 1
+    assert rx.requests == []  # the redirect's target never saw it
+    assert dead_letters(sync, KEYS, "hook")[0].error == "HTTP 302 Found"
+
+
+async def test_a_huge_response_is_read_only_up_to_the_cap(secret: str) -> None:
+    with receiving(secret, lambda r, n: (200, {}, b"x" * 2_000_000)) as rx:
+        ep = endpoint(rx.url, secret)
+        async with Deliverer(ep, body_cap_bytes=1000) as deliverer:
+            result = await deliverer.post("msg_big", b"{}")
+    assert result.ok
+    assert len(result.response) <= 1000
