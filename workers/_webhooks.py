@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ class WebhookSettings:
         if sender_values["retry_initial_s"] > sender_values["retry_max_s"]:
             raise ConfigError("retry_initial_s must not exceed retry_max_s")
         values: dict[str, Any] = {
-            "claim_idle_ms": env.integer("CLAIM_IDLE_MS", 30_000, lo=100),
+            "claim_idle_ms": env.integer("CLAIM_IDLE_MS", 30_000, lo=300),
             "max_backlog": env.integer("MAX_BACKLOG", 100_000, lo=1),
             "metrics_host": env.text("METRICS_HOST", "127.0.0.1"),
             "metrics_port": env.integer("METRICS_PORT", 0, lo=0, hi=65535),
@@ -115,13 +115,20 @@ class WebhookService:
             max_backlog=settings.max_backlog,
             dead_maxlen=settings.sender.dead_maxlen,
         )
+        # A blocking outbox read must end well inside the socket timeout.
+        sender = replace(
+            settings.sender,
+            block_ms=max(
+                1, min(settings.sender.block_ms, int(settings.bus.socket_timeout_s * 500))
+            ),
+        )
         self.senders = [
             EndpointSender(
                 self._client,
                 self.keys,
                 ep,
                 holder=settings.consumer,
-                settings=settings.sender,
+                settings=sender,
                 metrics=self.metrics,
             )
             for ep in settings.endpoints
@@ -133,6 +140,7 @@ class WebhookService:
                 consumer=settings.consumer,
                 kinds=frozenset({"session", "sessions", "monitor"}),
                 claim_idle_ms=settings.claim_idle_ms,
+                block_ms=sender.block_ms,
             ),
             self.sink,
             client=self._client,

@@ -106,7 +106,7 @@ def webhooks(
     claim_idle_ms: Annotated[
         int | None,
         typer.Option(
-            min=100,
+            min=300,
             help="A dead process's streams are taken over after this "
             "[RPA_BUS_WEBHOOKS_CLAIM_IDLE_MS, 30000].",
         ),
@@ -159,7 +159,10 @@ def webhooks(
         raise _fail(f"{path} declares no endpoints (add one with `rpa-bus webhooks add`)")
 
     async def serve() -> None:
-        service = WebhookService(settings)
+        try:
+            service = WebhookService(settings)
+        except ValueError as exc:  # settings the group loop refuses (e.g. block vs timeout)
+            raise ConfigError(str(exc)) from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.close)
