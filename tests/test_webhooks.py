@@ -21,6 +21,7 @@ import redis
 
 from producer import Producer
 from rpa_bus import ConfigError, Settings
+from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._receiver import HANG, Receiver, receiving
 from tests.conftest import UNIT_S
 from workers import Endpoint, WebhookKeys, load_endpoints, new_secret, write_endpoints
@@ -311,3 +312,26 @@ def test_operator_commands_and_status(
         assert test.returncode == 0, test.stderr
         assert "hook: HTTP 200" in test.stdout
     assert secret not in cli("webhooks", "list").stdout
+
+
+async def test_started_while_redis_is_down_it_delivers_once_redis_is_up(
+    redis_server: EmbeddedRedis, redis_url: str, bus: Producer, secret: str
+) -> None:
+    await asyncio.to_thread(redis_server.stop)
+    with receiving(secret) as rx:
+        settings = WebhookSettings(
+            bus=Settings(redis_url=redis_url), endpoints=(hook(rx.url, secret),)
+        )
+        async with WebhookService(settings) as service:
+            runner = asyncio.create_task(service.run())
+            await asyncio.sleep(1.0)
+            assert not runner.done()
+            await asyncio.to_thread(redis_server.start)
+            with bus.session("late", total=1) as job:
+                job.progress(1)
+            assert await asyncio.to_thread(bus.flush, 10)
+            await _until(lambda: len(rx.delivered()) == 3, "3 events after Redis came up")
+            service.close()
+            await asyncio.wait_for(runner, 20 * UNIT_S)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.smembers(KEYS.endpoints) == {b"hook"}

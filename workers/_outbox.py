@@ -426,8 +426,12 @@ class EndpointSender:
         """Compete for the lease and deliver while holding it, until ``close()``."""
         backoff = Backoff(initial_s=0.2, max_s=5.0)
         try:
+            registered = False
             while not self._closed.is_set():
                 try:
+                    if not registered:  # so `rpa-bus status` lists this endpoint
+                        await self._client.sadd(self._keys.endpoints, self._name)
+                        registered = True
                     if await self._lease(keys=[self._keys.lease(self._name)],
                                          args=[self._holder, self._settings.lease_ms]):  # fmt: skip
                         await self._hold()

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from rpa_bus import ConfigError, EnvReader, Settings
 from rpa_bus.redisio import (
+    REDIS_FAILURES,
     AsyncClient,
     GroupSettings,
     GroupWorker,
@@ -28,6 +29,7 @@ from rpa_bus.redisio import (
     cancel_and_wait,
     check_config_async,
     close_async,
+    is_retryable,
 )
 from workers._endpoints import Endpoint, load_endpoints
 from workers._outbox import EndpointSender, Metrics, SenderSettings, WebhookKeys, WebhookSink
@@ -161,11 +163,15 @@ class WebhookService:
         await self.wait_closed()
 
     async def start(self) -> None:
-        """Check the deployment's P:config, register the endpoints, start /metrics."""
-        await check_config_async(self._client, self.settings.bus.keys)
-        names = [ep.name for ep in self.settings.endpoints]
-        if names:
-            await self._client.sadd(self.keys.endpoints, *names)
+        """Check the deployment's P:config (if Redis answers), start /metrics."""
+        try:
+            await check_config_async(self._client, self.settings.bus.keys)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
+            # As the relay: start anyway; the group loop and the senders retry until Redis
+            # is back (the group loop runs the same P:config check when it connects).
+            log.warning("Redis unavailable at start (%s); retrying in the background", exc)
         if self.settings.metrics_port:
             await self._serve_metrics()
 
