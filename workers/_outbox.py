@@ -461,6 +461,7 @@ class EndpointSender:
 
     async def _hold(self) -> None:
         """Deliver until the lease is lost (raises), Redis fails (raises) or close()."""
+        await self._refresh_pause()  # a paused endpoint sends nothing, not even at first
         self.holding = True
         log.info("endpoint %s: delivering (this process holds its lease)", self._name)
         keeper = asyncio.create_task(self._keep_lease(), name=f"lease:{self._name}")
