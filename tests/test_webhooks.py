@@ -335,3 +335,39 @@ async def test_started_while_redis_is_down_it_delivers_once_redis_is_up(
             await asyncio.wait_for(runner, 20 * UNIT_S)
     with redis.Redis.from_url(redis_url) as client:
         assert client.smembers(KEYS.endpoints) == {b"hook"}
+
+
+async def test_the_endpoints_file_is_reloaded_when_it_changes(
+    redis_url: str, bus: Producer, secret: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "webhooks.toml"
+    with receiving(secret) as one, receiving(secret) as two:
+        write_endpoints(config, [hook(one.url, secret, "one")])
+        settings = WebhookSettings.from_env(
+            bus=Settings(redis_url=redis_url), path=config, environ={}, reload_s=0.1
+        )
+        async with WebhookService(settings) as service:
+            runner = asyncio.create_task(service.run())
+
+            def holders() -> list[str]:
+                return sorted(s.endpoint.name for s in service.senders if s.holding)
+
+            await _until(lambda: holders() == ["one"], "one delivering")
+            write_endpoints(config, [hook(one.url, secret, "one"), hook(two.url, secret, "two")])
+            await _until(lambda: holders() == ["one", "two"], "two added")
+            with bus.session("a", total=1) as job:
+                job.progress(1)
+            assert await asyncio.to_thread(bus.flush, 10)
+            await _until(lambda: len(one.delivered()) == len(two.delivered()) == 3, "a at both")
+            config.write_text("[endpoints.broken\n")  # a bad edit is ignored
+            await asyncio.sleep(0.5)
+            assert holders() == ["one", "two"]
+            write_endpoints(config, [hook(two.url, secret, "two")])
+            await _until(lambda: holders() == ["two"], "one removed")
+            with bus.session("b", total=1) as job:
+                job.progress(1)
+            assert await asyncio.to_thread(bus.flush, 10)
+            await _until(lambda: len(two.delivered()) == 6, "b at two")
+            service.close()
+            await asyncio.wait_for(runner, 20 * UNIT_S)
+    assert len(one.delivered()) == 3  # nothing of b

@@ -285,6 +285,10 @@ class WebhookSink:
         self._dead_maxlen = dead_maxlen
         self._enqueue = client.register_script(ENQUEUE_LUA)
 
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """Queue for ``endpoints`` from the next batch on (the endpoints file changed)."""
+        self._endpoints = list(endpoints)
+
     async def put(self, entries: Sequence[Entry]) -> None:
         """Queue ``entries`` (one stream, in id order) for every endpoint that wants them.
         Returns once every outbox holds them; raises (Redis) to have the batch retried."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class WebhookSettings:
     max_backlog: int = 100_000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no metrics server
+    # The endpoints file, watched every ``reload_s`` seconds (0: never) for changes.
+    config_path: Path | None = None
+    reload_s: float = 5.0
 
     def __post_init__(self) -> None:
         names = [ep.name for ep in self.endpoints]
@@ -89,14 +93,25 @@ class WebhookSettings:
             "max_backlog": env.integer("MAX_BACKLOG", 100_000, lo=1),
             "metrics_host": env.text("METRICS_HOST", "127.0.0.1"),
             "metrics_port": env.integer("METRICS_PORT", 0, lo=0, hi=65535),
+            "reload_s": env.number("RELOAD_S", 5.0, lo=0.0, hi=3600.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(
             bus=bus,
             endpoints=tuple(load_endpoints(path)),
+            config_path=path,
             sender=SenderSettings(**sender_values),
             **values,
         )
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """What tells a changed file: modification time and size (None: unreadable)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 class WebhookService:
@@ -124,17 +139,10 @@ class WebhookService:
                 1, min(settings.sender.block_ms, int(settings.bus.socket_timeout_s * 500))
             ),
         )
-        self.senders = [
-            EndpointSender(
-                self._client,
-                self.keys,
-                ep,
-                holder=settings.consumer,
-                settings=sender,
-                metrics=self.metrics,
-            )
-            for ep in settings.endpoints
-        ]
+        self._sender_settings = sender
+        self.senders = [self._new_sender(ep) for ep in settings.endpoints]
+        self._sender_tasks: dict[EndpointSender, asyncio.Task[None]] = {}
+        self._failure: BaseException | None = None
         self.group = GroupWorker(
             settings.bus,
             GroupSettings(
@@ -153,6 +161,16 @@ class WebhookService:
         self.metrics_port: int | None = None
         self._running = False
         self._shut = False
+
+    def _new_sender(self, endpoint: Endpoint) -> EndpointSender:
+        return EndpointSender(
+            self._client,
+            self.keys,
+            endpoint,
+            holder=self.settings.consumer,
+            settings=self._sender_settings,
+            metrics=self.metrics,
+        )
 
     async def __aenter__(self) -> WebhookService:
         await self.start()
@@ -206,27 +224,87 @@ class WebhookService:
     async def run(self) -> None:
         """Read the streams and deliver until ``close()``."""
         self._running = True
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self.group.run(), name="webhooks:group"),
-            *(
-                asyncio.create_task(s.run(), name=f"webhooks:{s.endpoint.name}")
-                for s in self.senders
-            ),
-        ]
+        for sender in self.senders:
+            self._start_sender(sender)
+        group = asyncio.create_task(self.group.run(), name="webhooks:group")
+        watcher = asyncio.create_task(self._watch(), name="webhooks:watch")
         closed = asyncio.create_task(self._closed.wait(), name="webhooks:closed")
         try:
-            done, _ = await asyncio.wait([*tasks, closed], return_when="FIRST_COMPLETED")
-            for task in tasks:
+            done, _ = await asyncio.wait([group, watcher, closed], return_when="FIRST_COMPLETED")
+            for task in (group, watcher):
                 if task in done:
                     task.result()  # a part that stopped on its own: raise why
+            if self._failure is not None:
+                raise self._failure
         finally:
             self.group.close()
             for sender in self.senders:
                 sender.close()
             # Senders release their leases on the way out; give them a moment to do it.
+            tasks = [group, *self._sender_tasks.values()]
             _, pending = await asyncio.wait(tasks, timeout=5.0)
-            await cancel_and_wait([*pending, closed])
+            await cancel_and_wait([*pending, watcher, closed])
             await self._shutdown()
+
+    def _start_sender(self, sender: EndpointSender) -> None:
+        async def guarded() -> None:
+            try:
+                await sender.run()
+            except Exception as exc:  # a permanent failure (e.g. a refused script): stop all
+                self._failure = exc
+                self._closed.set()
+                raise
+
+        task = asyncio.create_task(guarded(), name=f"webhooks:{sender.endpoint.name}")
+        self._sender_tasks[sender] = task
+
+    async def _watch(self) -> None:
+        """Reload the endpoints file when it changes; a bad file is logged and ignored."""
+        path, every_s = self.settings.config_path, self.settings.reload_s
+        if path is None or every_s <= 0:
+            await self._closed.wait()
+            return
+        seen = _signature(path)
+        while True:
+            await asyncio.sleep(every_s)
+            now = _signature(path)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                endpoints = await asyncio.to_thread(load_endpoints, path)
+            except ConfigError as exc:
+                log.error("webhooks: %s changed but is not used: %s", path, exc)
+                continue
+            await self.apply(endpoints)
+
+    async def apply(self, endpoints: Sequence[Endpoint]) -> None:
+        """Serve ``endpoints`` from now on: new ones start, removed ones stop (their outbox
+        stays in Redis), changed ones restart with the new settings."""
+        wanted = {ep.name: ep for ep in endpoints}
+        if len(wanted) != len(endpoints):
+            raise ConfigError("endpoint names must be unique")
+        keep = [s for s in self.senders if wanted.get(s.endpoint.name) == s.endpoint]
+        stop = [s for s in self.senders if s not in keep]
+        kept_names = {s.endpoint.name for s in keep}
+        start = [self._new_sender(ep) for ep in endpoints if ep.name not in kept_names]
+        self.sink.set_endpoints(endpoints)
+        for sender in stop:
+            sender.close()
+        stopping = [self._sender_tasks.pop(s) for s in stop if s in self._sender_tasks]
+        if stopping:
+            _, pending = await asyncio.wait(stopping, timeout=10.0)
+            await cancel_and_wait(pending)
+        self.senders = [*keep, *start]
+        if self._running:
+            for sender in start:
+                self._start_sender(sender)
+        if stop or start:
+            log.info(
+                "webhooks: endpoints now %s (started %s, stopped %s)",
+                sorted(wanted), sorted(s.endpoint.name for s in start),
+                sorted(s.endpoint.name for s in stop),
+            )  # fmt: skip
 
     async def _shutdown(self) -> None:
         if self._shut:

@@ -2,9 +2,9 @@
 
 Endpoints live in one TOML file: ``--config``, else ``RPA_BUS_WEBHOOKS_FILE``, else
 ``$XDG_CONFIG_HOME/rpa-bus/webhooks.toml``. ``add`` and ``remove`` rewrite that file
-(atomically, mode 0600); every webhooks process reads it at start-up, so restart them
-after a change. ``pause``, ``resume`` and ``replay`` act on Redis and take effect in the
-running processes at once.
+(atomically, mode 0600); every webhooks process reads it at start-up and again when it
+changes (``RPA_BUS_WEBHOOKS_RELOAD_S``). ``pause``, ``resume`` and ``replay`` act on Redis
+and take effect in the running processes at once.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def add(
     replace: Annotated[bool, typer.Option(help="Replace an endpoint of that name.")] = False,
     config: ConfigPath = None,
 ) -> None:
-    """Add an endpoint to the endpoints file (restart the webhooks processes to use it)."""
+    """Add an endpoint to the endpoints file (running webhooks processes pick it up)."""
     from workers import Endpoint, add_endpoint, new_secret
 
     path = config_path(config)
