@@ -318,14 +318,15 @@ async def test_a_tampered_body_is_rejected_by_the_receiver(rx: Receiver, secret:
 
 
 async def test_a_redis_outage_pauses_delivery_and_nothing_is_lost(
-    redis_server: EmbeddedRedis, client: aredis.Redis, rx: Receiver, secret: str
-) -> None:
+    redis_server: EmbeddedRedis, client: aredis.Redis, rx: Receiver, secret: str,
+    sync: redis.Redis,
+) -> None:  # fmt: skip
     ep = endpoint(rx.url, secret)
     sink = WebhookSink(client, KEYS, [ep], metrics=Metrics())
-    async with sending(client, ep) as sender:
+    async with sending(client, ep):
         await sink.put([event("session:a", n) for n in range(1, 6)])
         await until(lambda: len(rx.delivered()) == 5, what="5 before the outage")
-        await until(lambda: not sender._done_ids, what="their XDEL")
+        await until(lambda: sync.xlen(KEYS.outbox("hook")) == 0, what="their XDEL")
         await asyncio.to_thread(redis_server.stop)
         with pytest.raises(REDIS_FAILURES):
             await sink.put([event("session:a", 6)])
