@@ -212,15 +212,15 @@ async def test_a_dead_endpoint_does_not_delay_another(
     client: aredis.Redis, secret: str, rx: Receiver
 ) -> None:
     with receiving(secret, lambda r, n: HANG) as stuck:
-        slow = endpoint(stuck.url, secret, name="slow", timeout_s=5)
+        slow = endpoint(stuck.url, secret, name="slow", timeout_s=60)
         fast = endpoint(rx.url, secret, name="fast")
         sink = WebhookSink(client, KEYS, [slow, fast], metrics=Metrics())
-        started = time.monotonic()
         async with sending(client, slow), sending(client, fast):
             await sink.put([event("session:a", n) for n in range(1, 21)])
             await until(lambda: len(rx.delivered()) == 20, what="the fast endpoint's 20")
-        assert time.monotonic() - started < 4
-        assert len(stuck.requests) == 1  # one stream: its order holds behind the first
+            # All 20 arrived while the slow endpoint's first request still hangs (its
+            # timeout is 60 s): the slow one delays nobody but itself.
+            assert len(stuck.requests) == 1  # one stream: its order holds behind the first
 
 
 async def test_pause_and_resume(
