@@ -88,6 +88,25 @@ async def wait_until(check: Callable[[], bool], timeout_s: float = 10.0, what: s
         await asyncio.sleep(0.02)
 
 
+async def wait_split(
+    workers: Sequence[GroupWorker], units: int, timeout_s: float = 10.0, ticks: int = 3
+) -> None:
+    """Wait until the workers hold all ``units`` between them, each some, with no unit
+    still to be given up (the split the rendezvous hash asks for, not a passing state)."""
+
+    def split() -> bool:
+        return sum(w.stats.owned for w in workers) == units and all(
+            w.stats.owned > 0 and not w.stats.releasing for w in workers
+        )
+
+    await wait_until(split, timeout_s=timeout_s, what="units split")
+    settle = time.monotonic() + ticks * max(w.settings.claim_idle_ms for w in workers) / 3000
+    while time.monotonic() < settle:  # stable for a few ticks
+        await asyncio.sleep(0.05)
+        if not split():
+            await wait_until(split, timeout_s=timeout_s, what="units split again")
+
+
 async def truth(r: aredis.Redis, keys: Keys) -> dict[str, list[str]]:
     """Every session stream and the index in Redis: stream name -> ids."""
     found: dict[str, list[str]] = {}
@@ -229,14 +248,7 @@ async def test_two_workers_split_the_streams_and_keep_per_stream_order(
     second = GroupWorker(bus(redis_url, tmp_path), group("two"), two)
     async with first, second:
         # Both hold units once they have seen each other.
-        await wait_until(
-            lambda: (
-                first.stats.owned > 0
-                and second.stats.owned > 0
-                and first.stats.owned + second.stats.owned == BUCKETS + 1
-            ),
-            what="units split",
-        )
+        await wait_split([first, second], BUCKETS + 1)
         write_sessions(producer, "b", 24, 3, finish=True)
         assert await producer.flush()
         expected = await truth(r, keys)
@@ -376,14 +388,7 @@ async def test_close_hands_the_units_over_without_waiting_for_expiry(
     first = GroupWorker(bus(redis_url, tmp_path), group("one", **slow), one)
     async with GroupWorker(bus(redis_url, tmp_path), group("two", **slow), two) as second:
         async with first:
-            await wait_until(
-                lambda: (
-                    first.stats.owned + second.stats.owned == BUCKETS + 1
-                    and first.stats.owned > 0
-                    and second.stats.owned > 0
-                ),
-                what="units split",
-            )
+            await wait_split([first, second], BUCKETS + 1, ticks=0)
             write_sessions(producer, "c", 8, 2, finish=False)
             assert await producer.flush()
             await wait_until(lambda: len(ledger) == 8 * 3 + 8, what="first wave")
@@ -623,3 +628,21 @@ async def test_min_replicas_holds_entries_until_a_replica_has_them(
         finally:
             replica.kill()
         assert sink.problems == []
+
+
+async def test_lag_counts_pending_and_undelivered_entries_per_stream(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    sink = Sink()
+    sink.gate = asyncio.Event()  # the sink holds the first batch
+    settings = group("w1", kinds=frozenset({"session"}), count=2)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+        write_sessions(producer, "lag", 1, 4, finish=False)  # 5 entries
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.attempts) == 1, what="a batch in the sink")
+        # 2 delivered and pending (in the sink), 3 not delivered yet.
+        assert await worker.lag() == {"session:lag-0": 5}
+        sink.gate.set()
+        await wait_until(lambda: sink.count() == 5)
+        await wait_until(lambda: worker.stats.acked == 5)
+        assert await worker.lag() == {"session:lag-0": 0}

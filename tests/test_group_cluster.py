@@ -12,13 +12,14 @@ from typing import Any, cast
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from producer import AsyncProducer
 from rpa_bus import Keys, Settings
 from rpa_bus.redisio import GroupWorker
 from tests._cluster import LocalCluster
 from tests.conftest import UNIT_S
-from tests.test_group import Sink, group, wait_until
+from tests.test_group import Sink, group, wait_split, wait_until
 
 BUCKETS = 16
 
@@ -71,15 +72,7 @@ async def test_two_workers_on_a_cluster_split_and_deliver_each_entry_once_in_ord
     first = GroupWorker(settings, group("c-one", claim_idle_ms=3000), one)
     second = GroupWorker(settings, group("c-two", claim_idle_ms=3000), two)
     async with first, second:
-        await wait_until(
-            lambda: (
-                first.stats.owned + second.stats.owned == BUCKETS + 1
-                and first.stats.owned > 0
-                and second.stats.owned > 0
-            ),
-            timeout_s=15,
-            what="units split",
-        )
+        await wait_split([first, second], BUCKETS + 1, timeout_s=15)
         after = run_sessions(producer, "post", 24, 3)
         assert await producer.flush()
         want = await asyncio.to_thread(expected, rc, keys, before + after)
@@ -96,6 +89,37 @@ async def test_two_workers_on_a_cluster_split_and_deliver_each_entry_once_in_ord
         # Finished sessions are left: only the index stays tailed (by one of them).
         await wait_until(lambda: first.stats.tailed + second.stats.tailed == 1, what="drops")
         assert {**await first.lag(), **await second.lag()} == {"sessions": 0}
+
+
+async def test_a_bucket_slot_moving_to_another_master_is_followed(
+    cluster: LocalCluster, rc: redis.RedisCluster, producer: AsyncProducer, tmp_path: Path
+) -> None:
+    keys = bus(cluster, tmp_path).keys
+    sink = Sink()
+    settings = bus(cluster, tmp_path)
+    kinds = frozenset({"session"})
+    async with GroupWorker(settings, group("c-move", kinds=kinds), sink) as worker:
+        sid = "mover"
+        first = producer.session(sid)
+        first.start()
+        first.log("before the move")
+        assert await producer.flush()
+        await wait_until(lambda: len(sink.got.get(f"session:{sid}", [])) == 2, what="before")
+        slot = key_slot(keys.session(sid).encode())
+        source = cluster.master_of_slot(slot)
+        target = next(p for p in cluster.masters() if p != source)
+        moved = await asyncio.to_thread(cluster.migrate_slot, slot, target)
+        assert moved >= 2  # the stream, its meta hash (and the bucket's lease)
+        first.log("after the move")
+        first.finish()
+        assert await producer.flush()
+        want = await asyncio.to_thread(ids, rc, keys.session(sid))
+        await wait_until(
+            lambda: sink.got.get(f"session:{sid}") == want,
+            timeout_s=15,
+            what=f"after the move: {worker.stats}",
+        )
+        assert sink.problems == []
 
 
 async def test_a_killed_master_is_ridden_out_without_losing_entries(

@@ -37,6 +37,7 @@ from rpa_bus.redisio import (
         rx.ReadOnlyError("READONLY You can't write against a read only replica."),
         rx.ClusterDownError("CLUSTERDOWN The cluster is down"),
         rx.RedisClusterException("no node answered"),
+        rx.ClusterError("TTL exhausted."),
     ],
 )
 def test_transient_failures_are_retryable(exc: BaseException) -> None:

@@ -246,6 +246,7 @@ class GroupStats:
     claimed: int = 0  # pending entries taken on when a stream was added
     retried: int = 0  # batches given to the sink again after it raised
     owned: int = 0  # units (buckets, index, monitor hosts) leased now
+    releasing: int = 0  # of those, units another member wants (given up when idle)
     tailed: int = 0  # streams read now
     dropped: int = 0  # session streams finished and left
     lost: int = 0  # leases lost (not renewed in time, or taken)
@@ -291,6 +292,7 @@ class _Reader:
         self.streams: dict[str, _Stream] = {}
         self.unacked: dict[str, list[bytes]] = {}  # acknowledged by the next flush
         self.unacked_units: list[_Unit] = []  # one per batch in ``unacked`` (busy counts)
+        self.ending: dict[str, _Stream] = {}  # streams whose session just ended
         self.gen = 0  # bumped when ``streams`` changes
         self.reading_gen = -1  # the generation the blocked read was built from
         self.blocked = False
@@ -659,13 +661,17 @@ class GroupWorker:
             log.info(
                 "%s took %d units: %s", self._consumer, len(taken), _summary(u.name for u in taken)
             )
+        self._count_units()
         await self._release_ready()
         # Discovery runs in its own task: a long SCAN must not hold up the renewals.
         self._to_scan.update((u.name, u) for u in taken)
         missing = any(u.key is not None and u.key not in self._streams for u in held)
         if taken or missing or self._rescan:
             self._discover_event.set()
+
+    def _count_units(self) -> None:
         self.stats.owned = len(self._held)
+        self.stats.releasing = sum(1 for u in self._held.values() if u.releasing)
 
     def _expire_lapsed(self) -> None:
         now = time.monotonic()
@@ -680,7 +686,7 @@ class GroupWorker:
             return
         del self._held[unit.name]
         self.stats.lost += 1
-        self.stats.owned = len(self._held)
+        self._count_units()
         log.warning("%s lost the lease of %s: %s", self._consumer, unit.name, why)
         self._forget(unit)
 
@@ -718,7 +724,7 @@ class GroupWorker:
         for u in units:
             if self._held.get(u.name) is u:
                 del self._held[u.name]
-        self.stats.owned = len(self._held)
+        self._count_units()
         names = _summary(u.name for u in units)
         log.info("%s gave up %d units: %s", self._consumer, len(units), names)
 
@@ -787,7 +793,7 @@ class GroupWorker:
 
     async def _add(
         self,
-        items: list[tuple[_Unit, str, str | None, str]],
+        items: Sequence[tuple[_Unit, str, str | None, str]],
         *,
         mkstream: bool = False,
         started: bool = False,
@@ -1005,6 +1011,8 @@ class GroupWorker:
         backoff = Backoff(max_s=min(2.0, self._tick_s))
         client: aredis.Redis | None = None
         stale: tuple[int, Address | None] | None = None
+        repair = False
+        repairs = 0  # repairs since the last read that succeeded
         try:
             while not self._closing:
                 if reader.slot is not None and not reader.streams and not reader.unacked:
@@ -1021,7 +1029,13 @@ class GroupWorker:
                         stale = None
                         for s in reader.streams.values():
                             s.recovering = True
+                    if repair:
+                        # Here, not in the except clause: a failure while repairing must
+                        # reach the handler below like any other.
+                        await self._repair(reader)
+                        repair = False
                     await self._read_once(reader, client)
+                    repairs = 0
                     if not self.stats.redis_up:
                         self._up()
                     backoff.reset()
@@ -1029,7 +1043,10 @@ class GroupWorker:
                     if isinstance(exc, ResponseError) and str(exc).startswith(
                         ("NOGROUP", "UNBLOCKED")
                     ):
-                        await self._repair(reader)
+                        repair = True
+                        repairs += 1
+                        if repairs > 1:  # again at once: do not hammer Redis
+                            await self._sleep(backoff.next_s())
                         continue
                     self._down(exc)
                     if stale is None and reader.read_id is not None:
@@ -1068,6 +1085,7 @@ class GroupWorker:
 
     async def _read_once(self, reader: _Reader, client: aredis.Redis) -> None:
         await self._flush_acks(reader, client)
+        await self._drop_ended(reader)
         await self._release_ready()
         await self._retry_due(reader, client)
         reader.changed.clear()  # before looking: a change from here on ends the wait below
@@ -1151,14 +1169,13 @@ class GroupWorker:
                 if isinstance(data, bytes):
                     batch.append(Entry(s.name, s.key, s.epoch, _text(raw_id), data))
             batches.append((s, batch, ids))
-        ends = await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
+        await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
         await self._flush_acks(reader, client)
-        for (s, _batch, _ids), terminal in zip(batches, ends, strict=True):
-            if terminal:
-                await self._drop_if_done(s)
+        await self._drop_ended(reader)
 
-    async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> bool:
-        """Hand one stream's batch to the sink; True if its last entry ends the session."""
+    async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> None:
+        """Hand one stream's batch to the sink; note the stream if the batch ended its
+        session (it may be dropped once acknowledged)."""
         unit = s.unit
         unit.busy += 1  # until acknowledged: the unit is not given up meanwhile
         if batch:
@@ -1172,7 +1189,7 @@ class GroupWorker:
                 s.retry_at = time.monotonic() + s.backoff.next_s()
                 self._sink_log(logging.ERROR, "sink failed on %s; retrying the batch", s.name)
                 log.debug("sink failure on %s", s.name, exc_info=True)
-                return False
+                return
             except BaseException:
                 unit.busy -= 1
                 raise
@@ -1182,17 +1199,17 @@ class GroupWorker:
         self._sink_log.recovered("sink accepts entries again")
         reader.unacked.setdefault(s.key, []).extend(ids)
         reader.unacked_units.append(unit)
-        return bool(s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES)
+        if s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES:
+            reader.ending[s.key] = s
 
     async def _retry_due(self, reader: _Reader, client: aredis.Redis) -> None:
         now = time.monotonic()
         due = [s for s in reader.streams.values() if s.retry is not None and s.retry_at <= now]
         for s in due:
             if self._readable(s.unit) and s.retry is not None:
-                terminal = await self._put(reader, s, s.retry, s.retry_ids)
+                await self._put(reader, s, s.retry, s.retry_ids)
                 await self._flush_acks(reader, client)
-                if terminal:
-                    await self._drop_if_done(s)
+                await self._drop_ended(reader)
 
     async def _flush_acks(self, reader: _Reader, client: aredis.Redis) -> None:
         """XACK what the sink took, on the reader's connection (its streams' server)."""
@@ -1214,6 +1231,17 @@ class GroupWorker:
         for unit in units:
             unit.busy -= 1
 
+    async def _drop_ended(self, reader: _Reader) -> None:
+        """Check the streams whose session ended, once their acks are flushed (a check
+        that fails is made again after the next flush)."""
+        if reader.unacked:
+            return
+        for key, s in list(reader.ending.items()):
+            # Only while we hold its unit: the check claims the stream's pending entries.
+            if self._streams.get(key) is s and self._readable(s.unit):
+                await self._drop_if_done(s)
+            reader.ending.pop(key, None)
+
     async def _drop_if_done(self, s: _Stream) -> None:
         """Stop tailing a session stream whose last entry ended it, once that entry is
         acknowledged and nothing followed it (a restart shows up in the index: ``gen``)."""
@@ -1230,15 +1258,17 @@ class GroupWorker:
 
     async def _repair(self, reader: _Reader) -> None:
         """After NOGROUP/UNBLOCKED: one of the reader's streams was deleted (expired) or
-        lost its group. Add them all again; those gone are dropped."""
+        lost its group. Create the group again where it is gone (at 0) and re-read each
+        stream's epoch; streams that no longer exist are dropped."""
         streams = list(reader.streams.values())
-        for s in streams:
-            self._untail(s)
-        await self._add([(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None])
-        singles: list[tuple[_Unit, str, str | None, str]] = [
-            (s.unit, s.key, None, s.name) for s in streams if s.meta is None
-        ]
+        sessions = [(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is not None]
+        missing = {key for _u, key, _m, _n in await self._add(sessions, started=True)}
+        singles = [(s.unit, s.key, s.meta, s.name) for s in streams if s.meta is None]
         await self._add(singles, mkstream=True)
+        for s in streams:
+            s.recovering = True
+            if s.key in missing:
+                self._untail(s)
 
 
 async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:

@@ -34,7 +34,8 @@ _TRANSIENT_REPLIES = frozenset(
 # clients (RedisCluster follows them itself), TRYAGAIN comes with a slot migration,
 # CLUSTERDOWN/MASTERDOWN with a failover, and SlotNotCoveredError while a slot has no
 # master yet. ``RedisClusterException`` itself is what redis-py raises when no node answers
-# its slot-map refresh.
+# its slot-map refresh; ``ClusterError`` ("TTL exhausted") when a command met redirections
+# or errors more times than it retries inside one call, as during a slot migration.
 RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ConnectionError,
     rx.TimeoutError,
@@ -46,6 +47,7 @@ RETRYABLE_TYPES: tuple[type[BaseException], ...] = (
     rx.ClusterDownError,
     rx.MasterDownError,
     rx.SlotNotCoveredError,
+    rx.ClusterError,
     ConnectionError,  # the builtin, an OSError
     TimeoutError,  # the builtin
     OSError,
