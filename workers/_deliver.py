@@ -16,7 +16,6 @@ request starts, since aiohttp does not ask a resolver about literals.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import time
@@ -221,8 +220,3 @@ class Deliverer:
             retry_after_s=None,
             elapsed_s=time.monotonic() - started,
         )
-
-
-async def sleep_s(delay_s: float) -> None:
-    if delay_s > 0:
-        await asyncio.sleep(delay_s)

@@ -28,7 +28,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -294,7 +294,3 @@ def remove_endpoint(path: Path, name: str) -> None:
     if not any(ep.name == name for ep in current):
         raise ConfigError(f"no endpoint {name!r} in {path}")
     write_endpoints(path, [ep for ep in current if ep.name != name])
-
-
-def with_changes(endpoint: Endpoint, **changes: Any) -> Endpoint:
-    return replace(endpoint, **changes)

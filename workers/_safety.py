@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -114,7 +113,3 @@ class CheckingResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def describe(answers: list[dict[str, Any]]) -> str:
-    return ", ".join(str(a.get("host")) for a in answers)
