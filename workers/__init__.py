@@ -7,10 +7,21 @@ over by the others. The loop they share lives in ``rpa_bus.redisio`` (``GroupWor
 
 The archive store (``open_store``) keeps every event in SQLite or PostgreSQL; its read
 API (``Store.events``, ``Store.sessions``) serves history past Redis's retention.
+The webhook sender: ``WebhookService`` (the process), ``Endpoint`` and the endpoints-file
+helpers, ``Deliverer`` (one signed POST), and the Redis-side operator actions.
 """
 
 from __future__ import annotations
 
+from workers._admin import (
+    DeadLetter,
+    EndpointStatus,
+    dead_letters,
+    endpoint_status,
+    pause,
+    replay,
+    resume,
+)
 from workers._archive import (
     EXPIRE_LUA,
     TRIM_CAP,
@@ -20,6 +31,18 @@ from workers._archive import (
     ArchiverStats,
     ArchiveSink,
 )
+from workers._deliver import Attempt, Deliverer, sign_headers
+from workers._endpoints import (
+    Endpoint,
+    add_endpoint,
+    load_endpoints,
+    new_secret,
+    parse_endpoints,
+    remove_endpoint,
+    write_endpoints,
+)
+from workers._outbox import SenderSettings, WebhookKeys, webhook_id
+from workers._safety import AddressRefused, refusal
 from workers._store import (
     MAX_PAGE,
     SCHEMA_VERSION,
@@ -39,6 +62,7 @@ from workers._store import (
     parse_archive_url,
     redact_url,
 )
+from workers._webhooks import WebhookService, WebhookSettings
 
 __all__ = [
     "EXPIRE_LUA",
@@ -46,6 +70,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRIM_CAP",
     "TRIM_LUA",
+    "AddressRefused",
     "ArchiveError",
     "ArchiveSink",
     "ArchiveUnavailable",
@@ -54,15 +79,38 @@ __all__ = [
     "Archiver",
     "ArchiverSettings",
     "ArchiverStats",
+    "Attempt",
+    "DeadLetter",
+    "Deliverer",
+    "Endpoint",
+    "EndpointStatus",
     "EventPage",
     "PostgresStore",
     "Record",
     "Row",
     "SchemaTooNew",
+    "SenderSettings",
     "SessionPage",
     "SqliteStore",
     "Store",
+    "WebhookKeys",
+    "WebhookService",
+    "WebhookSettings",
+    "add_endpoint",
+    "dead_letters",
+    "endpoint_status",
+    "load_endpoints",
+    "new_secret",
     "open_store",
     "parse_archive_url",
+    "parse_endpoints",
+    "pause",
     "redact_url",
+    "refusal",
+    "remove_endpoint",
+    "replay",
+    "resume",
+    "sign_headers",
+    "webhook_id",
+    "write_endpoints",
 ]

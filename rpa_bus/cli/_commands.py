@@ -11,6 +11,7 @@ _MODULES = (
     "rpa_bus.cli._monitor",  # monitor (monitor)
     "rpa_bus.cli._up",  # up, demo, status, sessions (newcomer and operator)
     "rpa_bus.cli._archiver",  # archiver, archiver prune (workers)
+    "rpa_bus.cli._webhooks",  # webhooks and its subcommands (workers)
 )
 
 

@@ -274,3 +274,11 @@ def archive_lag(client: SyncClient, keys: Keys, *, max_streams: int = 10_000) ->
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def list_webhooks(client: SyncClient, prefix: str) -> list[dict[str, Any]]:
+    """Webhook endpoints the running senders registered: backlog (jobs in the outbox),
+    dead letters, paused, whether a process delivers, last error and when (for `status`)."""
+    from workers import WebhookKeys, endpoint_status
+
+    return [row.as_dict() for row in endpoint_status(client, WebhookKeys(prefix))]

@@ -39,6 +39,7 @@ from rpa_bus.cli._ops import (
     format_table,
     list_monitors,
     list_sessions,
+    list_webhooks,
     redis_info,
     replica_report,
     waiting_journals,
@@ -184,6 +185,7 @@ def status(
         ]
         shards = replica_report(client, min_replicas=settings.min_replicas)
         archive = archive_lag(client, settings.keys)
+        webhooks = list_webhooks(client, settings.prefix)
     except redis.RedisError as exc:
         if as_json:
             redis_report.update(reachable=False, error=str(exc))
@@ -206,6 +208,7 @@ def status(
     journals = waiting_journals(settings)  # events kept on disk for another Redis
     report["journals"] = [asdict(j) for j in journals]
     report["archive"] = archive.as_dict()
+    report["webhooks"] = webhooks
     fresh = next((m for m in monitors if m.host == require_monitor), None)
     if as_json:
         typer.echo(orjson.dumps(report).decode())
@@ -240,6 +243,16 @@ def status(
             if archive.on
             else "archive   off (start one with `rpa-bus archiver`)"
         )
+        for w in webhooks:
+            error = ""
+            if w["last_error"]:
+                at = w["last_error_at_ms"]
+                age = format_age(None if at is None else max(0.0, time.time() - at / 1000))
+                error = f"  last error {age} ago: {w['last_error']}"
+            state = "paused" if w["paused"] else "delivering" if w["delivering"] else "no sender"
+            typer.echo(
+                f"webhook   {w['name']}  {state}  backlog {w['backlog']}  dead {w['dead']}{error}"
+            )
     if require_monitor is not None and (fresh is None or (fresh.age_s or 0) > max_age_s):
         raise _fail(f"monitor {require_monitor!r} has no sample in the last {max_age_s:g}s")
 
