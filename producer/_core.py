@@ -45,14 +45,6 @@ from producer._journal import (
     journal_fsync_from_env,
     target_of,
 )
-from producer._script import (
-    APPEND_SHA,
-    INDEX_MAXLEN,
-    ONCE_SHA,
-    SCRIPTS,
-    seen_key,
-    trim_args,
-)
 from rpa_bus import (
     STATE_FIELDS,
     TERMINAL_TYPES,
@@ -78,11 +70,17 @@ from rpa_bus import (
     validate_type,
 )
 from rpa_bus.redisio import (
+    APPEND_SHA,
+    INDEX_MAXLEN,
+    ONCE_SHA,
+    SCRIPTS,
     Backoff,
     RateLimitedLog,
     check_config_reply,
     config_commands,
     is_retryable,
+    seen_key,
+    trim_args,
 )
 
 log = logging.getLogger("producer")

@@ -229,7 +229,7 @@ def test_config_mismatch_stops_writing_and_keeps_events(redis_url: str, spool_di
 def test_append_script_applies_a_batch_once(redis_url: str, spool_dir: Path) -> None:
     """The same call sent twice (a retry after a lost reply) appends nothing the 2nd time."""
     from producer._journal import Item
-    from producer._script import APPEND_LUA, APPEND_SHA
+    from rpa_bus.redisio import APPEND_LUA, APPEND_SHA
 
     bus = Producer(redis_url, spool_dir=spool_dir)
     r = client(redis_url)

@@ -293,7 +293,7 @@ def test_close_is_bounded_when_redis_hangs(
 def test_redis_restart_loses_script_cache_and_it_is_reloaded(
     redis_server: EmbeddedRedis, spool_dir: Path
 ) -> None:
-    from producer._script import APPEND_SHA
+    from rpa_bus.redisio import APPEND_SHA
 
     bus = Producer(redis_server.url, spool_dir=spool_dir)
     with bus.session("restart") as s:

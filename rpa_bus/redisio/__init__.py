@@ -51,11 +51,27 @@ from rpa_bus.redisio._retry import (
     RateLimitedLog,
     is_retryable,
 )
+from rpa_bus.redisio._scripts import (
+    APPEND_LUA,
+    APPEND_SHA,
+    INDEX_MAXLEN,
+    ONCE_LUA,
+    ONCE_SHA,
+    SCRIPTS,
+    seen_key,
+    trim_args,
+)
 from rpa_bus.redisio._tasks import cancel_and_wait
 
 __all__ = [
+    "APPEND_LUA",
+    "APPEND_SHA",
+    "INDEX_MAXLEN",
+    "ONCE_LUA",
+    "ONCE_SHA",
     "REDIS_FAILURES",
     "RETRYABLE_TYPES",
+    "SCRIPTS",
     "Address",
     "AsyncClient",
     "Backoff",
@@ -83,6 +99,8 @@ __all__ = [
     "node_kwargs",
     "online_replicas",
     "replica_counts",
+    "seen_key",
     "shards_below",
     "sync_client",
+    "trim_args",
 ]

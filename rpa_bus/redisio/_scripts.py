@@ -1,4 +1,5 @@
-"""The idempotent append: one Lua script per (session, batch).
+"""The idempotent append: one Lua script per (session, batch), shared by every part that
+appends (the producer, the relay's HTTP publish).
 
 ``KEYS``: the session stream, its meta hash, and on one server the sessions index stream
 and the ``P:config`` hash. On a cluster the index and the config live in other slots, so
