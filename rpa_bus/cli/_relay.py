@@ -109,14 +109,26 @@ async def _serve(settings: RelaySettings) -> None:
 @app.command()
 def token(
     stream: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            "--stream", "-s", help="Stream name or prefix pattern (monitor:*); repeatable."
+            "--stream",
+            "-s",
+            help="Stream to read: a name or prefix pattern (monitor:*); repeatable.",
         ),
-    ],
+    ] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish",
+            "-p",
+            help="Stream to append to over HTTP (POST /v1/sessions/SID/events): a name or "
+            "prefix pattern (session:*); repeatable.",
+        ),
+    ] = None,
     ttl: Annotated[float, typer.Option("--ttl", help="Seconds until the token expires.")] = 3600.0,
 ) -> None:
-    """Print a token granting STREAM(s), signed with RPA_BUS_SECRET."""
+    """Print a token granting reads of STREAM(s) and appends to PUBLISH streams, signed
+    with RPA_BUS_SECRET."""
     from relay import mint_token
 
     settings = Settings.from_env()
@@ -124,7 +136,7 @@ def token(
         typer.echo("rpa-bus token: set RPA_BUS_SECRET (the relay's secret) first", err=True)
         raise typer.Exit(2)
     try:
-        typer.echo(mint_token(settings.secret, stream, ttl_s=ttl))
+        typer.echo(mint_token(settings.secret, stream or (), publish=publish or (), ttl_s=ttl))
     except BusError as exc:
         typer.echo(f"rpa-bus token: {exc}", err=True)
         raise typer.Exit(2) from exc
