@@ -398,7 +398,7 @@ class _Api:
             raise ApiError(400, BAD_REQUEST, "an empty list appends nothing; send events")
         limit = self.limits.max_events_per_post
         if len(items) > limit:
-            raise ApiError(413, BAD_REQUEST, f"{len(items)} events in one request; at most {limit}")
+            raise ApiError(400, BAD_REQUEST, f"{len(items)} events in one request; at most {limit}")
         events: list[Envelope] = []
         encoded: list[bytes] = []
         ts = now_ts()
@@ -453,7 +453,7 @@ def _one(request: web.Request, name: str) -> str | None:
 
 def _offset(request: web.Request, name: str) -> StreamId | None:
     text = _one(request, name)
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         return StreamId.parse(text)
@@ -463,7 +463,7 @@ def _offset(request: web.Request, name: str) -> StreamId | None:
 
 def _int(request: web.Request, name: str, default: int, most: int) -> int:
     text = _one(request, name)
-    if text is None or text == "":
+    if text is None:
         return default
     if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= most:
         raise ApiError(

@@ -35,7 +35,10 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Se
 
 def _reads(**extra: dict[str, Any]) -> dict[str, Any]:
     return {
-        "400": _error("Bad input: `bad_request`, `invalid_stream` or `invalid_offset`."),
+        "400": _error(
+            "Bad input (`bad_request`, `invalid_stream`, `invalid_offset`), or more events "
+            "in one POST than the limit."
+        ),
         "401": _error("`forbidden`: no token, or an invalid or expired one (with a secret)."),
         "403": _error("`forbidden`: the token does not grant it, or Host/Origin not allowed."),
         **extra,
@@ -264,7 +267,7 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                         },
                         **_reads(
                             **{
-                                "413": _error("`bad_request`: body or event count over the limit."),
+                                "413": _error("`bad_request`: body larger than the limit."),
                                 "422": _error(
                                     "`bad_request`: Idempotency-Key reused with another body."
                                 ),
