@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -148,7 +149,7 @@ def tail(
     from_id: Annotated[
         str, typer.Option("--from", help="Exclusive start id; 0 = all, $ = only new.")
     ] = "0",
-    url: Annotated[str, typer.Option("--url", help="Relay WebSocket URL.")] = (
+    url: Annotated[str, typer.Option("--url", help="Relay URL (ws:// or http://).")] = (
         "ws://127.0.0.1:8765/ws"
     ),
     token: Annotated[
@@ -167,15 +168,21 @@ def tail(
 
 
 async def _tail(url: str, stream: str, from_id: str, token: str | None) -> None:
-    from relay import tail as follow
+    """Events as JSON lines on stdout (the relay's event frames); gaps, resets and
+    outages as JSON lines on stderr."""
+    from relay import AsyncSubscription, Event, Gap, Live
 
-    async for frame in follow(url, stream, from_id=from_id, token=token):
-        kind = frame.get("type")
-        if kind == "event":
-            sys.stdout.buffer.write(orjson.dumps(frame) + b"\n")
-            sys.stdout.flush()
-        elif kind in ("gap", "reset", "error"):
-            typer.echo(orjson.dumps(frame).decode(), err=True)
+    async with AsyncSubscription(url, [stream], from_id=from_id, token=token) as sub:
+        async for item in sub:
+            if isinstance(item, Event):
+                frame = {"type": "event", "stream": item.stream, "id": item.id, "data": item.data}
+                sys.stdout.buffer.write(orjson.dumps(frame) + b"\n")
+                sys.stdout.flush()
+            elif not isinstance(item, Live):
+                note = {"type": type(item).__name__.lower(), **dataclasses.asdict(item)}
+                if isinstance(item, Gap):
+                    note["from"] = note.pop("from_id")
+                typer.echo(orjson.dumps(note).decode(), err=True)
 
 
 @app.command()
