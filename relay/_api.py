@@ -47,7 +47,8 @@ from rpa_bus.redisio import REDIS_FAILURES, AsyncClient, RateLimitedLog, is_retr
 
 log = logging.getLogger(__name__)
 
-# Error codes: the WebSocket ones (docs/protocol.md) plus ``not_found`` (no such session).
+# Error codes: the WebSocket ones (docs/protocol.md), plus ``not_found`` (no such session)
+# and ``too_large`` (a body over the limit), as the relay's server answers them too.
 BAD_REQUEST: Final = "bad_request"
 INVALID_STREAM: Final = "invalid_stream"
 INVALID_OFFSET: Final = "invalid_offset"
@@ -55,6 +56,7 @@ FORBIDDEN: Final = "forbidden"
 RATE_LIMITED: Final = "rate_limited"
 UNAVAILABLE: Final = "unavailable"
 NOT_FOUND: Final = "not_found"
+TOO_LARGE: Final = "too_large"
 
 JSON: Final = "application/json"
 _ALLOW_HEADERS: Final = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
@@ -373,7 +375,7 @@ class _Api:
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.limits.max_body_bytes
-        too_large = ApiError(413, BAD_REQUEST, f"request body larger than {limit} bytes")
+        too_large = ApiError(413, TOO_LARGE, f"request body larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         chunks: list[bytes] = []

@@ -124,7 +124,7 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
             "version": "1",
             "description": "History, sessions, publish and Server-Sent Events on the relay's "
             'port. Errors are `{"error": {"code", "message"}}` with the WebSocket '
-            "error codes (plus `not_found`). See docs/http.md.",
+            "error codes (plus `not_found`, `too_large`, `method_not_allowed`). See docs/http.md.",
         },
         "security": [{}, {"bearer": []}, {"token": []}],
         "paths": {
@@ -267,7 +267,7 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                         },
                         **_reads(
                             **{
-                                "413": _error("`bad_request`: body larger than the limit."),
+                                "413": _error("`too_large`: body larger than the limit."),
                                 "422": _error(
                                     "`bad_request`: Idempotency-Key reused with another body."
                                 ),
@@ -349,6 +349,8 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                                         "rate_limited",
                                         "unavailable",
                                         "not_found",
+                                        "too_large",
+                                        "method_not_allowed",
                                     ]
                                 },
                                 "message": {"type": "string"},

@@ -250,7 +250,7 @@ async def test_key_reused_with_another_body_is_refused_and_appends_nothing(
         (b'{"type": "log", "session": "someone-else"}', 400, "bad_request"),
         (b'[{"type": "log"}, 3]', 400, "bad_request"),
         (orjson.dumps([{"type": "log"}] * 6), 400, "bad_request"),
-        (orjson.dumps({"type": "log", "message": "x" * 5000}), 413, "bad_request"),
+        (orjson.dumps({"type": "log", "message": "x" * 5000}), 413, "too_large"),
     ],
 )
 async def test_bad_bodies_are_refused_and_change_nothing(

@@ -2,8 +2,8 @@
 5xx, every status, content type, header and body as described. Valid and invalid input
 both; a bounded number of examples per operation.
 
-The API runs on a real aiohttp server in a thread of its own (schemathesis calls it with
-a blocking HTTP client) against a private Redis.
+The API runs in a real relay (its aiohttp server, middleware and all) in a thread of its
+own (schemathesis calls it with a blocking HTTP client) against a private Redis.
 """
 
 from __future__ import annotations
@@ -24,16 +24,14 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from relay import Relay
 from relay._api import ApiLimits
 from relay._openapi import openapi_spec
-from tests._api_support import ApiServer, api_server
+from tests._relay_support import relay_settings
 from tests.conftest import UNIT_S
 
-# Generous: the fuzzer's own requests should rarely meet the rate limit (a 429 is still
-# described, so it would pass).
-LIMITS = ApiLimits(posts_per_s=10_000.0, posts_burst=10_000)
-
-schema = schemathesis.openapi.from_dict(openapi_spec(LIMITS))
+# The description the relay serves (its default limits).
+schema = schemathesis.openapi.from_dict(openapi_spec(ApiLimits()))
 # The SSE stream never ends; the doors' own tests cover it.
 schema = schema.exclude(path="/v1/sse")
 
@@ -54,11 +52,11 @@ class _Served:
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
-        self.server: ApiServer | None = None
+        self.base: str | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="api-fuzz-server", daemon=True)
         self._thread.start()
-        if not self._ready.wait(10 * UNIT_S) or self.server is None:
+        if not self._ready.wait(10 * UNIT_S) or self.base is None:
             raise RuntimeError(f"API server did not start: {self._error!r}")
 
     def _run(self) -> None:
@@ -68,8 +66,8 @@ class _Served:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            async with api_server(self._redis_url, limits=LIMITS) as server:
-                self.server = server
+            async with Relay(relay_settings(self._redis_url)) as relay:
+                self.base = f"http://127.0.0.1:{relay.port}"
                 self._ready.set()
                 await self._stop.wait()
         except BaseException as exc:
@@ -89,8 +87,8 @@ class _Served:
 def base_url(redis_url: str) -> Iterator[str]:
     served = _Served(redis_url)
     try:
-        assert served.server is not None
-        yield served.server.base
+        assert served.base is not None
+        yield served.base
     finally:
         served.stop()
 
