@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jwt
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from typer.testing import CliRunner
 
-from relay import mint_token
+from relay import mint_token, verify_token
 from relay._api import ApiLimits
-from rpa_bus import Keys
+from rpa_bus import Forbidden, InvalidInput, Keys
+from rpa_bus.cli._app import app
+from rpa_bus.cli._commands import register_all
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._api_support import ApiServer, api_server
 from tests._wait import wait_for_async
@@ -526,3 +530,43 @@ async def test_redis_down_answers_503_and_appends_nothing(
         )
         assert (status, body["replayed"]) == (200, False)
         assert await xlen(r, "down-1") == 2
+
+
+# -- the publish claim ----------------------------------------------------------------------
+
+
+def test_publish_claim_round_trip() -> None:
+    grant = verify_token(SECRET, mint_token(SECRET, [], publish=["session:job-*"], ttl_s=60))
+    assert grant.allows_publish("session:job-1")
+    assert not grant.allows_publish("session:other")
+    assert not grant.allows("session:job-1")  # publishing does not grant reading
+    assert not grant.allows_publish("session:job-1", now_s=time.time() + 120)
+    both = verify_token(SECRET, mint_token(SECRET, ["sessions"], publish=["*"], ttl_s=60))
+    assert both.allows("sessions")
+    assert both.allows_publish("session:any")
+    # A token that grants neither is refused when minted, and when made by hand.
+    with pytest.raises(InvalidInput):
+        mint_token(SECRET, [], ttl_s=60)
+    bare = jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    with pytest.raises(Forbidden, match="streams"):
+        verify_token(SECRET, bare)
+    text = jwt.encode(
+        {"exp": int(time.time()) + 60, "publish": "session:a"}, SECRET, algorithm="HS256"
+    )
+    with pytest.raises(Forbidden, match="publish"):
+        verify_token(SECRET, text)
+
+
+def test_token_command_mints_publish_and_read_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPA_BUS_SECRET", SECRET)
+    register_all()
+    result = CliRunner().invoke(
+        app, ["token", "--publish", "session:*", "--stream", "sessions", "--ttl", "60"]
+    )
+    assert result.exit_code == 0, result.output
+    grant = verify_token(SECRET, result.output.strip())
+    assert grant.allows_publish("session:q-1")
+    assert grant.allows("sessions")
+    assert not grant.allows("session:q-1")
+    result = CliRunner().invoke(app, ["token", "--ttl", "60"])
+    assert result.exit_code == 2
