@@ -1,22 +1,26 @@
-"""Plain HTTP on the WebSocket port: /healthz, /metrics and the dashboard's static files."""
+"""Plain HTTP on the relay's port: /healthz, /metrics and the dashboard's static files.
+
+Answers are ``Reply`` values; the server (aiohttp, or websockets while kept) writes them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import mimetypes
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from websockets.datastructures import Headers
-from websockets.http11 import Response
 
-from relay._hub import Hub, Stats
+from relay._stats import Stats
+
+if TYPE_CHECKING:
+    from relay._hub import Hub
 
 STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 
@@ -42,35 +46,42 @@ health is at <a href="/healthz">/healthz</a> and metrics at <a href="/metrics">/
 """
 
 
-def response(status: int, body: bytes, content_type: str, *, cache: str = "no-cache") -> Response:
-    code = http.HTTPStatus(status)
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Content-Type", content_type),
-            ("Cache-Control", cache),
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer, whichever server library writes it."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+    cache: str = "no-cache"
+
+    def all_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("Content-Type", self.content_type),
+            ("Cache-Control", self.cache),
             ("X-Content-Type-Options", "nosniff"),
+            *self.headers,
         ]
-    )
-    return Response(code.value, code.phrase, headers, body)
 
 
-def text(status: int, message: str) -> Response:
+def response(status: int, body: bytes, content_type: str, *, cache: str = "no-cache") -> Reply:
+    return Reply(status, body, content_type, cache=cache)
+
+
+def text(status: int, message: str) -> Reply:
     return response(status, message.encode(), "text/plain; charset=utf-8")
 
 
-def method_not_allowed(method: str) -> Response:
-    reply = text(405, f"method {method[:32]!r} not allowed; use GET or HEAD\n")
-    reply.headers["Allow"] = "GET, HEAD"
-    return reply
+def error_json(status: int, code: str, message: str) -> Reply:
+    """The 4xx/5xx JSON body of the HTTP doors: ``{"error": {"code", "message"}}``."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return response(status, body, "application/json")
 
 
-def head(reply: Response) -> Response:
-    """The answer to HEAD: the GET answer's status and headers (Content-Length included),
-    no body."""
-    return Response(reply.status_code, reply.reason_phrase, reply.headers, b"")
+def method_not_allowed(method: str, allow: str = "GET, HEAD") -> Reply:
+    reply = text(405, f"method {method[:32]!r} not allowed; use {allow}\n")
+    return Reply(reply.status, reply.body, reply.content_type, (("Allow", allow),))
 
 
 def resolve_static(path: str, root: Path = STATIC_DIR) -> Path | None:
@@ -87,7 +98,7 @@ def resolve_static(path: str, root: Path = STATIC_DIR) -> Path | None:
     return candidate
 
 
-async def static_response(path: str, root: Path = STATIC_DIR) -> Response:
+async def static_response(path: str, root: Path = STATIC_DIR) -> Reply:
     file = resolve_static(path, root)
     if file is None:
         if path in ("/", "/index.html"):
@@ -176,5 +187,5 @@ class RelayCollector(Collector):
         )
 
 
-def metrics_response(registry: CollectorRegistry) -> Response:
+def metrics_response(registry: CollectorRegistry) -> Reply:
     return response(200, generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8")

@@ -30,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,6 +44,8 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 from relay import _frames as F
 from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._reader import Reader
+from relay._stats import Stats
+from relay._subscription import Mode, Subscription
 from rpa_bus import Keys, StreamRef, state_from_meta
 from rpa_bus.redisio import (
     REDIS_FAILURES,
@@ -94,98 +95,6 @@ return last[1][1]
 """
 
 ACK_INTERVAL_S = 0.01
-
-
-class Sink(Protocol):
-    """What a subscription needs from its connection."""
-
-    def try_put(self, frame: bytes) -> bool:
-        """Enqueue a live frame if the connection is under its bound."""
-
-    def put_control(self, frame: bytes) -> None:
-        """Enqueue a small control frame (subscribed, live, gap, reset, error) always."""
-
-    async def put_replay(self, frame: bytes) -> None:
-        """Enqueue a replayed frame, waiting until the queue is below its low-water mark."""
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run a task owned by the connection (cancelled and awaited when it closes)."""
-
-
-class Mode(enum.Enum):
-    PENDING = "pending"
-    LIVE = "live"
-    CATCHING_UP = "catching_up"
-    CLOSED = "closed"
-
-
-@dataclass(eq=False)
-class Stats:
-    """Plain counters; the metrics collector reads them at scrape time (no per-event cost)."""
-
-    connections: int = 0
-    subscriptions: int = 0
-    events_out: int = 0
-    replays: collections.Counter[str] = field(default_factory=collections.Counter)
-    gaps: int = 0
-    resets: int = 0
-    slow_switches: int = 0
-    slow_closes: int = 0
-    policy_closes: int = 0
-    total_bound_switches: int = 0
-    rate_limited: int = 0
-    refused_connections: int = 0
-    lag_s: float = 0.0
-    redis_up: bool = False
-    reader_loops: int = 0
-    last_read_s: float = 0.0
-    queued_frames: int = 0
-    queued_bytes: int = 0
-
-
-class Subscription:
-    """One stream watched by one connection."""
-
-    __slots__ = (
-        "buffer",
-        "buffer_bytes",
-        "epoch",
-        "expires_s",
-        "last",
-        "mode",
-        "name",
-        "notified_outage",
-        "outcome",
-        "overflow",
-        "ref",
-        "sink",
-        "task",
-    )
-
-    def __init__(self, sink: Sink, ref: StreamRef) -> None:
-        self.sink = sink
-        self.ref = ref
-        self.name = ref.name
-        self.last: Id = ZERO_ID
-        self.epoch: str | None = None
-        # A new subscription is pending-live from the start: the handoff buffers first.
-        self.mode = Mode.PENDING
-        self.buffer: collections.deque[tuple[Id, bytes]] = collections.deque()
-        self.buffer_bytes = 0
-        self.overflow = False
-        self.task: asyncio.Task[None] | None = None
-        self.notified_outage = 0
-        # How the current replay ends, for the replays metric: live, gap, reset, catch_up.
-        self.outcome = "live"
-        # With auth on: when the grant that admitted it (or a later one covering it) expires.
-        self.expires_s: float | None = None
-
-    def clear_buffer(self) -> None:
-        self.buffer.clear()
-        self.buffer_bytes = 0
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.name} {self.mode.value} last={format_id(self.last)}>"
 
 
 class Tail:

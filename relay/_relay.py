@@ -1,30 +1,24 @@
-"""The relay service: a websockets server, a Hub, and HTTP on the same port."""
+"""The relay service: a Hub, and a server (aiohttp by default) with its doors on one port."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import urllib.parse
-from collections.abc import Generator
+from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import MultipleValuesError
-from websockets.exceptions import InvalidMessage, SecurityError
-from websockets.http11 import Request, Response
-from websockets.protocol import Protocol
-from websockets.server import ServerProtocol
 
 from relay import _http
-from relay._connection import Connection
-from relay._frames import shorten
-from relay._hub import Hub, Stats
+from relay._hub import Hub
 from relay._settings import RelaySettings, is_loopback
+from relay._stats import Stats
 from rpa_bus import ConfigMismatch
 from rpa_bus.redisio import (
     REDIS_FAILURES,
@@ -38,6 +32,10 @@ from rpa_bus.redisio import (
     node_client_factory,
 )
 
+if TYPE_CHECKING:
+    from relay._legacy import WebsocketsServer
+    from relay._server import AiohttpServer
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +47,9 @@ class Relay:
     connection forms) and closed with the relay. ``close()`` is idempotent: it stops
     accepting, closes every connection with ``code`` (1001 going away by default, 1012 for a
     restart) and stops tailing.
+
+    ``settings.server`` picks the server library: ``aiohttp`` (WebSocket, SSE, HTTP API) or
+    ``websockets`` (the first server: WebSocket and plain HTTP only).
     """
 
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
@@ -57,8 +58,8 @@ class Relay:
         self._client: AsyncClient = client if client is not None else async_client(settings.bus)
         self.stats = Stats()
         self.registry = CollectorRegistry(auto_describe=True)
-        self._hub: Hub | None = None
-        self._server: Server | None = None
+        self.hub: Hub | None = None
+        self._server: AiohttpServer | WebsocketsServer | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
         self._config_task: asyncio.Task[None] | None = None
@@ -77,7 +78,7 @@ class Relay:
         s = self.settings
         keys = s.bus.keys
         await self._check_config()
-        self._hub = Hub(
+        self.hub = Hub(
             client=self._client,
             keys=keys,
             name=s.name,
@@ -91,29 +92,19 @@ class Relay:
             min_replicas=s.bus.min_replicas,
             wait_timeout_ms=s.bus.wait_timeout_ms,
         )
-        hub = self._hub
+        hub = self.hub
         self.registry.register(_http.RelayCollector(self.stats, s.name, hub))
         await hub.start()
-        # SO_REUSEPORT only when asked (workers): a single relay binds as it always did.
-        listen: dict[str, Any] = {"reuse_port": True} if s.reuse_port else {}
-        self._server = await serve(
-            self._handler,
-            s.host,
-            s.port,
-            process_request=self._process_request,
-            compression="deflate" if s.compression else None,
-            max_size=s.max_frame_bytes,
-            max_queue=16,
-            write_limit=s.write_limit,
-            ping_interval=s.ping_interval_s,
-            ping_timeout=s.ping_timeout_s,
-            close_timeout=s.close_timeout_s,
-            open_timeout=10,
-            server_header=None,
-            create_connection=_Connection,
-            **listen,
-        )
-        log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
+        if s.server == "websockets":
+            from relay._legacy import WebsocketsServer
+
+            self._server = WebsocketsServer(self)
+        else:
+            from relay._server import AiohttpServer
+
+            self._server = AiohttpServer(self)
+        await self._server.start()
+        log.info("relay %s serving ws://%s:%d/ws (%s)", s.name, s.host, self.port, s.server)
 
     async def _check_config(self) -> None:
         """Agree with the deployment on the bucket count (``ConfigMismatch`` if not). If
@@ -148,11 +139,16 @@ class Relay:
             return
 
     @property
+    def client(self) -> AsyncClient:
+        """The relay's Redis client (the HTTP API reads and appends with it)."""
+        return self._client
+
+    @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
         if self._server is None:
             raise RuntimeError("relay not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -168,11 +164,10 @@ class Relay:
             await cancel_and_wait([config_task])
         try:
             if self._server is not None:
-                self._server.close(code=code, reason=reason)
-                await self._server.wait_closed()
+                await self._server.close(code, reason)
         finally:
-            if self._hub is not None:
-                await self._hub.close()
+            if self.hub is not None:
+                await self.hub.close()
             if self._own_client:
                 await close_async(self._client)
             log.info("relay %s closed", self.settings.name)
@@ -211,46 +206,22 @@ class Relay:
         self.close()
         await self.wait_closed()
 
-    # -- connections ----------------------------------------------------------------------
+    # -- what every door checks -----------------------------------------------------------
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        assert self._hub is not None
-        ip = _ip(ws)
+    @contextlib.contextmanager
+    def counted(self, ip: str) -> Iterator[None]:
+        """Count a long-lived connection (WebSocket, SSE) of ``ip`` while it lasts."""
         self._per_ip[ip] += 1
         self.stats.connections += 1
         try:
-            await Connection(ws, hub=self._hub, settings=self.settings, stats=self.stats).run()
+            yield
         finally:
             self.stats.connections -= 1
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
 
-    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        try:
-            host = request.headers.get("Host")
-            origin = request.headers.get("Origin")
-        except MultipleValuesError as exc:
-            # Two Hosts or two Origins: which one would a check trust? Neither.
-            self.stats.refused_connections += 1
-            return _http.text(400, f"duplicate {exc} header\n")
-        if not self._host_ok(host):
-            self.stats.refused_connections += 1
-            return _http.text(403, f"host {host!r} not allowed\n")
-        path = request.path.partition("?")[0]
-        if path == "/ws":
-            return self._admit(ws, origin, host)
-        if request.method not in ("GET", "HEAD"):
-            return _http.method_not_allowed(request.method)
-        if path == "/healthz":
-            reply = await self._healthz()
-        elif path == "/metrics":
-            reply = _http.metrics_response(self.registry)
-        else:
-            reply = await _http.static_response(path)
-        return _http.head(reply) if request.method == "HEAD" else reply
-
-    def _host_ok(self, host: str | None) -> bool:
+    def host_ok(self, host: str | None) -> bool:
         """Without a secret (loopback mode), only loopback names or the hosts of configured
         origins: a page on rebind.example whose name now resolves to 127.0.0.1 (DNS
         rebinding) sends ``Host: rebind.example`` and is refused. With a secret or
@@ -260,29 +231,30 @@ class Relay:
         name = _hostname(host)
         return name is not None and (is_loopback(name) or name in self._origin_hosts)
 
-    def _admit(self, ws: ServerConnection, origin: str | None, host: str | None) -> Response | None:
-        if origin is not None and not self._origin_ok(origin, host):
+    def admit(self, ip: str, origin: str | None, host: str | None) -> _http.Reply | None:
+        """None if a long-lived connection from ``ip`` may open, else the refusal."""
+        if origin is not None and not self.origin_ok(origin, host):
             self.stats.refused_connections += 1
             return _http.text(403, f"origin {origin!r} not allowed\n")
         limit = self.settings.max_connections_per_ip
-        if limit and self._per_ip[_ip(ws)] >= limit:
+        if limit and self._per_ip[ip] >= limit:
             self.stats.refused_connections += 1
             return _http.text(429, f"at most {limit} connections per client address\n")
         return None
 
-    def _origin_ok(self, origin: str, host: str | None) -> bool:
+    def origin_ok(self, origin: str, host: str | None) -> bool:
         if "*" in self._origins or origin in self._origins:
             return True
         # Same origin: a page served by this relay (the dashboard).
         netloc = urllib.parse.urlsplit(origin).netloc
         return host is not None and netloc == host
 
-    async def _healthz(self) -> Response:
-        assert self._hub is not None
-        redis_ok = await self._hub.ping()
+    async def healthz(self) -> _http.Reply:
+        assert self.hub is not None
+        redis_ok = await self.hub.ping()
         # A reader returns at least every block_ms; well past that it is stuck.
         stale_after = self.settings.block_ms / 1000 + self.settings.bus.socket_timeout_s + 5
-        reader_ok = self._hub.idle or self._hub.reader_age_s() < stale_after
+        reader_ok = self.hub.idle or self.hub.reader_age_s() < stale_after
         ok = redis_ok and reader_ok
         body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
@@ -292,9 +264,9 @@ class Relay:
             "lag_s": round(self.stats.lag_s, 6),
             "connections": self.stats.connections,
             "subscriptions": self.stats.subscriptions,
-            "tailed_streams": self._hub.tailed,
-            "readers": self._hub.readers,
-            "readers_down": self._hub.readers_down,
+            "tailed_streams": self.hub.tailed,
+            "readers": self.hub.readers,
+            "readers_down": self.hub.readers_down,
             "hosts": await self._monitored_hosts() if redis_ok else [],
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")
@@ -309,48 +281,6 @@ class Relay:
                 raise
             return []
         return sorted(_text(name) for name in names)
-
-
-class _Connection(ServerConnection):
-    """websockets answers a request it cannot parse (garbage request line, ``HTTP/9.9``, a
-    header line without a colon) by closing the TCP connection without a word. This
-    connection answers 400 instead (431 for one too large), then closes: its protocol's
-    request parser is replaced before any byte arrives."""
-
-    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
-        super().__init__(protocol, *args, **kwargs)
-        protocol.parser = _parse_request(protocol)
-        next(protocol.parser)
-
-
-def _parse_request(protocol: ServerProtocol) -> Generator[None]:
-    """``ServerProtocol.parse`` with an HTTP answer for a malformed request."""
-    try:
-        request = yield from Request.parse(protocol.reader.read_line)
-    except EOFError as exc:  # the client left before a whole request: nobody to answer
-        protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
-        protocol.handshake_exc.__cause__ = exc
-        protocol.send_eof()
-        protocol.parser = protocol.discard()
-        next(protocol.parser)
-        yield
-    except Exception as exc:
-        # SecurityError: a line too long or too many headers. Anything else: ValueError
-        # (bad request line, protocol version, header line), UnicodeDecodeError (non-ASCII
-        # method or path), NotImplementedError (Transfer-Encoding).
-        protocol.handshake_exc = exc
-        status = 431 if isinstance(exc, SecurityError) else 400
-        reason = f"malformed HTTP request: {shorten(str(exc))}\n"
-        protocol.send_response(protocol.reject(status, reason))
-        yield
-    else:
-        protocol.events.append(request)
-        yield from Protocol.parse(protocol)
-
-
-def _ip(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    return str(address[0]) if isinstance(address, tuple) else "?"
 
 
 def _hostname(value: str, *, url: bool = False) -> str | None:

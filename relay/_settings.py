@@ -9,6 +9,8 @@ from typing import Any
 
 from rpa_bus import ConfigError, EnvReader, Settings
 
+SERVERS = ("aiohttp", "websockets")
+
 
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` only serves this machine."""
@@ -69,6 +71,11 @@ class RelaySettings:
     # Bind with SO_REUSEPORT, so several processes share the port (``rpa-bus relay
     # --workers N`` sets it for its workers; the kernel spreads new connections over them).
     reuse_port: bool = False
+    # The server library: "aiohttp" (WebSocket, SSE and the HTTP API on one port) or
+    # "websockets" (the first server: WebSocket and plain HTTP only; kept for comparison).
+    server: str = "aiohttp"
+    # An SSE response sends a comment line this often, so proxies keep it open.
+    sse_heartbeat_s: float = 15.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -89,6 +96,10 @@ class RelaySettings:
             )
         if self.ops_per_s <= 0:
             raise ConfigError(f"ops_per_s must be > 0, got {self.ops_per_s}")
+        if self.server not in SERVERS:
+            raise ConfigError(f"server must be one of {', '.join(SERVERS)}, got {self.server!r}")
+        if self.sse_heartbeat_s <= 0:
+            raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
             raise ConfigError("page_size, read_count and replay_buffer must be >= 1")
 
@@ -143,6 +154,8 @@ class RelaySettings:
             "replay_buffer": env.integer("REPLAY_BUFFER", d.replay_buffer, lo=1),
             "compression": env.flag("COMPRESSION", d.compression),
             "reuse_port": env.flag("REUSE_PORT", d.reuse_port),
+            "server": env.text("SERVER", d.server),
+            "sse_heartbeat_s": env.number("SSE_HEARTBEAT_S", d.sse_heartbeat_s, lo=0.01),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(bus=bus, **values)

@@ -327,9 +327,9 @@ async def test_static_files(relay: Relay) -> None:
 
 async def test_placeholder_when_dashboard_missing(tmp_path: Path) -> None:
     page = await static_response("/", tmp_path)
-    assert page.status_code == 200
+    assert page.status == 200
     assert b"rpa-bus relay" in page.body
     (tmp_path / "app.css").write_text("body{}")
     assert resolve_static("/app.css", tmp_path) == tmp_path / "app.css"
     assert resolve_static("/../app.css", tmp_path / "sub") is None
-    assert (await static_response("/missing.css", tmp_path)).status_code == 404
+    assert (await static_response("/missing.css", tmp_path)).status == 404

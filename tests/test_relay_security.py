@@ -162,19 +162,32 @@ async def test_the_largest_id_as_from_is_served_as_nothing_after(
 
 
 async def raw_http(port: int, request: bytes) -> bytes:
-    """Send ``request`` as is over a socket; return everything the relay answers."""
+    """Send ``request`` as is over a socket; return the relay's one answer: its head and
+    its body (``Content-Length`` bytes; a HEAD answer has none), or all it sends before
+    closing. The relay may keep the connection open after answering (HTTP/1.1)."""
     reader, writer_ = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer_.write(request)
         await writer_.drain()
         async with asyncio.timeout(5 * UNIT_S):
-            return await reader.read()  # the relay closes after one HTTP answer
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                return exc.partial
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if request.startswith(b"HEAD ") or not length:
+                return head
+            return head + await reader.readexactly(length)
     finally:
         writer_.close()
 
 
 def status_of(answer: bytes) -> int:
-    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    return int(answer.split(b" ", 2)[1]) if answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else 0
 
 
 UPGRADE = (
@@ -199,7 +212,7 @@ async def test_duplicate_host_or_origin_is_400_without_traceback(
             relay.port, b"GET " + path + b" HTTP/1.1\r\n" + headers + UPGRADE + b"\r\n"
         )
         assert status_of(answer) == 400, answer
-        assert b"duplicate" in answer
+        assert b"duplicate" in answer.lower()  # aiohttp refuses two Hosts itself
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
@@ -381,8 +394,9 @@ async def test_malformed_http_gets_400(
     relay: Relay, request_: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     answer = await raw_http(relay.port, request_)
+    # aiohttp answers these itself: 400 with its own wording (websockets' server needed
+    # the relay's parser for any answer at all, worded "malformed HTTP request").
     assert status_of(answer) == 400, answer
-    assert b"malformed HTTP request" in answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     c = await Client.open(relay.url)  # the relay goes on
     await c.send(op="ping")

@@ -1,0 +1,142 @@
+"""One WebSocket, whichever server library accepted it: what ``relay._connection`` needs.
+
+``AiohttpSocket`` adapts aiohttp's ``WebSocketResponse`` (the default server);
+``WebsocketsSocket`` adapts a websockets ``ServerConnection`` (``RPA_BUS_RELAY_SERVER=
+websockets``, kept while both are measured). Both write a frame synchronously when the
+transport's buffer is under the limit (no task switch, no coroutine: the fan-out's fast
+path) and otherwise leave it to the connection's bounded queue and writer.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Protocol
+
+from aiohttp import WSMsgType, web
+from aiohttp.client_exceptions import ClientConnectionResetError
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from relay._outbox import ClientGone
+
+
+class Socket(Protocol):
+    peer: str
+    ip: str
+    query: str
+
+    def write_now(self, frame: bytes, limit: int) -> bool:
+        """Write ``frame`` at once if open and the buffer holds under ``limit`` bytes."""
+
+    async def send(self, frame: bytes) -> None:
+        """Write ``frame``, waiting while the buffer is full; ``ClientGone`` if closed."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None once the connection is closed."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """The closing handshake (unbounded: the caller bounds it)."""
+
+    def abort(self) -> None:
+        """Drop the TCP connection."""
+
+
+def _peer(address: object) -> tuple[str, str]:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return "?", "?"
+
+
+class AiohttpSocket:
+    __slots__ = ("_fast", "_transport", "_writer", "ip", "peer", "query", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.query = request.query_string
+        self.peer, self.ip = _peer(request.transport.get_extra_info("peername") if
+                                   request.transport is not None else None)  # fmt: skip
+        self._transport = request.transport
+        writer = ws._writer
+        # The synchronous frame write aiohttp's own send_frame uses; compressed frames (a
+        # shared compressor) go the awaited way.
+        self._writer = writer
+        self._fast = (
+            writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
+        )
+
+    def write_now(self, frame: bytes, limit: int) -> bool:
+        transport = self._transport
+        if (
+            not self._fast
+            or self.ws.closed
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() >= limit
+        ):
+            return False
+        assert self._writer is not None
+        self._writer._write_websocket_frame(frame, WSMsgType.TEXT, 0)
+        return True
+
+    async def send(self, frame: bytes) -> None:
+        if self.ws.closed:
+            raise ClientGone
+        try:
+            await self.ws.send_frame(frame, WSMsgType.TEXT)
+        except (ClientConnectionResetError, ConnectionResetError, RuntimeError) as exc:
+            raise ClientGone from exc
+
+    async def receive(self) -> str | bytes | None:
+        msg = await self.ws.receive()
+        if msg.type is WSMsgType.TEXT:
+            data: str = msg.data
+            return data
+        if msg.type is WSMsgType.BINARY:
+            raw: bytes = msg.data
+            return raw
+        return None  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed with its code)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class WebsocketsSocket:
+    __slots__ = ("ip", "peer", "query", "ws")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        request = ws.request
+        self.query = "" if request is None else urllib.parse.urlsplit(request.path).query
+        self.peer, self.ip = _peer(ws.remote_address)
+
+    def write_now(self, frame: bytes, limit: int) -> bool:
+        """``broadcast`` (websockets' synchronous send) for ONE connection, and only below
+        the buffer limit, so it adds no unbounded buffering."""
+        ws = self.ws
+        if ws.state is not State.OPEN or ws.transport.get_write_buffer_size() >= limit:
+            return False
+        broadcast((ws,), frame, text=True)
+        return True
+
+    async def send(self, frame: bytes) -> None:
+        try:
+            await self.ws.send(frame, text=True)
+        except ConnectionClosed as exc:
+            raise ClientGone from exc
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            return await self.ws.recv()
+        except ConnectionClosed:
+            return None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code, reason)
+
+    def abort(self) -> None:
+        self.ws.transport.abort()
