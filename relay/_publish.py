@@ -1,10 +1,11 @@
 """Appends over HTTP (``POST /v1/sessions/{SID}/events``), idempotent per ``Idempotency-Key``.
 
-The dedup is the producer's own: the shared append script (``rpa_bus.redisio``) (sequence numbers per
-producer id in the session's meta hash), run with a producer id derived from the request's
-``Idempotency-Key`` (``h`` + 32 hex digits of its SHA-256) and sequence numbers 1..n for the
-request's n events. A retry of a request whose reply was lost presents the same id and the
-same numbers, so the script skips every event the first attempt applied.
+The dedup is the producer's own: the shared append script (``rpa_bus.redisio``; sequence
+numbers per producer id in the session's meta hash), run with a producer id derived from
+the request's ``Idempotency-Key`` (``h`` + 32 hex digits of its SHA-256) and sequence
+numbers 1..n for the request's n events. A retry of a request whose reply was lost
+presents the same id and the same numbers, so the script skips every event the first
+attempt applied.
 
 Around that script, in the same atomic call, a guard keeps a record per key in the meta
 hash (field ``idem:<producer id>`` = ``<SHA-256 of the body> <id> <id> ...``): a retry gets
