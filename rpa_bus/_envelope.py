@@ -201,6 +201,16 @@ def encode(event: Mapping[str, Any], *, max_bytes: int = MAX_EVENT_BYTES) -> byt
     return raw
 
 
+def is_terminal(raw: bytes) -> bool:
+    """Whether a stored envelope is ``finished`` or ``failed``, without validating it (a
+    worker deciding whether a stream has ended; anything unreadable is not terminal)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.get("type") in TERMINAL_TYPES
+
+
 def decode(raw: bytes | str) -> Envelope:
     """Decode and validate an envelope; raise ``InvalidEvent`` if it is not one."""
     try:

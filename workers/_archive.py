@@ -34,10 +34,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from rpa_bus import ARCHIVE_FIELD, TERMINAL_TYPES, ConfigError, EnvReader, Settings
+from rpa_bus import ARCHIVE_FIELD, ConfigError, EnvReader, Settings, is_terminal
 from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
@@ -219,21 +218,12 @@ class ArchiveSink:
         trimmed = await self._trim(keys=[first.key], args=[first.id, maxlen, TRIM_CAP])
         self._stats.trimmed += int(trimmed)
         last = entries[-1]
-        if is_session and _event_type(last.data) in TERMINAL_TYPES:
+        if is_session and is_terminal(last.data):
             meta = first.key + ":meta"
             ttl_ms = int(self._bus.retention_s * 1000)
             self._stats.expired += int(
                 await self._expire(keys=[first.key, meta], args=[last.id, ttl_ms])
             )
-
-
-def _event_type(data: bytes) -> str | None:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    kind = event.get("type") if isinstance(event, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 class Archiver:

@@ -18,6 +18,7 @@ time bound.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol, cast
 
 import redis
@@ -203,3 +204,44 @@ async def close_async(client: AsyncClient) -> None:
 def _sentinels(client: Any) -> list[Any]:
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     return list(getattr(manager, "sentinels", []))
+
+
+class SlotMap:
+    """A cluster client's slot map as the node-pinned readers need it: the master serving a
+    slot, with the map re-read first once a failure marked it stale.
+
+    Coalesced: readers failing together after one failover cause one refresh (under a
+    lock), not one each. Starts stale, so the first lookup reads the map.
+    """
+
+    def __init__(self, cluster: aredis.RedisCluster) -> None:
+        self._cluster = cluster
+        self._stale = True
+        self._lock = asyncio.Lock()
+
+    def mark_stale(self) -> None:
+        """A failover or a slot move may explain a failure: re-read before the next lookup."""
+        self._stale = True
+
+    async def fresh(self) -> None:
+        """Re-read the slot map if it is stale (redis-py errors propagate; still stale)."""
+        if not self._stale:
+            return
+        async with self._lock:
+            if self._stale:
+                self._stale = False
+                try:
+                    await self._cluster.nodes_manager.initialize()
+                except BaseException:
+                    self._stale = True
+                    raise
+
+    async def master(self, slot: int) -> Address:
+        """The master serving ``slot``; ``SlotNotCoveredError`` if the map has none."""
+        await self.fresh()
+        try:
+            node = self._cluster.nodes_manager.get_node_from_slot(slot)
+        except (KeyError, IndexError) as exc:  # no slot map yet, or a hole in it
+            self._stale = True
+            raise redis.exceptions.SlotNotCoveredError(f"no master known for slot {slot}") from exc
+        return (str(node.host), int(node.port))

@@ -66,13 +66,14 @@ from typing import Any, Protocol
 import orjson
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, SlotNotCoveredError
+from redis.exceptions import ResponseError
 
-from rpa_bus import TERMINAL_TYPES, Keys, Settings, bucket_of, validate_host_name
+from rpa_bus import Keys, Settings, bucket_of, is_terminal, validate_host_name
 from rpa_bus.redisio._clients import (
     Address,
     AsyncClient,
     NodeClient,
+    SlotMap,
     async_client,
     close_async,
     node_client_factory,
@@ -326,15 +327,6 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _event_type(data: bytes) -> str | None:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    kind = event.get("type") if isinstance(event, dict) else None
-    return kind if isinstance(kind, str) else None
-
-
 class GroupWorker:
     """Reads its share of a worker kind's streams through the group ``P:KIND`` into a sink.
 
@@ -374,8 +366,7 @@ class GroupWorker:
             if self._node_client is None:
                 raise ValueError("a Redis Cluster client needs a redis+cluster:// bus URL")
         self._controls: dict[Address, aredis.Redis] = {}
-        self._map_stale = self._cluster is not None
-        self._refresh_lock = asyncio.Lock()
+        self._slots = SlotMap(self._cluster) if self._cluster is not None else None
         self._group = self._keys.worker_group(group.kind)
         self._consumer = group.consumer
         self._members_key = self._keys.workers(group.kind)
@@ -533,8 +524,8 @@ class GroupWorker:
         self.stats.errors += 1
         self.stats.redis_up = False
         self._rescan = True
-        if self._cluster is not None:
-            self._map_stale = True  # a failover or a slot move explains it
+        if self._slots is not None:
+            self._slots.mark_stale()  # a failover or a slot move explains it
         self._redis_log.warning("Redis unavailable for %s (%s); retrying", self._group, exc)
 
     def _up(self) -> None:
@@ -979,26 +970,6 @@ class GroupWorker:
             client = self._controls[addr] = self._node_client(addr)
         return client
 
-    async def _slot_master(self, slot: int) -> Address:
-        """The master serving ``slot``, re-reading the slot map first after a failure."""
-        cluster = self._cluster
-        assert cluster is not None
-        if self._map_stale:
-            async with self._refresh_lock:
-                if self._map_stale:
-                    self._map_stale = False
-                    try:
-                        await cluster.nodes_manager.initialize()
-                    except BaseException:
-                        self._map_stale = True
-                        raise
-        try:
-            node = cluster.nodes_manager.get_node_from_slot(slot)
-        except (KeyError, IndexError) as exc:
-            self._map_stale = True
-            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
-        return (str(node.host), int(node.port))
-
     async def _connect_reader(self, reader: _Reader) -> aredis.Redis:
         if reader.slot is None:
             assert isinstance(self._cmd, aredis.Redis)
@@ -1006,7 +977,8 @@ class GroupWorker:
             reader.addr = None
         else:
             assert self._node_client is not None
-            reader.addr = await self._slot_master(reader.slot)
+            assert self._slots is not None  # a cluster: built in __init__
+            reader.addr = await self._slots.master(reader.slot)
             client = self._node_client(reader.addr, single=True)
         try:
             reader.read_id = int(await client.client_id())
@@ -1207,7 +1179,7 @@ class GroupWorker:
         self._sink_log.recovered("sink accepts entries again")
         reader.unacked.setdefault(s.key, []).extend(ids)
         reader.unacked_units.append(unit)
-        if s.meta and batch and _event_type(batch[-1].data) in TERMINAL_TYPES:
+        if s.meta and batch and is_terminal(batch[-1].data):
             reader.ending[s.key] = s
 
     async def _retry_due(self, reader: _Reader, client: aredis.Redis) -> None:
