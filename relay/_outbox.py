@@ -67,6 +67,7 @@ class Outbox:
         self._data: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._empty: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self._policy_closing = False
@@ -187,6 +188,8 @@ class Outbox:
         try:
             while True:
                 if not queue:
+                    if self._empty is not None:
+                        self._empty.set()
                     data = self._data
                     assert data is not None
                     data.clear()
@@ -219,6 +222,14 @@ class Outbox:
                     return
         except ClientGone:
             return
+
+    async def flushed(self) -> None:
+        """Wait until everything queued is written."""
+        while self.queue:
+            if self._empty is None:
+                self._empty = asyncio.Event()
+            self._empty.clear()
+            await self._empty.wait()
 
     async def _release(self) -> None:
         """Cancel and await every task of this client; forget what is queued."""
