@@ -3,8 +3,10 @@
 Each message is one frame of the WebSocket protocol: ``event:`` is the frame's ``type``
 (``unavailable`` for an ``error`` frame with that code), ``data:`` the frame's JSON. The
 ``event``, ``subscribed`` and ``reset`` messages carry an ``id:``: the position of every
-stream of the response, base64url (no padding) of the JSON object
-``{STREAM: [LAST_ID, EPOCH]}`` (LAST_ID null: "$", nothing yet; EPOCH null: not known yet).
+stream of the response, ``STREAM=LAST_ID[@EPOCH]`` joined by ``;``, e.g.
+``session:q-1=1732270000000-4@3f2a9c01d2e4b5a6;sessions=1732270000000-9`` (LAST_ID ``$``:
+nothing delivered yet, resume with what comes next; the epoch percent-encoded, absent
+while unknown). Stream names, ids and encoded epochs hold no ``;``, ``=`` or ``@``.
 A browser's ``EventSource`` sends the last one back as ``Last-Event-ID`` when it reconnects,
 and each stream resumes after its own last id, in its own epoch (a recreated stream
 answers ``reset``): exactly once, in order, over any number of streams.
@@ -23,10 +25,9 @@ from Redis (bounded queue); one that takes nothing for ``stall_timeout_s`` is dr
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -56,26 +57,32 @@ RETRY_MS = 1000
 _TYPE_AT = len(b'{"type":"')
 _EVENT_HEAD = b'{"type":"event","stream":"'
 _UNAVAILABLE = b'{"type":"error","code":"unavailable"'
-# The id: line carries every stream's position; JSON can hold any stream name.
+# Each stream's [last id or None for "$", epoch or None].
 Positions = dict[str, list[str | None]]
 
 
+def segment(stream: str, position: list[str | None]) -> bytes:
+    """One stream's part of an ``id:``: ``STREAM=ID[@EPOCH]`` (ID ``$``: nothing yet)."""
+    last, epoch = position
+    text = f"{stream}={last or '$'}"
+    if epoch:
+        text += "@" + urllib.parse.quote(epoch, safe="")
+    return text.encode()
+
+
 def encode_positions(positions: Positions) -> bytes:
-    return base64.urlsafe_b64encode(orjson.dumps(positions)).rstrip(b"=")
+    return b";".join(segment(stream, p) for stream, p in positions.items())
 
 
 def decode_positions(value: str) -> Positions:
     """A ``Last-Event-ID`` this door sent (``Refusal`` ``invalid_offset`` if not)."""
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        positions = orjson.loads(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise Refusal(F.INVALID_OFFSET, "Last-Event-ID is not an id this relay sent") from exc
-    if not isinstance(positions, dict) or not all(
-        isinstance(v, list) and len(v) == 2 and all(x is None or isinstance(x, str) for x in v)
-        for v in positions.values()
-    ):
-        raise Refusal(F.INVALID_OFFSET, "Last-Event-ID is not an id this relay sent")
+    positions: Positions = {}
+    for part in value.split(";"):
+        stream, eq, rest = part.partition("=")
+        last, _, epoch = rest.partition("@")
+        if not eq or not stream or not last or "=" in rest:
+            raise Refusal(F.INVALID_OFFSET, "Last-Event-ID is not an id this relay sent")
+        positions[stream] = [None if last == "$" else last, urllib.parse.unquote(epoch) or None]
     return positions
 
 
@@ -96,6 +103,7 @@ class SseDoor(Door):
         self.peer = request.remote or "?"
         self._transport = request.transport
         self.positions: Positions = {}
+        self._segments: dict[str, bytes] = {}  # each stream's part of the id, kept encoded
         self.heartbeat_s = settings.sse_heartbeat_s
         self._done = asyncio.Event()
         self._fast = False
@@ -112,7 +120,9 @@ class SseDoor(Door):
             stream = frame[len(_EVENT_HEAD) : end].decode()
             start = end + len(b'","id":"')
             entry_id = frame[start : frame.index(b'"', start)].decode()
-            self.positions.setdefault(stream, [None, None])[0] = entry_id
+            position = self.positions.setdefault(stream, [None, None])
+            position[0] = entry_id
+            self._segments[stream] = segment(stream, position)
         elif kind in (b"subscribed", b"reset"):
             fields = orjson.loads(frame)
             position = self.positions.setdefault(fields["stream"], [None, None])
@@ -121,13 +131,14 @@ class SseDoor(Door):
             elif position[0] is None:  # "$": after what existed at subscribe
                 position[0] = fields.get("last") or "0-0"
             position[1] = fields.get("epoch")
+            self._segments[fields["stream"]] = segment(fields["stream"], position)
         else:
             with_id = False
             if frame.startswith(_UNAVAILABLE):
                 kind = b"unavailable"
         head = b"event: " + kind + b"\n"
         if with_id:
-            head += b"id: " + encode_positions(self.positions) + b"\n"
+            head += b"id: " + b";".join(self._segments.values()) + b"\n"
         return head + b"data: " + frame + b"\n\n"
 
     def _writable(self) -> bool:
@@ -150,8 +161,10 @@ class SseDoor(Door):
         return True
 
     def _chunk(self, data: bytes) -> None:
-        writer: Any = self.response._payload_writer
-        writer._write_chunked_payload(data)
+        """One HTTP/1.1 chunk, straight to the transport (``_writable`` checked it)."""
+        transport = self._transport
+        assert transport is not None
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
     async def _send(self, frame: bytes) -> None:
         if self._done.is_set():
@@ -212,6 +225,7 @@ class SseDoor(Door):
             for w in wanted:
                 start = None if w.from_id is None else format_id(w.from_id)
                 self.positions[w.ref.name] = [start, w.epoch]
+                self._segments[w.ref.name] = segment(w.ref.name, self.positions[w.ref.name])
             for w in wanted:
                 await self._start(w)
             while not self._done.is_set():
