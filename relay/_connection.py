@@ -60,6 +60,16 @@ class TokenBucket:
 class Connection(Door):
     """Serves one WebSocket connection until it closes. A ``relay._subscription.Sink``."""
 
+    __slots__ = (
+        "_bucket",
+        "_closing",
+        "_limited_in_a_row",
+        "_refusals",
+        "_refused_in_window",
+        "close_timeout_s",
+        "ws",
+    )
+
     def __init__(self, ws: Socket, *, hub: Hub, settings: RelaySettings, stats: Stats) -> None:
         super().__init__(hub=hub, settings=settings, stats=stats)
         self.ws = ws

@@ -217,15 +217,16 @@ class AiohttpServer:
             return response
         await ws.prepare(request)
         conn = Connection(AiohttpSocket(ws, request), hub=relay.hub, settings=s, stats=relay.stats)
-        with relay.counted(ip):
-            self.connections.add(conn)
-            try:
-                await conn.run()
-            except Exception:
-                log.error("connection handler failed", exc_info=True)
-                await _bounded_close(ws, F.CLOSE_INTERNAL, "internal error", s.close_timeout_s)
-            finally:
-                self.forget(conn)
+        relay.opened(ip)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        except Exception:
+            log.error("connection handler failed", exc_info=True)
+            await _bounded_close(ws, F.CLOSE_INTERNAL, "internal error", s.close_timeout_s)
+        finally:
+            self.forget(conn)
+            relay.closed(ip)
         if not ws.closed:
             await _bounded_close(ws, 1000, "", s.close_timeout_s)
         return ws

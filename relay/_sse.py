@@ -89,6 +89,17 @@ def decode_positions(value: str) -> Positions:
 class SseDoor(Door):
     """One SSE response: its subscriptions, written as events. A ``Sink``."""
 
+    __slots__ = (
+        "_done",
+        "_fast",
+        "_segments",
+        "_transport",
+        "heartbeat_s",
+        "peer",
+        "positions",
+        "response",
+    )
+
     def __init__(
         self,
         response: web.StreamResponse,
@@ -324,14 +335,15 @@ def handler(server: AiohttpServer) -> Callable[[web.Request], Awaitable[web.Stre
         await response.prepare(request)
         door = SseDoor(response, request, hub=hub, settings=s, stats=relay.stats)
         door.grant = grant
-        with relay.counted(door_ip):
-            server.sse.add(door)
-            try:
-                await door.run(wanted)
-            except (ClientConnectionResetError, ConnectionResetError):
-                pass  # the client left
-            finally:
-                server.forget(door)
+        relay.opened(door_ip)
+        server.sse.add(door)
+        try:
+            await door.run(wanted)
+        except (ClientConnectionResetError, ConnectionResetError):
+            pass  # the client left
+        finally:
+            server.forget(door)
+            relay.closed(door_ip)
         if door._failure is None and not door_ended_by_abort(door):
             with contextlib.suppress(ClientConnectionResetError, ConnectionResetError):
                 await response.write_eof()
