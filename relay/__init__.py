@@ -1,4 +1,5 @@
-"""The rpa-bus relay: Redis Streams in, WebSocket out, with exact replay.
+"""The rpa-bus relay: Redis Streams in; WebSocket, Server-Sent Events and an HTTP API out,
+with exact replay.
 
 ::
 
@@ -7,22 +8,45 @@
     async with Relay(RelaySettings.from_env()) as relay:
         await relay.serve_forever()
 
-The wire protocol is documented for client authors in docs/protocol.md.
+Consumers in Python follow streams with ``Subscription`` (blocking) or
+``AsyncSubscription``. The wire protocols are documented for client authors in
+docs/protocol.md and docs/http.md.
 """
 
 from __future__ import annotations
 
+from relay._api import ApiContext, ApiLimits, add_routes
 from relay._auth import Grant, mint_token, verify_token
+from relay._client import (
+    AsyncSubscription,
+    Event,
+    Gap,
+    Item,
+    Live,
+    Reset,
+    Subscription,
+    SubscriptionError,
+    Unavailable,
+)
 from relay._relay import Relay
 from relay._settings import RelaySettings
-from relay._tail import TailError, tail
 
 __all__ = [
+    "ApiContext",
+    "ApiLimits",
+    "AsyncSubscription",
+    "Event",
+    "Gap",
     "Grant",
+    "Item",
+    "Live",
     "Relay",
     "RelaySettings",
-    "TailError",
+    "Reset",
+    "Subscription",
+    "SubscriptionError",
+    "Unavailable",
+    "add_routes",
     "mint_token",
-    "tail",
     "verify_token",
 ]

@@ -137,6 +137,11 @@ class Relay:
             return
 
     @property
+    def client(self) -> AsyncClient:
+        """The relay's Redis client (the HTTP API reads and appends with it)."""
+        return self._client
+
+    @property
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
         if self._server is None:

@@ -12,7 +12,6 @@ itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from relay import _frames as F
 from relay import _http
+from relay._api import ApiContext, add_routes
 from relay._connection import Connection
 from relay._sockets import AiohttpSocket
 
@@ -92,10 +92,11 @@ class AiohttpServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/sse", _sse.handler(self))
-        with contextlib.suppress(ImportError):
-            from relay import _api  # type: ignore[attr-defined,unused-ignore]
-
-            _api.add_routes(app, self.relay)
+        relay = self.relay
+        add_routes(
+            app,
+            ApiContext(client=relay.client, keys=relay.settings.bus.keys, settings=relay.settings),
+        )
         app.router.add_get("/{path:.*}", self._static)
         app.on_response_prepare.append(_server_header)
         return app

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from relay import Relay, tail
+from relay import AsyncSubscription, Event, Relay
 from relay._connection import Connection
 from rpa_bus import ConfigMismatch
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port, port_open
@@ -218,9 +218,9 @@ async def test_tail_client_resumes_across_relay_restart(redis_url: str, writer: 
     seen: list[str] = []
 
     async def follow() -> None:
-        async for frame in tail(f"ws://127.0.0.1:{port}", S):
-            if frame["type"] == "event":
-                seen.append(frame["id"])
+        async for item in AsyncSubscription(f"ws://127.0.0.1:{port}", S):
+            if isinstance(item, Event):
+                seen.append(item.id)
 
     task = asyncio.create_task(follow())
     try:

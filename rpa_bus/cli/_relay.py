@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import subprocess
@@ -109,14 +110,26 @@ async def _serve(settings: RelaySettings) -> None:
 @app.command()
 def token(
     stream: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
-            "--stream", "-s", help="Stream name or prefix pattern (monitor:*); repeatable."
+            "--stream",
+            "-s",
+            help="Stream to read: a name or prefix pattern (monitor:*); repeatable.",
         ),
-    ],
+    ] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish",
+            "-p",
+            help="Stream to append to over HTTP (POST /v1/sessions/SID/events): a name or "
+            "prefix pattern (session:*); repeatable.",
+        ),
+    ] = None,
     ttl: Annotated[float, typer.Option("--ttl", help="Seconds until the token expires.")] = 3600.0,
 ) -> None:
-    """Print a token granting STREAM(s), signed with RPA_BUS_SECRET."""
+    """Print a token granting reads of STREAM(s) and appends to PUBLISH streams, signed
+    with RPA_BUS_SECRET."""
     from relay import mint_token
 
     settings = Settings.from_env()
@@ -124,7 +137,7 @@ def token(
         typer.echo("rpa-bus token: set RPA_BUS_SECRET (the relay's secret) first", err=True)
         raise typer.Exit(2)
     try:
-        typer.echo(mint_token(settings.secret, stream, ttl_s=ttl))
+        typer.echo(mint_token(settings.secret, stream or (), publish=publish or (), ttl_s=ttl))
     except BusError as exc:
         typer.echo(f"rpa-bus token: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -136,7 +149,7 @@ def tail(
     from_id: Annotated[
         str, typer.Option("--from", help="Exclusive start id; 0 = all, $ = only new.")
     ] = "0",
-    url: Annotated[str, typer.Option("--url", help="Relay WebSocket URL.")] = (
+    url: Annotated[str, typer.Option("--url", help="Relay URL (ws:// or http://).")] = (
         "ws://127.0.0.1:8765/ws"
     ),
     token: Annotated[
@@ -155,15 +168,21 @@ def tail(
 
 
 async def _tail(url: str, stream: str, from_id: str, token: str | None) -> None:
-    from relay import tail as follow
+    """Events as JSON lines on stdout (the relay's event frames); gaps, resets and
+    outages as JSON lines on stderr."""
+    from relay import AsyncSubscription, Event, Gap, Live
 
-    async for frame in follow(url, stream, from_id=from_id, token=token):
-        kind = frame.get("type")
-        if kind == "event":
-            sys.stdout.buffer.write(orjson.dumps(frame) + b"\n")
-            sys.stdout.flush()
-        elif kind in ("gap", "reset", "error"):
-            typer.echo(orjson.dumps(frame).decode(), err=True)
+    async with AsyncSubscription(url, [stream], from_id=from_id, token=token) as sub:
+        async for item in sub:
+            if isinstance(item, Event):
+                frame = {"type": "event", "stream": item.stream, "id": item.id, "data": item.data}
+                sys.stdout.buffer.write(orjson.dumps(frame) + b"\n")
+                sys.stdout.flush()
+            elif not isinstance(item, Live):
+                note = {"type": type(item).__name__.lower(), **dataclasses.asdict(item)}
+                if isinstance(item, Gap):
+                    note["from"] = note.pop("from_id")
+                typer.echo(orjson.dumps(note).decode(), err=True)
 
 
 @app.command()

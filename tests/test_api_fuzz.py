@@ -1,0 +1,108 @@
+"""Fuzz every HTTP API operation against its own OpenAPI description (schemathesis): no
+5xx, every status, content type, header and body as described. Valid and invalid input
+both; a bounded number of examples per operation.
+
+The API runs in a real relay (its aiohttp server, middleware and all) in a thread of its
+own (schemathesis calls it with a blocking HTTP client) against a private Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from relay import Relay
+from relay._api import ApiLimits
+from relay._openapi import openapi_spec
+from tests._relay_support import relay_settings
+from tests.conftest import UNIT_S
+
+# The description the relay serves (its default limits).
+schema = schemathesis.openapi.from_dict(openapi_spec(ApiLimits()))
+# The SSE stream never ends; the doors' own tests cover it.
+schema = schema.exclude(path="/v1/sse")
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+class _Served:
+    """The API on its own event loop in a thread, until ``stop()``."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_url = redis_url
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self.base: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="api-fuzz-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10 * UNIT_S) or self.base is None:
+            raise RuntimeError(f"API server did not start: {self._error!r}")
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            async with Relay(relay_settings(self._redis_url)) as relay:
+                self.base = f"http://127.0.0.1:{relay.port}"
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+
+    def stop(self) -> None:
+        stop = self._stop
+        if stop is not None:
+            self._loop.call_soon_threadsafe(stop.set)
+        self._thread.join(10 * UNIT_S)
+        assert not self._thread.is_alive(), "API server thread did not stop"
+
+
+@pytest.fixture
+def base_url(redis_url: str) -> Iterator[str]:
+    served = _Served(redis_url)
+    try:
+        assert served.base is not None
+        yield served.base
+    finally:
+        served.stop()
+
+
+@schema.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+def test_every_operation_matches_its_spec(case: schemathesis.Case, base_url: str) -> None:
+    """Valid and invalid input (schemathesis generates both): invalid input is refused
+    with a described 4xx, valid input gets a described answer; never a 5xx."""
+    case.call_and_validate(
+        base_url=base_url, checks=[*CHECKS, negative_data_rejection], timeout=10 * UNIT_S
+    )
