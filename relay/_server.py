@@ -239,6 +239,8 @@ class AiohttpServer:
         return reply_response(_http.metrics_response(self.relay.registry))
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            return error_response(404, "not_found", f"no such endpoint: {request.path}")
         return reply_response(await _http.static_response(request.path))
 
 

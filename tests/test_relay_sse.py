@@ -175,6 +175,17 @@ async def test_bad_requests_get_400_json(
     assert relay.stats.subscriptions == 0
 
 
+async def test_v1_paths_answer_json_errors(relay: Relay) -> None:
+    async with httpx.AsyncClient(timeout=5 * UNIT_S) as http:
+        missing = await http.get(f"{base(relay)}/v1/nope")
+        wrong = await http.delete(f"{base(relay)}/v1/sse?stream={A}")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "GET, HEAD"
+
+
 @pytest.fixture
 async def secure_relay(redis_url: str) -> AsyncIterator[Relay]:
     settings = relay_settings(redis_url, origins=("https://app.example",))
