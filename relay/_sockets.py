@@ -10,7 +10,7 @@ path) and otherwise leave it to the connection's bounded queue and writer.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -60,23 +60,23 @@ class AiohttpSocket:
         writer = ws._writer
         # The synchronous frame write aiohttp's own send_frame uses; compressed frames (a
         # shared compressor) go the awaited way.
-        self._writer = writer
+        self._writer: Any = writer
         self._fast = (
             writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
         )
 
     def write_now(self, frame: bytes, limit: int) -> bool:
-        transport = self._transport
-        if (
-            not self._fast
-            or self.ws.closed
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size() >= limit
-        ):
+        # The fan-out's hot path: as few lookups as possible. The writer itself refuses a
+        # closing transport (the frame then takes the queue, whose send finds it gone).
+        if not self._fast or self.ws._closed:
             return False
-        assert self._writer is not None
-        self._writer._write_websocket_frame(frame, WSMsgType.TEXT, 0)
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() >= limit:
+            return False
+        try:
+            self._writer._write_websocket_frame(frame, 1, 0)  # 1: TEXT
+        except ClientConnectionResetError:
+            return False
         return True
 
     async def send(self, frame: bytes) -> None:

@@ -56,18 +56,21 @@ log = logging.getLogger(__name__)
 RETRY_MS = 1000
 _TYPE_AT = len(b'{"type":"')
 _EVENT_HEAD = b'{"type":"event","stream":"'
+_STREAM_AT = len(_EVENT_HEAD)
+_EVENT_FIXED = len(b"event: event\nid: \ndata: \n\n")
 _UNAVAILABLE = b'{"type":"error","code":"unavailable"'
 # Each stream's [last id or None for "$", epoch or None].
 Positions = dict[str, list[str | None]]
 
 
+def _epoch_tail(epoch: str | None) -> bytes:
+    return b"@" + urllib.parse.quote(epoch, safe="").encode() if epoch else b""
+
+
 def segment(stream: str, position: list[str | None]) -> bytes:
     """One stream's part of an ``id:``: ``STREAM=ID[@EPOCH]`` (ID ``$``: nothing yet)."""
     last, epoch = position
-    text = f"{stream}={last or '$'}"
-    if epoch:
-        text += "@" + urllib.parse.quote(epoch, safe="")
-    return text.encode()
+    return f"{stream}={last or '$'}".encode() + _epoch_tail(epoch)
 
 
 def encode_positions(positions: Positions) -> bytes:
@@ -92,11 +95,14 @@ class SseDoor(Door):
     __slots__ = (
         "_done",
         "_fast",
+        "_heads",
+        "_ids",
         "_segments",
+        "_tails",
         "_transport",
+        "_unset",
         "heartbeat_s",
         "peer",
-        "positions",
         "response",
     )
 
@@ -113,8 +119,12 @@ class SseDoor(Door):
         self.response = response
         self.peer = request.remote or "?"
         self._transport = request.transport
-        self.positions: Positions = {}
-        self._segments: dict[str, bytes] = {}  # each stream's part of the id, kept encoded
+        # Each stream's part of the id, STREAM=ID[@EPOCH], kept encoded, and its pieces.
+        self._segments: dict[bytes, bytes] = {}
+        self._heads: dict[bytes, bytes] = {}  # b"STREAM="
+        self._ids: dict[bytes, bytes] = {}  # b"ID" or b"$"
+        self._tails: dict[bytes, bytes] = {}  # b"@EPOCH" or b""
+        self._unset: set[bytes] = set()  # streams still at "$"
         self.heartbeat_s = settings.sse_heartbeat_s
         self._done = asyncio.Event()
         self._fast = False
@@ -122,35 +132,61 @@ class SseDoor(Door):
     # -- the wire -------------------------------------------------------------------------
 
     def encode(self, frame: bytes) -> bytes:
-        """The SSE message of ``frame``, updating the positions (in wire order)."""
+        """The SSE message of ``frame``, moving the positions (in wire order)."""
+        if frame.startswith(_EVENT_HEAD):
+            return b"event: event\nid: " + self._event_id(frame) + b"\ndata: " + frame + b"\n\n"
         kind = frame[_TYPE_AT : frame.index(b'"', _TYPE_AT)]
-        with_id = True
-        if kind == b"event":
-            # {"type":"event","stream":"S","id":"ID",...}: names and ids have no quotes.
-            end = frame.index(b'"', len(_EVENT_HEAD))
-            stream = frame[len(_EVENT_HEAD) : end].decode()
-            start = end + len(b'","id":"')
-            entry_id = frame[start : frame.index(b'"', start)].decode()
-            position = self.positions.setdefault(stream, [None, None])
-            position[0] = entry_id
-            self._segments[stream] = segment(stream, position)
-        elif kind in (b"subscribed", b"reset"):
+        if kind in (b"subscribed", b"reset"):
             fields = orjson.loads(frame)
-            position = self.positions.setdefault(fields["stream"], [None, None])
+            stream = fields["stream"].encode()
             if kind == b"reset":
-                position[0] = "0-0"
-            elif position[0] is None:  # "$": after what existed at subscribe
-                position[0] = fields.get("last") or "0-0"
-            position[1] = fields.get("epoch")
-            self._segments[fields["stream"]] = segment(fields["stream"], position)
+                self._ids[stream] = b"0-0"
+            elif stream in self._unset:  # "$": after what existed at subscribe
+                self._ids[stream] = (fields.get("last") or "0-0").encode()
+            self._unset.discard(stream)
+            epoch = fields.get("epoch")
+            self._tails[stream] = _epoch_tail(epoch)
+            self._join(stream)
+            id_line = b"id: " + b";".join(self._segments.values()) + b"\n"
         else:
-            with_id = False
+            id_line = b""
             if frame.startswith(_UNAVAILABLE):
                 kind = b"unavailable"
-        head = b"event: " + kind + b"\n"
-        if with_id:
-            head += b"id: " + b";".join(self._segments.values()) + b"\n"
-        return head + b"data: " + frame + b"\n\n"
+        return b"event: " + kind + b"\n" + id_line + b"data: " + frame + b"\n\n"
+
+    def _join(self, stream: bytes) -> None:
+        self._segments[stream] = self._heads[stream] + self._ids[stream] + self._tails[stream]
+
+    def _event_id(self, frame: bytes) -> bytes:
+        """The ``id:`` of an event frame: its stream moves to the frame's id."""
+        # {"type":"event","stream":"S","id":"ID",...}: names and ids have no quotes.
+        end = frame.index(b'"', _STREAM_AT)
+        stream = frame[_STREAM_AT:end]
+        start = end + 8  # len('","id":"')
+        entry_id = frame[start : frame.index(b'"', start)]
+        self._ids[stream] = entry_id
+        segment = self._heads[stream] + entry_id + self._tails[stream]
+        segments = self._segments
+        segments[stream] = segment
+        return segment if len(segments) == 1 else b";".join(segments.values())
+
+    def _write_now(self, frame: bytes) -> bool:
+        transport = self._transport
+        if (
+            not self._fast
+            or self._done.is_set()
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() >= self.write_limit
+        ):
+            return False
+        if frame.startswith(_EVENT_HEAD):  # the hot path: one allocation, one write
+            id_ = self._event_id(frame)
+            size = _EVENT_FIXED + len(id_) + len(frame)
+            transport.write(b"%x\r\nevent: event\nid: %b\ndata: %b\n\n\r\n" % (size, id_, frame))
+        else:
+            self._chunk(self.encode(frame))
+        return True
 
     def _writable(self) -> bool:
         transport = self._transport
@@ -161,15 +197,6 @@ class SseDoor(Door):
             and not transport.is_closing()
             and transport.get_write_buffer_size() < self.write_limit
         )
-
-    def _write_now(self, frame: bytes) -> bool:
-        if not self._writable():
-            return False
-        try:
-            self._chunk(self.encode(frame))
-        except ClientConnectionResetError:
-            self.end()
-        return True
 
     def _chunk(self, data: bytes) -> None:
         """One HTTP/1.1 chunk, straight to the transport (``_writable`` checked it)."""
@@ -234,9 +261,15 @@ class SseDoor(Door):
         )
         try:
             for w in wanted:
-                start = None if w.from_id is None else format_id(w.from_id)
-                self.positions[w.ref.name] = [start, w.epoch]
-                self._segments[w.ref.name] = segment(w.ref.name, self.positions[w.ref.name])
+                stream = w.ref.name.encode()
+                self._heads[stream] = stream + b"="
+                if w.from_id is None:
+                    self._ids[stream] = b"$"
+                    self._unset.add(stream)
+                else:
+                    self._ids[stream] = format_id(w.from_id).encode()
+                self._tails[stream] = _epoch_tail(w.epoch)
+                self._join(stream)
             for w in wanted:
                 await self._start(w)
             while not self._done.is_set():

@@ -4,6 +4,7 @@ and Chromium's own EventSource; waits are bounded by UNIT_S."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from relay import Relay, mint_token
 from relay._sse import decode_positions, encode_positions
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._browser import BusWriter, RelayThread, chromium_page
-from tests._relay_support import Writer, close_relay, relay, relay_settings, writer
+from tests._relay_support import KEYS, Writer, close_relay, relay, relay_settings, writer
 from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 
@@ -124,6 +125,33 @@ async def test_two_streams_resume_exactly_once_after_a_disconnect(
     for sse in seen:
         if sse.event == "event":
             assert set(decode_positions(sse.id)) == {A, B}
+
+
+async def test_the_id_carries_the_epoch_and_a_recreated_stream_resets(
+    relay: Relay, writer: Writer
+) -> None:
+    stream = "session:sse-epoch"
+    old_epoch = await writer.start("sse-epoch")
+    old = [await writer.add(stream) for _ in range(2)]
+    seen: list[ServerSentEvent] = []
+    url = f"{base(relay)}/v1/sse?stream={stream}"
+    async with httpx.AsyncClient(timeout=10 * UNIT_S) as http:
+        async with aconnect_sse(http, "GET", url) as source:
+            await until(source.aiter_sse(), is_event(stream, old[-1]), seen)
+        last_id = seen[-1].id
+        assert last_id == f"{stream}={old[-1]}@{old_epoch}"
+        # The session runs again under the same id: a new stream, a new epoch.
+        await writer.r.delete(writer.key(stream), KEYS.meta("sse-epoch"))
+        new_epoch = await writer.start("sse-epoch")
+        new = [await writer.add(stream) for _ in range(2)]
+        headers = {"Last-Event-ID": last_id}
+        async with aconnect_sse(http, "GET", url, headers=headers) as source:
+            events = source.aiter_sse()
+            reset = await until(events, lambda s: s.event == "reset", seen)
+            assert orjson.loads(reset.data)["epoch"] == new_epoch
+            assert reset.id == f"{stream}=0-0@{new_epoch}"
+            await until(events, is_event(stream, new[-1]), seen)
+    assert event_ids(seen, stream) == old + new
 
 
 async def test_from_dollar_and_heartbeats(redis_url: str, writer: Writer) -> None:
@@ -253,34 +281,38 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", r.port))
         reader, writer_ = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        writer_.write(f"GET /v1/sse?stream={A}&from=$ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        await writer_.drain()
-        await wait_for_async(lambda: r.stats.subscriptions == 1, what="the subscription")
-        reader._transport.pause_reading()  # type: ignore[attr-defined]
-        peak = 0
+        try:
+            request = f"GET /v1/sse?stream={A}&from=$ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            writer_.write(request.encode())
+            await writer_.drain()
+            await wait_for_async(lambda: r.stats.subscriptions == 1, what="the subscription")
+            reader._transport.pause_reading()  # type: ignore[attr-defined]
+            peak = 0
 
-        async def watch() -> None:
-            nonlocal peak
-            while True:
-                peak = max(peak, r.stats.queued_bytes)
-                await asyncio.sleep(0.002)
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, r.stats.queued_bytes)
+                    await asyncio.sleep(0.002)
 
-        watcher = asyncio.create_task(watch())
-        ids = await writer.add_many(A, 3000, size=2048)
-        await wait_for_async(lambda: r.stats.slow_switches >= 1, what="a switch to catch-up")
-        watcher.cancel()
-        assert peak <= 2 * queue_bytes + 4096, peak
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read fast
-        reader._transport.resume_reading()  # type: ignore[attr-defined]
-        got: list[str] = []
-        async with asyncio.timeout(60 * UNIT_S):
-            while len(got) < len(ids):
-                line = await reader.readline()
-                if line.startswith(b'data: {"type":"event"'):
-                    got.append(orjson.loads(line[6:])["id"])
-        assert got == ids  # every event once, in order, through the catch-up
-        writer_.close()
-        await writer_.wait_closed()
+            watcher = asyncio.create_task(watch())
+            ids = await writer.add_many(A, 3000, size=2048)
+            await wait_for_async(lambda: r.stats.slow_switches >= 1, what="a switch to catch-up")
+            watcher.cancel()
+            assert peak <= 2 * queue_bytes + 4096, peak
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read fast
+            reader._transport.resume_reading()  # type: ignore[attr-defined]
+            got: list[str] = []
+            async with asyncio.timeout(60 * UNIT_S):
+                while len(got) < len(ids):
+                    line = await reader.readline()
+                    if line.startswith(b'data: {"type":"event"'):
+                        got.append(orjson.loads(line[6:])["id"])
+            assert got == ids  # every event once, in order, through the catch-up
+        finally:
+            writer_.close()
+            with contextlib.suppress(OSError):
+                await writer_.wait_closed()
     finally:
         await close_relay(r)
 
