@@ -202,8 +202,11 @@ class Outbox:
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        if self._tasks is not None:
-            self._tasks.discard(task)
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None  # an idle client holds no empty set
         if task.cancelled():
             return
         exc = task.exception()
