@@ -80,10 +80,13 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def start_relay(redis_url: str, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+def start_relay(
+    redis_url: str, port: int, workers: int = 1, server: str = "aiohttp", name: str = "bench"
+) -> subprocess.Popen[bytes]:
     exe = shutil.which("rpa-bus") or str(Path(sys.prefix) / "bin" / "rpa-bus")
     env = {
         **os.environ,
+        "RPA_BUS_RELAY_SERVER": server,
         "RPA_BUS_REDIS_URL": redis_url,
         "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
         "RPA_BUS_RELAY_OPS_PER_S": "1000",
@@ -96,7 +99,7 @@ def start_relay(redis_url: str, port: int, workers: int = 1) -> subprocess.Popen
             "--port",
             str(port),
             "--name",
-            "bench",
+            name,
             *(["--workers", str(workers)] if workers > 1 else []),
         ],
         env=env,
@@ -149,6 +152,48 @@ asyncio.run(main())
 """
 
 
+RAW_AIOHTTP = r"""
+import asyncio, sys
+from aiohttp import web
+port, n_frames, sessions, expected = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                      int(sys.argv[4]))
+envelope = sys.argv[5]
+groups = {}
+ready = asyncio.Event()
+def frame(s, i):
+    head = '{"type":"event","stream":"session:s%d","id":"1732270000000-%d","data":' % (s, i)
+    return head + envelope + "}"
+async def handler(request):
+    ws = web.WebSocketResponse(compress=False)
+    await ws.prepare(request)
+    s = int(request.query["s"])
+    groups.setdefault(s, set()).add(ws)
+    if sum(len(g) for g in groups.values()) >= expected:
+        ready.set()
+    async for _ in ws:
+        pass
+    return ws
+async def blast():
+    await ready.wait()
+    await asyncio.sleep(0.5)
+    frames = [[frame(s, i) for s in range(sessions)] for i in range(n_frames // sessions)]
+    for row in frames:
+        for s, f in enumerate(row):
+            for ws in groups[s]:
+                await ws.send_str(f)
+        await asyncio.sleep(0)
+async def main():
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+    await blast()
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
 NAIVE_RELAY = r"""
 import asyncio, sys
 import redis.asyncio as aioredis
@@ -192,6 +237,17 @@ def start_raw(port: int, mode: str, n_frames: int, sessions: int, expected: int,
     raw_envelope = envelope(pad).decode()
     proc = subprocess.Popen(
         [sys.executable, "-c", RAW_SERVER, str(port), mode, str(n_frames), str(sessions),
+         str(expected), raw_envelope],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_port(port, proc)
+    return proc
+
+
+def start_raw_aiohttp(port: int, n_frames: int, sessions: int, expected: int, pad: str) -> Any:
+    raw_envelope = envelope(pad).decode()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RAW_AIOHTTP, str(port), str(n_frames), str(sessions),
          str(expected), raw_envelope],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -254,7 +310,13 @@ async def _connect_all(urls: list[str], concurrency: int = 64) -> list[Any]:
 async def _fleet(task: str, a: dict[str, Any], ready: Any, go: Any) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     if task == "idle":
-        conns = await _connect_all([a["url"]] * a["n"])
+        # Each connection subscribed to one of 100 quiet streams, as a dashboard would be.
+        urls = [f"{a['url']}?stream=session:idle{i % 100}&from=$" for i in range(a["n"])]
+        conns = await _connect_all(urls)
+        for ws in conns:
+            async with asyncio.timeout(30):
+                while not (await ws.recv()).startswith('{"type":"live"'):
+                    pass
         ready.set()
         await loop.run_in_executor(None, go.wait)
         # Prove they are all alive: a ping on every one.
@@ -269,13 +331,15 @@ async def _fleet(task: str, a: dict[str, Any], ready: Any, go: Any) -> dict[str,
         return {"held": pongs}
 
     sessions, per = a["sessions"], a["per_session"]
-    if a.get("raw"):
+    if a.get("sse"):
+        paths = [f"/v1/sse?stream=session:s{s}&from=$" for s in range(sessions) for _ in range(per)]
+    elif a.get("raw"):
         paths = [f"/?s={s}" for s in range(sessions) for _ in range(per)]
     else:
         paths = [f"/ws?stream=session:s{s}&from=$" for s in range(sessions) for _ in range(per)]
     port = int(a["url"].rsplit(":", 1)[1].split("/")[0])
     stats = FleetStats(a["expected"], measure_latency=task == "latency")
-    conns = await _open_raw(port, paths, stats)
+    conns = await _open_raw(port, paths, stats, sse=bool(a.get("sse")))
     if not a.get("raw"):  # wait until every subscription is live
         stats.live_target = len(conns)
         if stats.live < len(conns):
@@ -387,15 +451,63 @@ class RawClient(asyncio.Protocol):
         del buf[:pos]
 
 
-async def _open_raw(port: int, paths: list[str], stats: FleetStats) -> list[RawClient]:
+class RawSseClient(asyncio.Protocol):
+    """A minimal SSE client for the fleet: counts ``event`` and ``live`` messages straight
+    from the socket buffer (the relay writes one message per HTTP chunk)."""
+
+    EVENT = b"\ndata: "
+
+    def __init__(self, path: str, stats: FleetStats, opened: asyncio.Future[None]) -> None:
+        self.path = path
+        self.stats = stats
+        self.opened = opened
+        self.buf = bytearray()
+        self.is_open = False
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.is_open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 200"):
+                self.opened.set_exception(RuntimeError(bytes(buf[:40]).decode()))
+                return
+            del buf[: end + 4]
+            self.is_open = True
+            self.opened.set_result(None)
+        pos = 0
+        while True:
+            at = buf.find(self.EVENT, pos)
+            if at < 0:
+                break
+            end = buf.find(b"\n\n", at + 7)
+            if end < 0:
+                break
+            self.stats.on_message(bytes(buf[at + 7 : end]))
+            pos = end + 2
+        del buf[:pos]
+
+
+async def _open_raw(
+    port: int, paths: list[str], stats: FleetStats, *, sse: bool = False
+) -> list[Any]:
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(64)
+    kind: Any = RawSseClient if sse else RawClient
 
-    async def one(path: str) -> RawClient:
+    async def one(path: str) -> Any:
         async with sem:
             opened: asyncio.Future[None] = loop.create_future()
             _, conn = await loop.create_connection(
-                lambda: RawClient(path, stats, opened), "127.0.0.1", port
+                lambda: kind(path, stats, opened), "127.0.0.1", port
             )
             async with asyncio.timeout(30):
                 await opened
@@ -483,7 +595,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--phases", default="1234", help="which figures, e.g. 13")
     parser.add_argument("--workers", type=int, default=1, help="rpa-bus relay --workers N")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="the relay on websockets vs on aiohttp, SSE, and both bare broadcasts, one run",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: ceiling rounds")
     opts = parser.parse_args()
+    if opts.compare:
+        compare(opts)
+        return
     q = opts.quick
     sessions, per = (20, 5) if q else (100, 10)
     lat_seconds = 3.0 if q else 10.0
@@ -614,6 +735,146 @@ def idle_phase(relay: Any, url: str, port: int, n: int) -> None:
     print(f"\n4. {n:,} idle connections: relay reports {held['conns']:,} open, "
           f"{res['held']:,} answered a ping; relay RSS {before / 1024:.0f} -> "
           f"{held['rss'] / 1024:.0f} MiB = {per_conn:.1f} KiB per idle connection")  # fmt: skip
+
+
+def compare(opts: Any) -> None:
+    """The relay on its two servers, in one run: latency p99 at 1,000 ev/s x 10 fan-out,
+    the WebSocket delivery ceiling to 1,000 clients (rounds alternate the servers and the
+    bare broadcasts so all see the same machine load; medians), the SSE ceiling, and RSS
+    per idle subscribed connection."""
+    import statistics
+
+    q = opts.quick
+    sessions, per = (20, 5) if q else (100, 10)
+    lat_seconds = 3.0 if q else 10.0
+    n = 2_000 if q else 10_000
+    idle_n = 200 if q else 1_000
+    pad = "x" * 100
+    nofile = raise_nofile()
+    load = os.getloadavg()[0]
+    print(f"rpa-bus relay: websockets vs aiohttp ({'quick' if q else 'full'}); "
+          f"{os.cpu_count()} CPUs; RLIMIT_NOFILE {nofile}; load {load:.1f}")  # fmt: skip
+    base = {"sessions": sessions, "per_session": per}
+    rates: dict[str, list[float]] = {}
+    figures: dict[str, dict[str, float]] = {"websockets": {}, "aiohttp": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = EmbeddedRedis(Path(tmp), persistent=False)
+        redis.start()
+        try:
+            for round_ in range(opts.rounds):
+                order = ["websockets", "aiohttp"] if round_ % 2 == 0 else ["aiohttp", "websockets"]
+                for server in order:
+                    port = free_port()
+                    relay = start_relay(redis.url, port, server=server, name=f"b-{server}")
+                    try:
+                        args = {**base, "url": f"ws://127.0.0.1:{port}/ws"}
+                        rates.setdefault(server, []).append(relay_ceiling(redis, args, n, pad))
+                        if server == "aiohttp":
+                            rate = relay_ceiling(redis, {**args, "sse": True}, n, pad)
+                            rates.setdefault("sse", []).append(rate)
+                        if round_ == 0:
+                            figures[server].update(
+                                relay_latency(redis, relay, args, lat_seconds, pad)
+                            )
+                    finally:
+                        stop(relay)
+                    if round_ == 0:  # on a fresh relay: no memory freed by earlier phases
+                        relay = start_relay(redis.url, port, server=server, name=f"i-{server}")
+                        try:
+                            figures[server]["idle_kib"] = idle_kib(relay, port, idle_n)
+                        finally:
+                            stop(relay)
+                for raw in ("raw websockets", "raw aiohttp"):
+                    rates.setdefault(raw, []).append(raw_ceiling(raw, base, n, pad))
+                print(f"   round {round_ + 1}: " + ", ".join(
+                    f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))  # fmt: skip
+        finally:
+            redis.kill()
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\nWebSocket delivery ceiling, {n:,} events x {per} clients ({sessions * per} "
+          f"clients), medians of {opts.rounds} rounds:")  # fmt: skip
+    for k, v in med.items():
+        print(f"   {k:16} {v:>9,.0f} deliveries/s")
+    print(f"   aiohttp relay / websockets relay {med['aiohttp'] / med['websockets']:.2f}x; "
+          f"aiohttp relay / bare aiohttp broadcast {med['aiohttp'] / med['raw aiohttp']:.0%}; "
+          f"websockets relay / bare websockets broadcast "
+          f"{med['websockets'] / med['raw websockets']:.0%}; "
+          f"SSE / WebSocket (aiohttp relay) {med['sse'] / med['aiohttp']:.0%}")  # fmt: skip
+    print(f"\nLatency at 1,000 ev/s x {per} fan-out ({sessions * per} clients), and RSS per "
+          f"idle subscribed connection ({idle_n:,} connections):")  # fmt: skip
+    for server, f in figures.items():
+        print(f"   {server:10} p50 {f['p50']:.2f} ms  p99 {f['p99']:.2f} ms  max {f['max']:.1f} ms"
+              f"  server CPU {f['cpu']:.0%}   idle {f['idle_kib']:.1f} KiB/connection")  # fmt: skip
+
+
+def relay_ceiling(redis: EmbeddedRedis, args: dict[str, Any], n: int, pad: str) -> float:
+    def blast(go: Any) -> None:
+        go.set()
+        asyncio.run(blast_writer(redis.url, args["sessions"], n, pad))
+
+    per = args["per_session"]
+    res = run_fleet("ceiling", {**args, "expected": n * per, "timeout_s": 120}, during=blast)
+    if res["count"] < n * per:
+        print(f"   (only {res['count']:,} of {n * per:,} delivered)")
+    return float(res["count"] / res["elapsed_s"])
+
+
+def raw_ceiling(kind: str, base: dict[str, Any], n: int, pad: str) -> float:
+    sessions, per = base["sessions"], base["per_session"]
+    port = free_port()
+    if kind == "raw aiohttp":
+        proc = start_raw_aiohttp(port, n, sessions, sessions * per, pad)
+    else:
+        proc = start_raw(port, "broadcast", n, sessions, sessions * per, pad)
+    try:
+        res = run_fleet(
+            "ceiling",
+            {**base, "url": f"ws://127.0.0.1:{port}/", "raw": True, "expected": n * per,
+             "timeout_s": 120},
+        )  # fmt: skip
+    finally:
+        stop(proc)
+    return float(res["count"] / res["elapsed_s"])
+
+
+def relay_latency(
+    redis: EmbeddedRedis, relay: Any, args: dict[str, Any], seconds: float, pad: str
+) -> dict[str, float]:
+    n = int(1000 * seconds)
+
+    def paced(go: Any) -> None:
+        go.set()
+        asyncio.run(paced_writer(redis.url, args["sessions"], 1000, seconds, pad))
+
+    cpu0 = tree_cpu_s(relay.pid)
+    res = run_fleet(
+        "latency",
+        {**args, "expected": n * args["per_session"], "timeout_s": seconds + 30},
+        during=paced,
+    )
+    lat = res["lat"]
+    return {
+        "p50": pct(lat, 0.50),
+        "p99": pct(lat, 0.99),
+        "max": max(lat) / 1e6,
+        "cpu": (tree_cpu_s(relay.pid) - cpu0) / seconds,
+    }
+
+
+def idle_kib(relay: Any, port: int, n: int) -> float:
+    url = f"ws://127.0.0.1:{port}/ws"
+    # Warm up: the first connections pay for imports and pools, not per connection.
+    run_fleet("idle", {"url": url, "n": 50, "timeout_s": 60})
+    before = rss_kib(relay.pid)
+    held: dict[str, int] = {}
+
+    def measure(go: Any) -> None:
+        held["rss"] = rss_kib(relay.pid)
+
+    res = run_fleet("idle", {"url": url, "n": n, "timeout_s": 120}, during=measure)
+    if res["held"] != n:
+        print(f"   ({res['held']} of {n} idle connections answered)")
+    return (held["rss"] - before) / n
 
 
 def health(port: int) -> dict[str, Any]:

@@ -60,6 +60,16 @@ class TokenBucket:
 class Connection(Door):
     """Serves one WebSocket connection until it closes. A ``relay._subscription.Sink``."""
 
+    __slots__ = (
+        "_bucket",
+        "_closing",
+        "_limited_in_a_row",
+        "_refusals",
+        "_refused_in_window",
+        "close_timeout_s",
+        "ws",
+    )
+
     def __init__(self, ws: Socket, *, hub: Hub, settings: RelaySettings, stats: Stats) -> None:
         super().__init__(hub=hub, settings=settings, stats=stats)
         self.ws = ws
@@ -113,10 +123,25 @@ class Connection(Door):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve until the client leaves, the relay closes, or a bug (re-raised: 1011)."""
+        """Serve until the client leaves, the relay closes, or a bug (re-raised: 1011).
+
+        The receive loop runs here, not in a task of its own: an idle connection holds as
+        few coroutine frames as possible."""
+        ws = self.ws
+        receive, unwrap = ws.receive_raw, ws.unwrap
         try:
             await self._query_ops()
-            await self._receiver()
+            while (message := unwrap(await receive())) is not None:
+                if self._failure is not None:
+                    break
+                if not self._bucket.take():
+                    self._limited(message)
+                    continue
+                self._limited_in_a_row = 0
+                if isinstance(message, bytes):
+                    self.put_control(F.error(F.BAD_REQUEST, "frames must be JSON text"))
+                    continue
+                await self._handle(message)
             closing = self._closing
             if closing is not None and not closing.done():
                 # Let our closing handshake finish (it is bounded) before cancelling it.
@@ -125,20 +150,6 @@ class Connection(Door):
             await self._shutdown()
         if self._failure is not None:
             raise self._failure
-
-    async def _receiver(self) -> None:
-        ws = self.ws
-        while (message := await ws.receive()) is not None:
-            if self._failure is not None:
-                return
-            if not self._bucket.take():
-                self._limited(message)
-                continue
-            self._limited_in_a_row = 0
-            if isinstance(message, bytes):
-                self.put_control(F.error(F.BAD_REQUEST, "frames must be JSON text"))
-                continue
-            await self._handle(message)
 
     def _limited(self, message: str | bytes) -> None:
         self.stats.rate_limited += 1

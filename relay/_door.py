@@ -79,6 +79,8 @@ def check_request(stream: object, from_: object, epoch: object) -> Wanted:
 class Door(Outbox):
     """One client's grant and subscriptions, over its bounded outbox."""
 
+    __slots__ = ("_expiry", "grant", "hub", "max_subscriptions", "secret", "subs")
+
     def __init__(self, *, hub: Hub, settings: RelaySettings, stats: Stats) -> None:
         super().__init__(settings, stats)
         self.hub = hub

@@ -90,9 +90,12 @@ class WebsocketsServer:
         relay = self.relay
         assert relay.hub is not None
         socket = WebsocketsSocket(ws)
-        with relay.counted(socket.ip):
+        relay.opened(socket.ip)
+        try:
             conn = Connection(socket, hub=relay.hub, settings=relay.settings, stats=relay.stats)
             await conn.run()
+        finally:
+            relay.closed(socket.ip)
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         relay = self.relay

@@ -51,6 +51,28 @@ class ClientGone(Exception):
 class Outbox:
     """A client's bounded FIFO and the tasks it owns (subscriptions, writer, close)."""
 
+    # Slots: thousands of idle clients each hold one of these.
+    __slots__ = (
+        "_data",
+        "_empty",
+        "_failure",
+        "_policy_closing",
+        "_room",
+        "_tasks",
+        "_writer",
+        "low_bytes",
+        "low_frames",
+        "max_bytes",
+        "max_control_bytes",
+        "max_frames",
+        "queue",
+        "queued_bytes",
+        "stall_s",
+        "stats",
+        "total_bytes",
+        "write_limit",
+    )
+
     def __init__(self, settings: RelaySettings, stats: Stats) -> None:
         self.stats = stats
         self.max_frames = settings.queue_frames
@@ -61,13 +83,15 @@ class Outbox:
         self.low_bytes = settings.queue_bytes // 2
         self.stall_s = settings.stall_timeout_s
         self.write_limit = settings.write_limit
-        self.queue: collections.deque[bytes] = collections.deque()
+        # Made when first needed, like the events below: an idle client holds none of them.
+        self.queue: collections.deque[bytes] | None = None
         self.queued_bytes = 0
         # Made when first needed: most clients never fill their socket buffer.
         self._data: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._empty: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
         self._failure: BaseException | None = None
         self._policy_closing = False
 
@@ -97,6 +121,8 @@ class Outbox:
     def _push(self, frame: bytes) -> None:
         if not self.queue and self._write_now(frame):
             return
+        if self.queue is None:
+            self.queue = collections.deque()
         self.queue.append(frame)
         size = len(frame)
         self.queued_bytes += size
@@ -111,9 +137,12 @@ class Outbox:
             data.set()
 
     def try_put(self, frame: bytes) -> bool:
-        if not self.queue and self._write_now(frame):
+        queue = self.queue
+        if not queue and self._write_now(frame):
             return True
-        if len(self.queue) >= self.max_frames or self.queued_bytes + len(frame) > self.max_bytes:
+        if (queue and len(queue) >= self.max_frames) or (
+            self.queued_bytes + len(frame) > self.max_bytes
+        ):
             return False
         if self._over_total(len(frame)):
             # Relay-wide bound: this client is behind (its frame could not go straight to
@@ -150,7 +179,7 @@ class Outbox:
         if not self.queue and self._write_now(frame):
             return
         while (
-            len(self.queue) >= self.low_frames
+            (self.queue is not None and len(self.queue) >= self.low_frames)
             or self.queued_bytes >= self.low_bytes
             # Past the relay-wide bound a replay holds at most one frame in the queue.
             or (self.queue and self._over_total(len(frame)))
@@ -166,12 +195,18 @@ class Outbox:
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        tasks = self._tasks
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                self._tasks = None  # an idle client holds no empty set
         if task.cancelled():
             return
         exc = task.exception()
@@ -184,9 +219,12 @@ class Outbox:
     async def _drain(self) -> None:
         """Write the queued frames in order; waits for the buffer through ``_send``."""
         queue = self.queue
+        assert queue is not None  # made before the writer is started
         try:
             while True:
                 if not queue:
+                    if self._empty is not None:
+                        self._empty.set()
                     data = self._data
                     assert data is not None
                     data.clear()
@@ -220,11 +258,21 @@ class Outbox:
         except ClientGone:
             return
 
+    async def flushed(self) -> None:
+        """Wait until everything queued is written."""
+        while self.queue:
+            if self._empty is None:
+                self._empty = asyncio.Event()
+            self._empty.clear()
+            await self._empty.wait()
+
     async def _release(self) -> None:
         """Cancel and await every task of this client; forget what is queued."""
 
-        await cancel_and_wait(list(self._tasks))
-        self.stats.queued_frames -= len(self.queue)
+        if self._tasks:
+            await cancel_and_wait(list(self._tasks))
+        if self.queue:
+            self.stats.queued_frames -= len(self.queue)
         self.stats.queued_bytes -= self.queued_bytes
-        self.queue.clear()
+        self.queue = None
         self.queued_bytes = 0

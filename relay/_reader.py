@@ -18,25 +18,77 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from rpa_bus.redisio import REDIS_FAILURES, Address, Backoff, is_retryable
+from relay._servers import Servers
+from rpa_bus.redisio import REDIS_FAILURES, Address, AsyncClient, Backoff, is_retryable
 
 if TYPE_CHECKING:
-    from relay._hub import Hub, Tail
+    from relay._hub import Tail
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSpec:
+    """How a reader reads: its group and consumer, and the XREADGROUP/WAIT settings."""
+
+    group: str
+    consumer: str
+    block_ms: int
+    read_count: int
+    min_replicas: int = 0
+    wait_timeout_ms: int = 1000
+
+
+class ReaderHost(Protocol):
+    """What a reader needs from the hub, and all it may call there."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def connected(self, reader: Reader) -> None:
+        """The reader (re)connected (on one server: Redis is up)."""
+
+    def reader_up(self, reader: Reader) -> None:
+        """A read succeeded."""
+
+    def reader_down(self, reader: Reader, exc: BaseException) -> None:
+        """A read failed with a transient error; the reader retries with backoff."""
+
+    def reader_done(self, reader: Reader) -> None:
+        """A cluster reader ends: its slot has no tails left."""
+
+    async def drop_idle(self, reader: Reader) -> None:
+        """Stop tailing the reader's streams that lost their last subscriber."""
+
+    async def repair_groups(self, reader: Reader) -> None:
+        """Recreate our group where NOGROUP/UNBLOCKED says it is gone."""
+
+    def deliver(self, reader: Reader, response: Any) -> dict[str, list[bytes]]:
+        """Fan out a read; return the ids to acknowledge."""
+
+    async def ack(self, delivered: dict[str, list[bytes]], client: AsyncClient) -> None:
+        """Acknowledge now, on ``client`` (recovering pending entries)."""
+
+    def queue_acks(self, delivered: dict[str, list[bytes]]) -> None:
+        """Acknowledge soon, coalesced, off the read path."""
 
 
 class Reader:
     """Reads the tails of one slot (``slot``), or of everything (``slot=None``)."""
 
-    def __init__(self, hub: Hub, slot: int | None) -> None:
-        self.hub = hub
+    def __init__(
+        self, host: ReaderHost, servers: Servers, spec: ReadSpec, slot: int | None
+    ) -> None:
+        self.hub = host
+        self.servers = servers
+        self.spec = spec
         self.slot = slot
         self.tails: dict[str, Tail] = {}
         self.leaving: set[str] = set()  # tailed keys whose last subscriber left
@@ -48,7 +100,7 @@ class Reader:
         self.changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.up = False  # the last read succeeded (cluster: this slot's availability)
-        self.outage = 0  # the number of its current/last outage (see ``Hub.reader_down``)
+        self.outage = 0  # the number of its current/last outage (see ``relay._outage``)
         # For /healthz: a reader that has not returned for long is stuck.
         self.last_read_s = time.monotonic()
         self._client: aioredis.Redis | None = None
@@ -79,13 +131,10 @@ class Reader:
                 if self.client_id is None:
                     client = await self._connect()
                     self.client_id = int(await client.client_id())
-                    self.addr = hub.address(client.connection)
+                    self.addr = self.servers.address(client.connection)
                     await self._retire(stale_id, stale_addr)
                     stale_id = stale_addr = None
-                    if self.slot is None:
-                        # One server: connected is up. A cluster slot is up once a read
-                        # succeeds (a node answers CLUSTERDOWN while a failover is on).
-                        hub.mark_up()
+                    hub.connected(self)
                     recovering = True
                 if repair:
                     # Here, not in the except clause below: a transient error while
@@ -116,12 +165,10 @@ class Reader:
                     response = await conn.read_response()
                 finally:
                     self.blocked = False
-                if response and hub.min_replicas:
+                if response and self.spec.min_replicas:
                     await self._await_replicas(conn)
                 self.last_read_s = time.monotonic()
-                hub.stats.reader_loops += 1
-                hub.stats.last_read_s = self.last_read_s
-                delivered = hub.fan_out(response)
+                delivered = hub.deliver(self, response)
                 if recovering:
                     log.debug("recovered pending entries: %s", delivered)
                 if delivered and recovering:
@@ -143,16 +190,15 @@ class Reader:
                 if stale_id is None and self.client_id is not None:
                     stale_id, stale_addr = self.client_id, self.addr
                 self.client_id = None
-                hub.slots_changed()
                 hub.reader_down(self, exc)
                 await asyncio.sleep(backoff.next_s())
 
     async def _connect(self) -> aioredis.Redis:
         """The reader's connection, (re)connected to the server its streams live on."""
-        hub = self.hub
+        servers = self.servers
         if self.slot is None:
             if self._client is None:
-                self._client = hub.command_client().client()
+                self._client = servers.command_client().client()
             previous: Any = self._client.connection
             if previous is not None:
                 # Reconnect explicitly: a Sentinel connection finds the current master in
@@ -160,12 +206,12 @@ class Reader:
                 # that and goes back to the previous (demoted) master.
                 await previous.connect()
             return self._client
-        addr = await hub.slot_master(self.slot)
+        addr = await servers.slot_master(self.slot)
         if self._client is None or addr != self._client_addr:
             if self._client_addr is not None:
                 log.info("reader of slot %d moves to %s:%d", self.slot, *addr)
             await self._close_client()
-            self._client = hub.node_client(addr, single=True)
+            self._client = servers.node_client(addr, single=True)
             self._client_addr = addr
         else:
             previous = self._client.connection
@@ -195,8 +241,8 @@ class Reader:
         unsent, and the next reader connection, on the new master, finds in our pending
         list exactly those that survived.
         """
-        hub = self.hub
-        command = conn.pack_command("WAIT", hub.min_replicas, hub.wait_timeout_ms)
+        spec = self.spec
+        command = conn.pack_command("WAIT", spec.min_replicas, spec.wait_timeout_ms)
         warned = False
         while True:
             await conn.send_packed_command(command, check_health=False)
@@ -207,14 +253,14 @@ class Reader:
                 # under us. Start over on whichever server is the master now.
                 await conn.disconnect()
                 raise RedisConnectionError(f"cannot confirm replication: {exc}") from exc
-            if acked >= hub.min_replicas:
+            if acked >= spec.min_replicas:
                 return
             if not warned:
                 warned = True
                 log.warning(
                     "%d of %d replicas hold the entries just read; delivery waits for them",
                     acked,
-                    hub.min_replicas,
+                    spec.min_replicas,
                 )
 
     async def _retire(self, stale_id: int | None, stale_addr: Address | None) -> None:
@@ -232,14 +278,13 @@ class Reader:
             # failure was a reply such as MOVED or CLUSTERDOWN, not a drop): killing it
             # would only force another reconnect. Client ids are never reused by a server.
             return
-        hub = self.hub
         try:
-            await hub.pinned(stale_addr).client_kill_filter(_id=str(stale_id))
+            await self.servers.pinned(stale_addr).client_kill_filter(_id=str(stale_id))
         except REDIS_FAILURES as exc:
             if not is_retryable(exc) and isinstance(exc, ResponseError):
                 if "no such client" not in str(exc).lower():
                     log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)
-                    await asyncio.sleep(hub.block_ms / 1000 + 0.05)
+                    await asyncio.sleep(self.spec.block_ms / 1000 + 0.05)
                 return
             if not is_retryable(exc) or stale_addr is None or stale_addr == self.addr:
                 raise
@@ -255,12 +300,12 @@ class Reader:
         """
         cache_key = (self.gen, recovering)
         if self._packed_key != cache_key:
-            hub = self.hub
+            spec = self.spec
             keys = list(self.tails)
             ids = ["0" if recovering else ">"] * len(keys)
-            block = [] if recovering else ["BLOCK", hub.block_ms]
+            block = [] if recovering else ["BLOCK", spec.block_ms]
             self._packed = conn.pack_command(
-                "XREADGROUP", "GROUP", hub.group, hub.consumer, "COUNT", hub.read_count,
+                "XREADGROUP", "GROUP", spec.group, spec.consumer, "COUNT", spec.read_count,
                 *block, "STREAMS", *keys, *ids,
             )  # fmt: skip
             self._packed_key = cache_key

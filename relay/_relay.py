@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import urllib.parse
-from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -208,18 +206,16 @@ class Relay:
 
     # -- what every door checks -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def counted(self, ip: str) -> Iterator[None]:
-        """Count a long-lived connection (WebSocket, SSE) of ``ip`` while it lasts."""
+    def opened(self, ip: str) -> None:
+        """Count a long-lived connection (WebSocket, SSE) of ``ip`` (then ``closed(ip)``)."""
         self._per_ip[ip] += 1
         self.stats.connections += 1
-        try:
-            yield
-        finally:
-            self.stats.connections -= 1
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
+
+    def closed(self, ip: str) -> None:
+        self.stats.connections -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
 
     def host_ok(self, host: str | None) -> bool:
         """Without a secret (loopback mode), only loopback names or the hosts of configured

@@ -218,15 +218,16 @@ class AiohttpServer:
             return response
         await ws.prepare(request)
         conn = Connection(AiohttpSocket(ws, request), hub=relay.hub, settings=s, stats=relay.stats)
-        with relay.counted(ip):
-            self.connections.add(conn)
-            try:
-                await conn.run()
-            except Exception:
-                log.error("connection handler failed", exc_info=True)
-                await _bounded_close(ws, F.CLOSE_INTERNAL, "internal error", s.close_timeout_s)
-            finally:
-                self.forget(conn)
+        relay.opened(ip)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        except Exception:
+            log.error("connection handler failed", exc_info=True)
+            await _bounded_close(ws, F.CLOSE_INTERNAL, "internal error", s.close_timeout_s)
+        finally:
+            self.forget(conn)
+            relay.closed(ip)
         if not ws.closed:
             await _bounded_close(ws, 1000, "", s.close_timeout_s)
         return ws
@@ -238,6 +239,8 @@ class AiohttpServer:
         return reply_response(_http.metrics_response(self.relay.registry))
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            return error_response(404, "not_found", f"no such endpoint: {request.path}")
         return reply_response(await _http.static_response(request.path))
 
 

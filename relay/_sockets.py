@@ -10,7 +10,8 @@ path) and otherwise leave it to the connection's bounded queue and writer.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
@@ -32,8 +33,13 @@ class Socket(Protocol):
     async def send(self, frame: bytes) -> None:
         """Write ``frame``, waiting while the buffer is full; ``ClientGone`` if closed."""
 
-    async def receive(self) -> str | bytes | None:
-        """The next message, or None once the connection is closed."""
+    # The next message, raw (the library's own receive: no extra coroutine frame held per
+    # idle connection); ``unwrap`` turns it into text, bytes, or None once closed.
+    @property
+    def receive_raw(self) -> Callable[[], Awaitable[Any]]: ...
+
+    def unwrap(self, raw: Any) -> str | bytes | None:
+        """The message's text or bytes, or None if it says the connection closed."""
 
     async def close(self, code: int, reason: str) -> None:
         """The closing handshake (unbounded: the caller bounds it)."""
@@ -49,10 +55,11 @@ def _peer(address: object) -> tuple[str, str]:
 
 
 class AiohttpSocket:
-    __slots__ = ("_fast", "_transport", "_writer", "ip", "peer", "query", "ws")
+    __slots__ = ("_fast", "_transport", "_writer", "ip", "peer", "query", "receive_raw", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
+        self.receive_raw: Callable[[], Awaitable[Any]] = ws.receive
         self.query = request.query_string
         self.peer, self.ip = _peer(request.transport.get_extra_info("peername") if
                                    request.transport is not None else None)  # fmt: skip
@@ -60,23 +67,23 @@ class AiohttpSocket:
         writer = ws._writer
         # The synchronous frame write aiohttp's own send_frame uses; compressed frames (a
         # shared compressor) go the awaited way.
-        self._writer = writer
+        self._writer: Any = writer
         self._fast = (
             writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
         )
 
     def write_now(self, frame: bytes, limit: int) -> bool:
-        transport = self._transport
-        if (
-            not self._fast
-            or self.ws.closed
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size() >= limit
-        ):
+        # The fan-out's hot path: as few lookups as possible. The writer itself refuses a
+        # closing transport (the frame then takes the queue, whose send finds it gone).
+        if not self._fast or self.ws._closed:
             return False
-        assert self._writer is not None
-        self._writer._write_websocket_frame(frame, WSMsgType.TEXT, 0)
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() >= limit:
+            return False
+        try:
+            self._writer._write_websocket_frame(frame, 1, 0)  # 1: TEXT
+        except ClientConnectionResetError:
+            return False
         return True
 
     async def send(self, frame: bytes) -> None:
@@ -87,14 +94,13 @@ class AiohttpSocket:
         except (ClientConnectionResetError, ConnectionResetError, RuntimeError) as exc:
             raise ClientGone from exc
 
-    async def receive(self) -> str | bytes | None:
-        msg = await self.ws.receive()
-        if msg.type is WSMsgType.TEXT:
-            data: str = msg.data
+    def unwrap(self, raw: Any) -> str | bytes | None:
+        if raw.type is WSMsgType.TEXT:
+            text: str = raw.data
+            return text
+        if raw.type is WSMsgType.BINARY:
+            data: bytes = raw.data
             return data
-        if msg.type is WSMsgType.BINARY:
-            raw: bytes = msg.data
-            return raw
         return None  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp closed with its code)
 
     async def close(self, code: int, reason: str) -> None:
@@ -106,10 +112,11 @@ class AiohttpSocket:
 
 
 class WebsocketsSocket:
-    __slots__ = ("ip", "peer", "query", "ws")
+    __slots__ = ("ip", "peer", "query", "receive_raw", "ws")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
+        self.receive_raw: Callable[[], Awaitable[Any]] = self._receive
         request = ws.request
         self.query = "" if request is None else urllib.parse.urlsplit(request.path).query
         self.peer, self.ip = _peer(ws.remote_address)
@@ -129,11 +136,15 @@ class WebsocketsSocket:
         except ConnectionClosed as exc:
             raise ClientGone from exc
 
-    async def receive(self) -> str | bytes | None:
+    async def _receive(self) -> str | bytes | None:
         try:
             return await self.ws.recv()
         except ConnectionClosed:
             return None
+
+    def unwrap(self, raw: Any) -> str | bytes | None:
+        message: str | bytes | None = raw
+        return message
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason)

@@ -1,4 +1,4 @@
-"""A subscription: one stream watched by one client, and what it needs from the client.
+"""The subscription core: one stream watched by one client, from replay to live.
 
 A subscription moves through three modes::
 
@@ -8,8 +8,14 @@ A subscription moves through three modes::
                  reads XRANGE pages from its last delivered id until it reaches the end,
                  then rejoins through PENDING
 
-The client is a ``Sink``: it knows nothing of Redis, and the subscription nothing of the
-wire (WebSocket, SSE).
+The invariant that makes replay, live, catch-up and reconnects exact: a subscription
+delivers an entry only if its id is greater than ``last``, the id it delivered last, and
+``last`` only grows. Duplicates are therefore impossible; the handoff argument for "no
+gap" is in ``Subscriptions._catch_up``.
+
+The client is a ``Sink`` (a door: WebSocket, SSE): the core knows nothing of the wire, and
+the doors nothing of Redis. The core reaches the tailed streams through ``Streams`` (the
+hub), Redis through ``Servers``, and outages through ``Outages``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from relay._frames import ZERO_ID, Id, format_id
-from rpa_bus import StreamRef
+from redis.exceptions import ResponseError
+
+from relay import _frames as F
+from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
+from relay._stats import Stats
+from rpa_bus import Keys, StreamRef, state_from_meta
+from rpa_bus.redisio import cancel_and_wait
+
+if TYPE_CHECKING:
+    from relay._outage import Outages
+    from relay._servers import Servers
 
 
 class Sink(Protocol):
@@ -74,7 +91,8 @@ class Subscription:
         self.epoch: str | None = None
         # A new subscription is pending-live from the start: the handoff buffers first.
         self.mode = Mode.PENDING
-        self.buffer: collections.deque[tuple[Id, bytes]] = collections.deque()
+        # Made when the first live event is buffered; dropped when it is emptied.
+        self.buffer: collections.deque[tuple[Id, bytes]] | None = None
         self.buffer_bytes = 0
         self.overflow = False
         self.task: asyncio.Task[None] | None = None
@@ -85,8 +103,265 @@ class Subscription:
         self.expires_s: float | None = None
 
     def clear_buffer(self) -> None:
-        self.buffer.clear()
+        self.buffer = None
         self.buffer_bytes = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name} {self.mode.value} last={format_id(self.last)}>"
+
+
+class Streams(Protocol):
+    """The tailed streams, as the core needs them (the hub)."""
+
+    async def attach(self, sub: Subscription) -> None:
+        """Register ``sub`` on its stream's tail, tailing the stream if new."""
+
+    def detach(self, sub: Subscription) -> None:
+        """Unregister ``sub``; a tail left without subscribers is dropped by its reader."""
+
+    def confirmed(self, key: str) -> Id | None:
+        """With ``min_replicas``: up to which id ``key`` is known to be replicated."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    epoch: str | None
+    first: Id | None
+    last: Id | None
+    state: dict[str, Any]
+
+
+class Subscriptions:
+    """Runs subscriptions: ``start``, ``offer`` (from the fan-out), ``restart``, ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        streams: Streams,
+        servers: Servers,
+        outages: Outages,
+        keys: Keys,
+        stats: Stats,
+        page_size: int,
+        replay_buffer: int,
+        replay_buffer_bytes: int,
+    ) -> None:
+        self._streams = streams
+        self._servers = servers
+        self._outages = outages
+        self._keys = keys
+        self.stats = stats
+        self._page_size = page_size
+        self._replay_buffer = replay_buffer
+        self._replay_buffer_bytes = replay_buffer_bytes
+
+    def start(self, sub: Subscription, *, from_id: Id | None, epoch: str | None) -> None:
+        """Begin a subscription: attach, send ``subscribed``, replay, then go live."""
+        sub.task = sub.sink.spawn(self._subscribe(sub, from_id, epoch), f"sub:{sub.name}")
+
+    async def stop(self, sub: Subscription) -> None:
+        sub.mode = Mode.CLOSED
+        sub.clear_buffer()
+        task, sub.task = sub.task, None
+        if task is not None and task is not asyncio.current_task():
+            await cancel_and_wait([task])
+        self._streams.detach(sub)
+
+    async def _subscribe(self, sub: Subscription, from_id: Id | None, epoch: str | None) -> None:
+        try:
+            await self._outages.retrying(sub, lambda: self._streams.attach(sub))
+        except ResponseError as exc:  # e.g. WRONGTYPE: the key holds something else
+            sub.mode = Mode.CLOSED
+            sub.sink.put_control(F.error(F.INVALID_STREAM, f"cannot read stream: {exc}", sub.name))
+            self.stats.replays["error"] += 1
+            return
+        info: StreamInfo = await self._outages.retrying(sub, lambda: self._info(sub.ref))
+        sub.sink.put_control(
+            F.frame(
+                type="subscribed",
+                stream=sub.name,
+                epoch=info.epoch,
+                first=_fmt(info.first),
+                last=_fmt(info.last),
+                state=info.state,
+            )
+        )
+        sub.epoch = info.epoch
+        if from_id is None:  # "$": only what comes after the current end
+            sub.last = info.last or ZERO_ID
+        elif epoch and epoch != info.epoch:
+            # The client's history belongs to another incarnation of the stream.
+            self.stats.resets += 1
+            sub.outcome = "reset"
+            sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
+            sub.last = ZERO_ID
+        else:
+            sub.last = from_id
+        await self._catch_up(sub)
+
+    def restart(self, sub: Subscription) -> None:
+        """Re-check a subscription against Redis (its stream lost our group: recreated or
+        lost in a restart): reset if the epoch changed, else catch up from ``last``."""
+        old = sub.task
+        sub.mode = Mode.CATCHING_UP
+        sub.clear_buffer()
+        sub.task = sub.sink.spawn(self._resume(sub, old), f"resume:{sub.name}")
+
+    async def _resume(self, sub: Subscription, old: asyncio.Task[None] | None) -> None:
+        if old is not None:
+            await cancel_and_wait([old])
+        info: StreamInfo = await self._outages.retrying(sub, lambda: self._info(sub.ref))
+        if sub.epoch != info.epoch and sub.ref.kind == "session":
+            self.stats.resets += 1
+            sub.outcome = "reset"
+            sub.sink.put_control(F.frame(type="reset", stream=sub.name, epoch=info.epoch))
+            sub.epoch = info.epoch
+            sub.last = ZERO_ID
+        await self._catch_up(sub)
+
+    def _fall_behind(self, sub: Subscription) -> None:
+        """The connection's queue is full: catch this subscription up from Redis instead."""
+        self.stats.slow_switches += 1
+        sub.outcome = "catch_up"
+        sub.mode = Mode.CATCHING_UP
+        sub.clear_buffer()
+        sub.task = sub.sink.spawn(self._catch_up(sub), f"catch-up:{sub.name}")
+
+    async def _catch_up(self, sub: Subscription) -> None:
+        """Replay XRANGE pages from ``sub.last`` to the end, then hand off to live.
+
+        No gap: while PENDING, every entry the reader fans out for this stream is buffered.
+        The final XRANGE pass starts after PENDING began, so an entry is either older than
+        that pass (and the pass returns it) or the reader fans it out after PENDING began
+        (the group was created before any pass, so ``>`` returns it) and it is buffered or,
+        once LIVE, delivered. Buffer overflow drops the buffer and reads Redis again.
+        No duplicate: everything goes through the ``id > last`` test.
+        """
+        while True:
+            await self._replay_pages(sub)
+            if sub.mode is not Mode.PENDING:  # coming from CATCHING_UP: one more pass
+                sub.mode = Mode.PENDING
+                sub.clear_buffer()
+                sub.overflow = False
+                continue
+            while sub.buffer and not sub.overflow:
+                entry_id, frame = sub.buffer.popleft()
+                sub.buffer_bytes -= len(frame)
+                if entry_id > sub.last:
+                    await sub.sink.put_replay(frame)
+                    sub.last = entry_id
+                    self.stats.events_out += 1
+            if sub.overflow:
+                sub.overflow = False
+                sub.clear_buffer()
+                continue
+            sub.mode = Mode.LIVE
+            sub.clear_buffer()  # empty: live subscriptions hold no buffer
+            sub.task = None
+            self.stats.replays[sub.outcome] += 1
+            sub.outcome = "live"
+            sub.sink.put_control(F.frame(type="live", stream=sub.name))
+            return
+
+    async def _replay_pages(self, sub: Subscription) -> None:
+        key = self._keys.key_for(sub.ref)
+        prefix = F.event_prefix(sub.name)
+        page = self._page_size
+        while True:
+            # With min_replicas, replay stops at what is known to be replicated: an entry
+            # past it may still vanish in a failover, and reaches the subscription through
+            # the reader (which confirms it first) instead; see ``_await_replicas``.
+            upto = self._streams.confirmed(key)
+            first, entries = await self._outages.retrying(
+                sub, functools.partial(self._page, key, sub.last, page, upto)
+            )
+            if first is not None and sub.last != ZERO_ID and first > sub.last:
+                # Entries after `last` may have been trimmed away (approximate MAXLEN); the
+                # client learns it, then gets the retained rest.
+                self.stats.gaps += 1
+                sub.outcome = "gap"
+                sub.sink.put_control(
+                    F.frame(type="gap", stream=sub.name, **{"from": format_id(sub.last)},
+                            first=format_id(first))
+                )  # fmt: skip
+            for raw_id, fields in entries:
+                entry_id = parse_id(raw_id)
+                if entry_id <= sub.last:
+                    continue
+                await sub.sink.put_replay(event_frame(prefix, raw_id, fields.get(b"e")))
+                sub.last = entry_id
+                self.stats.events_out += 1
+            if len(entries) < page:
+                return
+
+    async def _page(
+        self, key: str, after: Id, count: int, upto: Id | None = None
+    ) -> tuple[Id | None, list[Any]]:
+        end = "+" if upto is None else format_id(upto)
+        client = await self._servers.slot_client(key)
+        if after == MAX_ID:  # nothing can follow it, and "(" + MAX_ID is a Redis error
+            first: Any = await client.xrange(key, "-", "+", count=1)
+            return (parse_id(first[0][0]) if first else None), []
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, "-", "+", count=1)
+            pipe.xrange(key, "(" + format_id(after), end, count=count)
+            head, entries = await pipe.execute()
+        return (parse_id(head[0][0]) if head else None), entries
+
+    async def _info(self, ref: StreamRef) -> StreamInfo:
+        key = self._keys.key_for(ref)
+        meta_key = self._keys.meta_for(ref)
+        client = await self._servers.slot_client(key)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, "-", "+", count=1)
+            pipe.xrevrange(key, "+", "-", count=1)
+            if meta_key is not None:
+                pipe.hgetall(meta_key)
+            results = await pipe.execute()
+        head, tail = results[0], results[1]
+        if meta_key is None:
+            # Index and monitor streams are never recreated: a constant epoch.
+            epoch: str | None = ""
+            state: dict[str, Any] = {}
+        else:
+            meta = results[2]
+            raw_epoch = meta.get(b"epoch")
+            epoch = raw_epoch.decode() if raw_epoch is not None else None
+            state = state_from_meta(meta)
+        return StreamInfo(
+            epoch=epoch,
+            first=parse_id(head[0][0]) if head else None,
+            last=parse_id(tail[0][0]) if tail else None,
+            state=state,
+        )
+
+    def offer(self, sub: Subscription, entry_id: Id, frame: bytes) -> None:
+        if entry_id <= sub.last:
+            return
+        mode = sub.mode
+        if mode is Mode.LIVE:
+            if sub.sink.try_put(frame):
+                sub.last = entry_id
+                self.stats.events_out += 1
+            else:
+                self._fall_behind(sub)
+        elif mode is Mode.PENDING:
+            if sub.overflow:
+                return
+            size = len(frame)
+            buffer = sub.buffer
+            if buffer is None:
+                buffer = sub.buffer = collections.deque()
+            if len(buffer) < self._replay_buffer and (
+                sub.buffer_bytes + size <= self._replay_buffer_bytes
+            ):
+                buffer.append((entry_id, frame))
+                sub.buffer_bytes += size
+            else:
+                sub.overflow = True
+                sub.clear_buffer()
+        # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
+
+
+def _fmt(value: Id | None) -> str | None:
+    return None if value is None else format_id(value)
