@@ -749,6 +749,13 @@ class BaseProducer:
                     j.remove()
                     self._adopted.remove(j)
                     return True
+                if j is self._journal and not j.pending:
+                    # Drained: removed before flush() waiters hear of it, so a flush that
+                    # says "all written" leaves no journal behind (all newer events are in
+                    # the queue; a later spill opens a new one).
+                    j.remove()
+                    self._journal = None
+                    log.info("journal delivered: %d events written after the outage", j.count)
             own = max((item.seq for item in batch.items if item.pid == self.id), default=0)
             if own > self._written_seq:
                 self._written_seq = own
