@@ -112,10 +112,11 @@ async def static_response(path: str, root: Path = STATIC_DIR) -> Reply:
 class RelayCollector(Collector):
     """Reads the relay's plain counters at scrape time."""
 
-    def __init__(self, stats: Stats, name: str, hub: Hub) -> None:
+    def __init__(self, stats: Stats, name: str, hub: Hub, *, min_replicas: int = 0) -> None:
         self._stats = stats
         self._name = name
         self._hub = hub
+        self._min_replicas = min_replicas
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
@@ -133,6 +134,22 @@ class RelayCollector(Collector):
             return c
 
         yield gauge("rpa_relay_connections", "Open WebSocket connections.", s.connections)
+        if s.replicas:
+            per_master = GaugeMetricFamily(
+                "rpa_relay_master_replicas",
+                "Online replicas of each master (read with RPA_BUS_MIN_REPLICAS set).",
+                labels=["relay", "master"],
+            )
+            for master, count in sorted(s.replicas.items()):
+                per_master.add_metric([self._name, master], count)
+            yield per_master
+            need = self._min_replicas
+            yield gauge(
+                "rpa_relay_masters_below_min_replicas",
+                "Masters with fewer online replicas than RPA_BUS_MIN_REPLICAS: writes to "
+                "them are not delivered, and producers' batches to them wait.",
+                sum(count < need for count in s.replicas.values()),
+            )
         yield gauge("rpa_relay_subscriptions", "Active subscriptions.", s.subscriptions)
         yield gauge("rpa_relay_tailed_streams", "Streams read with the group.", self._hub.tailed)
         yield gauge(

@@ -7,7 +7,7 @@ import collections
 import logging
 import urllib.parse
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -27,7 +27,9 @@ from rpa_bus.redisio import (
     check_config_async,
     close_async,
     is_retryable,
+    master_label,
     node_client_factory,
+    replica_counts,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from relay._server import AiohttpServer
 
 log = logging.getLogger(__name__)
+
+# How often a relay with RPA_BUS_MIN_REPLICAS reads each master's replicas (/metrics).
+REPLICAS_PROBE_S: Final = 5.0
 
 
 class Relay:
@@ -61,6 +66,7 @@ class Relay:
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
         self._config_task: asyncio.Task[None] | None = None
+        self._replicas_task: asyncio.Task[None] | None = None
         # What stopped the relay by itself (a P:config mismatch found after start).
         self._fatal: BaseException | None = None
         self._origins = frozenset(settings.origins)
@@ -91,7 +97,9 @@ class Relay:
             wait_timeout_ms=s.bus.wait_timeout_ms,
         )
         hub = self.hub
-        self.registry.register(_http.RelayCollector(self.stats, s.name, hub))
+        self.registry.register(
+            _http.RelayCollector(self.stats, s.name, hub, min_replicas=s.bus.min_replicas)
+        )
         await hub.start()
         if s.server == "websockets":
             from relay._legacy import WebsocketsServer
@@ -102,6 +110,10 @@ class Relay:
 
             self._server = AiohttpServer(self)
         await self._server.start()
+        if s.bus.min_replicas > 0:
+            self._replicas_task = asyncio.get_running_loop().create_task(
+                self._watch_replicas(), name="relay-replicas"
+            )
         log.info("relay %s serving ws://%s:%d/ws (%s)", s.name, s.host, self.port, s.server)
 
     async def _check_config(self) -> None:
@@ -117,6 +129,33 @@ class Relay:
             self._config_task = asyncio.get_running_loop().create_task(
                 self._check_config_later(), name="relay-config-check"
             )
+
+    async def _watch_replicas(self) -> None:
+        """With ``RPA_BUS_MIN_REPLICAS``: every ``REPLICAS_PROBE_S``, each master's online
+        replicas into ``stats.replicas`` for /metrics. A master below the setting holds back
+        every entry written to it (the relay delivers only what N replicas hold) and blocks
+        producers' batches: the gauge says which one."""
+        while True:
+            try:
+                infos = await self._replication_infos()
+            except REDIS_FAILURES as exc:
+                if not is_retryable(exc):
+                    raise
+            else:
+                self.stats.replicas = {
+                    s.master: s.replicas
+                    for s in replica_counts(infos, min_replicas=self.settings.bus.min_replicas)
+                }
+            await asyncio.sleep(REPLICAS_PROBE_S)
+
+    async def _replication_infos(self) -> dict[str, Any]:
+        client = self._client
+        if isinstance(client, aioredis.RedisCluster):
+            return {
+                node.name: await client.info("replication", target_nodes=node)
+                for node in client.get_primaries()
+            }
+        return {master_label(cast(Any, client)): await client.info("replication")}
 
     async def _check_config_later(self) -> None:
         """Retry the ``P:config`` check until Redis answers. On a mismatch the relay stops:
@@ -160,6 +199,9 @@ class Relay:
         config_task, self._config_task = self._config_task, None
         if config_task is not None and config_task is not asyncio.current_task():
             await cancel_and_wait([config_task])
+        replicas_task, self._replicas_task = self._replicas_task, None
+        if replicas_task is not None:
+            await cancel_and_wait([replicas_task])
         try:
             if self._server is not None:
                 await self._server.close(code, reason)

@@ -11,6 +11,8 @@ class Stats:
     """Plain counters; the metrics collector reads them at scrape time (no per-event cost)."""
 
     connections: int = 0
+    # With RPA_BUS_MIN_REPLICAS: each master's online replicas, read every few seconds.
+    replicas: dict[str, int] = field(default_factory=dict)
     subscriptions: int = 0
     events_out: int = 0
     replays: collections.Counter[str] = field(default_factory=collections.Counter)

@@ -247,3 +247,48 @@ def test_after_a_cluster_failover_the_orphaned_master_is_reported(
         wait_for(resolved, what="the orphan's new replica in a sample", timeout_s=20)
         assert [a["state"] for a in seen] == ["firing", "resolved"]
         assert mon.flush(10 * UNIT_S)
+
+
+async def test_relay_metrics_name_a_master_below_min_replicas(
+    redis_server: EmbeddedRedis, replica: EmbeddedRedis, redis_url: str
+) -> None:
+    """The relay's /metrics (issue 11, item 4): with RPA_BUS_MIN_REPLICAS=1 and no replica
+    the master is counted below it; once a replica is in sync, it is not."""
+    import asyncio
+    import dataclasses
+    import urllib.request
+
+    import relay._relay as relay_module
+    from relay import Relay
+    from tests._relay_support import close_relay, relay_settings
+    from tests._wait import wait_for_async
+
+    settings = relay_settings(redis_url, name="replicas")
+    settings = settings.with_(bus=dataclasses.replace(settings.bus, min_replicas=1))
+    probe_s = relay_module.REPLICAS_PROBE_S
+    relay_module.REPLICAS_PROBE_S = 0.05  # type: ignore[misc]
+    r = Relay(settings)
+    await r.start()
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{r.port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    label = f'master="127.0.0.1:{redis_server.port}"'
+    try:
+        below = 'rpa_relay_masters_below_min_replicas{relay="replicas"} 1.0'
+        await wait_for_async(
+            lambda: asyncio.to_thread(lambda: below in metrics()), what="the master below"
+        )
+        text = await asyncio.to_thread(metrics)  # the relay answers on this loop
+        assert f'rpa_relay_master_replicas{{{label},relay="replicas"}} 0.0' in text
+        attach(replica, redis_server)
+        fine = 'rpa_relay_masters_below_min_replicas{relay="replicas"} 0.0'
+        await wait_for_async(
+            lambda: asyncio.to_thread(lambda: fine in metrics()),
+            what="the replica counted",
+            timeout_s=20,
+        )
+    finally:
+        relay_module.REPLICAS_PROBE_S = probe_s  # type: ignore[misc]
+        await close_relay(r)
