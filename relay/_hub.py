@@ -300,8 +300,6 @@ class Hub:
     def deliver(self, reader: Reader, response: Any) -> dict[str, list[bytes]]:
         """Fan out what ``reader`` just read; return the ids to acknowledge."""
         stats = self.stats
-        stats.reader_loops += 1
-        stats.last_read_s = reader.last_read_s
         return fan_out(self._tails, response, stats, self.core.offer)
 
     async def ack(self, delivered: dict[str, list[bytes]], client: AsyncClient) -> None:

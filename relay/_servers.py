@@ -9,13 +9,18 @@ with Sentinel and Cluster they go through clients pinned to one server too.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import SlotNotCoveredError
 
-from rpa_bus.redisio import REDIS_FAILURES, Address, AsyncClient, NodeClient, is_retryable
+from rpa_bus.redisio import (
+    REDIS_FAILURES,
+    Address,
+    AsyncClient,
+    NodeClient,
+    SlotMap,
+    is_retryable,
+)
 
 
 class Servers:
@@ -33,9 +38,8 @@ class Servers:
                 "a Redis Cluster client needs node_client (rpa_bus.redisio.node_client_factory)"
             )
         self._controls: dict[Address, aioredis.Redis] = {}
-        self._refresh_lock = asyncio.Lock()
-        # Re-read the cluster's slot map before the next pinned call (first: not read yet).
-        self._map_stale = self.cluster is not None
+        # The cluster's slot map, re-read before the next pinned call once a call failed.
+        self._slots = SlotMap(self.cluster) if self.cluster is not None else None
 
     @property
     def client(self) -> AsyncClient:
@@ -96,35 +100,18 @@ class Servers:
     def slots_changed(self) -> None:
         """A call failed in a way a failover or a slot move explains: the next call pinned
         to a slot's master re-reads the slot map first."""
-        if self.cluster is not None:
-            self._map_stale = True
+        if self._slots is not None:
+            self._slots.mark_stale()
 
     async def slot_master(self, slot: int) -> Address:
         """The master serving ``slot``, from redis-py's slot map, re-read first if a call
-        failed since. Coalesced: readers failing together after one failover cause one
-        refresh, not one each."""
-        cluster = self.cluster
-        assert cluster is not None
-        await self.fresh_map()
-        try:
-            node = cluster.nodes_manager.get_node_from_slot(slot)
-        except (KeyError, IndexError) as exc:  # no slot map yet, or a hole in it
-            self._map_stale = True
-            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
-        return (str(node.host), int(node.port))
+        failed since (one refresh for all readers that failed together)."""
+        assert self._slots is not None
+        return await self._slots.master(slot)
 
     async def fresh_map(self) -> None:
-        cluster = self.cluster
-        assert cluster is not None
-        if self._map_stale:
-            async with self._refresh_lock:
-                if self._map_stale:
-                    self._map_stale = False
-                    try:
-                        await cluster.nodes_manager.initialize()
-                    except BaseException:
-                        self._map_stale = True
-                        raise
+        assert self._slots is not None
+        await self._slots.fresh()
 
     async def slot_client(self, key: str) -> AsyncClient:
         """The client for a MULTI over one slot's keys: the command client, or on a cluster

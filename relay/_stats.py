@@ -26,7 +26,5 @@ class Stats:
     refused_connections: int = 0
     lag_s: float = 0.0
     redis_up: bool = False
-    reader_loops: int = 0
-    last_read_s: float = 0.0
     queued_frames: int = 0
     queued_bytes: int = 0

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
 HANG = -1
@@ -88,10 +89,7 @@ class Receiver:
             return sorted(self.by_id.values(), key=lambda r: r.at)
 
     def wait_for(self, check: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
-        deadline = time.monotonic() + timeout_s * UNIT_S
-        while not check():
-            assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-            time.sleep(0.02)
+        wait_for(check, what=what or "the condition", timeout_s=timeout_s)
 
 
 @contextmanager

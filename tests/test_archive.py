@@ -27,6 +27,7 @@ from producer import Producer
 from rpa_bus import Settings
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._postgres import LocalPostgres
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from workers import (
     EXPIRE_LUA,
@@ -81,16 +82,7 @@ def write_sessions(
 
 
 async def wait_until(cond: Callable[[], Any], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while True:
-        result = cond()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await wait_for_async(cond, what=what, timeout_s=timeout_s, interval_s=0.05)
 
 
 def redis_ids(client: redis.Redis, key: str) -> list[str]:

@@ -20,6 +20,7 @@ from rpa_bus import ConfigMismatch, Keys, Settings
 from rpa_bus.cli._embedded import EmbeddedRedis
 from rpa_bus.redisio import Entry, GroupSettings, GroupWorker
 from tests._proxy import FaultProxy
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 
 BUCKETS = 8
@@ -82,10 +83,7 @@ def _id(text: str) -> tuple[int, int]:
 
 
 async def wait_until(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(0.02)
+    await wait_for_async(check, what=what or "the condition", timeout_s=timeout_s)
 
 
 async def wait_split(

@@ -23,6 +23,7 @@ from producer import Producer
 from rpa_bus import ConfigError, Settings
 from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._receiver import HANG, Receiver, receiving
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from workers import Endpoint, WebhookKeys, load_endpoints, new_secret, write_endpoints
 from workers._webhooks import WebhookService, WebhookSettings
@@ -170,10 +171,7 @@ def _get(url: str) -> str:
 
 
 async def _until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+    await wait_for_async(check, what=what, timeout_s=timeout_s, interval_s=0.05)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ every master reach the receivers in order, and ``status`` reads the endpoints.""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from producer import AsyncProducer
 from rpa_bus import Settings
 from tests._cluster import LocalCluster
 from tests._receiver import receiving
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from workers import (
     Endpoint,
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 async def until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
+    await wait_for_async(check, what=what, timeout_s=timeout_s, interval_s=0.05)
 
 
 async def test_webhooks_on_a_cluster(

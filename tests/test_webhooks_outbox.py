@@ -20,6 +20,7 @@ from rpa_bus import Settings
 from rpa_bus.cli._embedded import EmbeddedRedis
 from rpa_bus.redisio import REDIS_FAILURES, Entry, async_client, close_async
 from tests._receiver import HANG, Receiver, receiving
+from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from workers import Deliverer, Endpoint, new_secret, sign_headers
 from workers._admin import dead_letters, endpoint_status, pause, replay, resume
@@ -42,10 +43,7 @@ def event(stream: str, n: int, etype: str = "progress", epoch: str = "e1") -> En
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s * UNIT_S
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await wait_for_async(check, what=what or "the condition", timeout_s=timeout_s)
 
 
 @pytest.fixture
