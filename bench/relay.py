@@ -2,6 +2,8 @@
 
     python bench/relay.py            # full run (~2-3 minutes)
     python bench/relay.py --quick    # smaller counts, for a smoke run
+    python bench/relay.py --compare  # the relay on websockets vs on aiohttp, SSE, bare
+                                     # broadcasts and idle memory, in one run (~6 minutes)
 
 Runs, each in its own processes: a private Redis, the relay (`rpa-bus relay`), a client
 fleet (one asyncio process), a writer, and a bare websockets server for the raw baselines.
