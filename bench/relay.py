@@ -2,6 +2,8 @@
 
     python bench/relay.py            # full run (~2-3 minutes)
     python bench/relay.py --quick    # smaller counts, for a smoke run
+    python bench/relay.py --compare  # the relay on websockets vs on aiohttp, SSE, bare
+                                     # broadcasts and idle memory, in one run (~6 minutes)
 
 Runs, each in its own processes: a private Redis, the relay (`rpa-bus relay`), a client
 fleet (one asyncio process), a writer, and a bare websockets server for the raw baselines.
@@ -190,6 +192,44 @@ async def main():
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
     await blast()
     await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+# Bare servers holding idle connections the way the relay's idle phase uses them: each
+# says "live" on connect and answers {"op":"ping"} with a pong. The floor under the relay's
+# per-connection memory.
+BARE_IDLE_AIOHTTP = r"""
+import asyncio, sys
+from aiohttp import web
+async def handler(request):
+    ws = web.WebSocketResponse(compress=False, heartbeat=20.0)
+    await ws.prepare(request)
+    await ws.send_str('{"type":"live"}')
+    async for msg in ws:
+        await ws.send_str('{"type":"pong"}')
+    return ws
+async def main():
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(sys.argv[1]), backlog=1024).start()
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+BARE_IDLE_WEBSOCKETS = r"""
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def handler(ws):
+    await ws.send('{"type":"live"}')
+    async for _ in ws:
+        await ws.send('{"type":"pong"}')
+async def main():
+    async with serve(handler, "127.0.0.1", int(sys.argv[1]), compression=None,
+                     ping_interval=20, server_header=None):
+        await asyncio.sleep(3600)
 asyncio.run(main())
 """
 
@@ -790,6 +830,15 @@ def compare(opts: Any) -> None:
                     f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))  # fmt: skip
         finally:
             redis.kill()
+        for bare, script in (("bare aiohttp", BARE_IDLE_AIOHTTP),
+                             ("bare websockets", BARE_IDLE_WEBSOCKETS)):  # fmt: skip
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, "-c", script, str(port)])
+            try:
+                wait_port(port, proc)
+                figures[bare] = {"idle_kib": idle_kib(proc, port, idle_n)}
+            finally:
+                stop(proc)
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"\nWebSocket delivery ceiling, {n:,} events x {per} clients ({sessions * per} "
           f"clients), medians of {opts.rounds} rounds:")  # fmt: skip
@@ -800,9 +849,20 @@ def compare(opts: Any) -> None:
           f"websockets relay / bare websockets broadcast "
           f"{med['websockets'] / med['raw websockets']:.0%}; "
           f"SSE / WebSocket (aiohttp relay) {med['sse'] / med['aiohttp']:.0%}")  # fmt: skip
+
+    def per_round(a: str, b: str) -> str:
+        ratios = sorted(x / y for x, y in zip(rates[a], rates[b], strict=True))
+        return f"median {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
+
+    print(f"   per-round ratios: aiohttp / websockets relay {per_round('aiohttp', 'websockets')}; "
+          f"aiohttp relay / bare aiohttp {per_round('aiohttp', 'raw aiohttp')}; "
+          f"SSE / WebSocket {per_round('sse', 'aiohttp')}")  # fmt: skip
     print(f"\nLatency at 1,000 ev/s x {per} fan-out ({sessions * per} clients), and RSS per "
           f"idle subscribed connection ({idle_n:,} connections):")  # fmt: skip
     for server, f in figures.items():
+        if "p50" not in f:
+            print(f"   {server:16} idle {f['idle_kib']:.1f} KiB/connection")
+            continue
         print(f"   {server:10} p50 {f['p50']:.2f} ms  p99 {f['p99']:.2f} ms  max {f['max']:.1f} ms"
               f"  server CPU {f['cpu']:.0%}   idle {f['idle_kib']:.1f} KiB/connection")  # fmt: skip
 

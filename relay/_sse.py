@@ -58,6 +58,7 @@ _TYPE_AT = len(b'{"type":"')
 _EVENT_HEAD = b'{"type":"event","stream":"'
 _STREAM_AT = len(_EVENT_HEAD)
 _EVENT_FIXED = len(b"event: event\nid: \ndata: \n\n")
+_SINGLE_FIXED = len(b"\ndata: \n\n") - len(b"\r\n")  # the chunk head's CRLF is in ``pre``
 _UNAVAILABLE = b'{"type":"error","code":"unavailable"'
 # Each stream's [last id or None for "$", epoch or None].
 Positions = dict[str, list[str | None]]
@@ -98,6 +99,7 @@ class SseDoor(Door):
         "_heads",
         "_ids",
         "_segments",
+        "_single",
         "_tails",
         "_transport",
         "_unset",
@@ -125,6 +127,7 @@ class SseDoor(Door):
         self._ids: dict[bytes, bytes] = {}  # b"ID" or b"$"
         self._tails: dict[bytes, bytes] = {}  # b"@EPOCH" or b""
         self._unset: set[bytes] = set()  # streams still at "$"
+        self._single: tuple[bytes, bytes, int] | None = None  # see ``_join``
         self.heartbeat_s = settings.sse_heartbeat_s
         self._done = asyncio.Event()
         self._fast = False
@@ -156,6 +159,15 @@ class SseDoor(Door):
 
     def _join(self, stream: bytes) -> None:
         self._segments[stream] = self._heads[stream] + self._ids[stream] + self._tails[stream]
+        if len(self._heads) == 1:
+            # One stream (the common case): the fast path writes its events without
+            # looking anything up; its last id then lives only on the wire, which is all a
+            # single-stream id needs (subscribed/reset set their own).
+            start = _STREAM_AT + len(stream) + 8  # '","id":"'
+            pre = b"\r\nevent: event\nid: " + self._heads[stream]
+            self._single = (pre, self._tails[stream], start)
+        else:
+            self._single = None
 
     def _event_id(self, frame: bytes) -> bytes:
         """The ``id:`` of an event frame: its stream moves to the frame's id."""
@@ -181,6 +193,13 @@ class SseDoor(Door):
         ):
             return False
         if frame.startswith(_EVENT_HEAD):  # the hot path: one allocation, one write
+            single = self._single
+            if single is not None:  # one stream: its id is at a known offset
+                pre, tail, start = single
+                entry_id = frame[start : frame.index(b'"', start)]
+                size = len(pre) + len(entry_id) + len(tail) + len(frame) + _SINGLE_FIXED
+                transport.write(b"%x%b%b%b\ndata: %b\n\n\r\n" % (size, pre, entry_id, tail, frame))
+                return True
             id_ = self._event_id(frame)
             size = _EVENT_FIXED + len(id_) + len(frame)
             transport.write(b"%x\r\nevent: event\nid: %b\ndata: %b\n\n\r\n" % (size, id_, frame))

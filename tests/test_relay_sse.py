@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -303,11 +304,21 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read fast
             reader._transport.resume_reading()  # type: ignore[attr-defined]
             got: list[str] = []
-            async with asyncio.timeout(60 * UNIT_S):
-                while len(got) < len(ids):
-                    line = await reader.readline()
-                    if line.startswith(b'data: {"type":"event"'):
-                        got.append(orjson.loads(line[6:])["id"])
+            try:
+                async with asyncio.timeout(60 * UNIT_S):
+                    while len(got) < len(ids):
+                        line = await reader.readline()
+                        if line.startswith(b'data: {"type":"event"'):
+                            got.append(orjson.loads(line[6:])["id"])
+            except TimeoutError:  # say where it stands, for a stall seen once under load
+                stacks = io.StringIO()
+                for task in asyncio.all_tasks():
+                    if task.get_name() in ("writer", f"catch-up:{A}", f"sub:{A}"):
+                        task.print_stack(file=stacks)
+                pytest.fail(
+                    f"got {len(got)} of {len(ids)} events; relay {r.stats}; tasks:\n"
+                    f"{stacks.getvalue()}"
+                )
             assert got == ids  # every event once, in order, through the catch-up
         finally:
             writer_.close()
