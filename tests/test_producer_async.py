@@ -125,7 +125,7 @@ async def test_async_close_bounded_when_redis_hangs(
     await bus.close(timeout_s=0.5)
     assert time.monotonic() - t0 < 0.5 + 0.5 * UNIT_S
     proxy.resume()
-    nxt = AsyncProducer(redis_url, spool_dir=spool_dir)
+    nxt = AsyncProducer(proxy.url, spool_dir=spool_dir)  # the journal's own target
     await nxt.start()
     assert await nxt.flush(10 * UNIT_S)
     assert messages(events(client(redis_url), "aq-hung")) == [f"m{i}" for i in range(10)]

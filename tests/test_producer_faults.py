@@ -284,7 +284,9 @@ def test_close_is_bounded_when_redis_hangs(
     assert time.monotonic() - t0 < 0.5 + 0.5 * UNIT_S
     assert journal_lines(spool_dir) >= 20  # m1..m19 and finished, maybe more (replayed)
     proxy.resume()
-    nxt = Producer(redis_url, spool_dir=spool_dir)
+    # The journal names its target (the proxy's address): the next producer writing there
+    # adopts it; one writing to another address would leave it alone.
+    nxt = Producer(proxy.url, spool_dir=spool_dir)
     assert nxt.flush(10 * UNIT_S)
     assert messages(events(client(redis_url), "hung")) == [f"m{i}" for i in range(20)]
     nxt.close()
