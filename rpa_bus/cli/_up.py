@@ -219,7 +219,12 @@ def status(
             f"{(r.get('used_memory') or 0) / 1e6:.1f} MB used, {r.get('connected_clients')} clients"
         )
         if not relays:
-            typer.echo("relays    none reported (relay lag comes from a running monitor)")
+            # Relays appear through the monitor, by their consumer groups: a relay with
+            # no client following a stream has none yet, serving or not.
+            typer.echo(
+                "relays    none tailing streams (a relay shows here, with its lag, while "
+                "clients follow streams and a monitor runs)"
+            )
         for name, f in sorted(relays.items()):
             typer.echo(
                 f"relay     {name}  lag {f.get('lag', 0)}  pending {f.get('pending', 0)}  "
