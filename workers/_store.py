@@ -655,21 +655,12 @@ class SqliteStore(Store):
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
 
+        page_sql, ends_sql = _event_queries("?", desc=b.desc)
+
         def run() -> EventPage:
-            direction = "DESC" if b.desc else "ASC"
             with self._use() as conn:
-                page = conn.execute(
-                    "SELECT ms, seq, epoch, data FROM events WHERE stream = ? "
-                    "AND (ms, seq) > (?, ?) AND (ms, seq) < (?, ?) "
-                    f"ORDER BY ms {direction}, seq {direction} LIMIT ?",
-                    (stream, *b.lo, *b.hi, b.limit + 1),
-                ).fetchall()
-                ends = conn.execute(
-                    "SELECT (SELECT ms || '-' || seq FROM events WHERE stream = ? "
-                    "ORDER BY ms, seq LIMIT 1), (SELECT ms || '-' || seq || ' ' || epoch "
-                    "FROM events WHERE stream = ? ORDER BY ms DESC, seq DESC LIMIT 1)",
-                    (stream, stream),
-                ).fetchone()
+                page = conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1)).fetchall()
+                ends = conn.execute(ends_sql, (stream, stream)).fetchone()
             return _page(stream, page, b.limit, ends)
 
         return await asyncio.to_thread(run)
@@ -769,6 +760,24 @@ def _by_stream(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
     for row in rows:
         groups.setdefault(row.stream, []).append(row)
     return list(groups.items())
+
+
+def _event_queries(ph: str, *, desc: bool) -> tuple[str, str]:
+    """The two queries of an events page, for a driver's placeholder (``?`` or ``%s``):
+    the page (strictly between the bounds, one row more than the limit) and the stream's
+    first id and last id with its epoch."""
+    direction = "DESC" if desc else "ASC"
+    page = (
+        f"SELECT ms, seq, epoch, data FROM events WHERE stream = {ph} "
+        f"AND (ms, seq) > ({ph}, {ph}) AND (ms, seq) < ({ph}, {ph}) "
+        f"ORDER BY ms {direction}, seq {direction} LIMIT {ph}"
+    )
+    ends = (
+        f"SELECT (SELECT ms || '-' || seq FROM events WHERE stream = {ph} "
+        "ORDER BY ms, seq LIMIT 1), (SELECT ms || '-' || seq || ' ' || epoch "
+        f"FROM events WHERE stream = {ph} ORDER BY ms DESC, seq DESC LIMIT 1)"
+    )
+    return page, ends
 
 
 def _page(
@@ -1028,21 +1037,11 @@ class PostgresStore(Store):
     ) -> EventPage:
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
-        direction = "DESC" if b.desc else "ASC"
+        page_sql, ends_sql = _event_queries("%s", desc=b.desc)
         async with self._use() as conn:
-            cur = await conn.execute(
-                "SELECT ms, seq, epoch, data FROM events WHERE stream = %s "
-                "AND (ms, seq) > (%s, %s) AND (ms, seq) < (%s, %s) "
-                f"ORDER BY ms {direction}, seq {direction} LIMIT %s",
-                (stream, *b.lo, *b.hi, b.limit + 1),
-            )
+            cur = await conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1))
             rows = await cur.fetchall()
-            cur = await conn.execute(
-                "SELECT (SELECT ms || '-' || seq FROM events WHERE stream = %s "
-                "ORDER BY ms, seq LIMIT 1), (SELECT ms || '-' || seq || ' ' || epoch "
-                "FROM events WHERE stream = %s ORDER BY ms DESC, seq DESC LIMIT 1)",
-                (stream, stream),
-            )
+            cur = await conn.execute(ends_sql, (stream, stream))
             ends = await cur.fetchone()
             await conn.commit()
         return _page(stream, rows, b.limit, ends)
