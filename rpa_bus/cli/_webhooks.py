@@ -311,33 +311,29 @@ def _admin_client(redis_url: str | None) -> tuple[Any, Any]:
 @webhooks_app.command("pause")
 def pause_(name: str, redis_url: RedisUrl = None, config: ConfigPath = None) -> None:
     """Stop deliveries to an endpoint in every process; its events keep queuing."""
-    from workers import pause
-
-    _endpoint(config_path(config), name)
-    client, keys = _admin_client(redis_url)
-    try:
-        pause(client, keys, name)
-    except redis.RedisError as exc:
-        raise _fail(f"Redis failed: {exc}", code=1) from exc
-    finally:
-        client.close()
+    _set_paused(name, paused=True, redis_url=redis_url, config=config)
     typer.echo(f"paused {name}")
 
 
 @webhooks_app.command("resume")
 def resume_(name: str, redis_url: RedisUrl = None, config: ConfigPath = None) -> None:
     """Resume deliveries to a paused endpoint (its backlog goes first, in order)."""
-    from workers import resume
+    _set_paused(name, paused=False, redis_url=redis_url, config=config)
+    typer.echo(f"resumed {name}")
+
+
+def _set_paused(name: str, *, paused: bool, redis_url: str | None, config: Path | None) -> None:
+    """Pause or resume a configured endpoint in Redis, where every process reads it."""
+    from workers import pause, resume
 
     _endpoint(config_path(config), name)
     client, keys = _admin_client(redis_url)
     try:
-        resume(client, keys, name)
+        (pause if paused else resume)(client, keys, name)
     except redis.RedisError as exc:
         raise _fail(f"Redis failed: {exc}", code=1) from exc
     finally:
         client.close()
-    typer.echo(f"resumed {name}")
 
 
 @webhooks_app.command("replay")
