@@ -13,6 +13,25 @@ helpers, ``Deliverer`` (one signed POST), and the Redis-side operator actions.
 
 from __future__ import annotations
 
+from rpa_bus.archive import (
+    MAX_PAGE,
+    SCHEMA_VERSION,
+    ArchivedEvent,
+    ArchivedSession,
+    ArchiveError,
+    ArchiveUnavailable,
+    EventPage,
+    PostgresStore,
+    Record,
+    Row,
+    SchemaTooNew,
+    SessionPage,
+    SqliteStore,
+    Store,
+    open_store,
+    parse_archive_url,
+    redact_url,
+)
 from workers._admin import (
     DeadLetter,
     EndpointStatus,
@@ -43,25 +62,6 @@ from workers._endpoints import (
 )
 from workers._outbox import SenderSettings, WebhookKeys, webhook_id
 from workers._safety import AddressRefused, refusal
-from workers._store import (
-    MAX_PAGE,
-    SCHEMA_VERSION,
-    ArchivedEvent,
-    ArchivedSession,
-    ArchiveError,
-    ArchiveUnavailable,
-    EventPage,
-    PostgresStore,
-    Record,
-    Row,
-    SchemaTooNew,
-    SessionPage,
-    SqliteStore,
-    Store,
-    open_store,
-    parse_archive_url,
-    redact_url,
-)
 from workers._webhooks import WebhookService, WebhookSettings
 
 __all__ = [

@@ -37,6 +37,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from rpa_bus import ARCHIVE_FIELD, ConfigError, EnvReader, Settings, is_terminal
+from rpa_bus.archive import ArchiveError, Store, open_store, redact_url
 from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
@@ -51,7 +52,6 @@ from rpa_bus.redisio import (
     close_async,
     is_retryable,
 )
-from workers._store import ArchiveError, Store, open_store, redact_url
 
 log = logging.getLogger(__name__)
 
