@@ -23,12 +23,31 @@ import orjson
 from rpa_bus._errors import InvalidEvent, InvalidEventType
 
 BUILTIN_TYPES: Final = frozenset(
-    {"started", "progress", "log", "result", "error", "finished", "failed", "metrics", "alert"}
+    {
+        "started",
+        "progress",
+        "step",
+        "log",
+        "artifact",
+        "result",
+        "error",
+        "finished",
+        "failed",
+        "metrics",
+        "alert",
+    }
 )
 TERMINAL_TYPES: Final = frozenset({"finished", "failed"})
 MAX_EVENT_BYTES: Final = 1024 * 1024
 
 _CUSTOM_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# A job's name: runs of one job are comparable (their step durations teach the ETA).
+JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+LEVELS: Final = ("debug", "info", "warning", "error")
+STEP_PHASES: Final = ("start", "end")
+STEP_OUTCOMES: Final = ("ok", "failed", "retried")
+_ARTIFACT_KIND = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+MAX_ARTIFACT_REF = 2048
 
 # field -> (accepted Python types, description for error messages)
 _FIELDS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
@@ -41,8 +60,20 @@ _FIELDS: Final[dict[str, tuple[tuple[type, ...], str]]] = {
     "eta_s": ((int, float), "a number of seconds >= 0"),
     "message": ((str,), "a string"),
     "error": ((str,), "a string"),
+    "job": ((str,), "a job name matching [A-Za-z0-9_.-]{1,128}"),
+    "level": ((str,), "one of " + ", ".join(LEVELS)),
+    "phase": ((str,), "one of " + ", ".join(STEP_PHASES)),
+    "attempt": ((int,), "an integer >= 1"),
+    "outcome": ((str,), "one of " + ", ".join(STEP_OUTCOMES)),
+    "duration_s": ((int, float), "a number of seconds >= 0"),
+    "eta_runs": ((int,), "an integer >= 0"),
+    "artifact": ((dict,), 'an object {"kind", "url" or "path", "name"?, "mime"?}'),
     "data": ((object,), "any JSON value"),
 }
+
+_JOB_FIELDS: Final = frozenset(
+    {"job", "level", "phase", "attempt", "outcome", "duration_s", "eta_runs", "artifact"}
+)
 
 Envelope = dict[str, Any]
 
@@ -97,7 +128,65 @@ def validate(event: Mapping[str, Any]) -> Envelope:
     eta = event.get("eta_s")
     if eta is not None and not (math.isfinite(eta) and eta >= 0):
         raise InvalidEvent(f"eta_s must be a finite number >= 0, got {eta}")
+    if event["type"] in ("step", "artifact") or not _JOB_FIELDS.isdisjoint(event):
+        _validate_job_fields(event)
     return dict(event)
+
+
+def _validate_job_fields(event: Mapping[str, Any]) -> None:
+    """The job-view fields: job name, log level, step phase/attempt/outcome/duration, the
+    ETA's basis and artifact references (docs/contract.md, "Job view")."""
+    job = event.get("job")
+    if job is not None and not JOB_NAME.fullmatch(job):
+        raise InvalidEvent(f"job must match [A-Za-z0-9_.-]{{1,128}}, got {job!r}")
+    for key, allowed in (("level", LEVELS), ("phase", STEP_PHASES), ("outcome", STEP_OUTCOMES)):
+        value = event.get(key)
+        if value is not None and value not in allowed:
+            raise InvalidEvent(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    attempt = event.get("attempt")
+    if attempt is not None and attempt < 1:
+        raise InvalidEvent(f"attempt must be >= 1, got {attempt}")
+    duration = event.get("duration_s")
+    if duration is not None and not (math.isfinite(duration) and duration >= 0):
+        raise InvalidEvent(f"duration_s must be a finite number >= 0, got {duration}")
+    runs = event.get("eta_runs")
+    if runs is not None and runs < 0:
+        raise InvalidEvent(f"eta_runs must be >= 0, got {runs}")
+    kind = event["type"]
+    if kind == "step":
+        if event.get("step") is None or event.get("phase") is None:
+            raise InvalidEvent("a step event needs 'step' (its number) and 'phase' (start or end)")
+        if event["phase"] == "end" and event.get("outcome") is None:
+            raise InvalidEvent("a step's end needs an 'outcome' (ok, failed or retried)")
+    artifact = event.get("artifact")
+    if kind == "artifact" and artifact is None:
+        raise InvalidEvent("an artifact event needs an 'artifact' object")
+    if artifact is not None:
+        _validate_artifact(artifact)
+
+
+def _validate_artifact(artifact: Mapping[str, Any]) -> None:
+    unknown = set(artifact) - {"kind", "url", "path", "name", "mime"}
+    if unknown:
+        raise InvalidEvent(
+            f"unknown artifact field(s) {sorted(unknown)}: use kind, url, path, name, mime"
+        )
+    kind = artifact.get("kind")
+    if not isinstance(kind, str) or not _ARTIFACT_KIND.fullmatch(kind):
+        raise InvalidEvent(
+            f"artifact kind must match [a-z][a-z0-9_.-]* (e.g. screenshot), got {kind!r}"
+        )
+    refs = [artifact.get(k) for k in ("url", "path") if artifact.get(k) is not None]
+    if not refs:
+        raise InvalidEvent("an artifact needs a 'url' or a 'path' (a reference, never the bytes)")
+    for key in ("url", "path", "name", "mime"):
+        value = artifact.get(key)
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value) <= MAX_ARTIFACT_REF
+        ):
+            raise InvalidEvent(
+                f"artifact {key} must be a string of 1 to {MAX_ARTIFACT_REF} characters"
+            )
 
 
 def percent_of(step: int, total: int) -> float:
@@ -161,6 +250,14 @@ def make(
     eta_s: float | None = None,
     message: str | None = None,
     error: str | None = None,
+    job: str | None = None,
+    level: str | None = None,
+    phase: str | None = None,
+    attempt: int | None = None,
+    outcome: str | None = None,
+    duration_s: float | None = None,
+    eta_runs: int | None = None,
+    artifact: Mapping[str, Any] | None = None,
     data: Any = None,
 ) -> Envelope:
     """Build and validate an envelope, leaving out the fields that are ``None``.
@@ -178,6 +275,14 @@ def make(
         ("eta_s", eta_s),
         ("message", message),
         ("error", error),
+        ("job", job),
+        ("level", level),
+        ("phase", phase),
+        ("attempt", attempt),
+        ("outcome", outcome),
+        ("duration_s", duration_s),
+        ("eta_runs", eta_runs),
+        ("artifact", dict(artifact) if artifact is not None else None),
         ("data", data),
     ):
         if value is not None:

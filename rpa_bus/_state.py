@@ -12,6 +12,8 @@ Meta hash fields::
     seq:PID    highest sequence number applied from producer PID (idempotence)
     status     running | finished | failed
     step total percent eta_s message error updated   the folded state
+    job        the job the session is a run of (from its ``started`` event)
+    eta_runs   how many past runs ``eta_s`` rests on (0: the run's own pace)
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ STATE_FIELDS: Final = (
     "message",
     "error",
     "updated",
+    "job",
+    "eta_runs",
 )
-_INT_FIELDS: Final = frozenset({"step", "total"})
+_INT_FIELDS: Final = frozenset({"step", "total", "eta_runs"})
 _FLOAT_FIELDS: Final = frozenset({"percent", "eta_s"})
 
 STATUS_BY_TYPE: Final = {
     "started": "running",
     "progress": "running",
+    "step": "running",
     "finished": "finished",
     "failed": "failed",
 }
@@ -49,7 +54,7 @@ def state_fields(event: Envelope) -> dict[str, str]:
     status = STATUS_BY_TYPE.get(kind)
     if status is not None:
         out["status"] = status
-    for key in ("step", "total", "percent", "eta_s"):
+    for key in ("step", "total", "percent", "eta_s", "eta_runs"):
         if key in event:
             out[key] = repr(event[key]) if isinstance(event[key], float) else str(event[key])
     if kind == "started":
@@ -57,7 +62,9 @@ def state_fields(event: Envelope) -> dict[str, str]:
         out.setdefault("step", "0")
         out["error"] = ""
         out["eta_s"] = ""
+        out["eta_runs"] = ""
         out["percent"] = "0.0"
+        out["job"] = event.get("job", "")
     if kind == "finished":
         out["percent"] = "100.0"
         out["eta_s"] = "0.0"

@@ -143,9 +143,16 @@ def test_offsets() -> None:
         parse_offset(5)
 
 
+# ``step`` and ``artifact`` need fields of their own (tested below).
+_PLAIN_TYPES = st.sampled_from(
+    sorted(rpa_bus.BUILTIN_TYPES - {"step", "artifact"})
+) | st.from_regex(r"[a-z][a-z0-9_.-]{0,20}", fullmatch=True).filter(
+    lambda name: name not in ("step", "artifact")
+)
+
+
 @given(
-    st.sampled_from(sorted(rpa_bus.BUILTIN_TYPES))
-    | st.from_regex(r"[a-z][a-z0-9_.-]{0,20}", fullmatch=True),
+    _PLAIN_TYPES,
     st.none() | st.integers(0, 1000),
     st.none() | st.text(max_size=50),
     json_values,
@@ -304,3 +311,38 @@ def test_all_is_honest(package: str) -> None:
     assert public <= set(exported), (
         f"{package} exposes names not in __all__: {public - set(exported)}"
     )
+
+
+def test_job_view_fields_round_trip() -> None:
+    start = make("started", job="quote-robot", total=15)
+    begin = make("step", step=3, total=15, phase="start", attempt=2, message="Screen 3")
+    end = make("step", step=3, total=15, phase="end", outcome="retried", duration_s=4.25)
+    shot = make("artifact", step=3, artifact={"kind": "screenshot", "url": "http://x/3.png"})
+    warn = make("log", level="warning", message="slow page", eta_runs=12, eta_s=30.0)
+    for event in (start, begin, end, shot, warn):
+        assert decode(encode(event)) == event
+    assert state_fields(start)["job"] == "quote-robot"
+    assert state_fields(begin)["status"] == "running"
+    assert state_fields(warn)["eta_runs"] == "12"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"type": "started", "job": "no spaces"}, "job must match"),
+        ({"type": "log", "level": "fatal"}, "level must be one of"),
+        ({"type": "step", "step": 1}, "needs 'step'"),
+        ({"type": "step", "step": 1, "phase": "end"}, "needs an 'outcome'"),
+        ({"type": "step", "step": 1, "phase": "start", "attempt": 0}, "attempt must be >= 1"),
+        ({"type": "step", "step": 1, "phase": "end", "outcome": "meh"}, "outcome must be"),
+        ({"type": "step", "step": 1, "phase": "end", "outcome": "ok", "duration_s": -1}, ">= 0"),
+        ({"type": "artifact"}, "needs an 'artifact'"),
+        ({"type": "artifact", "artifact": {"kind": "screenshot"}}, "'url' or a 'path'"),
+        ({"type": "artifact", "artifact": {"kind": "Shot", "url": "u"}}, "artifact kind"),
+        ({"type": "artifact", "artifact": {"kind": "s", "url": "u", "bytes": "x"}}, "unknown"),
+        ({"type": "log", "eta_runs": -1}, "eta_runs must be"),
+    ],
+)
+def test_bad_job_view_fields_are_refused(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidEvent, match=match):
+        rpa_bus.validate({"ts": "2026-11-27T00:00:00.000Z", **kwargs})
