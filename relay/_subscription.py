@@ -37,6 +37,7 @@ from rpa_bus import Keys, StreamRef, state_from_meta
 from rpa_bus.redisio import cancel_and_wait
 
 if TYPE_CHECKING:
+    from relay._archive import Archive
     from relay._outage import Outages
     from relay._servers import Servers
 
@@ -145,8 +146,11 @@ class Subscriptions:
         page_size: int,
         replay_buffer: int,
         replay_buffer_bytes: int,
+        archive: Archive | None = None,
     ) -> None:
         self._streams = streams
+        # Replay reaches into the archive for what Redis trimmed (None: Redis only).
+        self._archive = archive
         self._servers = servers
         self._outages = outages
         self._keys = keys
