@@ -24,7 +24,7 @@ from aiohttp import web
 
 from relay._archive import Archive
 from relay._auth import Grant, verify_token
-from relay._history import History, Order, RedisHistory
+from relay._history import ArchiveHistory, History, Order, RedisHistory
 from relay._openapi import openapi_spec
 from relay._publish import KeyReused, append, body_digest
 from relay._settings import RelaySettings, is_loopback
@@ -139,7 +139,11 @@ class _Api:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.limits = ctx.limits
-        self.history: History = ctx.history or RedisHistory(ctx.client, ctx.keys)
+        self.history: History = ctx.history or (
+            RedisHistory(ctx.client, ctx.keys)
+            if ctx.archive is None
+            else ArchiveHistory(RedisHistory(ctx.client, ctx.keys), ctx.archive)
+        )
         self._secret = ctx.settings.secret
         self._origins = frozenset(ctx.settings.origins)
         self._origin_hosts = frozenset(
@@ -323,11 +327,17 @@ class _Api:
         if query is not None and len(query) > 256:
             raise ApiError(400, BAD_REQUEST, "q must be at most 256 characters")
         since = _offset(request, "since")
-        cursor = _offset(request, "cursor")
+        # Opaque to clients: a stream id while Redis's index lists, then the archive's.
+        cursor = _one(request, "cursor")
+        if cursor is not None and len(cursor) > 1024:
+            raise ApiError(400, INVALID_OFFSET, "cursor: longer than any cursor this API gives")
         limit = _int(request, "limit", self.limits.sessions_default, self.limits.sessions_max)
-        page = await self.history.sessions(
-            status=status, query=query, since=since, limit=limit, cursor=cursor
-        )
+        try:
+            page = await self.history.sessions(
+                status=status, query=query, since=since, limit=limit, cursor=cursor
+            )
+        except InvalidOffset as exc:
+            raise ApiError(400, INVALID_OFFSET, f"cursor: {exc}") from exc
         visible = [
             s.as_json()
             for s in page.sessions

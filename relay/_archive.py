@@ -22,7 +22,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
 
 from rpa_bus import ConfigError
 from rpa_bus.archive import (
@@ -34,7 +36,7 @@ from rpa_bus.archive import (
     parse_archive_url,
     redact_url,
 )
-from rpa_bus.redisio import Backoff, RateLimitedLog, cancel_and_wait
+from rpa_bus.redisio import AsyncClient, Backoff, RateLimitedLog, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +156,21 @@ class Archive:
             store, self._store = self._store, None
         if store is not None:
             await store.close()
+
+
+async def trimmed_count(client: AsyncClient, key: str) -> int | None:
+    """How many entries Redis removed from stream ``key`` since it was made: XINFO
+    STREAM's ``entries-added`` minus its ``length`` (Redis 7.0+). Streams lose entries
+    only at their head (MAXLEN/MINID trims; nothing here uses XDEL), so these are exactly
+    the entries older than its first. ``0``: Redis holds the whole stream. None when Redis
+    does not say (before 7.0) or the stream does not exist."""
+    try:
+        info: Any = await client.xinfo_stream(key)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    added = info.get("entries-added")
+    if added is None:
+        return None
+    return max(0, int(added) - int(info["length"]))

@@ -26,6 +26,7 @@ from rpa_bus.archive._store import (
     open_store,
     parse_archive_url,
     redact_url,
+    session_cursor,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "open_store",
     "parse_archive_url",
     "redact_url",
+    "session_cursor",
 ]
