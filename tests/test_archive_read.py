@@ -20,7 +20,7 @@ from httpx_sse import aconnect_sse
 
 from producer import Producer
 from relay import Relay
-from rpa_bus import Settings
+from rpa_bus import Settings, now_ts
 from rpa_bus.archive import Record, open_store
 from tests._postgres import LocalPostgres
 from tests._relay_support import KEYS, Client, Writer, close_relay, relay_settings, writer
@@ -166,6 +166,10 @@ async def test_30000_events_whose_redis_stream_holds_the_last_10000_over_every_d
             lambda: writer.r.hget(KEYS.config, "archive"), what="archive=1", timeout_s=10
         )
         await writer.start("big")
+        # The index announces it, as the producer does: the archiver learns of sessions
+        # from the index (or when it scans a bucket it takes).
+        started = {"type": "started", "session": "big", "ts": now_ts()}
+        await writer.r.xadd(KEYS.sessions, {"e": orjson.dumps(started)})
         everything = await writer.add_many(stream, 30_000)
         await wait_for_async(
             lambda: archiver.stats.stored >= 30_000, what="30,000 archived", timeout_s=120
@@ -276,6 +280,20 @@ async def test_store_down_replay_says_unavailable_then_completes(
             got, control = await ws_replay(r, "session:fresh", fresh[-1])
             assert got == fresh
             assert [f["type"] for f in control] == ["subscribed", "live"]
+            # Subscribing before a job starts is not held up by the store being down
+            # (told once: the archive could not say whether it ran before).
+            early = await Client.open(r.url)
+            try:
+                await early.send(op="subscribe", stream="session:later", **{"from": "0"})
+                await early.expect("live")
+                # As for Redis outages, `unavailable` may come before `subscribed`.
+                assert [f["type"] for f in early.frames] == ["error", "subscribed", "live"]
+                assert early.frames[0]["code"] == "unavailable"
+                await writer.start("later")
+                first_live = await writer.add("session:later", message="go")
+                assert await early.events_until("session:later", first_live) == [first_live]
+            finally:
+                await early.close()
             async with http(r) as client:
                 reply = await client.get("/v1/streams/session:pg/events")
                 assert reply.status_code == 503
