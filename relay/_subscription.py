@@ -35,7 +35,7 @@ from relay._archive import trimmed_count
 from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._stats import Stats
 from rpa_bus import Keys, StreamRef, state_from_meta
-from rpa_bus.archive import MAX_PAGE, ArchiveUnavailable, Store
+from rpa_bus.archive import MAX_PAGE, ArchiveUnavailable, EventPage, Store
 from rpa_bus.redisio import Backoff, cancel_and_wait
 
 T = TypeVar("T")
@@ -345,14 +345,23 @@ class Subscriptions:
         before = None if first is None else format_id(first)
         prefix = F.event_prefix(sub.name)
         delivered = 0
+        # Wait for a store that is down only when the archive is known to hold what is
+        # missing: Redis trimmed the stream, or it has the session Redis no longer holds.
+        wait = first is not None or sub.archived is True
         while True:
             after = format_id(sub.last)
-            page = await self._archive_retrying(
-                sub,
-                lambda store, after=after: store.events(  # type: ignore[misc]
+
+            def read(store: Store, after: str = after) -> Awaitable[EventPage]:
+                return store.events(
                     sub.name, after=after, before=before, limit=self._archive_page, epoch=epoch
-                ),
-            )
+                )
+
+            if wait:
+                page = await self._archive_retrying(sub, read)
+            else:
+                page = await self._archive_once(sub, read)
+                if page is _DOWN:
+                    return  # told; Redis holds nothing of it: follow it live
             for event in page.events:
                 entry_id = parse_id(event.id)
                 if entry_id <= sub.last:

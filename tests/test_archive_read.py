@@ -292,6 +292,9 @@ async def test_store_down_replay_says_unavailable_then_completes(
                 await writer.start("later")
                 first_live = await writer.add("session:later", message="go")
                 assert await early.events_until("session:later", first_live) == [first_live]
+                # Nor is the (still empty) index of a new deployment.
+                await early.send(op="subscribe", stream="sessions", **{"from": "0"})
+                await early.until(lambda f: f["type"] == "live" and f["stream"] == "sessions")
             finally:
                 await early.close()
             async with http(r) as client:
