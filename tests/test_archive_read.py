@@ -326,6 +326,47 @@ async def test_store_down_replay_says_unavailable_then_completes(
             postgres_server.start()
 
 
+async def test_store_stopped_in_the_middle_of_a_replay(
+    redis_url: str, writer: Writer, tmp_path: Path, postgres_server: LocalPostgres,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    """A slow client holds the replay mid-archive (pages of 100, small queues); the store
+    stops: the client gets what was read, then ``unavailable``; the store returns and the
+    rest follows, in order, once."""
+    epoch = await writer.start("mid")
+    ids = await writer.add_many("session:mid", 1_500, size=2_000)
+    await writer.r.xtrim(writer.key("session:mid"), minid=ids[1_400], approximate=False)
+    store = await open_store(postgres_url)
+    try:
+        pad = orjson.dumps({"type": "log", "ts": "x", "data": "x" * 2_000})
+        for start in range(0, 1_400, 500):
+            await store.put(
+                [Record("session:mid", epoch, i, pad) for i in ids[start : min(1_400, start + 500)]]
+            )
+    finally:
+        await store.close()
+    try:
+        async with relay_on(
+            redis_url, postgres_url, page_size=100, queue_frames=16, queue_bytes=32 * 1024
+        ) as r:
+            c = await Client.open(r.url, max_queue=2)
+            try:
+                await c.send(op="subscribe", stream="session:mid", **{"from": "0"})
+                await c.events_until("session:mid", ids[49])
+                postgres_server.stop()
+                err = await c.until(lambda f: f["type"] == "error", timeout_s=30)
+                assert err["code"] == "unavailable"
+                postgres_server.start()
+                await c.events_until("session:mid", ids[-1], timeout_s=60)
+                assert c.ids("session:mid") == ids
+                assert "gap" not in [f["type"] for f in c.frames]
+            finally:
+                await c.close()
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+
+
 async def test_session_gone_from_redis_answers_from_the_archive(
     redis_url: str, writer: Writer, tmp_path: Path
 ) -> None:
