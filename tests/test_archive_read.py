@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -454,3 +457,16 @@ async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop
             reply = await client.get("/v1/sessions/nobody")
             assert reply.status_code == 503  # only the archive could say it never existed
             assert reply.json()["error"]["code"] == "unavailable"
+
+
+def test_relay_cli_refuses_an_unknown_archive_url_scheme() -> None:
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "rpa-bus"), "relay", "--archive-url", "mysql://db/x"],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT_S,
+        env={"PATH": str(Path(sys.executable).parent), "HOME": os.environ.get("HOME", "/tmp")},
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "unknown archive URL scheme" in run.stderr
