@@ -426,16 +426,21 @@ class Subscriptions:
         try:
             return await self._archive.run(call)
         except ArchiveUnavailable:
-            self._tell_archive_down(sub)
+            self._tell_archive_down(
+                sub,
+                "the archive is unavailable: what it may hold of this stream is not "
+                "replayed (subscribe again once it returns); following what comes",
+            )
             return _DOWN
 
-    def _tell_archive_down(self, sub: Subscription) -> None:
+    def _tell_archive_down(
+        self,
+        sub: Subscription,
+        message: str = "the archive is unavailable; replay resumes when it returns",
+    ) -> None:
         if sub.mode is not Mode.CLOSED:
             self.stats.archive_unavailable += 1
-            sub.sink.put_control(
-                F.error(F.UNAVAILABLE, "the archive is unavailable; replay resumes when it "
-                        "returns", sub.name)
-            )  # fmt: skip
+            sub.sink.put_control(F.error(F.UNAVAILABLE, message, sub.name))
 
     async def _archive_retrying(
         self, sub: Subscription, call: Callable[[Store], Awaitable[T]]
