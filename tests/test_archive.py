@@ -288,9 +288,14 @@ async def test_two_archiver_processes_both_take_entries(
         await asyncio.to_thread(write_sessions, b, sids, 10)
         total = 32 * 12 + 64
         await wait_until(lambda: _lag_zero_and_count(url, total), 60, "all archived")
-        counts = [_metric(port, "rpa_bus_archive_stored_entries_total") for port in ports]
-        assert all(c > 0 for c in counts), counts
-        assert sum(counts) == total
+
+        def counts() -> list[float]:
+            return [_metric(port, "rpa_bus_archive_stored_entries_total") for port in ports]
+
+        # A process counts a batch once its put returns, a moment after the commit that
+        # the count above already sees (SQLite commits concurrent batches together).
+        await wait_until(lambda: sum(counts()) == total, 10, "every stored entry counted")
+        assert all(c > 0 for c in counts()), counts()
     finally:
         for p in procs:
             _stop(p)

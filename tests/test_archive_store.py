@@ -355,3 +355,24 @@ async def test_events_and_counts_keep_to_one_epoch(store: Store) -> None:
     assert len((await store.events("session:re", limit=100)).events) == 20
     assert await store.count_before("session:re", new[5].id, epoch="new") == 5
     assert await store.count_before("session:re", new[5].id) == 15
+
+
+async def test_a_cancelled_group_commit_still_answers_the_others(tmp_path: Path) -> None:
+    """SQLite: the caller running a shared commit is cancelled mid-commit; the commit
+    finishes and every other caller gets its own count (no retry of stored rows)."""
+    store = await open_store(f"sqlite://{tmp_path / 'a.db'}")
+    try:
+        runs = [session_rows(f"g{i}", 40, ms0=1_700_000_000_000 + i * 1000) for i in range(5)]
+        turn = store._turn  # type: ignore[attr-defined]
+        await turn.acquire()  # hold the write turn: all five queue into one commit
+        tasks = [asyncio.create_task(store.put(rows)) for rows in runs]
+        await asyncio.sleep(0)
+        turn.release()
+        await asyncio.sleep(0)  # the first takes the turn and starts the commit
+        tasks[0].cancel()
+        assert await asyncio.gather(*tasks[1:]) == [40] * 4
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert await store.count() == 200  # the cancelled caller's rows were committed too
+    finally:
+        await store.close()
