@@ -402,6 +402,11 @@ async def test_session_gone_from_redis_answers_from_the_archive(
         found = (await client.get("/v1/sessions", params={"q": "Tela"})).json()
         assert [s["session"] for s in found["sessions"]] == ["gone-1"]
         assert found["sessions"][0]["status"] == "finished"
+        later = str(int(time.time() * 1000) + 3_600_000)  # since an hour from now: none
+        assert (await client.get("/v1/sessions", params={"since": later})).json() == {
+            "sessions": [],
+            "next": None,
+        }
         everyone = (await client.get("/v1/sessions", params={"status": "finished"})).json()
         assert sorted(s["session"] for s in everyone["sessions"]) == ["gone-1", "still-1"]
         # Paged one at a time: Redis's first, then the archive's, each once.
