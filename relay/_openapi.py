@@ -293,6 +293,14 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                         },
                         _query("from", {"type": "string"}, "Exclusive start id, `0` or `$`."),
                         _query("token", {"type": "string"}, "EventSource cannot set headers."),
+                        _query(
+                            "last_event_id",
+                            {"type": "string"},
+                            "Where each stream starts, in the format of the `id:` this "
+                            "door sends (`STREAM=LAST_ID[@EPOCH]` joined by `;`), for a "
+                            "fresh request; names only streams of the request. "
+                            "`Last-Event-ID` wins when both are sent.",
+                        ),
                         {
                             "name": "Last-Event-ID",
                             "in": "header",

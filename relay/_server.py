@@ -86,7 +86,12 @@ class AiohttpServer:
     def app(self) -> web.Application:
         from relay import _sse
 
-        app = web.Application(middlewares=[self._guard], handler_args={"max_field_size": 8190})
+        # 32 KiB request lines and headers: an SSE position (``last_event_id``, the
+        # ``Last-Event-ID`` header) covers up to MAX_SUBSCRIPTIONS (100) streams.
+        app = web.Application(
+            middlewares=[self._guard],
+            handler_args={"max_field_size": 32768, "max_line_size": 32768},
+        )
         app[RELAY_KEY] = self.relay
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._healthz)
