@@ -153,3 +153,188 @@ def test_dashboard_works_on_sse_alone_across_restarts_and_drops(
         what="the first session to finish",
     )
     assert transport(page) == "sse"
+
+
+# -- rpa-bus.js's fallback, scripted: the test plays the relay on both transports -------
+
+RPA_BUS_SSE_UNIT = """
+async () => {
+  const m = await import('/rpa-bus.js');
+  const out = {};
+  class FailingWS {
+    static made = 0;
+    constructor(url) {
+      FailingWS.made += 1;
+      this.readyState = 0;
+      setTimeout(() => { this.readyState = 3; this.onclose({ code: 1006, reason: '' }); }, 1);
+    }
+    send() { throw new Error('never open'); }
+    close() {}
+  }
+  class FakeES {
+    static all = [];
+    constructor(url) {
+      this.url = url; this.readyState = 0; this.listeners = {}; this.closed = false;
+      FakeES.all.push(this);
+    }
+    addEventListener(type, fn) { (this.listeners[type] ??= []).push(fn); }
+    close() { this.closed = true; this.readyState = 2; }
+    fire(type, ev) { for (const fn of this.listeners[type] ?? []) fn(ev); }
+    open() { this.readyState = 1; this.fire('open', {}); }
+    send(type, msg) { this.fire(type, { data: JSON.stringify(msg) }); }
+    fail() { this.fire('error', {}); }
+    query() {
+      const u = new URL(this.url);
+      return { path: u.pathname, streams: u.searchParams.getAll('stream'),
+               at: u.searchParams.get('last_event_id'), token: u.searchParams.get('token') };
+    }
+  }
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const until = async (f) => { for (let i = 0; i < 400 && !f(); i++) await sleep(5); return f(); };
+  const last = () => FakeES.all[FakeES.all.length - 1];
+  const statuses = [];
+  const got = [];
+  const calls = [];
+  const bus = m.connect('ws://relay.test/base/ws', {
+    WebSocket: FailingWS, EventSource: FakeES, token: 'T', sseReopenMs: 5,
+    backoff: { initialMs: 2, maxMs: 4 },
+    onStatus: (s, info) => statuses.push([s, info.transport ?? null]),
+  });
+  out.sseUrl = bus.sseUrl;
+  const a = bus.subscribe('session:a', {
+    from: '0',
+    onEvent: (id, data, stream) => got.push(`${stream} ${id}`),
+    onState: (state, info) => calls.push(['state', info.resumed]),
+    onLive: () => calls.push(['live']),
+    onGap: (g) => calls.push(['gap', g.from, g.first]),
+    onReset: (r) => calls.push(['reset', r.epoch]),
+    onError: (e) => calls.push(['error', e.code, e.fatal]),
+  });
+  await until(() => FakeES.all.length === 1);
+  const es1 = FakeES.all[0];
+  out.first = es1.query();
+  out.wsTriedFirst = FailingWS.made;
+  es1.open();
+  out.transport = bus.transport;
+  const ev = (es, stream, id) => es.send('event', { type: 'event', stream, id, data: {} });
+  es1.send('subscribed', { type: 'subscribed', stream: 'session:a', epoch: 'e/1', first: '1-0',
+                           last: '2-0', state: {} });
+  for (const id of ['1-0', '2-0', '2-0']) ev(es1, 'session:a', id);
+  es1.send('live', { type: 'live', stream: 'session:a' });
+
+  // A second stream: the response is reopened once, each stream from where it stands.
+  const b = bus.subscribe('session:b', {
+    from: '$',
+    onEvent: (id, d, s) => got.push(`${s} ${id}`),
+    onError: (e) => calls.push(['b-error', e.code, e.fatal]),
+  });
+  bus.subscribe('session:bad', { from: 'yesterday',
+                                 onError: (e) => calls.push(['bad-error', e.code, e.fatal]) });
+  await until(() => FakeES.all.length === 2);
+  const es2 = last();
+  out.reopened = es2.query();
+  out.oldClosed = es1.closed;
+  ev(es1, 'session:a', '3-0');  // the old response's late event: not delivered
+  es2.open();
+  ev(es2, 'session:a', '3-0');  // before its `subscribed` on this response: dropped
+  es2.send('subscribed', { type: 'subscribed', stream: 'session:a', epoch: 'e/1', first: '1-0',
+                           last: '3-0', state: {} });
+  es2.send('subscribed', { type: 'subscribed', stream: 'session:b', epoch: 'e/1', first: null,
+                           last: '5-0', state: {} });
+  ev(es2, 'session:a', '3-0');
+  es2.send('gap', { type: 'gap', stream: 'session:a', from: '3-0', first: '7-0' });
+  ev(es2, 'session:a', '7-0');
+  es2.send('unavailable',
+           { type: 'error', code: 'unavailable', stream: 'session:a', message: 'down' });
+  es2.send('reset', { type: 'reset', stream: 'session:a', epoch: 'e2' });
+  ev(es2, 'session:a', '1-0');
+
+  // Dropped: WebSocket first, then SSE again, from the new positions.
+  const wsBefore = FailingWS.made;
+  es2.fail();
+  await until(() => FakeES.all.length === 3);
+  const es3 = last();
+  out.wsRetried = FailingWS.made > wsBefore;
+  out.resumed = es3.query();
+  es3.open();
+  // A fatal error for one stream ends it (the relay stopped it): later responses leave
+  // it out.
+  es3.send('error', { type: 'error', code: 'forbidden', stream: 'session:b', message: 'no' });
+  out.bActive = b.active;
+  const c = bus.subscribe('session:c', {});
+  await until(() => FakeES.all.length === 4);
+  out.withoutB = last().query();
+  a.unsubscribe();
+  c.unsubscribe();
+  await until(() => last().closed);
+  out.emptyClosed = last().closed;
+  out.got = got;
+  out.calls = calls;
+  out.statuses = statuses;
+  bus.close();
+  await sleep(20);
+  out.afterClose = FakeES.all.every((es) => es.closed);
+  return out;
+}
+"""
+
+
+def test_rpa_bus_js_falls_back_to_sse_with_the_same_semantics(page: Page) -> None:
+    page.goto("/")
+    out = page.evaluate(RPA_BUS_SSE_UNIT)
+    assert out["sseUrl"] == "http://relay.test/base/v1/sse"
+    assert out["wsTriedFirst"] == 1
+    assert out["first"] == {
+        "path": "/base/v1/sse", "streams": ["session:a"], "at": "session:a=0", "token": "T"
+    }  # fmt: skip
+    assert out["transport"] == "sse"
+    # session:bad's offset would make the relay refuse the whole request: it ends alone.
+    assert out["reopened"]["streams"] == ["session:a", "session:b"]
+    assert out["reopened"]["at"] == "session:a=2-0@e%2F1;session:b=$"
+    assert out["oldClosed"] is True
+    assert out["wsRetried"] is True
+    # After the reset, session:a starts again at 0 in the new epoch; session:b from the
+    # `last` of its `subscribed` ("$" resolved), so nothing written while away is missed.
+    assert out["resumed"]["at"] == "session:a=1-0@e2;session:b=5-0@e%2F1"
+    assert out["withoutB"]["streams"] == ["session:a", "session:c"]
+    assert out["withoutB"]["at"] == "session:a=1-0@e2;session:c=0"
+    assert out["bActive"] is False
+    assert out["emptyClosed"] is True
+    assert out["afterClose"] is True
+    assert out["got"] == [
+        "session:a 1-0", "session:a 2-0", "session:a 3-0", "session:a 7-0", "session:a 1-0"
+    ]  # fmt: skip
+    assert out["calls"] == [
+        ["state", False],
+        ["live"],
+        ["bad-error", "invalid_offset", True],  # when the response was reopened with it
+        ["state", True],
+        ["gap", "3-0", "7-0"],
+        ["error", "unavailable", False],
+        ["reset", "e2"],
+        ["b-error", "forbidden", True],
+    ]
+    assert out["statuses"][0] == ["connecting", None]
+    assert ["open", "sse"] in out["statuses"]
+    assert out["statuses"][-1] == ["closed", None]
+
+
+def test_rpa_bus_js_says_why_the_relay_refused_an_sse_request(page: Page) -> None:
+    """EventSource does not tell why a request failed; rpa-bus.js asks the relay once and
+    passes its JSON error to onError."""
+    page.goto("/")
+    err = page.evaluate(
+        """async () => {
+            const m = await import('/rpa-bus.js');
+            return await new Promise((resolve) => {
+                const bus = m.connect('ws', {
+                    transport: 'sse',
+                    backoff: { initialMs: 5000, maxMs: 5000 },
+                    onError: (e) => { bus.close(); resolve(e); },
+                });
+                bus.subscribe('no-such-kind:x', {});
+            });
+        }"""
+    )
+    assert err["code"] == "invalid_stream"
+    assert "no-such-kind:x" in err["message"]
