@@ -26,6 +26,7 @@ from relay._auth import Grant, verify_token
 from relay._history import History, Order, RedisHistory
 from relay._openapi import openapi_spec
 from relay._publish import KeyReused, append, body_digest
+from relay._settings import ApiLimits as ApiLimits  # its home is the settings
 from relay._settings import RelaySettings, is_loopback
 from rpa_bus import (
     Envelope,
@@ -65,24 +66,6 @@ _MAX_KEY_CHARS: Final = 255
 _MESSAGE_CHARS: Final = 400
 
 
-@dataclass(frozen=True, slots=True)
-class ApiLimits:
-    """Bounds of the HTTP API. Units live in the names."""
-
-    # Largest POST body; past it 413 and nothing appended.
-    max_body_bytes: int = 1024 * 1024
-    max_events_per_post: int = 500
-    # Token bucket per client address for POSTs: sustained requests per second and burst.
-    posts_per_s: float = 50.0
-    posts_burst: int = 100
-    # Clients whose buckets are remembered (least recently seen forgotten first).
-    tracked_clients: int = 10_000
-    page_default: int = 100
-    page_max: int = 1000
-    sessions_default: int = 50
-    sessions_max: int = 1000
-
-
 @dataclass(slots=True)
 class ApiContext:
     """What the handlers need. ``history`` defaults to ``RedisHistory(client, keys)``;
@@ -91,7 +74,7 @@ class ApiContext:
     client: AsyncClient
     keys: Keys
     settings: RelaySettings
-    limits: ApiLimits = field(default_factory=ApiLimits)
+    limits: ApiLimits = field(default_factory=ApiLimits)  # the relay passes settings.api
     history: History | None = None
     verify: Callable[[str, object], Grant] = verify_token
 

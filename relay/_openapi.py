@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relay._api import ApiLimits
+    from relay._settings import ApiLimits
 
 SID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
