@@ -338,3 +338,43 @@ def test_rpa_bus_js_says_why_the_relay_refused_an_sse_request(page: Page) -> Non
     )
     assert err["code"] == "invalid_stream"
     assert "no-such-kind:x" in err["message"]
+
+
+def test_many_sessions_on_sse_stay_within_the_relay_limits(page: Page, client: redis.Redis) -> None:
+    """90 sessions: 60 watched live, the rest peeked; on SSE each change of the set reopens
+    the one response (coalesced), whose URL then holds ~60 streams' positions."""
+    from tests._browser import BusWriter
+
+    w = BusWriter(client)
+    sids = [f"bulk-{i:03d}-{'x' * 40}" for i in range(90)]  # long ids: a long URL
+    for i, sid in enumerate(sids):
+        w.session_event(sid, "started", total=10)
+        w.session_event(sid, "progress", step=1 + i % 9, total=10, message=f"job {i}")
+    page.goto("/?hosts=bulk-host")
+    wait_for(
+        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 90,
+        timeout_s=WAIT_S,
+        what="90 rows",
+    )
+    newest = sids[-1]
+    wait_for(
+        lambda: (row_state(page, newest) or {}).get("step") == "9/10",
+        timeout_s=WAIT_S,
+        what="the newest session's state",
+    )
+    assert transport(page) == "sse"
+    watched = page.evaluate(
+        "() => [...window.rpaDashboard.sessions.values()].filter(s => s.sub === 'watch')"
+        ".map(s => s.sid)"
+    )
+    assert len(watched) == 60
+    w.session_event(newest, "progress", step=10, total=10, message="last screen")
+    wait_for(
+        lambda: (row_state(page, newest) or {}).get("step") == "10/10",
+        timeout_s=WAIT_S,
+        what="a live update of a watched session",
+    )
+    assert page.is_hidden("#notice")
+    url = page.evaluate("() => window.rpaDashboard.bus._es.url")
+    assert url.count("stream=") >= 61
+    assert len(url) > 8190  # past aiohttp's default request-line limit, which the relay raises
