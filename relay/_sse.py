@@ -20,8 +20,9 @@ the token's ``streams`` claim; when the grant expires the response sends an ``er
 
 A client that falls behind is handled like a WebSocket one: its subscriptions catch up
 from Redis (bounded queue); one that takes nothing for ``stall_timeout_s`` is dropped, and
-``EventSource`` resumes from its last id. A comment (``: hb``) goes out every
-``sse_heartbeat_s`` so that proxies keep the response open.
+``EventSource`` resumes from its last id. A client that leaves ends its response at once
+(the server watches its connection, ``AiohttpServer._watch_disconnects``). A comment
+(``: hb``) goes out every ``sse_heartbeat_s`` so that proxies keep the response open.
 """
 
 from __future__ import annotations
@@ -410,11 +411,13 @@ def handler(server: AiohttpServer) -> Callable[[web.Request], Awaitable[web.Stre
         door.grant = grant
         relay.opened(door_ip)
         server.sse.add(door)
+        server.sse_by_protocol[request.protocol] = door  # ended when the client leaves
         try:
             await door.run(wanted)
         except (ClientConnectionResetError, ConnectionResetError):
             pass  # the client left
         finally:
+            server.sse_by_protocol.pop(request.protocol, None)
             server.forget(door)
             relay.closed(door_ip)
         if door._failure is None and not door_ended_by_abort(door):

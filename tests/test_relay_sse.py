@@ -388,6 +388,29 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
         await close_relay(r)
 
 
+async def test_a_client_that_leaves_ends_its_response_at_once(relay: Relay) -> None:
+    """No write or heartbeat is needed to notice: the subscriptions and the place in the
+    per-address count go when the connection does (rpa-bus.js reopens its response on
+    every change of its streams)."""
+    assert relay.settings.sse_heartbeat_s >= 15
+    for _ in range(3):
+        reader, writer_ = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer_.write(
+            f"GET /v1/sse?stream={A}&stream={B} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5 * UNIT_S):
+            while (await reader.readline()).strip() != b"event: live":
+                pass
+        assert relay.stats.subscriptions >= 1
+        writer_.close()
+        await writer_.wait_closed()
+        await wait_for_async(
+            lambda: relay.stats.subscriptions == 0 and relay.stats.connections == 0,
+            what="the response to end",
+            timeout_s=2,
+        )
+
+
 @pytest.mark.slow
 async def test_redis_down_sends_unavailable_then_resumes(
     redis_server: EmbeddedRedis, writer: Writer
