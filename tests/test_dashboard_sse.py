@@ -14,6 +14,7 @@ import redis
 from playwright.sync_api import Page
 
 from producer import Producer
+from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._browser import RelayThread, chromium_page
 from tests._proxy import FaultProxy
 from tests._wait import wait_for
@@ -378,3 +379,34 @@ def test_many_sessions_on_sse_stay_within_the_relay_limits(page: Page, client: r
     url = page.evaluate("() => window.rpaDashboard.bus._es.url")
     assert url.count("stream=") >= 61
     assert len(url) > 8190  # past aiohttp's default request-line limit, which the relay raises
+
+
+def test_redis_outage_on_sse_is_shown_and_delivery_resumes(
+    page: Page, redis_server: EmbeddedRedis, producer: Producer, client: redis.Redis
+) -> None:
+    """`unavailable` arrives as its own SSE event and reaches the page's onError, as over
+    the WebSocket; the response stays open and delivery resumes without a gap."""
+    s = producer.session("quote-out", total=10)
+    s.start()
+    s.progress(1, "Screen 1")
+    flushed(producer)
+    page.goto("/#session=quote-out")
+    wait_for(lambda: len(log_ids(page)) == 2, timeout_s=WAIT_S, what="the first rows")
+    assert transport(page) == "sse"
+
+    redis_server.stop()
+    wait_for(lambda: page.is_visible("#banner"), timeout_s=WAIT_S, what="the Redis banner")
+    assert "cannot reach Redis" in (page.text_content("#banner") or "")
+    redis_server.start()
+    wait_for(lambda: page.is_hidden("#banner"), timeout_s=WAIT_S, what="the all-clear")
+
+    s.progress(2, "Screen 2")
+    flushed(producer)
+    expected = stream_ids(client, "quote-out")
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="delivery to resume")
+    wait_for(
+        lambda: (row_state(page, "quote-out") or {}).get("step") == "2/10",
+        timeout_s=WAIT_S,
+        what="the row to show step 2",
+    )
+    assert transport(page) == "sse"
