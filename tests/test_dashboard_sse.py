@@ -262,10 +262,16 @@ async () => {
   // it out.
   es3.send('error', { type: 'error', code: 'forbidden', stream: 'session:b', message: 'no' });
   out.bActive = b.active;
-  const c = bus.subscribe('session:c', {});
+  const c = bus.subscribe('session:c', { from: '$' });
   await until(() => FakeES.all.length === 4);
   out.withoutB = last().query();
+  // "$" on an empty stream: everything after it is new, so a reopen asks from 0.
+  last().open();
+  last().send('subscribed', { type: 'subscribed', stream: 'session:c', epoch: '', first: null,
+                              last: null, state: {} });
   a.unsubscribe();
+  await until(() => FakeES.all.length === 5);
+  out.emptyDollar = last().query();
   c.unsubscribe();
   await until(() => last().closed);
   out.emptyClosed = last().closed;
@@ -298,7 +304,8 @@ def test_rpa_bus_js_falls_back_to_sse_with_the_same_semantics(page: Page) -> Non
     # `last` of its `subscribed` ("$" resolved), so nothing written while away is missed.
     assert out["resumed"]["at"] == "session:a=1-0@e2;session:b=5-0@e%2F1"
     assert out["withoutB"]["streams"] == ["session:a", "session:c"]
-    assert out["withoutB"]["at"] == "session:a=1-0@e2;session:c=0"
+    assert out["withoutB"]["at"] == "session:a=1-0@e2;session:c=$"
+    assert out["emptyDollar"]["at"] == "session:c=0"
     assert out["bActive"] is False
     assert out["emptyClosed"] is True
     assert out["afterClose"] is True

@@ -258,8 +258,12 @@ export class Subscription {
         }
         this.epoch = msg.epoch ?? this.epoch;
         // Subscribed from "$": the resume point is what existed at subscription time, so
-        // events written while we are disconnected later are not skipped.
-        if (this.lastId == null && this._from === "$" && isId(msg.last)) this._from = msg.last;
+        // events written while we are disconnected later (or while an SSE response is
+        // reopened) are not skipped; an empty stream then means "everything after", "0".
+        if (this.lastId == null && this._from === "$") {
+          if (isId(msg.last)) this._from = msg.last;
+          else if (msg.last === null) this._from = "0";
+        }
         const resumed = this._subscribedOnce;
         this._subscribedOnce = true;
         this._call("onState", msg.state ?? {}, {
@@ -515,6 +519,7 @@ export class Bus {
 
   /** A WebSocket that never opened: try SSE at once (auto), else back off. @private */
   _wsFailed(info) {
+    if (this._closed) return;
     if ((this._opts.transport ?? "auto") === "auto" && this._sseSupported()) {
       this._next = "sse";
       this._openSse();
@@ -598,6 +603,7 @@ export class Bus {
 
   /** Open one EventSource over every subscription, each from its own position. @private */
   _openSse() {
+    if (this._closed) return;
     this._kind = "sse";
     clearTimeout(this._reopenTimer);
     this._reopenTimer = null;
