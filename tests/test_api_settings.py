@@ -3,7 +3,9 @@ clear ConfigError, and applied by a real relay (real Redis, real HTTP client).""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ import redis.asyncio as aioredis
 from relay import ApiLimits, Relay, RelaySettings
 from rpa_bus import ConfigError, Keys
 from tests._relay_support import close_relay, relay_settings
+from tests._service import RPA_BUS
 from tests.conftest import UNIT_S
 
 
@@ -46,6 +49,19 @@ def test_limits_from_env_and_defaults() -> None:
 def test_bad_values_are_a_clear_config_error(name: str, value: str, says: str) -> None:
     with pytest.raises(ConfigError, match=rf"RPA_BUS_API_{name}='?{re.escape(value)}'? .*{says}"):
         RelaySettings.from_env({f"RPA_BUS_API_{name}": value})
+
+
+def test_rpa_bus_relay_stops_at_start_on_a_bad_limit() -> None:
+    env = {**os.environ, "RPA_BUS_API_MAX_EVENTS_PER_POST": "many"}
+    done = subprocess.run(
+        [RPA_BUS, "relay", "--port", "0", "--redis-url", "redis://127.0.0.1:1/0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT_S,
+    )
+    assert done.returncode == 2
+    assert "RPA_BUS_API_MAX_EVENTS_PER_POST='many' is not a whole number" in done.stderr
 
 
 def test_bad_limits_in_code_are_refused_too() -> None:
