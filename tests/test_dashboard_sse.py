@@ -281,6 +281,19 @@ async () => {
   bus.close();
   await sleep(20);
   out.afterClose = FakeES.all.every((es) => es.closed);
+
+  // transport: "websocket" never falls back.
+  const esBefore = FakeES.all.length;
+  const wsOnly = m.connect('ws://relay.test/ws', {
+    WebSocket: FailingWS, EventSource: FakeES, transport: 'websocket',
+    backoff: { initialMs: 2, maxMs: 4 },
+  });
+  wsOnly.subscribe('session:a', {});
+  const wsMade = FailingWS.made;
+  await until(() => FailingWS.made >= wsMade + 3);
+  out.wsOnlyRetries = FailingWS.made > wsMade;
+  out.wsOnlyNoSse = FakeES.all.length === esBefore;
+  wsOnly.close();
   return out;
 }
 """
@@ -309,6 +322,8 @@ def test_rpa_bus_js_falls_back_to_sse_with_the_same_semantics(page: Page) -> Non
     assert out["bActive"] is False
     assert out["emptyClosed"] is True
     assert out["afterClose"] is True
+    assert out["wsOnlyRetries"] is True
+    assert out["wsOnlyNoSse"] is True
     assert out["got"] == [
         "session:a 1-0", "session:a 2-0", "session:a 3-0", "session:a 7-0", "session:a 1-0"
     ]  # fmt: skip
