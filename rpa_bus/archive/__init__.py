@@ -27,6 +27,7 @@ from rpa_bus.archive._store import (
     open_store,
     parse_archive_url,
     redact_url,
+    session_cursor,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "open_store",
     "parse_archive_url",
     "redact_url",
+    "session_cursor",
 ]

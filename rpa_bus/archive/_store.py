@@ -312,6 +312,12 @@ def _session_row(row: Sequence[Any]) -> ArchivedSession:
     return ArchivedSession(*row)
 
 
+def session_cursor(session: ArchivedSession) -> str:
+    """The ``cursor`` that lists the sessions after ``session`` (for a reader that stops
+    part-way through a page)."""
+    return _encode_cursor(session)
+
+
 def _encode_cursor(session: ArchivedSession) -> str:
     raw = orjson.dumps([session.updated, session.session])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -567,8 +573,11 @@ class Store:
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
-        """A page of ``stream``'s archived entries strictly between ``after`` and ``before``."""
+        """A page of ``stream``'s archived entries strictly between ``after`` and ``before``;
+        with ``epoch``, only that incarnation's (a recreated stream's older runs have older
+        ids: the relay's read-through keeps to the epoch Redis holds)."""
         raise NotImplementedError
 
     async def sessions(
@@ -611,6 +620,16 @@ class Store:
 
     async def count(self, stream: str | None = None) -> int:
         raise NotImplementedError
+
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        """How many of ``stream``'s entries (of ``epoch`` only, if given) have an id below
+        ``before``: the relay compares it with how many Redis trimmed to find holes."""
+        raise NotImplementedError
+
+
+def _count_before_query(ph: str, epoch: bool) -> str:
+    where = f"stream = {ph}" + (f" AND epoch = {ph}" if epoch else "")
+    return f"SELECT COUNT(*) FROM events WHERE {where} AND (ms, seq) < ({ph}, {ph})"
 
 
 # Pruning deletes this many events per transaction (by the events_ms index).
@@ -814,16 +833,17 @@ class SqliteStore(Store):
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
-
-        page_sql, ends_sql = _event_queries("?", desc=b.desc)
+        key = (stream,) if epoch is None else (stream, epoch)
+        page_sql, ends_sql = _event_queries("?", desc=b.desc, epoch=epoch is not None)
 
         def run() -> EventPage:
             with self._use() as conn:
-                page = conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1)).fetchall()
-                ends = conn.execute(ends_sql, (stream, stream)).fetchone()
+                page = conn.execute(page_sql, (*key, *b.lo, *b.hi, b.limit + 1)).fetchall()
+                ends = conn.execute(ends_sql, (*key, *key)).fetchone()
             return _page(stream, page, b.limit, ends)
 
         return await asyncio.to_thread(run)
@@ -916,6 +936,17 @@ class SqliteStore(Store):
 
         return await asyncio.to_thread(run)
 
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        key = (stream,) if epoch is None else (stream, epoch)
+        sql = _count_before_query("?", epoch is not None)
+
+        def run() -> int:
+            with self._use() as conn:
+                (n,) = conn.execute(sql, (*key, *_split_id(before))).fetchone()
+            return int(n)
+
+        return await asyncio.to_thread(run)
+
 
 def astuple_session(s: ArchivedSession) -> tuple[Any, ...]:
     return (
@@ -951,20 +982,22 @@ def _by_stream(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
     return list(groups.items())
 
 
-def _event_queries(ph: str, *, desc: bool) -> tuple[str, str]:
+def _event_queries(ph: str, *, desc: bool, epoch: bool = False) -> tuple[str, str]:
     """The two queries of an events page, for a driver's placeholder (``?`` or ``%s``):
     the page (strictly between the bounds, one row more than the limit) and the stream's
-    first id and last id with its epoch."""
+    first id and last id with its epoch. With ``epoch``, both keep to one epoch (its value
+    follows each ``stream`` parameter)."""
     direction = "DESC" if desc else "ASC"
+    where = f"stream = {ph}" + (f" AND epoch = {ph}" if epoch else "")
     page = (
-        f"SELECT ms, seq, epoch, data FROM events WHERE stream = {ph} "
+        f"SELECT ms, seq, epoch, data FROM events WHERE {where} "
         f"AND (ms, seq) > ({ph}, {ph}) AND (ms, seq) < ({ph}, {ph}) "
         f"ORDER BY ms {direction}, seq {direction} LIMIT {ph}"
     )
     ends = (
-        f"SELECT (SELECT ms || '-' || seq FROM events WHERE stream = {ph} "
+        f"SELECT (SELECT ms || '-' || seq FROM events WHERE {where} "
         "ORDER BY ms, seq LIMIT 1), (SELECT ms || '-' || seq || ' ' || epoch "
-        f"FROM events WHERE stream = {ph} ORDER BY ms DESC, seq DESC LIMIT 1)"
+        f"FROM events WHERE {where} ORDER BY ms DESC, seq DESC LIMIT 1)"
     )
     return page, ends
 
@@ -1234,14 +1267,16 @@ class PostgresStore(Store):
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
-        page_sql, ends_sql = _event_queries("%s", desc=b.desc)
+        key = (stream,) if epoch is None else (stream, epoch)
+        page_sql, ends_sql = _event_queries("%s", desc=b.desc, epoch=epoch is not None)
         async with self._use() as conn:
-            cur = await conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1))
+            cur = await conn.execute(page_sql, (*key, *b.lo, *b.hi, b.limit + 1))
             rows = await cur.fetchall()
-            cur = await conn.execute(ends_sql, (stream, stream))
+            cur = await conn.execute(ends_sql, (*key, *key))
             ends = await cur.fetchone()
             await conn.commit()
         return _page(stream, rows, b.limit, ends)
@@ -1316,6 +1351,16 @@ class PostgresStore(Store):
                 cur = await conn.execute("SELECT COUNT(*) FROM events")
             else:
                 cur = await conn.execute("SELECT COUNT(*) FROM events WHERE stream = %s", (stream,))
+            row = await cur.fetchone()
+            await conn.commit()
+        return int(row[0]) if row else 0
+
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        key = (stream,) if epoch is None else (stream, epoch)
+        async with self._use() as conn:
+            cur = await conn.execute(
+                _count_before_query("%s", epoch is not None), (*key, *_split_id(before))
+            )
             row = await cur.fetchone()
             await conn.commit()
         return int(row[0]) if row else 0
