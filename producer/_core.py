@@ -1060,28 +1060,35 @@ class BaseSession:
         return None, None
 
     def _step_event(self, st: BaseStep, phase: str, now: float) -> Envelope:
-        """A ``step`` start or end for ``st`` (docs/contract.md, "Job view")."""
+        """A ``step`` start or end for ``st`` (docs/contract.md, "Job view"). Built
+        directly, in ``make``'s field order: every value is checked where it came in
+        (``step()``, ``retry()``), and ``make``'s generic validation would cost more than
+        the rest of the call."""
         total = self.total
-        done = st.number if st.outcome == "ok" else st.number - 1
+        ok = phase == "end" and st.outcome == "ok"
+        done = st.number if ok else st.number - 1
+        event: Envelope = {"type": "step", "ts": self._now(), "step": st.number}
         if total is not None:
-            done = min(done, total)
-        eta_s, runs = self._estimate(done, st if phase == "start" else None, now)
-        if phase == "end" and st.outcome != "ok":
-            eta_s = runs = None  # a failed or retried attempt: no new estimate
-        return make(
-            "step",
-            ts=self._now(),
-            step=st.number,
-            total=total,
-            percent=None if total is None else percent_of(max(done, 0), total),
-            eta_s=eta_s,
-            message=st.message if phase == "start" else st.reason,
-            phase=phase,
-            attempt=st.attempt,
-            outcome=st.outcome if phase == "end" else None,
-            duration_s=round(st.duration_s, 3) if phase == "end" else None,
-            eta_runs=runs if eta_s is not None else None,
+            event["total"] = total
+            event["percent"] = percent_of(max(min(done, total), 0), total)
+        eta_s, runs = (
+            (None, None)
+            if phase == "end" and not ok
+            else self._estimate(done, st if phase == "start" else None, now)
         )
+        if eta_s is not None:
+            event["eta_s"] = eta_s
+        message = st.message if phase == "start" else st.reason
+        if message is not None:
+            event["message"] = message
+        event["phase"] = phase
+        event["attempt"] = st.attempt
+        if phase == "end":
+            event["outcome"] = st.outcome
+            event["duration_s"] = round(st.duration_s, 3)
+        if eta_s is not None and runs is not None:
+            event["eta_runs"] = runs
+        return event
 
     def _check_step(self, number: int, name: str | None) -> None:
         if number.__class__ is not int or number < 0:
