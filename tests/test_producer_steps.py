@@ -240,3 +240,27 @@ async def test_async_steps(redis_url: str, spool_dir: Path) -> None:
     assert [e["eta_runs"] for e in got if e["type"] == "step" and "eta_s" in e] == [1] * 5
     assert next(e for e in got if e["type"] == "log")["level"] == "warning"
     assert next(e for e in got if e["type"] == "artifact")["artifact"]["path"] == "/tmp/s.png"
+
+
+def test_redis_down_the_job_goes_on_at_its_pace(tmp_path: Path) -> None:
+    """A job's profile cannot be read (nothing listens): nothing waits for it, the ETA is
+    the pace, and the events wait in the journal."""
+    from rpa_bus.cli._embedded import free_port
+
+    bus = Producer(
+        f"redis://127.0.0.1:{free_port()}/0",
+        spool_dir=tmp_path,
+        connect_timeout_s=0.2,
+        socket_timeout_s=0.2,
+    )
+    try:
+        started = time.monotonic()
+        with bus.session("q-down", job="some-job", total=3) as s:
+            for n in (1, 2, 3):
+                with s.step(n, f"step {n}"):
+                    time.sleep(0.01)
+        assert time.monotonic() - started < 1.0  # three 10 ms steps: nothing waited
+        assert bus.profile("some-job") is None
+        assert not bus.flush(0.3)
+    finally:
+        bus.close(timeout_s=0.5)
