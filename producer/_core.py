@@ -1,5 +1,5 @@
 """What the sync and async producers share: input checks, envelopes, sequence numbers,
-pace and eta, the queue and journals, and every decision of the flusher (what to write
+pace and learned eta, steps, the queue and journals, and every decision of the flusher (what to write
 next, on which node, what a reply means, when to back off, spill or stop). The twins add
 only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
 
@@ -7,7 +7,8 @@ The flusher is written once, as generators that yield what they need done:
 
 - ``BaseProducer._flusher()`` yields ``Write(batch)`` (the driver sends back ``None`` or
   the Redis failure), ``Sleep(s)`` (wait for close() at most ``s``), ``IDLE`` (wait for an
-  emit) and ``NOTIFY`` (wake ``flush()`` waiters);
+  emit), ``NOTIFY`` (wake ``flush()`` waiters) and ``Fetch(key)`` (GET a job's learned
+  step profile for the sessions' ETA; the driver sends back the value or the failure);
 - ``BaseProducer._rounds()`` / ``_config_rounds()`` yield, for one node, ``Pipeline``
   (send these commands in one round trip, reply with the results, errors included) and
   ``LoadScripts``.
