@@ -1,7 +1,7 @@
 """What the sync and async producers share: input checks, envelopes, sequence numbers,
-pace and learned eta, steps, the queue and journals, and every decision of the flusher (what to write
-next, on which node, what a reply means, when to back off, spill or stop). The twins add
-only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
+steps, pace and learned eta, the queue and journals, and every decision of the flusher
+(what to write next, on which node, what a reply means, when to back off, spill or stop).
+The twins add only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
 
 The flusher is written once, as generators that yield what they need done:
 
