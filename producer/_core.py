@@ -111,8 +111,10 @@ def call_key(args: tuple[Any, ...]) -> str:
     return str(args[3])
 
 
-# state_fields() of any event type outside _RESETTING sets only these keys.
-_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error"}
+# state_fields() of any event type outside _RESETTING sets only these keys, plus
+# eta_runs when the event carries it (job is set by `started` alone, error by the
+# resetting types).
+_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error", "job", "eta_runs"}
 _RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
 
 
@@ -125,7 +127,11 @@ def _fold(group: list[Item]) -> dict[str, str]:
     state: dict[str, str] = {}
     for item in reversed(group):
         event = item.event
-        if event["type"] not in _RESETTING and state.keys() >= _COMMON_KEYS:
+        if (
+            event["type"] not in _RESETTING
+            and state.keys() >= _COMMON_KEYS
+            and ("eta_runs" in state or "eta_runs" not in event)
+        ):
             continue
         for key, value in state_fields(event).items():
             if key not in state:
