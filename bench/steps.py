@@ -9,7 +9,9 @@ Starts a private Redis (no persistence) and measures, on the caller's thread, th
    (``StepProfile.eta`` over 15 steps on every call);
 3. one step: ``with s.step(n, name):`` (its start and its end, two events), with the
    profile;
-4. ``log(..., level=...)`` and ``artifact(...)``.
+4. ``log(..., level=...)`` and ``artifact(...)``;
+5. on the flusher's side, folding a batch of 512 ``progress`` events into the meta hash
+   fields (``producer._core._fold``), with and without ``eta_runs`` on them.
 
 Each figure is the median of ``--rounds`` rounds of ``--calls`` calls (us per call); the
 flusher writes meanwhile, as in a real job.
@@ -33,6 +35,8 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from producer import Producer  # noqa: E402
+from producer._core import _fold  # noqa: E402
+from producer._journal import Item  # noqa: E402
 from rpa_bus import Keys, StepProfile  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
 
@@ -99,6 +103,24 @@ def main() -> None:
     print(f"per call on the job's thread, median of {args.rounds} x {args.calls} calls:")
     for name, us in figures.items():
         print(f"  {name:<45} {us:6.2f} us")
+    print("the flusher's fold of one batch of 512 progress events (median of 200):")
+    for label, extra in (("no job", {}), ("job (eta_runs)", {"eta_runs": 7})):
+        print(f"  {label:<45} {fold_us(extra):6.1f} us")
+
+
+def fold_us(extra: dict[str, int]) -> float:
+    events = [
+        {"type": "progress", "ts": "2026-11-27T05:00:00.000Z", "step": 1 + i % TOTAL,
+         "total": TOTAL, "percent": 6.7, "eta_s": 12.5, "message": "Screen", **extra}
+        for i in range(512)
+    ]  # fmt: skip
+    items = [Item("session:b", "p", i, orjson.dumps(e), e) for i, e in enumerate(events)]
+    times = []
+    for _ in range(200):
+        start = time.perf_counter()
+        _fold(items)
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
 
 
 def _step(session: object, n: int) -> None:

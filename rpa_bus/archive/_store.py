@@ -47,7 +47,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -354,10 +354,15 @@ def _decode(data: bytes) -> dict[str, Any] | None:
 
 
 def fold_session(
-    sid: str, current: ArchivedSession | None, rows: Sequence[Row]
+    sid: str,
+    current: ArchivedSession | None,
+    rows: Sequence[Row],
+    on_event: Callable[[Row, dict[str, Any] | None, bool], None] | None = None,
 ) -> ArchivedSession | None:
     """The session's state after ``rows`` (its own stream's entries, id order); only rows
-    past ``current.last`` count, so folding a replayed batch again changes nothing."""
+    past ``current.last`` count, so folding a replayed batch again changes nothing.
+    ``on_event(row, event, new_epoch)`` sees each of those rows, decoded (None when it is
+    not an envelope), once."""
     last = _split_id(current.last) if current is not None and current.last else (-1, -1)
     fields = _as_strings(current)
     epoch = current.epoch if current is not None else ""
@@ -372,11 +377,14 @@ def fold_session(
             continue
         changed = True
         last_id = row.id
-        if row.epoch and row.epoch != epoch:  # the stream was recreated: a new history
+        new_epoch = bool(row.epoch) and row.epoch != epoch
+        if new_epoch:  # the stream was recreated: a new history
             epoch, first, started, fields = row.epoch, row.id, None, {}
         if first is None:
             first = row.id
         event = _decode(row.data)
+        if on_event is not None:
+            on_event(row, event, new_epoch)
         if event is None or not isinstance(event.get("ts"), str):
             continue
         try:
@@ -410,26 +418,24 @@ def fold_session(
 def fold_session_runs(
     sid: str, current: ArchivedSession | None, run: str | None, rows: Sequence[Row]
 ) -> tuple[ArchivedSession | None, str | None, list[FinishedRun]]:
-    """``fold_session`` and the run accumulator (``sessions.run``) together: the new state
-    (None: unchanged), the new accumulator, and the runs that ended in ``rows``."""
-    state = fold_session(sid, current, rows)
+    """``fold_session`` and the run accumulator (``sessions.run``) together, in one pass:
+    the new state (None: unchanged), the new accumulator, and the runs that ended in
+    ``rows``."""
+    acc = load_acc(run)
+    ended: list[FinishedRun] = []
+
+    def each(row: Row, event: dict[str, Any] | None, new_epoch: bool) -> None:
+        nonlocal acc
+        if new_epoch:
+            acc = None
+        if event is not None:
+            acc, done = fold_run(sid, acc, row.id, event)
+            if done is not None:
+                ended.append(done)
+
+    state = fold_session(sid, current, rows, each)
     if state is None:
         return None, run, []
-    last = _split_id(current.last) if current is not None and current.last else (-1, -1)
-    acc = load_acc(run)
-    epoch = current.epoch if current is not None else ""
-    ended: list[FinishedRun] = []
-    for row in rows:
-        if _split_id(row.id) <= last:
-            continue
-        if row.epoch and row.epoch != epoch:
-            epoch, acc = row.epoch, None
-        event = _decode(row.data)
-        if event is None:
-            continue
-        acc, done = fold_run(sid, acc, row.id, event)
-        if done is not None:
-            ended.append(done)
     return state, dump_acc(acc), ended
 
 
