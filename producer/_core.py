@@ -250,6 +250,7 @@ class BaseProducer:
     # A job's learned profile is read again by a run that starts this long after the
     # last read (the archiver updates it when a run of the job ends).
     profile_refresh_s: float = 60.0
+    profile_retry_s: float = 5.0  # after a failed read
 
     def __init__(
         self,
@@ -390,10 +391,13 @@ class BaseProducer:
 
     def _got_profile(self, job: str, reply: Any) -> None:
         """The flusher's GET of a job's profile answered (bytes, None) or failed."""
-        asked = self._profiles.get(job, (time.monotonic(), None))[0]
+        asked, held = self._profiles.get(job, (time.monotonic(), None))
         if isinstance(reply, BaseException):
-            # Asked again by the next run of the job; meanwhile pace (or the old profile).
+            # Asked again by a run of the job that starts profile_retry_s from now;
+            # meanwhile the pace (or the profile held from before).
             log.debug("cannot read the step profile of job %s: %s", job, reply)
+            retry_at = time.monotonic() + self.profile_retry_s
+            self._profiles[job] = (retry_at - self.profile_refresh_s, held)
             return
         profile = None
         if reply is not None:
