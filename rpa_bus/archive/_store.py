@@ -673,6 +673,9 @@ class SqliteStore(Store):
         self._timeout_s = timeout_s
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        # Group commit (``put``): batches waiting for the write turn.
+        self._queued: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
+        self._turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, timeout_s: float = 5.0) -> SqliteStore:
@@ -781,28 +784,68 @@ class SqliteStore(Store):
         return await asyncio.to_thread(run)
 
     async def put(self, rows: Sequence[Row]) -> int:
+        """Store ``rows``; concurrent calls share one transaction (group commit).
+
+        SQLite commits one transaction at a time, each with an fsync (``synchronous=
+        FULL``), and the archiver stores the batches of different streams concurrently:
+        whichever call holds the write turn commits every batch queued meanwhile in one
+        transaction, one fsync for all. Each call still returns only once its rows are
+        committed (or raises: then none of the transaction's batches was, and each is
+        retried by its caller; the store is idempotent)."""
         if not rows:
             return 0
-        return await asyncio.to_thread(self._put, rows)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, done))
+        try:
+            return await self._commit_turn(done)
+        except asyncio.CancelledError:
+            # Not committed by us: leave nothing queued that no one would wait for.
+            self._queued = [q for q in self._queued if q[1] is not done]
+            raise
+
+    async def _commit_turn(self, done: asyncio.Future[int]) -> int:
+        async with self._turn:
+            if not done.done():
+                batch, self._queued = self._queued, []
+                try:
+                    counts = await asyncio.to_thread(self._put_many, [r for r, _ in batch])
+                except BaseException as exc:
+                    for _, other in batch:
+                        if other is not done and not other.done():
+                            other.set_exception(
+                                exc
+                                if isinstance(exc, Exception)
+                                else ArchiveUnavailable("the shared commit was interrupted")
+                            )
+                    raise
+                for (_, fut), n in zip(batch, counts, strict=True):
+                    if not fut.done():
+                        fut.set_result(n)
+        return await done
 
     def _put(self, rows: Sequence[Row]) -> int:
-        params = [(r.stream, *_split_id(r.id), r.epoch, r.data) for r in rows]
+        return self._put_many([rows])[0]
+
+    def _put_many(self, batches: Sequence[Sequence[Row]]) -> list[int]:
+        counts: list[int] = []
         with self._use() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.executemany(
-                    "INSERT INTO events (stream, ms, seq, epoch, data) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    params,
-                )
-                stored = cur.rowcount
-                for name, group in _by_stream(rows):
-                    self._fold(conn, name, group)
+                for rows in batches:
+                    params = [(r.stream, *_split_id(r.id), r.epoch, r.data) for r in rows]
+                    cur = conn.executemany(
+                        "INSERT INTO events (stream, ms, seq, epoch, data) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        params,
+                    )
+                    counts.append(cur.rowcount)
+                    for name, group in _by_stream(rows):
+                        self._fold(conn, name, group)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return stored
+        return counts
 
     def _fold(self, conn: sqlite3.Connection, stream: str, rows: Sequence[Row]) -> None:
         if stream.startswith("session:"):
