@@ -107,6 +107,7 @@ class AiohttpServer:
                 keys=relay.settings.bus.keys,
                 settings=relay.settings,
                 limits=relay.settings.api,
+                archive=relay.archive,
             ),
         )
         app.router.add_get("/{path:.*}", self._static)

@@ -50,6 +50,8 @@ class ApiLimits:
     page_max: int = 1000
     sessions_default: int = 50
     sessions_max: int = 1000
+    jobs_default: int = 100
+    jobs_max: int = 1000
 
     def __post_init__(self) -> None:
         if not API_MIN_BODY_BYTES <= self.max_body_bytes <= API_MAX_BODY_BYTES:
@@ -64,11 +66,17 @@ class ApiLimits:
             )
         if not self.posts_per_s > 0:
             raise ConfigError(f"posts_per_s must be > 0, got {self.posts_per_s}")
-        for name in ("posts_burst", "tracked_clients", "page_default", "sessions_default"):
+        for name in (
+            "posts_burst", "tracked_clients", "page_default", "sessions_default", "jobs_default"
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.page_max < self.page_default or self.sessions_max < self.sessions_default:
-            raise ConfigError("page_max and sessions_max must be at least their defaults")
+        if (
+            self.page_max < self.page_default
+            or self.sessions_max < self.sessions_default
+            or self.jobs_max < self.jobs_default
+        ):
+            raise ConfigError("page_max, sessions_max and jobs_max must be at least their defaults")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiLimits:
@@ -169,6 +177,12 @@ class RelaySettings:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
             raise ConfigError("page_size, read_count and replay_buffer must be >= 1")
+        if self.bus.archive_url:
+            # An unknown scheme is refused at start; a store that is down is not (the relay
+            # serves Redis and answers ``unavailable`` where the archive is needed).
+            from rpa_bus.archive import parse_archive_url
+
+            parse_archive_url(self.bus.archive_url)
 
     @property
     def secret(self) -> str | None:
@@ -189,9 +203,12 @@ class RelaySettings:
         overrides win.
 
         Overrides whose value is ``None`` are ignored (unset CLI options). An override named
-        ``bus`` replaces the shared settings; ``redis_url`` and ``secret`` go into them.
+        ``bus`` replaces the shared settings; ``redis_url``, ``secret`` and ``archive_url``
+        go into them.
         """
-        bus_overrides = {k: overrides.pop(k) for k in ("redis_url", "secret") if k in overrides}
+        bus_overrides = {
+            k: overrides.pop(k) for k in ("redis_url", "secret", "archive_url") if k in overrides
+        }
         bus = overrides.pop("bus", None) or Settings.from_env(environ, **bus_overrides)
         api = overrides.pop("api", None) or ApiLimits.from_env(environ)
         env = EnvReader(environ, prefix="RPA_BUS_RELAY_")
