@@ -15,7 +15,7 @@ docs/protocol.md and docs/http.md.
 
 from __future__ import annotations
 
-from relay._api import ApiContext, ApiLimits, add_routes
+from relay._api import ApiContext, add_routes
 from relay._auth import Grant, mint_token, verify_token
 from relay._client import (
     AsyncSubscription,
@@ -29,7 +29,7 @@ from relay._client import (
     Unavailable,
 )
 from relay._relay import Relay
-from relay._settings import RelaySettings
+from relay._settings import ApiLimits, RelaySettings
 
 __all__ = [
     "ApiContext",

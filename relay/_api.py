@@ -27,8 +27,10 @@ from relay._auth import Grant, verify_token
 from relay._history import ArchiveHistory, History, Order, RedisHistory
 from relay._openapi import openapi_spec
 from relay._publish import KeyReused, append, body_digest
+from relay._settings import ApiLimits as ApiLimits  # its home is the settings
 from relay._settings import RelaySettings, is_loopback
 from rpa_bus import (
+    JOB_NAME,
     Envelope,
     Forbidden,
     InvalidEvent,
@@ -67,24 +69,6 @@ _MAX_KEY_CHARS: Final = 255
 _MESSAGE_CHARS: Final = 400
 
 
-@dataclass(frozen=True, slots=True)
-class ApiLimits:
-    """Bounds of the HTTP API. Units live in the names."""
-
-    # Largest POST body; past it 413 and nothing appended.
-    max_body_bytes: int = 1024 * 1024
-    max_events_per_post: int = 500
-    # Token bucket per client address for POSTs: sustained requests per second and burst.
-    posts_per_s: float = 50.0
-    posts_burst: int = 100
-    # Clients whose buckets are remembered (least recently seen forgotten first).
-    tracked_clients: int = 10_000
-    page_default: int = 100
-    page_max: int = 1000
-    sessions_default: int = 50
-    sessions_max: int = 1000
-
-
 @dataclass(slots=True)
 class ApiContext:
     """What the handlers need. ``history`` defaults to ``RedisHistory(client, keys)``, read
@@ -97,7 +81,7 @@ class ApiContext:
     client: AsyncClient
     keys: Keys
     settings: RelaySettings
-    limits: ApiLimits = field(default_factory=ApiLimits)
+    limits: ApiLimits = field(default_factory=ApiLimits)  # the relay passes settings.api
     history: History | None = None
     archive: Archive | None = None
     verify: Callable[[str, object], Grant] = verify_token
@@ -125,6 +109,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
         ("GET", "/v1/streams/{stream}/events", api.events),
         ("GET", "/v1/sessions", api.sessions),
         ("GET", "/v1/sessions/{sid}", api.session),
+        ("GET", "/v1/jobs", api.jobs),
+        ("GET", "/v1/jobs/{job}", api.job),
         ("POST", "/v1/sessions/{sid}/events", api.publish),
     ]
     paths: dict[str, list[str]] = {}
@@ -352,6 +338,39 @@ class _Api:
         if state is None:
             raise ApiError(404, NOT_FOUND, f"no session {sid!r} (never started, or expired)")
         return _json(200, state.as_json())
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        """Job summaries from the archive. Aggregates over every session, so reading them
+        needs what the session list needs: a token granting ``sessions``."""
+        self._may_read(request, "sessions")
+        limit = _int(request, "limit", self.limits.jobs_default, self.limits.jobs_max)
+        archive = self._archive()
+        summaries = await archive.run(lambda store: store.jobs(limit=limit))
+        return _json(200, {"jobs": [s.as_dict() for s in summaries]})
+
+    async def job(self, request: web.Request) -> web.Response:
+        """One job's summary and its learned step profile."""
+        name = request.match_info["job"]
+        if not JOB_NAME.fullmatch(name):
+            raise ApiError(
+                400, BAD_REQUEST, f"invalid job name {_short(name)!r}: use [A-Za-z0-9_.-]{{1,128}}"
+            )
+        self._may_read(request, "sessions")
+        archive = self._archive()
+        summary = await archive.run(lambda store: store.job(name))
+        if summary is None:
+            raise ApiError(404, NOT_FOUND, f"no runs of job {name!r} in the archive")
+        return _json(200, summary.as_dict())
+
+    def _archive(self) -> Archive:
+        if self.ctx.archive is None:
+            raise ApiError(
+                404,
+                NOT_FOUND,
+                "job summaries come from the archive, and this relay has none "
+                "(set RPA_BUS_ARCHIVE_URL)",
+            )
+        return self.ctx.archive
 
     async def publish(self, request: web.Request) -> web.Response:
         sid = _sid(request)

@@ -68,6 +68,10 @@ class SessionState:
         out["first"] = self.first
         out["last"] = self.last
         out["epoch"] = self.epoch
+        # The job view (issue 16): the job this session is a run of, and the basis of
+        # eta_s (how many past runs it rests on; 0 = the run's own pace).
+        out["job"] = self.state.get("job")
+        out["eta_runs"] = self.state.get("eta_runs")
         return out
 
 
@@ -466,6 +470,8 @@ def _from_archive(s: ArchivedSession) -> SessionState:
         "message": s.message,
         "error": s.error,
         "updated": s.updated,
+        "job": s.job,
+        "eta_runs": s.eta_runs,
     }
     return SessionState(
         session=s.session,

@@ -76,6 +76,8 @@ class AiohttpServer:
         self._closed = asyncio.Event()
         self.connections: set[Connection] = set()
         self.sse: set[SseDoor] = set()
+        # Each SSE response's door by its connection's protocol, for ``_watch_disconnects``.
+        self.sse_by_protocol: dict[object, SseDoor] = {}
         self._gone = asyncio.Event()  # set when a long-lived connection ends
 
     def forget(self, door: Connection | SseDoor) -> None:
@@ -86,7 +88,12 @@ class AiohttpServer:
     def app(self) -> web.Application:
         from relay import _sse
 
-        app = web.Application(middlewares=[self._guard], handler_args={"max_field_size": 8190})
+        # 32 KiB request lines and headers: an SSE position (``last_event_id``, the
+        # ``Last-Event-ID`` header) covers up to MAX_SUBSCRIPTIONS (100) streams.
+        app = web.Application(
+            middlewares=[self._guard],
+            handler_args={"max_field_size": 32768, "max_line_size": 32768},
+        )
         app[RELAY_KEY] = self.relay
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/healthz", self._healthz)
@@ -99,6 +106,7 @@ class AiohttpServer:
                 client=relay.client,
                 keys=relay.settings.bus.keys,
                 settings=relay.settings,
+                limits=relay.settings.api,
                 archive=relay.archive,
             ),
         )
@@ -116,6 +124,8 @@ class AiohttpServer:
             logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
+        assert self._runner.server is not None
+        self._watch_disconnects(self._runner.server)
         self._site = web.TCPSite(
             self._runner, s.host, s.port, backlog=1024, reuse_port=s.reuse_port or None
         )
@@ -123,6 +133,27 @@ class AiohttpServer:
         server = self._site._server
         assert isinstance(server, asyncio.base_events.Server)
         self._port = int(server.sockets[0].getsockname()[1])
+
+    def _watch_disconnects(self, server: web.Server) -> None:
+        """End an SSE response as soon as its client's connection is lost.
+
+        aiohttp does not cancel a handler whose client left (``handler_cancellation`` is
+        off, and should stay off for the POST handlers), so an idle response would notice
+        only at its next write or heartbeat, holding its subscriptions and its place in
+        ``MAX_CONNECTIONS_PER_IP`` meanwhile; rpa-bus.js reopens its response whenever its
+        set of streams changes. The server's ``connection_lost`` (called by each
+        connection's protocol) tells us first.
+        """
+        lost = server.connection_lost
+        doors = self.sse_by_protocol
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            door = doors.pop(handler, None)
+            if door is not None:
+                door.end()
+            lost(handler, exc)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
 
     @property
     def port(self) -> int:

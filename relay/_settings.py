@@ -22,6 +22,79 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# A POST body is read whole before it is checked: bounded so that no setting lets one
+# request hold much memory.
+API_MIN_BODY_BYTES = 1024
+API_MAX_BODY_BYTES = 64 * 1024 * 1024
+API_MAX_EVENTS_PER_POST = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLimits:
+    """Bounds of the HTTP API (docs/http.md). Units live in the names.
+
+    The first four are settable as ``RPA_BUS_API_MAX_BODY_BYTES``,
+    ``RPA_BUS_API_MAX_EVENTS_PER_POST``, ``RPA_BUS_API_POSTS_PER_S`` and
+    ``RPA_BUS_API_POSTS_BURST`` (``from_env``).
+    """
+
+    # Largest POST body; past it 413 and nothing appended.
+    max_body_bytes: int = 1024 * 1024
+    max_events_per_post: int = 500
+    # Token bucket per client address for POSTs: sustained requests per second and burst.
+    posts_per_s: float = 50.0
+    posts_burst: int = 100
+    # Clients whose buckets are remembered (least recently seen forgotten first).
+    tracked_clients: int = 10_000
+    page_default: int = 100
+    page_max: int = 1000
+    sessions_default: int = 50
+    sessions_max: int = 1000
+    jobs_default: int = 100
+    jobs_max: int = 1000
+
+    def __post_init__(self) -> None:
+        if not API_MIN_BODY_BYTES <= self.max_body_bytes <= API_MAX_BODY_BYTES:
+            raise ConfigError(
+                f"max_body_bytes must be {API_MIN_BODY_BYTES}..{API_MAX_BODY_BYTES}, "
+                f"got {self.max_body_bytes}"
+            )
+        if not 1 <= self.max_events_per_post <= API_MAX_EVENTS_PER_POST:
+            raise ConfigError(
+                f"max_events_per_post must be 1..{API_MAX_EVENTS_PER_POST}, "
+                f"got {self.max_events_per_post}"
+            )
+        if not self.posts_per_s > 0:
+            raise ConfigError(f"posts_per_s must be > 0, got {self.posts_per_s}")
+        for name in (
+            "posts_burst", "tracked_clients", "page_default", "sessions_default", "jobs_default"
+        ):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (
+            self.page_max < self.page_default
+            or self.sessions_max < self.sessions_default
+            or self.jobs_max < self.jobs_default
+        ):
+            raise ConfigError("page_max, sessions_max and jobs_max must be at least their defaults")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiLimits:
+        """Read ``RPA_BUS_API_*``; a bad value is a ``ConfigError`` naming the variable."""
+        env = EnvReader(environ, prefix="RPA_BUS_API_")
+        d = cls()
+        return cls(
+            max_body_bytes=env.integer(
+                "MAX_BODY_BYTES", d.max_body_bytes, lo=API_MIN_BODY_BYTES, hi=API_MAX_BODY_BYTES
+            ),
+            max_events_per_post=env.integer(
+                "MAX_EVENTS_PER_POST", d.max_events_per_post, lo=1, hi=API_MAX_EVENTS_PER_POST
+            ),
+            posts_per_s=env.number("POSTS_PER_S", d.posts_per_s, lo=0.001, hi=1e6),
+            posts_burst=env.integer("POSTS_BURST", d.posts_burst, lo=1, hi=1_000_000),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     """Everything ``Relay`` needs. Units live in the names.
@@ -76,6 +149,8 @@ class RelaySettings:
     server: str = "aiohttp"
     # An SSE response sends a comment line this often, so proxies keep it open.
     sse_heartbeat_s: float = 15.0
+    # The HTTP API's bounds (RPA_BUS_API_*).
+    api: ApiLimits = field(default_factory=ApiLimits)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -124,7 +199,8 @@ class RelaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
-        """Read ``RPA_BUS_*`` (shared) and ``RPA_BUS_RELAY_*`` variables; overrides win.
+        """Read ``RPA_BUS_*`` (shared), ``RPA_BUS_RELAY_*`` and ``RPA_BUS_API_*`` variables;
+        overrides win.
 
         Overrides whose value is ``None`` are ignored (unset CLI options). An override named
         ``bus`` replaces the shared settings; ``redis_url``, ``secret`` and ``archive_url``
@@ -134,6 +210,7 @@ class RelaySettings:
             k: overrides.pop(k) for k in ("redis_url", "secret", "archive_url") if k in overrides
         }
         bus = overrides.pop("bus", None) or Settings.from_env(environ, **bus_overrides)
+        api = overrides.pop("api", None) or ApiLimits.from_env(environ)
         env = EnvReader(environ, prefix="RPA_BUS_RELAY_")
         d = cls()
         values: dict[str, Any] = {
@@ -167,7 +244,7 @@ class RelaySettings:
             "sse_heartbeat_s": env.number("SSE_HEARTBEAT_S", d.sse_heartbeat_s, lo=0.01),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(bus=bus, **values)
+        return cls(bus=bus, api=api, **values)
 
     def with_(self, **changes: Any) -> RelaySettings:
         return replace(self, **changes)

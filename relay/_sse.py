@@ -9,7 +9,9 @@ nothing delivered yet, resume with what comes next; the epoch percent-encoded, a
 while unknown). Stream names, ids and encoded epochs hold no ``;``, ``=`` or ``@``.
 A browser's ``EventSource`` sends the last one back as ``Last-Event-ID`` when it reconnects,
 and each stream resumes after its own last id, in its own epoch (a recreated stream
-answers ``reset``): exactly once, in order, over any number of streams.
+answers ``reset``): exactly once, in order, over any number of streams. A fresh request
+may send the same format as ``?last_event_id=`` (rpa-bus.js does, when it reopens the
+response with another set of streams); the header wins when both are sent.
 
 Auth as for ``/ws``: ``Authorization: Bearer JWT`` or ``?token=``; every stream must be in
 the token's ``streams`` claim; when the grant expires the response sends an ``error``
@@ -18,8 +20,9 @@ the token's ``streams`` claim; when the grant expires the response sends an ``er
 
 A client that falls behind is handled like a WebSocket one: its subscriptions catch up
 from Redis (bounded queue); one that takes nothing for ``stall_timeout_s`` is dropped, and
-``EventSource`` resumes from its last id. A comment (``: hb``) goes out every
-``sse_heartbeat_s`` so that proxies keep the response open.
+``EventSource`` resumes from its last id. A client that leaves ends its response at once
+(the server watches its connection, ``AiohttpServer._watch_disconnects``). A comment
+(``: hb``) goes out every ``sse_heartbeat_s`` so that proxies keep the response open.
 """
 
 from __future__ import annotations
@@ -78,14 +81,15 @@ def encode_positions(positions: Positions) -> bytes:
     return b";".join(segment(stream, p) for stream, p in positions.items())
 
 
-def decode_positions(value: str) -> Positions:
-    """A ``Last-Event-ID`` this door sent (``Refusal`` ``invalid_offset`` if not)."""
+def decode_positions(value: str, source: str = "Last-Event-ID") -> Positions:
+    """An id this door sent (``Refusal`` ``invalid_offset`` if not); ``source`` names
+    where it came from, for the message."""
     positions: Positions = {}
     for part in value.split(";"):
         stream, eq, rest = part.partition("=")
         last, _, epoch = rest.partition("@")
-        if not eq or not stream or not last or "=" in rest:
-            raise Refusal(F.INVALID_OFFSET, "Last-Event-ID is not an id this relay sent")
+        if not eq or not stream or not last or "=" in rest or stream in positions:
+            raise Refusal(F.INVALID_OFFSET, f"{source} is not an id this relay sent")
         positions[stream] = [None if last == "$" else last, urllib.parse.unquote(epoch) or None]
     return positions
 
@@ -321,15 +325,33 @@ def _token(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
+def _resume(request: web.Request, names: list[str]) -> Positions:
+    """Where each stream starts: the ``Last-Event-ID`` header (what ``EventSource`` sends
+    on reconnect) or else the ``last_event_id`` parameter (the same format, for a fresh
+    request: a client that reopens the response with another set of streams). The
+    parameter is checked even when the header wins, and may only name requested streams."""
+    values = request.query.getall("last_event_id", ())
+    if len(values) > 1:
+        raise Refusal(F.INVALID_OFFSET, "send last_event_id once")
+    query = decode_positions(values[0], "last_event_id") if values and values[0] else {}
+    unknown = [name for name in query if name not in names]
+    if unknown:
+        raise Refusal(
+            F.INVALID_OFFSET,
+            f"last_event_id names {unknown[0][:300]!r}, which is not a stream= of the request",
+        )
+    header = request.headers.get("Last-Event-ID")
+    return decode_positions(header) if header else query
+
+
 def _wanted(request: web.Request, max_streams: int) -> list[Wanted]:
-    """The subscriptions a request asks for, resumed from ``Last-Event-ID`` if sent."""
+    """The subscriptions a request asks for, each from its resume position if sent."""
     names = list(dict.fromkeys(request.query.getall("stream", ())))
     if not names:
         raise Refusal(F.BAD_REQUEST, "name at least one stream: /v1/sse?stream=S[&stream=S2]")
     if len(names) > max_streams:
         raise Refusal(F.TOO_MANY_SUBSCRIPTIONS, f"at most {max_streams} streams per connection")
-    last_event_id = request.headers.get("Last-Event-ID")
-    resume = decode_positions(last_event_id) if last_event_id else {}
+    resume = _resume(request, names)
     from_ = request.query.get("from")
     wanted = []
     for name in names:
@@ -389,11 +411,13 @@ def handler(server: AiohttpServer) -> Callable[[web.Request], Awaitable[web.Stre
         door.grant = grant
         relay.opened(door_ip)
         server.sse.add(door)
+        server.sse_by_protocol[request.protocol] = door  # ended when the client leaves
         try:
             await door.run(wanted)
         except (ClientConnectionResetError, ConnectionResetError):
             pass  # the client left
         finally:
+            server.sse_by_protocol.pop(request.protocol, None)
             server.forget(door)
             relay.closed(door_ip)
         if door._failure is None and not door_ended_by_abort(door):

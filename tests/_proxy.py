@@ -3,7 +3,9 @@
 ``cut_replies(n)``: the next ``n`` replies from the server are swallowed and the client's
 connection is closed right after the server applied the request — the "lost reply" case
 that makes a naive retry write twice. ``stall()``/``resume()``: hold all traffic, as a
-slow or hung server would.
+slow or hung server would. ``refuse_upgrades=True``: in front of an HTTP server, a request
+asking for ``Upgrade: websocket`` is answered 403 and its connection closed, as by proxies
+that do not pass WebSocket upgrades on; everything else passes.
 """
 
 from __future__ import annotations
@@ -12,10 +14,19 @@ import contextlib
 import socket
 import threading
 
+_REFUSED = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 22\r\n"
+    b"Connection: close\r\n\r\nno WebSocket upgrades\n"
+)
+
 
 class FaultProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", *, refuse_upgrades: bool = False
+    ) -> None:
         self.target = (target_host, target_port)
+        self.refuse_upgrades = refuse_upgrades
+        self.refused_upgrades = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -49,6 +60,10 @@ class FaultProxy:
             pairs, self._pairs = self._pairs, []
         for a, b in pairs:
             for s in (a, b):
+                # shutdown first: close() alone leaves the socket open while a pump thread
+                # is blocked in recv() on it, so the peer would never see the drop.
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     s.close()
 
@@ -78,11 +93,19 @@ class FaultProxy:
             threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, is_reply: bool) -> None:
+        seen = b""  # the request bytes so far, lowercased (a header may span two reads)
         try:
             while True:
                 chunk = src.recv(65536)
                 if not chunk:
                     break
+                if self.refuse_upgrades and not is_reply:
+                    seen = seen[-64:] + chunk.lower()
+                    if b"\r\nupgrade: websocket" in seen:
+                        with self._lock:
+                            self.refused_upgrades += 1
+                        src.sendall(_REFUSED)
+                        break
                 self._flowing.wait()
                 if is_reply:
                     with self._lock:

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 import orjson
@@ -128,6 +129,46 @@ async def test_two_streams_resume_exactly_once_after_a_disconnect(
             assert set(decode_positions(sse.id)) == {A, B}
 
 
+async def test_last_event_id_parameter_starts_each_stream_where_it_says(
+    relay: Relay, writer: Writer
+) -> None:
+    """A fresh request (rpa-bus.js reopening with another set of streams) gives each stream
+    its own start in ``?last_event_id=``; the header, when sent too, wins."""
+    epoch = await writer.start("sse-a")
+    a = [await writer.add(A, message=f"a{i}") for i in range(4)]
+    b = [await writer.add(B, message=f"b{i}") for i in range(3)]
+    c = "session:sse-c"
+    c_old = await writer.add(c)
+    query = urlencode(
+        [("stream", A), ("stream", B), ("stream", c),
+         ("last_event_id", f"{A}={a[1]}@{epoch};{c}=$")],
+    )  # fmt: skip
+    seen: list[ServerSentEvent] = []
+    async with httpx.AsyncClient(timeout=10 * UNIT_S) as http:
+        async with aconnect_sse(http, "GET", f"{base(relay)}/v1/sse?{query}") as source:
+            events = source.aiter_sse()
+            await until_seen(events, seen, (A, a[-1]), (B, b[-1]))
+            await until(events, lambda s: s.event == "live" and c in s.data, seen)
+            c_new = await writer.add(c)
+            await until(events, is_event(c, c_new), seen)
+        assert event_ids(seen, A) == a[2:]  # after its position, in its epoch
+        assert event_ids(seen, B) == b  # not named: `from` (absent: everything)
+        assert event_ids(seen, c) == [c_new]  # "$": what came next, not c_old
+        assert c_old not in event_ids(seen, c)
+        # Both sent: the header is the newer position (EventSource's reconnect to the URL).
+        headers = {"Last-Event-ID": f"{A}={a[2]}@{epoch};{B}={b[-1]};{c}={c_new}"}
+        seen = []
+        async with aconnect_sse(
+            http, "GET", f"{base(relay)}/v1/sse?{query}", headers=headers
+        ) as source:
+            events = source.aiter_sse()
+            await until_seen(events, seen, (A, a[-1]))
+            more = await writer.add(B)
+            await until(events, is_event(B, more), seen)
+        assert event_ids(seen, A) == [a[3]]
+        assert event_ids(seen, B) == [more]
+
+
 async def test_the_id_carries_the_epoch_and_a_recreated_stream_resets(
     relay: Relay, writer: Writer
 ) -> None:
@@ -189,8 +230,20 @@ async def test_from_dollar_and_heartbeats(redis_url: str, writer: Writer) -> Non
         ("stream=session:a", {"Last-Event-ID": "session:a=1-0;=2-0"}, "invalid_offset"),
         ("stream=session:a", {"Last-Event-ID": encode_positions(
             {"session:a": ["soon", None]}).decode()}, "invalid_offset"),
+        ("stream=session:a&last_event_id=nope", {}, "invalid_offset"),
+        ("stream=session:a&last_event_id=" + quote("session:a=1-0;session:a=2-0"), {},
+         "invalid_offset"),
+        ("stream=session:a&last_event_id=" + quote("session:a=soon"), {}, "invalid_offset"),
+        ("stream=session:a&last_event_id=" + quote("session:b=1-0"), {}, "invalid_offset"),
+        ("stream=session:a&last_event_id=session:a%3D1-0&last_event_id=session:a%3D2-0", {},
+         "invalid_offset"),
+        # The header wins, but a bad parameter is refused all the same.
+        ("stream=session:a&last_event_id=nope", {"Last-Event-ID": "session:a=1-0"},
+         "invalid_offset"),
     ],
-    ids=["no-stream", "unknown-stream", "bad-offset", "bad-cursor", "cursor-shape", "cursor-id"],
+    ids=["no-stream", "unknown-stream", "bad-offset", "bad-cursor", "cursor-shape", "cursor-id",
+         "param-shape", "param-twice-a-stream", "param-id", "param-other-stream",
+         "param-repeated", "param-bad-header-good"],
 )  # fmt: skip
 async def test_bad_requests_get_400_json(
     relay: Relay, query: str, headers: dict[str, str], code: str
@@ -286,7 +339,12 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
             request = f"GET /v1/sse?stream={A}&from=$ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
             writer_.write(request.encode())
             await writer_.drain()
-            await wait_for_async(lambda: r.stats.subscriptions == 1, what="the subscription")
+            # "$" is the stream's end when the relay answers `subscribed`, not when the
+            # request was sent: write nothing before it (or those entries are, rightly, not
+            # the subscription's; under load that window was wide enough to lose the first).
+            async with asyncio.timeout(5 * UNIT_S):
+                while (await reader.readline()).strip() != b"event: live":
+                    pass
             reader._transport.pause_reading()  # type: ignore[attr-defined]
             peak = 0
 
@@ -308,9 +366,11 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
                 async with asyncio.timeout(60 * UNIT_S):
                     while len(got) < len(ids):
                         line = await reader.readline()
+                        if not line:  # EOF: readline would return b"" without waiting
+                            pytest.fail(f"the relay ended the response after {len(got)}")
                         if line.startswith(b'data: {"type":"event"'):
                             got.append(orjson.loads(line[6:])["id"])
-            except TimeoutError:  # say where it stands, for a stall seen once under load
+            except TimeoutError:  # say where it stands
                 stacks = io.StringIO()
                 for task in asyncio.all_tasks():
                     if task.get_name() in ("writer", f"catch-up:{A}", f"sub:{A}"):
@@ -326,6 +386,29 @@ async def test_slow_sse_client_catches_up_within_the_bound(redis_url: str, write
                 await writer_.wait_closed()
     finally:
         await close_relay(r)
+
+
+async def test_a_client_that_leaves_ends_its_response_at_once(relay: Relay) -> None:
+    """No write or heartbeat is needed to notice: the subscriptions and the place in the
+    per-address count go when the connection does (rpa-bus.js reopens its response on
+    every change of its streams)."""
+    assert relay.settings.sse_heartbeat_s >= 15
+    for _ in range(3):
+        reader, writer_ = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer_.write(
+            f"GET /v1/sse?stream={A}&stream={B} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5 * UNIT_S):
+            while (await reader.readline()).strip() != b"event: live":
+                pass
+        assert relay.stats.subscriptions >= 1
+        writer_.close()
+        await writer_.wait_closed()
+        await wait_for_async(
+            lambda: relay.stats.subscriptions == 0 and relay.stats.connections == 0,
+            what="the response to end",
+            timeout_s=2,
+        )
 
 
 @pytest.mark.slow

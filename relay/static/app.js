@@ -1,7 +1,8 @@
 /**
  * rpa-bus dashboard: live sessions, their event logs, host charts and alerts.
  *
- * Everything arrives over one relay WebSocket (rpa-bus.js):
+ * Everything arrives over one relay WebSocket, or Server-Sent Events where a WebSocket
+ * cannot connect (rpa-bus.js falls back by itself):
  * - `sessions`       the lifecycle index (started / finished / failed) builds the list;
  * - `session:SID`    running sessions are watched from "$" (the `subscribed` state gives
  *                    their current status, live events move them); the selected session is
@@ -193,7 +194,8 @@ const bus = connect(relayUrl, {
     conn.dataset.status = status;
     const label = conn.querySelector(".label");
     if (status === "open") {
-      setText(label, "live");
+      // SSE: rpa-bus.js fell back from a WebSocket that could not connect.
+      setText(label, info.transport === "sse" ? "live (SSE)" : "live");
       banner.hidden = redisPoll == null;
     } else if (status === "reconnecting") {
       const secs = Math.max(1, Math.round((info.delayMs ?? 0) / 1000));

@@ -6,6 +6,13 @@
  * the last id it delivered (and the epoch it saw), so a caller sees each event once, in
  * order, across relay restarts.
  *
+ * When a WebSocket cannot connect (a proxy that strips upgrades), the bus falls back to
+ * Server-Sent Events (`/v1/sse` beside `/ws`) with the same semantics and callbacks: one
+ * EventSource over all subscriptions, opened with each stream's position
+ * (`?last_event_id=`). An SSE response's set of streams is fixed, so subscribing or
+ * unsubscribing reopens it (coalesced) from each stream's current position. Every
+ * reconnection tries the WebSocket first again. `transport: "websocket"|"sse"` forces one.
+ *
  *     import { connect } from "/rpa-bus.js";
  *     const bus = connect("/ws", { token, onStatus: (s) => console.log(s) });
  *     const sub = bus.subscribe("session:quote-123", {
@@ -124,6 +131,24 @@ export function resolveUrl(url) {
 }
 
 /**
+ * The relay's SSE URL beside a WebSocket URL: http(s), `/ws` replaced by `/v1/sse` (a
+ * relay mounted under a path keeps it).
+ * @param {string} wsUrl  as returned by {@link resolveUrl}
+ * @returns {string}
+ */
+export function sseUrl(wsUrl) {
+  const u = new URL(wsUrl);
+  if (u.protocol === "ws:") u.protocol = "http:";
+  else if (u.protocol === "wss:") u.protocol = "https:";
+  u.pathname = `${u.pathname.replace(/\/ws\/?$/, "").replace(/\/$/, "")}/v1/sse`;
+  u.search = "";
+  u.hash = "";
+  return u.toString();
+}
+
+const OFFSET_RE = /^(0|\$|\d{1,20}(?:-\d{1,20})?)$/;
+
+/**
  * @typedef {Object} SubscribeOptions
  * @property {string} [from]  exclusive start: "0" (default) the whole retained history,
  *   "$" only new events, or an id to resume after.
@@ -183,6 +208,15 @@ export class Subscription {
     this._bus._drop(this, true);
   }
 
+  /**
+   * This stream's part of an SSE position, `STREAM=LAST[@EPOCH]`: after the last id
+   * delivered (in the epoch seen), else from the subscription's own start. @private
+   */
+  _position() {
+    const at = this.lastId ?? this._from;
+    return this.epoch ? `${this.stream}=${at}@${encodeURIComponent(this.epoch)}` : `${this.stream}=${at}`;
+  }
+
   /** The subscribe frame that resumes exactly after what was delivered. @private */
   _frame() {
     const frame = { op: "subscribe", stream: this.stream, from: this.lastId ?? this._from };
@@ -224,8 +258,12 @@ export class Subscription {
         }
         this.epoch = msg.epoch ?? this.epoch;
         // Subscribed from "$": the resume point is what existed at subscription time, so
-        // events written while we are disconnected later are not skipped.
-        if (this.lastId == null && this._from === "$" && isId(msg.last)) this._from = msg.last;
+        // events written while we are disconnected later (or while an SSE response is
+        // reopened) are not skipped; an empty stream then means "everything after", "0".
+        if (this.lastId == null && this._from === "$") {
+          if (isId(msg.last)) this._from = msg.last;
+          else if (msg.last === null) this._from = "0";
+        }
         const resumed = this._subscribedOnce;
         this._subscribedOnce = true;
         this._call("onState", msg.state ?? {}, {
@@ -286,6 +324,13 @@ export class Subscription {
  * @property {number} [opsBurst]  a burst allowance (default 30): below the relay's own
  *   per-connection limit, so subscribing to many streams is paced, never refused.
  * @property {typeof WebSocket} [WebSocket]  constructor to use (tests, Node).
+ * @property {"auto"|"websocket"|"sse"} [transport]  "auto" (default): WebSocket, falling
+ *   back to SSE when a WebSocket cannot connect; or only the one named.
+ * @property {string} [sseUrl]  the relay's SSE URL (default: `/v1/sse` beside the
+ *   WebSocket URL, see {@link sseUrl}).
+ * @property {typeof EventSource} [EventSource]  constructor to use (tests).
+ * @property {number} [sseReopenMs]  subscription changes within this many ms (default 100)
+ *   reopen the SSE response once.
  */
 
 /** A connection to one relay, shared by all its subscriptions. Create it with {@link connect}. */
@@ -297,8 +342,20 @@ export class Bus {
   constructor(url, opts = {}) {
     /** @type {string} the WebSocket URL */
     this.url = resolveUrl(url);
+    /** @type {string} the SSE URL, for the fallback */
+    this.sseUrl = opts.sseUrl ? new URL(opts.sseUrl, globalThis.location?.href).toString()
+      : sseUrl(this.url);
     /** @type {"connecting"|"open"|"reconnecting"|"closed"|null} */
     this.status = null;
+    /** @type {"websocket"|"sse"|null} the transport of the open connection */
+    this.transport = null;
+    // The transport of the current (or last) attempt, and the next one to try.
+    this._kind = null;
+    this._next = "websocket";
+    /** @type {EventSource|null} */
+    this._es = null;
+    this._sseIdle = false; // on SSE with no subscription: opened by the first one
+    this._reopenTimer = null;
     this._opts = opts;
     this._token = opts.token ?? null;
     /** @type {Map<string, Subscription>} */
@@ -369,6 +426,10 @@ export class Bus {
     for (const sub of this._subs.values()) sub.active = false;
     this._subs.clear();
     if (this._ws) this._ws.close(1000, "client closed");
+    clearTimeout(this._reopenTimer);
+    if (this._es) this._es.close();
+    this._es = null;
+    this.transport = null;
     this._setStatus("closed", {});
   }
 
@@ -396,6 +457,12 @@ export class Bus {
    * @private
    */
   _send(frame, sub = null) {
+    if (this._kind === "sse") {
+      // The response's streams and token are in its URL: a change reopens it.
+      if (sub) sub._awaiting = true;
+      if (frame.op !== "ping") this._sseChanged();
+      return;
+    }
     if (!this._ws || this._ws.readyState !== 1) return;
     if (sub) sub._awaiting = true;
     this._queue.push({ frame, sub });
@@ -445,12 +512,37 @@ export class Bus {
   /** @private */
   _open() {
     if (this._closed) return;
+    const mode = this._opts.transport ?? "auto";
+    if (mode === "sse" || (mode === "auto" && this._next === "sse")) this._openSse();
+    else this._openWs();
+  }
+
+  /** A WebSocket that never opened: try SSE at once (auto), else back off. @private */
+  _wsFailed(info) {
+    if (this._closed) return;
+    if ((this._opts.transport ?? "auto") === "auto" && this._sseSupported()) {
+      this._next = "sse";
+      this._openSse();
+      return;
+    }
+    this._scheduleReconnect(info);
+  }
+
+  /** @private */
+  _sseSupported() {
+    return typeof (this._opts.EventSource ?? globalThis.EventSource) === "function";
+  }
+
+  /** @private */
+  _openWs() {
+    this._kind = "websocket";
     const WS = this._opts.WebSocket ?? globalThis.WebSocket;
     let ws;
+    let opened = false;
     try {
       ws = new WS(this.url);
     } catch (err) {
-      this._scheduleReconnect({ error: String(err) });
+      this._wsFailed({ error: String(err), transport: "websocket" });
       return;
     }
     this._ws = ws;
@@ -464,12 +556,14 @@ export class Bus {
     ws.onopen = () => {
       clearTimeout(connectTimer);
       if (this._ws !== ws) return;
+      opened = true;
+      this.transport = "websocket";
       this._lastHeard = Date.now();
       this._queue = [];
       if (this._token) this._send({ op: "auth", token: this._token });
       for (const sub of this._subs.values()) this._send(sub._frame(), sub);
       this._startPing(ws);
-      this._setStatus("open", { attempt: this._attempt });
+      this._setStatus("open", { attempt: this._attempt, transport: "websocket" });
     };
     ws.onmessage = (ev) => {
       if (this._ws !== ws) return;
@@ -489,10 +583,139 @@ export class Bus {
       this._queue = [];
       clearInterval(this._pingTimer);
       for (const sub of this._subs.values()) sub.live = false;
-      this._scheduleReconnect({ code: ev.code, reason: ev.reason });
+      this.transport = null;
+      const info = { code: ev.code, reason: ev.reason, transport: "websocket" };
+      if (opened) this._scheduleReconnect(info);
+      else this._wsFailed(info);
     };
     // Errors are always followed by close; nothing to do here.
     ws.onerror = () => {};
+  }
+
+  /** The SSE request for the current subscriptions: streams, positions, token. @private */
+  _sseRequest(subs) {
+    const u = new URL(this.sseUrl);
+    for (const sub of subs) u.searchParams.append("stream", sub.stream);
+    u.searchParams.set("last_event_id", subs.map((sub) => sub._position()).join(";"));
+    if (this._token) u.searchParams.set("token", this._token);
+    return u.toString();
+  }
+
+  /** Open one EventSource over every subscription, each from its own position. @private */
+  _openSse() {
+    if (this._closed) return;
+    this._kind = "sse";
+    clearTimeout(this._reopenTimer);
+    this._reopenTimer = null;
+    if (this._es) this._es.close();
+    this._es = null;
+    const ES = this._opts.EventSource ?? globalThis.EventSource;
+    const subs = [];
+    for (const sub of [...this._subs.values()]) {
+      if (sub.lastId == null && !OFFSET_RE.test(String(sub._from))) {
+        // The relay would refuse the whole request: end this one subscription instead.
+        sub.active = false;
+        this._subs.delete(sub.stream);
+        const message = `'from' must be an id, '0' or '$', got ${JSON.stringify(sub._from)}`;
+        queueMicrotask(() => sub._call("onError", { code: "invalid_offset", message, fatal: true }));
+      } else {
+        subs.push(sub);
+      }
+    }
+    this._sseIdle = subs.length === 0;
+    if (this._sseIdle) return; // no stream to ask for: the first subscribe opens it
+    const url = this._sseRequest(subs);
+    let es;
+    try {
+      es = new ES(url);
+    } catch (err) {
+      this._sseFailed(null, { error: String(err) });
+      return;
+    }
+    this._es = es;
+    let opened = false;
+    // Events before a stream's `subscribed` on this response belong to an earlier one.
+    for (const sub of subs) sub._awaiting = true;
+    const connectTimer = setTimeout(() => {
+      if (this._es === es && !opened) {
+        es.close();
+        this._es = null;
+        this._sseFailed(url, { reason: "connect timeout" });
+      }
+    }, this._opts.connectTimeoutMs ?? 10000);
+    const onMessage = (ev) => {
+      if (this._es !== es) return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      this._dispatch(msg);
+    };
+    es.addEventListener("open", () => {
+      if (this._es !== es) return;
+      clearTimeout(connectTimer);
+      opened = true;
+      this.transport = "sse";
+      this._setStatus("open", { attempt: this._attempt, transport: "sse" });
+    });
+    for (const type of ["subscribed", "event", "live", "gap", "reset", "unavailable"]) {
+      es.addEventListener(type, onMessage);
+    }
+    es.addEventListener("error", (ev) => {
+      if (this._es !== es) return;
+      // The relay's `error` messages carry data; EventSource's own errors do not.
+      if (typeof ev.data === "string") {
+        onMessage(ev);
+        return;
+      }
+      // Dropped or refused: reconnect ourselves (EventSource would not change the URL).
+      clearTimeout(connectTimer);
+      es.close();
+      this._es = null;
+      for (const sub of this._subs.values()) sub.live = false;
+      if (opened) {
+        this.transport = null;
+        this._scheduleReconnect({ reason: "SSE connection lost", transport: "sse" });
+      } else {
+        this._sseFailed(url, { reason: "SSE connection failed" });
+      }
+    });
+  }
+
+  /** The SSE request failed before it opened: learn why if the relay said, back off. @private */
+  _sseFailed(url, info) {
+    this.transport = null;
+    if (url) this._explain(url);
+    this._scheduleReconnect({ ...info, transport: "sse" });
+  }
+
+  /** Ask the relay once why `url` was refused (EventSource does not tell). @private */
+  _explain(url) {
+    if (typeof fetch !== "function" || typeof AbortController !== "function") return;
+    const ctl = new AbortController();
+    fetch(url, { signal: ctl.signal, cache: "no-store" })
+      .then(async (res) => {
+        if (res.ok) return ctl.abort();
+        if (!(res.headers.get("content-type") || "").includes("json")) return undefined;
+        const body = await res.json();
+        const err = body && body.error;
+        if (err && typeof err.code === "string" && !this._closed) this._busError(err);
+        return undefined;
+      })
+      .catch(() => {});
+  }
+
+  /** The subscriptions changed while on SSE: reopen the response once, soon. @private */
+  _sseChanged() {
+    if (this._closed || this._kind !== "sse") return;
+    if (!this._es && !this._sseIdle) return; // between attempts: the next takes the set
+    if (this._timer != null || this._reopenTimer != null) return;
+    this._reopenTimer = setTimeout(() => {
+      this._reopenTimer = null;
+      if (!this._closed && this._kind === "sse" && this._timer == null) this._openSse();
+    }, this._opts.sseReopenMs ?? 100);
   }
 
   /** @private */
@@ -537,6 +760,9 @@ export class Bus {
   /** @private */
   _scheduleReconnect(info) {
     if (this._closed) return;
+    this._next = "websocket"; // each reconnection tries the WebSocket first again
+    clearTimeout(this._reopenTimer);
+    this._reopenTimer = null;
     const prompt = PROMPT_RECONNECT_CODES.has(info.code) && this._attempt === 0;
     const delayMs = prompt
       ? Math.round(Math.random() * 250)
