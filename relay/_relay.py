@@ -317,6 +317,9 @@ class Relay:
             "readers": self.hub.readers,
             "readers_down": self.hub.readers_down,
             "hosts": await self._monitored_hosts() if redis_ok else [],
+            # The archive (RPA_BUS_ARCHIVE_URL): None without one; false while it cannot
+            # be read. It does not make the relay unhealthy: Redis's part is still served.
+            "archive": None if self.archive is None else self.archive.up,
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")
 

@@ -320,6 +320,8 @@ async def test_store_down_replay_says_unavailable_then_completes(
                 postgres_server.start()
                 await c.events_until("session:pg", ids[-1], timeout_s=60)
                 assert c.ids("session:pg") == ids
+                async with http(r) as client:
+                    assert (await client.get("/healthz")).json()["archive"] is True
                 assert "gap" not in [f["type"] for f in c.frames]
             finally:
                 await c.close()
@@ -462,6 +464,10 @@ async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop
             reply = await client.get("/v1/sessions/nobody")
             assert reply.status_code == 503  # only the archive could say it never existed
             assert reply.json()["error"]["code"] == "unavailable"
+            health = await client.get("/healthz")
+            # Redis's part is served: healthy, with the archive reported down.
+            assert health.status_code == 200
+            assert health.json()["archive"] is False
 
 
 def test_relay_cli_refuses_an_unknown_archive_url_scheme() -> None:

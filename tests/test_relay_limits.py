@@ -269,6 +269,7 @@ async def test_healthz_reports_redis(relay: Relay, redis_server: object) -> None
     assert health["status"] == "ok"
     assert health["redis"] is True
     assert "lag_s" in health
+    assert health["archive"] is None  # no RPA_BUS_ARCHIVE_URL
     redis_server.stop()  # type: ignore[attr-defined]
     status, _, body = await http_get(base + "/healthz")
     assert status == 503
