@@ -9,12 +9,14 @@ moment it returns and can compare it with what the page shows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,49 @@ class RelayThread:
         finally:
             relay.close(1012, "relay restarting")
             await relay.wait_closed()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_files(root: Path) -> Iterator[str]:
+    """Serve ``root`` over real HTTP on a free loopback port (what a robot's screenshot
+    store is to the dashboard); yields the base URL."""
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="files", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def screen_svg(title: str, *, error: str | None = None) -> str:
+    """A small picture of a web form, standing in for a robot's screenshot."""
+    fields = "".join(
+        f'<rect x="24" y="{64 + 30 * i}" width="120" height="8" rx="2" fill="#9aa5b1"/>'
+        f'<rect x="160" y="{58 + 30 * i}" width="216" height="20" rx="4" fill="#fff" '
+        'stroke="#c9d1da"/>'
+        for i in range(4)
+    )
+    banner = (
+        f'<rect x="16" y="186" width="368" height="30" rx="4" fill="#fde2e1"/>'
+        f'<text x="28" y="206" font-size="14" fill="#b42318">{error}</text>'
+        if error
+        else '<rect x="276" y="190" width="100" height="26" rx="5" fill="#1f6feb"/>'
+    )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="240" viewBox="0 0 400 240">'
+        '<rect width="400" height="240" fill="#f3f5f8"/>'
+        '<rect width="400" height="28" fill="#dfe4ea"/>'
+        '<circle cx="14" cy="14" r="5" fill="#f0605a"/>'
+        '<circle cx="30" cy="14" r="5" fill="#d9a528"/>'
+        f'<text x="24" y="48" font-size="15" font-family="sans-serif" fill="#1f2733">{title}</text>'
+        f"{fields}{banner}</svg>"
+    )

@@ -24,7 +24,7 @@ from monitor import Monitor, MonitorSettings
 from producer import Producer
 from rpa_bus import Keys, Settings, now_ts
 from rpa_bus.cli._embedded import EmbeddedRedis
-from tests._browser import BusWriter, RelayThread, chromium_page
+from tests._browser import BusWriter, RelayThread, chromium_page, screen_svg, serve_files
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
@@ -501,55 +501,123 @@ def test_alerts_fire_and_resolve(page: Page, client: redis.Redis, producer: Prod
 
 # -- the screenshot in docs/ --------------------------------------------------------------
 
+_SCREENS = [
+    "Insurer portal login", "Policyholder", "Driver details", "Vehicle details",
+    "Premium estimates", "Coverages", "Roadside assistance", "Deductible",
+    "Risk questionnaire", "Overnight address", "Payment method", "Review",
+    "Terms acceptance", "Proposal issued", "Policy PDF",
+]  # fmt: skip
+_FAILURE = "insurer site returned HTTP 502 on the quote calculation"
 
-def _busy_scene(redis_url: str, client: redis.Redis) -> None:
-    """Sessions in every state, an hour of host samples and a few alerts."""
+
+def _shot(base_url: str, name: str) -> dict[str, str]:
+    url = f"{base_url}/{name}.svg"
+    return {"kind": "screenshot", "url": url, "name": f"{name}.png", "mime": "image/svg+xml"}
+
+
+def _write_shots(folder: Path) -> None:
+    """The robot's screenshots of the scene, as a screenshot store would serve them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "step-5.svg").write_text(screen_svg("Premium estimates"))
+    (folder / "step-14.svg").write_text(screen_svg("Proposal issued"))
+    (folder / "failed.svg").write_text(screen_svg("Risk questionnaire", error="502 Bad Gateway"))
+
+
+def _busy_scene(redis_url: str, client: redis.Redis, shots_url: str) -> None:
+    """Sessions in every state, an hour of host samples and a few alerts. The runs are
+    written as the producer's steps write them (issue 16): one job, uneven step times, a
+    retry, log levels and screenshots (``shots_url``: where ``_write_shots`` put them)."""
     w = BusWriter(client)
-    screens = [
-        "insurer portal login", "policyholder details", "driver details", "vehicle details",
-        "premium estimates", "coverages", "roadside assistance", "deductible",
-        "risk questionnaire", "overnight address", "payment method", "review",
-        "terms acceptance", "proposal issued", "policy PDF downloaded",
-    ]  # fmt: skip
-
+    # How long each screen takes, relative to the run's pace: uneven, as real portals are.
+    weights = [0.6, 1.0, 1.3, 0.8, 2.1, 1.0, 0.5, 0.7, 1.7, 0.9, 0.6, 1.2, 0.4, 1.5, 0.7]
+    lines = {
+        2: ("debug", "cookie banner dismissed"), 5: ("info", "3 plans offered"),
+        8: ("warning", "insurer answered slowly (6.1 s)"), 12: ("info", "premium 1,234.50"),
+    }  # fmt: skip
     now_s = time.time()
 
     def run(
-        sid: str, ago_s: float, steps: int, end: str | None = None, pace_s: float = 4.2
+        sid: str,
+        ago_s: float,
+        steps: int,
+        end: str | None = None,
+        pace_s: float = 4.2,
+        retry_at: int | None = None,
     ) -> None:
-        """One robot that started ``ago_s`` seconds ago and took ``pace_s`` per screen."""
-
-        def at(k: float) -> str:
-            return now_ts(now_s - ago_s + k * pace_s)
-
-        w.session_event(sid, "started", ts=at(0), total=15, data={"insurer": "Atlas Seguros"})
+        """One robot run that started ``ago_s`` seconds ago, ``pace_s`` per screen on
+        average; with ``end`` None its last step is still running."""
+        t = now_s - ago_s
+        w.session_event(
+            sid, "started", ts=now_ts(t), total=15, job="quote-robot",
+            data={"insurer": "Atlas Seguros"},
+        )  # fmt: skip
         for step in range(1, steps + 1):
-            w.session_event(
-                sid, "progress", ts=at(step), step=step, total=15,
-                percent=round(step * 100 / 15, 1), eta_s=round((15 - step) * pace_s, 1),
-                message=f"Screen {step}: {screens[step - 1]}",
-            )  # fmt: skip
-            if step == 5:
-                plans = {"plans": [{"name": "basic", "premium": 1180.4}]}
-                w.session_event(sid, "estimates", ts=at(step + 0.1), data=plans)
+            name = _SCREENS[step - 1]
+            took = pace_s * weights[step - 1]
+            attempts = 2 if step == retry_at else 1
+            for attempt in range(1, attempts + 1):
+                eta = round(pace_s * sum(weights[step - 1 :]), 1)
+                w.session_event(
+                    sid, "step", ts=now_ts(t), step=step, total=15, phase="start",
+                    attempt=attempt, message=name, eta_s=eta, eta_runs=12,
+                )  # fmt: skip
+                last = attempt == attempts
+                if step in lines and last:
+                    level, text = lines[step]
+                    at = now_ts(t + 0.3 * took)
+                    w.session_event(sid, "log", ts=at, step=step, level=level, message=text)
+                if step == 5 and last:
+                    plans = {"plans": [{"name": "basic", "premium": 1180.4}]}
+                    at = now_ts(t + 0.5 * took)
+                    w.session_event(sid, "estimates", ts=at, step=5, data=plans)
+                if step in (5, 14) and last:
+                    at = now_ts(t + 0.6 * took)
+                    shot = _shot(shots_url, f"step-{step}")
+                    w.session_event(sid, "artifact", ts=at, step=step, artifact=shot)
+                if not last:
+                    spent = round(0.6 * took, 3)
+                    at = now_ts(t + 0.4 * spent)
+                    text = "captcha shown: trying again"
+                    w.session_event(sid, "log", ts=at, step=step, level="warning", message=text)
+                    w.session_event(
+                        sid, "step", ts=now_ts(t + spent), step=step, total=15, phase="end",
+                        attempt=attempt, outcome="retried", duration_s=spent, message="captcha",
+                    )  # fmt: skip
+                    t += spent + 0.1
+                    continue
+                if step == steps and end is None:
+                    return  # still on this screen
+                failing = step == steps and end == "failed"
+                if failing:
+                    at = now_ts(t + 0.8 * took)
+                    shot = _shot(shots_url, "failed")
+                    w.session_event(sid, "artifact", ts=at, step=step, artifact=shot)
+                    at = now_ts(t + 0.9 * took)
+                    text = "HTTP 502 from /quote/calculate"
+                    w.session_event(sid, "error", ts=at, step=step, message=text, error="HTTP 502")
+                w.session_event(
+                    sid, "step", ts=now_ts(t + took), step=step, total=15, phase="end",
+                    attempt=attempt, outcome="failed" if failing else "ok",
+                    duration_s=round(took, 3), message=_FAILURE if failing else None,
+                )  # fmt: skip
+                t += took + 0.05
         if end == "finished":
             w.session_event(
-                sid, "finished", ts=at(steps + 0.2), step=15, total=15, data={"premium": 1234.5}
+                sid, "finished", ts=now_ts(t), step=15, total=15, data={"premium": 1234.5}
             )
         elif end == "failed":
-            msg = "insurer site returned HTTP 502 on the quote calculation"
-            w.session_event(sid, "failed", ts=at(steps + 0.5), message=msg, error=msg)
+            w.session_event(sid, "failed", ts=now_ts(t + 0.1), message=_FAILURE, error=_FAILURE)
 
     run("quote-2409", 1500, 15, "finished", pace_s=4.6)
     run("quote-2410", 1320, 15, "finished", pace_s=3.9)
     run("quote-2411", 1100, 6, "failed", pace_s=5.1)
-    run("quote-2412", 960, 15, "finished", pace_s=4.4)
+    run("quote-2412", 960, 15, "finished", pace_s=4.4, retry_at=3)
     run("quote-2413", 840, 15, "finished", pace_s=3.6)
     run("quote-2414", 700, 15, "finished", pace_s=4.9)
     run("quote-2415", 520, 15, "finished", pace_s=4.1)
     run("quote-2416", 380, 15, "finished", pace_s=4.0)
     run("quote-2417", 250, 15, "finished", pace_s=3.8)
-    run("quote-2418", 170, 9, "failed", pace_s=4.7)
+    run("quote-2418", 170, 9, "failed", pace_s=4.7, retry_at=5)
     run("quote-2419", 140, 15, "finished", pace_s=4.2)
     run("quote-2420", 19, 4, pace_s=4.3)
     run("quote-2421", 48, 11, pace_s=4.1)
@@ -599,10 +667,26 @@ def test_screenshot_of_a_busy_dashboard(
     """Render a busy scene and screenshot it. The picture in docs/ comes from this test:
     RPA_BUS_UPDATE_SCREENSHOT=1 writes docs/dashboard.png; otherwise it goes to a temp
     folder, so a test run leaves the work tree as it was."""
-    _busy_scene(redis_url, client)
-    page.emulate_media(color_scheme="dark")
-    page.goto("/?hosts=rpa-worker-01#session=quote-2421")
-    wait_for(lambda: len(log_ids(page)) == 13, timeout_s=WAIT_S, what="quote-2421's log")
+    _write_shots(tmp_path / "shots")
+    with serve_files(tmp_path / "shots") as shots_url:
+        _busy_scene(redis_url, client, shots_url)
+        page.emulate_media(color_scheme="dark")
+        page.goto("/?hosts=rpa-worker-01#session=quote-2418")
+        _screenshot_when_settled(page, client, tmp_path)
+
+
+def _screenshot_when_settled(page: Page, client: redis.Redis, tmp_path: Path) -> None:
+    expected = stream_ids(client, "quote-2418")
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="quote-2418's log")
+    wait_for(
+        lambda: page.evaluate(
+            """() => document.querySelectorAll('#timeline .tl-row').length === 9 &&
+                [...document.querySelectorAll('#timeline .thumb img')]
+                  .every((i) => i.complete && i.naturalWidth > 0)"""
+        ),
+        timeout_s=WAIT_S,
+        what="the timeline's 9 steps and its screenshots",
+    )
     wait_for(
         lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 15,
         timeout_s=WAIT_S,

@@ -144,9 +144,7 @@ def test_failing_run_with_a_retry_reads_on_the_timeline(
 ) -> None:
     run = failing_run_with_retry(BusWriter(client), "quote-31", relay.base_url, time.time() - 60)
     page.goto("/#session=quote-31")
-    wait_for(
-        lambda: len(visible_log(page)) == len(run.ids), timeout_s=WAIT_S, what="the whole log"
-    )
+    wait_for(lambda: len(visible_log(page)) == len(run.ids), timeout_s=WAIT_S, what="the whole log")
     rows = wait_for(
         lambda: (t := timeline(page)) and len(t) == 3 and t[2]["failing"] and t,
         timeout_s=WAIT_S,
@@ -156,7 +154,7 @@ def test_failing_run_with_a_retry_reads_on_the_timeline(
     assert (one["name"], one["state"], one["dur"], one["retries"]) == ("Login", "ok", "1.2s", "")
     # Both attempts of step 2 side by side: the retried one, then the one that passed.
     assert [b[:2] for b in two["bars"]] == [["retried", "1"], ["ok", "2"]]
-    assert two["retries"] == "×2"
+    assert two["retries"] == "\N{MULTIPLICATION SIGN}2"
     assert two["dur"] == "1.5s"
     assert float(two["bars"][0][2].rstrip("%")) < float(two["bars"][1][2].rstrip("%"))
     assert (three["state"], three["dur"], three["bars"][0][0]) == ("failed", "3.0s", "failed")
@@ -177,11 +175,14 @@ def test_failing_run_with_a_retry_reads_on_the_timeline(
     assert page.is_visible("#tl-tip")
     assert "Step 2 · Driver details" in tip
     assert "retried · attempt 1 of 2" in tip
-    assert "2.0s" in tip and "→" in tip
-    assert "captcha shown" in tip and "captcha solved" not in tip
+    assert "2.0s" in tip
+    assert "\N{RIGHTWARDS ARROW}" in tip
+    assert "captcha shown" in tip
+    assert "captcha solved" not in tip
     page.hover('.tl-row[data-step="3"] .tl-bar')
     tip = page.text_content("#tl-tip") or ""
-    assert "insurer site returned HTTP 502" in tip and "HTTP 502 from /quote" in tip
+    assert "insurer site returned HTTP 502" in tip
+    assert "HTTP 502 from /quote" in tip
     page.mouse.move(5, 5)
     wait_for(lambda: page.is_hidden("#tl-tip"), timeout_s=WAIT_S, what="the card to go")
 
@@ -202,10 +203,13 @@ def test_failing_run_with_a_retry_reads_on_the_timeline(
     assert page.text_content('.tl-row[data-step="3"] .art-chip.path') == "har"
     assert page.get_attribute('.tl-row[data-step="3"] .art-chip.path', "href") is None
     sizes = page.evaluate(
-        """() => [...document.querySelectorAll('.tl-row')].map(r => r.getBoundingClientRect().height)
-            .concat([...document.querySelectorAll('#timeline .thumb')].map(t => t.getBoundingClientRect().width))"""
+        """() => {
+            const box = (sel, k) => [...document.querySelectorAll(sel)]
+                .map(e => e.getBoundingClientRect()[k]);
+            return box('.tl-row', 'height').concat(box('#timeline .thumb', 'width'));
+        }"""
     )
-    assert sizes == [26, 26, 26, 36, 36]
+    assert sizes == [22, 22, 22, 32, 32]
 
     # A click on a step's label shows only its events; again, all of them.
     page.click('.tl-row[data-step="2"] .tl-label')
@@ -291,10 +295,10 @@ def test_late_joiner_sees_the_same_timeline_as_a_page_open_from_the_start(
         what="step 2 running",
     )
     # The current step grows live, with no event arriving.
-    first = page.evaluate(f"() => document.querySelector('{bar}').getBoundingClientRect().width")
+    width = f"() => document.querySelector('{bar}').getBoundingClientRect().width"
+    first = page.evaluate(width)
     wait_for(
-        lambda: page.evaluate(f"() => document.querySelector('{bar}').getBoundingClientRect().width")
-        > first + 5,
+        lambda: page.evaluate(width) > first + 5,
         timeout_s=WAIT_S,
         what="the running bar to grow",
     )
@@ -362,8 +366,10 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
     page.goto("/")
     page.click('.tab[data-tab="history"]')
     wait_for(
-        lambda: page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
-        == ["renewal-88", "claim-702", "claim-701"],
+        lambda: (
+            page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
+            == ["renewal-88", "claim-702", "claim-701"]
+        ),
         timeout_s=WAIT_S,
         what="the newest sessions first",
     )
@@ -371,15 +377,19 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
     page.fill("#history-q", "claim")
     page.press("#history-q", "Enter")
     wait_for(
-        lambda: page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
-        == ["claim-702", "claim-701"],
+        lambda: (
+            page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
+            == ["claim-702", "claim-701"]
+        ),
         timeout_s=WAIT_S,
         what="the search for 'claim'",
     )
     page.select_option("#history-status", "failed")
     wait_for(
-        lambda: page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
-        == ["claim-701"],
+        lambda: (
+            page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
+            == ["claim-701"]
+        ),
         timeout_s=WAIT_S,
         what="only the failed one",
     )
@@ -403,9 +413,7 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
 def test_jobs_tab_is_hidden_where_the_relay_has_no_job_summaries(page: Page) -> None:
     page.goto("/")
     wait_for(lambda: page.evaluate("() => !!window.rpaDashboard"), timeout_s=WAIT_S, what="app")
-    status = page.evaluate(
-        "async () => (await fetch('/v1/jobs')).status"
-    )
+    status = page.evaluate("async () => (await fetch('/v1/jobs')).status")
     if status != 404:
         pytest.fail(f"GET /v1/jobs answers {status}: test_jobs_tab_shows_summaries covers it")
     assert page.is_hidden('.tab[data-tab="jobs"]')

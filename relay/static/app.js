@@ -1544,6 +1544,21 @@ async function loadJobs() {
   setText(empty, "No finished runs of a named job yet.");
 }
 
+/** The selected run's ETA in its timeline: counting down, with what it rests on. */
+function showEta() {
+  const s = selected ? sessions.get(selected) : null;
+  const updated = parseTs(s?.state.updated);
+  if (!s || s.status !== "running" || s.state.eta_s == null || !updated) {
+    timeline.setEta(null);
+    return;
+  }
+  const left = s.state.eta_s - (Date.now() - updated) / 1000;
+  const runs = s.state.eta_runs;
+  timeline.setEta(`ETA ${fmtDuration(left)}${runs ? ` · ${runs} past run${runs === 1 ? "" : "s"}` : ""}`,
+    runs ? `the typical durations of the remaining steps, from ${runs} past runs of ${s.state.job ?? "the job"}`
+      : "at this run's own pace (no past runs of the job to learn from)");
+}
+
 let currentTab = "live";
 
 function showTab(name) {
@@ -1620,6 +1635,7 @@ setInterval(() => {
   setText($("#clock"), fmtClock(Date.now()));
   for (const s of sessions.values()) if (s.row?.isConnected) updateTimes(s);
   timeline.tick();
+  showEta();
   scheduleCharts();
   scheduleAlerts();
 }, 1000);

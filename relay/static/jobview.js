@@ -38,7 +38,8 @@ export function eventText(data) {
     const attempt = data.attempt > 1 ? ` · attempt ${data.attempt}` : "";
     if (data.phase === "start") return `start${data.message ? ` · ${data.message}` : ""}${attempt}`;
     const took = data.duration_s != null ? ` after ${fmtSeconds(data.duration_s)}` : "";
-    const why = data.error || (data.outcome === "failed" ? data.message : null);
+    // An end's message is why the attempt failed or was retried (the producer's reason).
+    const why = data.error || (data.outcome !== "ok" ? data.message : null);
     return `${data.outcome ?? "end"}${took}${attempt}${why ? ` — ${why}` : ""}`;
   }
   if (data.type === "artifact" && data.artifact) {
@@ -129,6 +130,7 @@ export class Timeline {
     this.rowsEl = el("div", { class: "tl-rows" });
     this.errorEl = el("div", { class: "tl-error", hidden: true });
     this.looseEl = el("div", { class: "tl-loose", hidden: true });
+    this.etaEl = el("span", { class: "tl-eta", hidden: true });
     root.replaceChildren(this.head, this.rowsEl, this.looseEl, this.errorEl);
     this.reset();
   }
@@ -233,7 +235,7 @@ export class Timeline {
     a.outcome = data.outcome ?? "ok";
     a.duration = typeof data.duration_s === "number" ? data.duration_s : (t - a.start) / 1000;
     if (a.outcome === "failed") a.error = data.error || data.message || this.lastError;
-    else if (a.outcome === "retried") a.error = data.error || null;
+    else if (a.outcome === "retried") a.error = data.error || data.message || null;
   }
 
   onProgress(data, step, t) {
@@ -379,6 +381,7 @@ export class Timeline {
       r.more.title = s.artifacts.slice(MAX_THUMBS).map((a) => a.name || a.url || a.path).join("\n");
     }
 
+    this.root.classList.toggle("has-arts", ordered.some((s) => s.artifacts.length > 0));
     while (this.looseEl.childElementCount < this.loose.length) {
       this.looseEl.append(artifactNode(this.loose[this.looseEl.childElementCount]));
     }
@@ -390,6 +393,7 @@ export class Timeline {
     bits.push(el("span", { text: `${steps} step${steps === 1 ? "" : "s"}` }));
     const retried = ordered.reduce((n, s) => n + Math.max(0, s.attempts.length - 1), 0);
     if (retried) bits.push(el("span", { class: "tl-retried", text: `${retried} retr${retried === 1 ? "y" : "ies"}` }));
+    bits.push(this.etaEl);
     bits.push(el("span", { class: "tl-span", title: "from the first event to the end (or now)", text: fmtSeconds(total / 1000) }));
     this.head.replaceChildren(...bits);
 
@@ -416,6 +420,13 @@ export class Timeline {
     const r = { row, label, name, retries, track, dur, arts, more, bars: [], shown: 0 };
     this.rowEls.set(s.step, r);
     return r;
+  }
+
+  /** The run's ETA as the page reckons it now, and what it rests on; null hides it. */
+  setEta(text, title) {
+    this.etaEl.hidden = text == null;
+    if (this.etaEl.textContent !== (text ?? "")) this.etaEl.textContent = text ?? "";
+    this.etaEl.title = title ?? "";
   }
 
   showTip(s, a, e) {
