@@ -1394,7 +1394,11 @@ async function loadPages(s) {
       log.marker(`history pages: ${res.error}`);
       return;
     }
-    for (const ev of res.body.events ?? []) log.add(ev.id, ev.data);
+    for (const ev of res.body.events ?? []) {
+      if (ev.data) fold(s, ev.data); // its status and state, as the events tell them
+      log.add(ev.id, ev.data);
+    }
+    scheduleRender();
     got += res.body.events?.length ?? 0;
     if (!res.body.next || !res.body.events?.length) break;
     after = res.body.next;
