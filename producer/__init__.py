@@ -4,8 +4,12 @@
 
     from producer import Producer
     bus = Producer("redis://localhost:6379/0")        # or Producer.from_env()
-    with bus.session("quote-123", total=15, meta={"user": "ana"}) as s:   # started
-        s.progress(1, "Tela 1")                        # percent and eta_s computed
+    with bus.session("quote-123", job="quote-robot", total=15) as s:    # started
+        with s.step(1, "Screen 1: login") as st:       # step start ... end (ok, failed,
+            ...                                        # or retried after st.retry())
+        s.progress(2, "Tela 2")                        # percent and eta_s computed
+        s.log("message", level="warning")              # debug, info, warning, error
+        s.artifact("screenshot", "https://host/s1.png")   # a reference, never bytes
         s.emit("estimates", {"plans": [1, 2]})         # a job's own event type
         s.log("message"); s.error("non-fatal")
         s.finish({"premium": 1234.5})                  # or s.fail(exc); an exception
@@ -36,20 +40,22 @@ docs/producer.md.
 
 from __future__ import annotations
 
-from producer._async import AsyncProducer, AsyncSession
+from producer._async import AsyncProducer, AsyncSession, AsyncStep
 from producer._core import ProducerClosed
 from producer._journal import FSYNC_POLICIES, JournalInfo, list_journals, target_of
-from producer._sync import Producer, Session
+from producer._sync import Producer, Session, Step
 from rpa_bus.redisio import is_retryable
 
 __all__ = [
     "FSYNC_POLICIES",
     "AsyncProducer",
     "AsyncSession",
+    "AsyncStep",
     "JournalInfo",
     "Producer",
     "ProducerClosed",
     "Session",
+    "Step",
     "is_retryable",
     "list_journals",
     "target_of",

@@ -17,7 +17,9 @@ from producer._core import (
     IDLE,
     BaseProducer,
     BaseSession,
+    BaseStep,
     Batch,
+    Fetch,
     LoadScripts,
     NodeRounds,
     Sleep,
@@ -35,8 +37,44 @@ from rpa_bus.redisio import (
 log = logging.getLogger("producer")
 
 
+class AsyncStep(BaseStep):
+    """One attempt at a step: ``async with s.step(3, "Screen 3") as st:`` (a plain
+    ``with`` works too: nothing is awaited)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> AsyncStep:
+        self._session._enter_step(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._session._leave_step(self, exc)  # the exception, if any, propagates
+
+    def __enter__(self) -> AsyncStep:
+        self._session._enter_step(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._session._leave_step(self, exc)
+
+
 class AsyncSession(BaseSession):
     """A session run for ``AsyncProducer``: ``async with bus.session(...) as s:``."""
+
+    def step(self, number: int, name: str | None = None) -> AsyncStep:
+        """A step: ``async with s.step(3, "Screen 3"):`` emits its start and its end
+        (outcome and duration). Entering step ``number`` again is its next attempt."""
+        return AsyncStep(self, number, name)
 
     async def __aenter__(self) -> AsyncSession:
         self.start()
@@ -80,9 +118,12 @@ class AsyncProducer(BaseProducer):
         self._stop_event = asyncio.Event()
         self._written = asyncio.Condition()
 
-    def session(self, sid: str, *, total: int | None = None, meta: Any = None) -> AsyncSession:
-        """A session run; ``async with`` emits ``started``, then ``finished`` or ``failed``."""
-        return AsyncSession(self, sid, total=total, meta=meta)
+    def session(
+        self, sid: str, *, total: int | None = None, meta: Any = None, job: str | None = None
+    ) -> AsyncSession:
+        """A session run; ``async with`` emits ``started``, then ``finished`` or ``failed``.
+        ``job`` names the job it is a run of (its ETA is learned from past runs)."""
+        return AsyncSession(self, sid, total=total, meta=meta, job=job)
 
     async def start(self) -> None:
         """Start the flusher now (otherwise the first event starts it)."""
@@ -169,6 +210,13 @@ class AsyncProducer(BaseProducer):
                     try:
                         await self._write(step.batch)
                     except (*REDIS_FAILURES, ConfigMismatch) as exc:  # type: ignore[misc]
+                        reply = exc
+                elif isinstance(step, Fetch):
+                    try:
+                        if self._cluster:
+                            await self._read_slot_map()
+                        reply = await cast(Any, self._client).get(step.key)
+                    except REDIS_FAILURES as exc:
                         reply = exc
                 elif isinstance(step, Sleep):
                     with contextlib.suppress(TimeoutError):

@@ -46,6 +46,8 @@ from producer._journal import (
     target_of,
 )
 from rpa_bus import (
+    JOB_NAME,
+    LEVELS,
     STATE_FIELDS,
     TERMINAL_TYPES,
     BusError,
@@ -56,6 +58,7 @@ from rpa_bus import (
     InvalidEventType,
     Keys,
     Settings,
+    StepProfile,
     StreamRef,
     Unavailable,
     encode,
@@ -63,6 +66,7 @@ from rpa_bus import (
     make,
     now_ts,
     parse_stream_name,
+    percent_of,
     progress,
     state_fields,
     validate,
@@ -165,7 +169,19 @@ class Sleep:
 
 IDLE: Final = "idle"  # clear the wake-up signal; wait for it unless _has_work()
 NOTIFY: Final = "notify"  # wake flush() waiters
-Step = Write | Sleep | str
+
+
+class Fetch:
+    """GET ``key`` (a job's learned step profile); send back the value (bytes or None) or
+    the Redis failure."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+FlusherStep = Write | Sleep | Fetch | str
 
 
 class Pipeline:
@@ -224,6 +240,9 @@ class BaseProducer:
     # While writes fail, the memory queue is moved to the journal this often, so a job
     # killed during an outage loses at most this much.
     spill_interval_s: float = 0.05
+    # A job's learned profile is read again by a run that starts this long after the
+    # last read (the archiver updates it when a run of the job ends).
+    profile_refresh_s: float = 60.0
 
     def __init__(
         self,
@@ -305,6 +324,10 @@ class BaseProducer:
         # (MOVED, a dead master, READONLY from a demoted one).
         self._refresh = False
         self._nodes: dict[str, Any] = {}  # cluster: a client per node, by "host:port"
+        # Learned step profiles by job: (when asked for, the profile or None). Read by
+        # sessions on the job's thread, replaced whole by the flusher (one dict store).
+        self._profiles: dict[str, tuple[float, StepProfile | None]] = {}
+        self._wanted: deque[str] = deque()  # jobs whose profile the flusher should read
 
     # -- public, shared --------------------------------------------------------------
 
@@ -341,6 +364,43 @@ class BaseProducer:
                 raise InvalidEvent(f"window_s must be > 0, got {window_s}")
             window_ms = int(w * 1000)
         self._enqueue(ref.name, checked, window_ms)
+
+    # -- learned ETA: per-job step profiles, read by the flusher -------------------------
+
+    def _want_profile(self, job: str) -> None:
+        """A run of ``job`` starts: have the flusher read its profile (``P:job:JOB:profile``)
+        unless it did less than ``profile_refresh_s`` ago. Never waits: until the profile
+        arrives (or if there is none), sessions estimate from their own pace."""
+        now = time.monotonic()
+        got = self._profiles.get(job)
+        if got is not None and now - got[0] < self.profile_refresh_s:
+            return
+        self._profiles[job] = (now, None if got is None else got[1])
+        with self._lock:
+            if job not in self._wanted and len(self._wanted) < 1024:
+                self._wanted.append(job)
+        self._wake()
+
+    def _got_profile(self, job: str, reply: Any) -> None:
+        """The flusher's GET of a job's profile answered (bytes, None) or failed."""
+        asked = self._profiles.get(job, (time.monotonic(), None))[0]
+        if isinstance(reply, BaseException):
+            # Asked again by the next run of the job; meanwhile pace (or the old profile).
+            log.debug("cannot read the step profile of job %s: %s", job, reply)
+            return
+        profile = None
+        if reply is not None:
+            try:
+                profile = StepProfile.from_json(orjson.loads(reply))
+            except (ValueError, orjson.JSONDecodeError) as exc:
+                log.warning("ignoring the unreadable step profile of job %s: %s", job, exc)
+        self._profiles[job] = (asked, profile if profile is not None and profile.runs else None)
+
+    def profile(self, job: str) -> StepProfile | None:
+        """The learned step profile of ``job`` this producer holds (None: none yet, or the
+        job has no finished runs in the archive)."""
+        got = self._profiles.get(job)
+        return None if got is None else got[1]
 
     # -- the caller's side: never blocks on the network -----------------------------------
 
@@ -418,7 +478,7 @@ class BaseProducer:
 
     # -- the flusher's decisions ----------------------------------------------------------
 
-    def _flusher(self) -> Generator[Step, BaseException | None, None]:
+    def _flusher(self) -> Generator[FlusherStep, Any, None]:
         """The flusher's loop: write the oldest unwritten events, back off and spill to
         the journal while Redis fails, stop when close() asks."""
         backoff = Backoff(initial_s=self.backoff_initial_s, max_s=self.backoff_max_s)
@@ -426,6 +486,10 @@ class BaseProducer:
             if self._fatal is not None:
                 self._spill()
                 yield Sleep(self.spill_interval_s)
+                continue
+            if self._wanted:
+                job = self._wanted.popleft()
+                self._got_profile(job, (yield Fetch(self.keys.job_profile(job))))
                 continue
             batch = self._next_batch()
             if batch is None:
@@ -448,7 +512,7 @@ class BaseProducer:
                     self._spill()
 
     def _has_work(self) -> bool:
-        return bool(self._queue or self._held or self._adopted) or (
+        return bool(self._queue or self._held or self._adopted or self._wanted) or (
             self._journal is not None and self._journal.pending
         )
 
@@ -891,19 +955,32 @@ class BaseSession:
         *,
         total: int | None = None,
         meta: Any = None,
+        job: str | None = None,
     ) -> None:
         self.sid: Final = validate_session_id(sid)
         if total is not None and (
             isinstance(total, bool) or not isinstance(total, int) or total < 1
         ):
             raise InvalidEvent(f"total must be an integer >= 1 or None, got {total!r}")
+        if job is not None and (not isinstance(job, str) or not JOB_NAME.fullmatch(job)):
+            raise InvalidEvent(f"job must match [A-Za-z0-9_.-]{{1,128}}, got {job!r}")
         self.total: Final = total
+        #: The job this session is a run of (runs of one job are comparable), or None.
+        self.job: Final = job
         self.meta = meta
         self._bus = bus
         self._now = bus._clock.now
         self._stream = "session:" + sid
         self._t0: float | None = None
         self._ended: str | None = None
+        # Steps: attempts per step number, durations of steps done (for the learned ETA),
+        # the open step, and where progress() last marked a step done.
+        self._attempts: dict[int, int] = {}
+        self._done: dict[int, float] = {}
+        self._retried: dict[int, float] = {}  # time spent on attempts given up, by step
+        self._open: BaseStep | None = None
+        self._mark = 0.0
+        self._passed = 0
         # Fail fast: meta that is not JSON should not wait for __enter__ to be refused.
         encode({"type": "started", "ts": "", "data": meta})
 
@@ -916,8 +993,10 @@ class BaseSession:
         """Emit ``started`` (with ``meta`` as its data). ``with``/``async with`` call it."""
         if self._t0 is not None:
             raise InvalidEvent(f"session {self.sid!r} was already started")
-        self._t0 = time.monotonic()
-        self._put(make("started", total=self.total, data=self.meta))
+        self._t0 = self._mark = time.monotonic()
+        if self.job is not None:
+            self._bus._want_profile(self.job)
+        self._put(make("started", total=self.total, job=self.job, data=self.meta))
 
     # The hot paths below build envelopes directly (the same fields, in the same order,
     # as rpa_bus.make; progress by rpa_bus.progress, the builder `rpa-bus emit` and make
@@ -925,28 +1004,143 @@ class BaseSession:
     # several times more than the whole rest of an emit.
 
     def progress(self, step: int, message: str | None = None, data: Any = None) -> None:
-        """Report step ``step`` of ``total``; ``percent`` and ``eta_s`` are computed from
-        the pace so far (average time per step since ``started``)."""
+        """Report step ``step`` of ``total``; ``percent`` and ``eta_s`` are computed: from
+        the job's past runs when the session names a job with history (``eta_runs`` then
+        says how many runs), else from the pace so far (average time per step since
+        ``started``)."""
         total = self.total
         eta_s = None
+        runs = None
         if (
             total is not None
             and self._t0 is not None
             and step.__class__ is int
             and 0 < step <= total
         ):
-            eta_s = eta_of(time.monotonic() - self._t0, step, total)
-        self._put(progress(step, total, ts=self._now(), eta_s=eta_s, message=message, data=data))
+            now = time.monotonic()
+            if self.job is None:
+                eta_s = eta_of(now - self._t0, step, total)
+            else:
+                if self._open is None and step > self._passed:
+                    # progress(n) without steps: step n took the time since the last mark.
+                    self._done.setdefault(step, now - self._mark)
+                    self._mark = now
+                    self._passed = step
+                eta_s, runs = self._estimate(step, None, now)
+        self._put(
+            progress(
+                step, total, ts=self._now(), eta_s=eta_s, message=message, eta_runs=runs, data=data
+            )
+        )
+
+    def _estimate(
+        self, steps_done: int, current: BaseStep | None, now: float
+    ) -> tuple[float | None, int | None]:
+        """(eta_s, eta_runs): learned from the job's profile when it covers the rest of the
+        run, else the run's own pace (eta_runs 0); (None, None) when neither can tell."""
+        total, t0 = self.total, self._t0
+        if total is None or t0 is None:
+            return None, None
+        profile = self._bus.profile(self.job) if self.job is not None else None
+        if profile is not None:
+            done = self._done
+            gaps = [s for s in range(1, self._passed) if s not in done]
+            if gaps:  # steps progress() skipped over count as typical
+                done = {**{s: profile.typical_s.get(s, 0.0) for s in gaps}, **done}
+            estimate = profile.eta(
+                done=done,
+                current=None if current is None else current.number,
+                in_current_s=0.0 if current is None else current.spent(now),
+                total=total,
+            )
+            if estimate is not None:
+                return round(estimate.eta_s, 1), estimate.runs
+        if 0 < steps_done <= total:
+            return eta_of(now - t0, steps_done, total), (0 if self.job is not None else None)
+        return None, None
+
+    def _step_event(self, st: BaseStep, phase: str, now: float) -> Envelope:
+        """A ``step`` start or end for ``st`` (docs/contract.md, "Job view")."""
+        total = self.total
+        done = st.number if st.outcome == "ok" else st.number - 1
+        if total is not None:
+            done = min(done, total)
+        eta_s, runs = self._estimate(done, st if phase == "start" else None, now)
+        if phase == "end" and st.outcome != "ok":
+            eta_s = runs = None  # a failed or retried attempt: no new estimate
+        return make(
+            "step",
+            ts=self._now(),
+            step=st.number,
+            total=total,
+            percent=None if total is None else percent_of(max(done, 0), total),
+            eta_s=eta_s,
+            message=st.message if phase == "start" else st.reason,
+            phase=phase,
+            attempt=st.attempt,
+            outcome=st.outcome if phase == "end" else None,
+            duration_s=round(st.duration_s, 3) if phase == "end" else None,
+            eta_runs=runs if eta_s is not None else None,
+        )
+
+    def _check_step(self, number: int, name: str | None) -> None:
+        if number.__class__ is not int or number < 0:
+            raise InvalidEvent(f"step must be an integer >= 0, got {number!r}")
+        if self.total is not None and number > self.total:
+            raise InvalidEvent(f"step {number} is beyond total {self.total}")
+        if name is not None:
+            _text(name, "step name")
+        if self._open is not None:
+            raise InvalidEvent(
+                f"step {self._open.number} is still open: leave it before entering step {number}"
+            )
+        if self._ended is not None:
+            raise InvalidEvent(f"session {self.sid!r} already {self._ended}")
+
+    def _enter_step(self, st: BaseStep) -> None:
+        if self._open is not None:
+            raise InvalidEvent(
+                f"step {self._open.number} is still open: leave it before entering step {st.number}"
+            )
+        if st.started is not None:
+            raise InvalidEvent(f"this step {st.number} handle was already entered")
+        self._attempts[st.number] = st.attempt = self._attempts.get(st.number, 0) + 1
+        st.started = now = time.monotonic()
+        self._open = st
+        self._put(self._step_event(st, "start", now))
+
+    def _leave_step(self, st: BaseStep, exc: BaseException | None) -> None:
+        if self._open is not st or st.started is None:
+            return
+        now = time.monotonic()
+        st.duration_s = now - st.started
+        self._open = None
+        if exc is not None:
+            st.outcome = "failed"
+            st.reason = st.reason or _error_text(exc)
+        elif st.outcome is None:
+            st.outcome = "ok"
+        # Time spent on a step number over all its attempts: what a past run's step took.
+        spent = self._retried.get(st.number, 0.0) + st.duration_s
+        if st.outcome == "ok":
+            self._done[st.number] = spent
+            self._retried.pop(st.number, None)
+            self._passed = max(self._passed, st.number)
+            self._mark = now
+        else:
+            self._retried[st.number] = spent
+        if self._ended is None:
+            self._put(self._step_event(st, "end", now))
 
     def emit(self, type: str, data: Any = None, *, message: str | None = None) -> None:
         """Emit an event of a job's own type (or ``log``, ``result``, ``error``...)."""
         checked = self._bus._types_ok
         if type not in checked:
             validate_type(type)
-            if type in _LIFECYCLE:
+            if type in _LIFECYCLE or type in ("step", "artifact"):
                 raise InvalidEventType(
                     f"event type {type!r} is emitted by the session itself: use "
-                    "start(), finish() or fail()"
+                    "start(), finish(), fail(), step() or artifact()"
                 )
             if len(checked) < 1024:
                 checked.add(type)
@@ -957,16 +1151,54 @@ class BaseSession:
             event["data"] = data
         self._put(event)
 
-    def log(self, message: str, data: Any = None) -> None:
-        event: Envelope = {"type": "log", "ts": self._now(), "message": _text(message, "message")}
+    def log(self, message: str, data: Any = None, *, level: str | None = None) -> None:
+        """A log line; ``level``: ``debug``, ``info`` (the default), ``warning`` or
+        ``error``. Inside a step it carries the step's number."""
+        event: Envelope = {"type": "log", "ts": self._now()}
+        if self._open is not None:
+            event["step"] = self._open.number
+        event["message"] = _text(message, "message")
+        if level is not None:
+            if level not in LEVELS:
+                raise InvalidEvent(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+            event["level"] = level
         if data is not None:
             event["data"] = data
         self._put(event)
+
+    def artifact(
+        self,
+        kind: str,
+        ref: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        mime: str | None = None,
+        step: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Record a reference to an artifact (never its bytes): ``kind`` such as
+        ``screenshot``; ``ref`` a URL (``http://``/``https://``) or a path. ``step``
+        attaches it to a step (default: the open step, if any)."""
+        if isinstance(ref, os.PathLike):
+            ref = os.fspath(ref)
+        if not isinstance(ref, str):
+            raise InvalidEvent(f"artifact reference must be a URL or a path, got {ref!r}")
+        is_url = ref.startswith(("http://", "https://"))
+        artifact = {"kind": kind, "url" if is_url else "path": ref}
+        if name is not None:
+            artifact["name"] = name
+        if mime is not None:
+            artifact["mime"] = mime
+        if step is None and self._open is not None:
+            step = self._open.number
+        self._put(make("artifact", ts=self._now(), step=step, message=message, artifact=artifact))
 
     def error(self, message: str, data: Any = None) -> None:
         """A non-fatal error: recorded as the session's last error; the run goes on."""
         text = _text(message, "message")
         event: Envelope = {"type": "error", "ts": self._now(), "message": text, "error": text}
+        if self._open is not None:
+            event["step"] = self._open.number
         if data is not None:
             event["data"] = data
         self._put(event)
@@ -978,15 +1210,22 @@ class BaseSession:
 
     def fail(self, error: str | BaseException, data: Any = None) -> None:
         """Emit ``failed``; an exception becomes ``"ExcType: message"``."""
-        if isinstance(error, BaseException):
-            text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        else:
-            text = _text(error, "error")
+        is_exc = isinstance(error, BaseException)
+        text = _error_text(error) if is_exc else _text(error, "error")  # type: ignore[arg-type]
         self._end(make("failed", error=text, message=text, data=data))
 
     def _end(self, event: Envelope) -> None:
         if self._ended is not None:
             raise InvalidEvent(f"session {self.sid!r} already {self._ended}")
+        open_step = self._open
+        if open_step is not None and event["type"] == "failed":
+            # fail() inside a step: the step ends failed first, so the timeline shows it.
+            open_step.reason = open_step.reason or event.get("error")
+            self._leave_step(open_step, _Failed())
+        elif open_step is not None:
+            raise InvalidEvent(
+                f"step {open_step.number} is still open: leave it before finishing the session"
+            )
         self._put(event)
         self._ended = event["type"]
 
@@ -1002,6 +1241,51 @@ class BaseSession:
             self.finish()
         else:
             self.fail(exc)
+
+
+class _Failed(Exception):
+    """Stands for ``fail()`` ending the open step (its reason is the failure's error)."""
+
+
+class BaseStep:
+    """One attempt at a numbered step (``with s.step(3, "Screen 3"):``). Shared base of the
+    sync and async handles: entering emits the step's start, leaving its end with the
+    duration and the outcome (``ok``; ``failed`` when an exception leaves the block, which
+    propagates; ``retried`` after ``retry()``)."""
+
+    __slots__ = ("_session", "attempt", "duration_s", "message", "number", "outcome", "reason",
+                 "started")  # fmt: skip
+
+    def __init__(self, session: BaseSession, number: int, name: str | None) -> None:
+        session._check_step(number, name)
+        self._session = session
+        #: The step's number, its name (the start event's message), and this attempt.
+        self.number: Final = number
+        self.message: Final = name
+        self.attempt = 0
+        self.started: float | None = None
+        self.duration_s = 0.0
+        self.outcome: str | None = None
+        self.reason: str | None = None
+
+    def retry(self, reason: str | None = None) -> None:
+        """Give this attempt up: the block should end (return, not raise) and the step be
+        entered again; its end is recorded as ``retried`` with ``reason`` as message."""
+        if self.started is None or self._session._open is not self:
+            raise InvalidEvent(f"step {self.number} is not open: retry() inside its block")
+        if reason is not None:
+            _text(reason, "reason")
+        self.outcome = "retried"
+        self.reason = reason
+
+    def spent(self, now: float) -> float:
+        """Seconds spent on this step number so far (this attempt and earlier ones)."""
+        started = self.started if self.started is not None else now
+        return self._session._retried.get(self.number, 0.0) + (now - started)
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _text(value: object, what: str) -> str:

@@ -18,7 +18,9 @@ from producer._core import (
     IDLE,
     BaseProducer,
     BaseSession,
+    BaseStep,
     Batch,
+    Fetch,
     LoadScripts,
     NodeRounds,
     Sleep,
@@ -30,8 +32,31 @@ from rpa_bus.redisio import REDIS_FAILURES, SyncClient, close_sync, node_kwargs,
 log = logging.getLogger("producer")
 
 
+class Step(BaseStep):
+    """One attempt at a step: ``with s.step(3, "Screen 3: driver details") as st:``."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Step:
+        self._session._enter_step(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._session._leave_step(self, exc)  # the exception, if any, propagates
+
+
 class Session(BaseSession):
     """A session run for ``Producer``: ``with bus.session(...) as s:``."""
+
+    def step(self, number: int, name: str | None = None) -> Step:
+        """A step: ``with s.step(3, "Screen 3"):`` emits its start and its end (outcome and
+        duration). Entering step ``number`` again in this run is its next attempt."""
+        return Step(self, number, name)
 
     def __enter__(self) -> Session:
         self.start()
@@ -91,10 +116,13 @@ class Producer(BaseProducer):
         self._atexit = _closer(weakref.ref(self))
         atexit.register(self._atexit)
 
-    def session(self, sid: str, *, total: int | None = None, meta: Any = None) -> Session:
+    def session(
+        self, sid: str, *, total: int | None = None, meta: Any = None, job: str | None = None
+    ) -> Session:
         """A session run; ``with`` emits ``started`` on enter and ``finished`` (or
-        ``failed``, when an exception escapes) on exit."""
-        return Session(self, sid, total=total, meta=meta)
+        ``failed``, when an exception escapes) on exit. ``job`` names the job it is a run
+        of: its ETA is then learned from the job's past runs."""
+        return Session(self, sid, total=total, meta=meta, job=job)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every event emitted before the call is in Redis; False on timeout
@@ -160,6 +188,11 @@ class Producer(BaseProducer):
                         self._write(step.batch)
                     except (*REDIS_FAILURES, ConfigMismatch) as exc:  # type: ignore[misc]
                         reply = exc
+                elif isinstance(step, Fetch):
+                    try:
+                        reply = self._fetch(step.key)
+                    except REDIS_FAILURES as exc:
+                        reply = exc
                 elif isinstance(step, Sleep):
                     self._stop_event.wait(step.seconds)
                 elif step == IDLE:
@@ -216,6 +249,12 @@ class Producer(BaseProducer):
                 first = error
         if first is not None:
             raise first
+
+    def _fetch(self, key: str) -> Any:
+        """One GET, bounded by the client's socket timeouts."""
+        if self._cluster:
+            self._read_slot_map()
+        return cast(Any, self._client).get(key)
 
     def _drive(self, client: redis.Redis, rounds: NodeRounds) -> None:
         """Run one node's rounds, blocking: each bounded by the socket timeouts."""

@@ -22,12 +22,14 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
+from relay._archive import Archive
 from relay._auth import Grant, verify_token
-from relay._history import History, Order, RedisHistory
+from relay._history import ArchiveHistory, History, Order, RedisHistory
 from relay._openapi import openapi_spec
 from relay._publish import KeyReused, append, body_digest
 from relay._settings import RelaySettings, is_loopback
 from rpa_bus import (
+    JOB_NAME,
     Envelope,
     Forbidden,
     InvalidEvent,
@@ -43,6 +45,7 @@ from rpa_bus import (
     validate,
     validate_session_id,
 )
+from rpa_bus.archive import ArchiveUnavailable
 from rpa_bus.redisio import REDIS_FAILURES, AsyncClient, RateLimitedLog, is_retryable
 
 log = logging.getLogger(__name__)
@@ -81,18 +84,25 @@ class ApiLimits:
     page_max: int = 1000
     sessions_default: int = 50
     sessions_max: int = 1000
+    jobs_default: int = 100
+    jobs_max: int = 1000
 
 
 @dataclass(slots=True)
 class ApiContext:
-    """What the handlers need. ``history`` defaults to ``RedisHistory(client, keys)``;
-    ``verify`` checks a token against the secret (``relay._auth.verify_token``)."""
+    """What the handlers need. ``history`` defaults to ``RedisHistory(client, keys)``, read
+    through into ``archive`` when one is configured (``relay._history.ArchiveHistory``);
+    ``archive`` is the relay's lazily opened store (``relay._archive.Archive``, None without
+    ``RPA_BUS_ARCHIVE_URL``): a handler reads it with ``await ctx.archive.run(call)`` and
+    lets ``ArchiveUnavailable`` propagate (answered 503 ``unavailable``); ``verify`` checks
+    a token against the secret (``relay._auth.verify_token``)."""
 
     client: AsyncClient
     keys: Keys
     settings: RelaySettings
     limits: ApiLimits = field(default_factory=ApiLimits)
     history: History | None = None
+    archive: Archive | None = None
     verify: Callable[[str, object], Grant] = verify_token
 
 
@@ -118,6 +128,8 @@ def add_routes(app: web.Application, ctx: ApiContext) -> None:
         ("GET", "/v1/streams/{stream}/events", api.events),
         ("GET", "/v1/sessions", api.sessions),
         ("GET", "/v1/sessions/{sid}", api.session),
+        ("GET", "/v1/jobs", api.jobs),
+        ("GET", "/v1/jobs/{job}", api.job),
         ("POST", "/v1/sessions/{sid}/events", api.publish),
     ]
     paths: dict[str, list[str]] = {}
@@ -132,7 +144,11 @@ class _Api:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.limits = ctx.limits
-        self.history: History = ctx.history or RedisHistory(ctx.client, ctx.keys)
+        self.history: History = ctx.history or (
+            RedisHistory(ctx.client, ctx.keys)
+            if ctx.archive is None
+            else ArchiveHistory(RedisHistory(ctx.client, ctx.keys), ctx.archive)
+        )
         self._secret = ctx.settings.secret
         self._origins = frozenset(ctx.settings.origins)
         self._origin_hosts = frozenset(
@@ -162,6 +178,10 @@ class _Api:
                 response = _error(
                     503, UNAVAILABLE, "Redis is unavailable; try again", {"Retry-After": "1"}
                 )
+            except ArchiveUnavailable as exc:
+                # The answer needs the archive (history past Redis, an expired session) and
+                # the store is down: say so, never answer what Redis alone holds as if whole.
+                response = _error(503, UNAVAILABLE, str(exc), {"Retry-After": "2"})
             if origin is not None and self._origin_ok(origin, request.host):
                 response.headers["Access-Control-Allow-Origin"] = origin
                 response.headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
@@ -312,11 +332,17 @@ class _Api:
         if query is not None and len(query) > 256:
             raise ApiError(400, BAD_REQUEST, "q must be at most 256 characters")
         since = _offset(request, "since")
-        cursor = _offset(request, "cursor")
+        # Opaque to clients: a stream id while Redis's index lists, then the archive's.
+        cursor = _one(request, "cursor")
+        if cursor is not None and len(cursor) > 1024:
+            raise ApiError(400, INVALID_OFFSET, "cursor: longer than any cursor this API gives")
         limit = _int(request, "limit", self.limits.sessions_default, self.limits.sessions_max)
-        page = await self.history.sessions(
-            status=status, query=query, since=since, limit=limit, cursor=cursor
-        )
+        try:
+            page = await self.history.sessions(
+                status=status, query=query, since=since, limit=limit, cursor=cursor
+            )
+        except InvalidOffset as exc:
+            raise ApiError(400, INVALID_OFFSET, f"cursor: {exc}") from exc
         visible = [
             s.as_json()
             for s in page.sessions
@@ -331,6 +357,39 @@ class _Api:
         if state is None:
             raise ApiError(404, NOT_FOUND, f"no session {sid!r} (never started, or expired)")
         return _json(200, state.as_json())
+
+    async def jobs(self, request: web.Request) -> web.Response:
+        """Job summaries from the archive. Aggregates over every session, so reading them
+        needs what the session list needs: a token granting ``sessions``."""
+        self._may_read(request, "sessions")
+        limit = _int(request, "limit", self.limits.jobs_default, self.limits.jobs_max)
+        archive = self._archive()
+        summaries = await archive.run(lambda store: store.jobs(limit=limit))
+        return _json(200, {"jobs": [s.as_dict() for s in summaries]})
+
+    async def job(self, request: web.Request) -> web.Response:
+        """One job's summary and its learned step profile."""
+        name = request.match_info["job"]
+        if not JOB_NAME.fullmatch(name):
+            raise ApiError(
+                400, BAD_REQUEST, f"invalid job name {_short(name)!r}: use [A-Za-z0-9_.-]{{1,128}}"
+            )
+        self._may_read(request, "sessions")
+        archive = self._archive()
+        summary = await archive.run(lambda store: store.job(name))
+        if summary is None:
+            raise ApiError(404, NOT_FOUND, f"no runs of job {name!r} in the archive")
+        return _json(200, summary.as_dict())
+
+    def _archive(self) -> Archive:
+        if self.ctx.archive is None:
+            raise ApiError(
+                404,
+                NOT_FOUND,
+                "job summaries come from the archive, and this relay has none "
+                "(set RPA_BUS_ARCHIVE_URL)",
+            )
+        return self.ctx.archive
 
     async def publish(self, request: web.Request) -> web.Response:
         sid = _sid(request)

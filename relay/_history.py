@@ -1,8 +1,19 @@
 """What the HTTP API reads: pages of a stream's history, sessions and their folded state.
 
-``History`` is the seam: ``RedisHistory`` reads what Redis retains; the archive (issue 14)
-adds an implementation that reaches past Redis's retention with the same ids, and the API
-handlers do not change.
+``History`` is the seam: ``RedisHistory`` reads what Redis retains; ``ArchiveHistory``
+(with ``RPA_BUS_ARCHIVE_URL``) wraps it and reaches past Redis's retention into the archive
+with the same ids, so the API handlers do not change:
+
+- a page whose range reaches below Redis's first entry, on a stream Redis has trimmed
+  (XINFO STREAM: ``entries-added`` > ``length``), or of a stream Redis no longer holds,
+  takes the older part from the archive (the current epoch's entries only) and the rest
+  from Redis; ``next`` crosses the boundary both ways (asc and desc);
+- the session list gives Redis's sessions first (newest first by the index), then the
+  archive's that Redis no longer holds (most recently updated first), with one cursor;
+- one session's state comes from Redis, else from the archive.
+
+A read that needs the archive while it is down raises ``ArchiveUnavailable`` (the API
+answers 503 ``unavailable``); reads Redis alone answers never touch the archive.
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from relay._archive import Archive, trimmed_count
 from relay._frames import MAX_ID
-from rpa_bus import Keys, StreamId, StreamRef, now_ts, state_from_meta
+from rpa_bus import InvalidOffset, Keys, StreamId, StreamRef, now_ts, state_from_meta
+from rpa_bus.archive import MAX_PAGE, ArchivedSession, Store, session_cursor
 from rpa_bus.redisio import AsyncClient
 
 Order = Literal["asc", "desc"]
@@ -55,6 +68,10 @@ class SessionState:
         out["first"] = self.first
         out["last"] = self.last
         out["epoch"] = self.epoch
+        # The job view (issue 16): the job this session is a run of, and the basis of
+        # eta_s (how many past runs it rests on; 0 = the run's own pace).
+        out["job"] = self.state.get("job")
+        out["eta_runs"] = self.state.get("eta_runs")
         return out
 
 
@@ -88,8 +105,10 @@ class History(Protocol):
         query: str | None,
         since: StreamId | None,
         limit: int,
-        cursor: StreamId | None,
-    ) -> SessionsPage: ...
+        cursor: str | None,
+    ) -> SessionsPage:
+        """``cursor``: the ``next`` of a previous answer (``InvalidOffset`` if malformed)."""
+        ...
 
 
 class RedisHistory:
@@ -104,6 +123,22 @@ class RedisHistory:
     def __init__(self, client: AsyncClient, keys: Keys) -> None:
         self._client = client
         self._keys = keys
+
+    @property
+    def client(self) -> AsyncClient:
+        return self._client
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def held(self, sids: Sequence[str]) -> list[bool]:
+        """Whether Redis still holds each session (its meta hash or its stream)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.exists(self._keys.meta(sid), self._keys.session(sid))
+            replies = await pipe.execute()
+        return [bool(n) for n in replies]
 
     async def page(
         self,
@@ -182,9 +217,26 @@ class RedisHistory:
         query: str | None,
         since: StreamId | None,
         limit: int,
-        cursor: StreamId | None,
+        cursor: str | None,
     ) -> SessionsPage:
         """Sessions newest first by their ``started`` index entry, each once per page."""
+        return await self.indexed(
+            status=status,
+            query=query,
+            since=since,
+            limit=limit,
+            cursor=None if cursor is None else StreamId.parse(cursor),
+        )
+
+    async def indexed(
+        self,
+        *,
+        status: str | None,
+        query: str | None,
+        since: StreamId | None,
+        limit: int,
+        cursor: StreamId | None,
+    ) -> SessionsPage:
         needle = query.casefold() if query else None
         found: list[SessionState] = []
         seen: set[str] = set()
@@ -223,6 +275,212 @@ class RedisHistory:
                 exhausted = True
                 break
         return SessionsPage(found, next=None if exhausted else position)
+
+
+class ArchiveHistory:
+    """``History`` over Redis and the archive, without a seam (module docstring)."""
+
+    # Archive cursors of the session list carry this prefix (Redis's are stream ids).
+    ARCHIVE_CURSOR = "a."
+    # Archive pages one request reads at most while skipping sessions Redis still holds.
+    ARCHIVE_ROUNDS = 20
+
+    def __init__(self, redis: RedisHistory, archive: Archive) -> None:
+        self._redis = redis
+        self._archive = archive
+
+    async def page(
+        self,
+        stream: StreamRef,
+        *,
+        after: StreamId | None,
+        before: StreamId | None,
+        limit: int,
+        order: Order,
+    ) -> Page:
+        recent = await self._redis.page(
+            stream, after=after, before=before, limit=limit, order=order
+        )
+        if stream.kind not in ("session", "sessions"):
+            return recent  # monitor streams are not archived
+        if order == "desc" and recent.next is not None:
+            return recent  # a full page of what Redis holds: the archive has only older ones
+        head = None if recent.first is None else StreamId.parse(recent.first)
+        # The archive holds what is older than Redis's first entry.
+        upto = head if before is None or (head is not None and head < before) else before
+        if upto is not None and _empty_range(after, upto):
+            return recent
+        if head is not None and not await self._trimmed(stream):
+            return recent  # Redis has the stream's whole history past ``after``
+        epoch = recent.epoch
+        if stream.kind == "session" and epoch is None:
+            # Gone from Redis: the archive's newest run of the session.
+            known = await self._archive.run(lambda s: s.session(stream.ident))
+            epoch = known.epoch if known is not None else None
+        if order == "asc":
+            return await self._asc(stream, recent, after, upto, limit, epoch)
+        return await self._desc(stream, recent, after, upto, limit, epoch)
+
+    async def _trimmed(self, stream: StreamRef) -> bool:
+        """Whether Redis removed entries from the stream's head (the archive may have them)."""
+        removed = await trimmed_count(self._redis.client, self._redis.keys.key_for(stream))
+        return removed is None or removed > 0  # None: Redis before 7.0 does not say
+
+    async def _older(
+        self,
+        stream: StreamRef,
+        after: StreamId | None,
+        upto: StreamId | None,
+        limit: int,
+        order: Order,
+        epoch: str | None,
+    ) -> tuple[list[Entry], str | None, str | None, str | None]:
+        """The archive's entries in (after, upto), and its first and last ids and ``next``."""
+        kept_epoch = epoch if stream.kind == "session" else None
+
+        async def read(store: Store) -> Any:
+            return await store.events(
+                stream.name,
+                after=None if after is None else str(after),
+                before=None if upto is None else str(upto),
+                limit=limit,
+                order=order,
+                epoch=kept_epoch,
+            )
+
+        page = await self._archive.run(read)
+        entries: list[Entry] = [(e.id, e.data) for e in page.events]
+        return entries, page.first, page.last, page.next
+
+    async def _asc(
+        self,
+        stream: StreamRef,
+        recent: Page,
+        after: StreamId | None,
+        upto: StreamId | None,
+        limit: int,
+        epoch: str | None,
+    ) -> Page:
+        older, first, last, more_older = await self._older(stream, after, upto, limit, "asc", epoch)
+        room = limit - len(older)
+        if more_older is not None or room == 0:
+            entries = older
+            more = more_older is not None or bool(recent.entries)
+        else:
+            # Redis's page started at ``after`` too; its entries are all past the archive's.
+            entries = older + recent.entries[:room]
+            more = len(recent.entries) > room or recent.next is not None
+        return Page(
+            epoch=epoch,
+            first=first or recent.first,
+            last=recent.last or last,
+            entries=entries,
+            next=entries[-1][0] if more and entries else None,
+        )
+
+    async def _desc(
+        self,
+        stream: StreamRef,
+        recent: Page,
+        after: StreamId | None,
+        upto: StreamId | None,
+        limit: int,
+        epoch: str | None,
+    ) -> Page:
+        room = limit - len(recent.entries)  # >= 1: a full Redis page returned earlier
+        older, first, last, more_older = await self._older(stream, after, upto, room, "desc", epoch)
+        entries = recent.entries + older
+        return Page(
+            epoch=epoch,
+            first=first or recent.first,
+            last=recent.last or last,
+            entries=entries,
+            next=entries[-1][0] if more_older is not None and entries else None,
+        )
+
+    async def session(self, sid: str) -> SessionState | None:
+        state = await self._redis.session(sid)
+        if state is not None:
+            return state
+        archived = await self._archive.run(lambda s: s.session(sid))
+        return None if archived is None else _from_archive(archived)
+
+    async def sessions(
+        self,
+        *,
+        status: str | None,
+        query: str | None,
+        since: StreamId | None,
+        limit: int,
+        cursor: str | None,
+    ) -> SessionsPage:
+        """Redis's sessions first (its index, newest first), then the archive's sessions
+        Redis no longer holds (most recently updated first); ``next`` moves through both."""
+        found: list[SessionState] = []
+        archive_cursor: str | None = None
+        if cursor is not None and cursor.startswith(self.ARCHIVE_CURSOR):
+            archive_cursor = cursor[len(self.ARCHIVE_CURSOR) :]
+            if not archive_cursor:
+                raise InvalidOffset(f"invalid sessions cursor {cursor!r}")
+        else:
+            page = await self._redis.sessions(
+                status=status, query=query, since=since, limit=limit, cursor=cursor
+            )
+            if page.next is not None:
+                return page
+            found = list(page.sessions)
+        since_ts = None if since is None else now_ts(since.ms / 1000)
+        for _ in range(self.ARCHIVE_ROUNDS):
+            room = limit - len(found)
+            if room <= 0:
+                break
+            want = min(MAX_PAGE, max(2 * room, 100))
+            chunk = await self._archive.run(
+                lambda s, c=archive_cursor, n=want: s.sessions(  # type: ignore[misc]
+                    status=status, q=query, since=since_ts, limit=n, cursor=c
+                )
+            )
+            # Sessions Redis still holds are listed from its index: skip them here.
+            held = await self._redis.held([s.session for s in chunk.sessions])
+            taken = 0
+            for archived, there in zip(chunk.sessions, held, strict=True):
+                if len(found) == limit:
+                    break
+                taken += 1
+                if not there:
+                    found.append(_from_archive(archived))
+            if taken < len(chunk.sessions):
+                return SessionsPage(
+                    found, next=self.ARCHIVE_CURSOR + session_cursor(chunk.sessions[taken - 1])
+                )
+            if chunk.next is None:
+                return SessionsPage(found, next=None)
+            archive_cursor = chunk.next
+        # Full, or looked at enough for one request: go on from here next time.
+        return SessionsPage(found, next=self.ARCHIVE_CURSOR + (archive_cursor or ""))
+
+
+def _from_archive(s: ArchivedSession) -> SessionState:
+    state: dict[str, Any] = {
+        "status": s.status,
+        "step": s.step,
+        "total": s.total,
+        "percent": s.percent,
+        "eta_s": s.eta_s,
+        "message": s.message,
+        "error": s.error,
+        "updated": s.updated,
+        "job": s.job,
+        "eta_runs": s.eta_runs,
+    }
+    return SessionState(
+        session=s.session,
+        epoch=s.epoch,
+        started=s.started,
+        first=s.first,
+        last=s.last,
+        state={k: v for k, v in state.items() if v is not None},
+    )
 
 
 def _matches(state: SessionState, status: str | None, needle: str | None) -> bool:

@@ -176,6 +176,16 @@ class RelayCollector(Collector):
             replays.add_metric([*value, outcome], s.replays.get(outcome, 0))
         yield replays
         yield counter("rpa_relay_gaps", "Gap frames sent (history trimmed).", s.gaps)
+        yield counter(
+            "rpa_relay_archive_events_out",
+            "Events replayed from the archive (past what Redis retains).",
+            s.archive_events_out,
+        )
+        yield counter(
+            "rpa_relay_archive_unavailable",
+            "Replays told the archive was unavailable (they wait for it).",
+            s.archive_unavailable,
+        )
         yield counter("rpa_relay_resets", "Reset frames sent (stream recreated).", s.resets)
         yield counter(
             "rpa_relay_slow_switches",

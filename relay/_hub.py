@@ -27,6 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from relay import _frames as F
+from relay._archive import Archive
 from relay._fanout import Acker, Waker, fan_out
 from relay._frames import ZERO_ID, Id
 from relay._groups import Groups
@@ -76,6 +77,7 @@ class Hub:
         node_client: NodeClient | None = None,
         min_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        archive: Archive | None = None,
     ) -> None:
         self.servers = Servers(client, node_client)
         self._keys = keys
@@ -108,6 +110,7 @@ class Hub:
             page_size=page_size,
             replay_buffer=replay_buffer,
             replay_buffer_bytes=replay_buffer_bytes,
+            archive=archive,
         )
         self._acker = Acker(client, group)
         self._waker = Waker(self.servers, self._readers)

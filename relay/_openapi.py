@@ -82,6 +82,8 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
             "first",
             "last",
             "epoch",
+            "job",
+            "eta_runs",
         ],
         "properties": {
             "session": {"type": "string"},
@@ -97,8 +99,65 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
             "first": _nullable({"type": "string"}),
             "last": _nullable({"type": "string"}),
             "epoch": _nullable({"type": "string"}),
+            "job": _nullable({"type": "string"}),
+            "eta_runs": _nullable({"type": "integer", "minimum": 0}),
         },
     }
+    job_summary = {
+        "type": "object",
+        "required": [
+            "job",
+            "runs",
+            "runs_today",
+            "succeeded",
+            "failed",
+            "success_rate",
+            "median_s",
+            "p90_s",
+            "slowest_step",
+        ],
+        "properties": {
+            "job": {"type": "string"},
+            "runs": {"type": "integer", "minimum": 0},
+            "runs_today": {"type": "integer", "minimum": 0},
+            "succeeded": {"type": "integer", "minimum": 0},
+            "failed": {"type": "integer", "minimum": 0},
+            "success_rate": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
+            "median_s": _nullable({"type": "number", "minimum": 0}),
+            "p90_s": _nullable({"type": "number", "minimum": 0}),
+            "slowest_step": _nullable(
+                {
+                    "type": "object",
+                    "required": ["step", "name", "median_s"],
+                    "properties": {
+                        "step": {"type": "integer"},
+                        "name": _nullable({"type": "string"}),
+                        "median_s": {"type": "number"},
+                    },
+                }
+            ),
+            "profile": {
+                "type": "object",
+                "description": "`GET /v1/jobs/{job}` only: the learned step profile "
+                "(`runs`, `typical_s` step -> seconds, `run_spread`, `step_spread`).",
+                "required": ["v", "runs", "typical_s", "run_spread", "step_spread"],
+                "properties": {
+                    "v": {"const": 1},
+                    "runs": {"type": "integer", "minimum": 0},
+                    "typical_s": {
+                        "type": "object",
+                        "additionalProperties": {"type": "number", "minimum": 0},
+                    },
+                    "run_spread": {"type": "number"},
+                    "step_spread": {"type": "number"},
+                },
+            },
+        },
+    }
+    no_archive = _error(
+        "`not_found`: this relay has no archive (RPA_BUS_ARCHIVE_URL), or (one job) the "
+        "archive holds no run of it."
+    )
     envelope_in = {
         "type": "object",
         "description": "An event envelope (docs/protocol.md); `ts` is filled in if absent.",
@@ -113,6 +172,25 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
             "eta_s": {"type": "number", "minimum": 0},
             "message": {"type": "string"},
             "error": {"type": "string"},
+            "job": {"type": "string", "pattern": SID_PATTERN},
+            "level": {"enum": ["debug", "info", "warning", "error"]},
+            "phase": {"enum": ["start", "end"]},
+            "attempt": {"type": "integer", "minimum": 1},
+            "outcome": {"enum": ["ok", "failed", "retried"]},
+            "duration_s": {"type": "number", "minimum": 0},
+            "eta_runs": {"type": "integer", "minimum": 0},
+            "artifact": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": {
+                    "kind": {"type": "string", "pattern": "^[a-z][a-z0-9_.-]{0,63}$"},
+                    "url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "path": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "mime": {"type": "string", "minLength": 1, "maxLength": 2048},
+                },
+                "additionalProperties": False,
+            },
             "data": {},
         },
         "additionalProperties": False,
@@ -208,6 +286,51 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                             "content": {"application/json": {"schema": _ref("SessionState")}},
                         },
                         **_reads(**{"404": _error("`not_found`: no such session, or it expired.")}),
+                    },
+                }
+            },
+            "/v1/jobs": {
+                "get": {
+                    "operationId": "jobs",
+                    "summary": "Job summaries from the archive: runs, success rate, median "
+                    "and p90 duration, the slowest step. Needs a token granting `sessions`.",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            {"type": "integer", "minimum": 1, "maximum": limits.jobs_max},
+                            f"Jobs at most, by name (default {limits.jobs_default}).",
+                        ),
+                        _query("token", {"type": "string"}, "A token, where no header can be set."),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Every job with archived runs, by name.",
+                            "content": {"application/json": {"schema": _ref("JobsList")}},
+                        },
+                        **_reads(**{"404": no_archive}),
+                    },
+                }
+            },
+            "/v1/jobs/{job}": {
+                "get": {
+                    "operationId": "job",
+                    "summary": "One job's summary with its learned step profile.",
+                    "parameters": [
+                        {
+                            "name": "job",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": SID_PATTERN},
+                            "description": "Job name: 1 to 128 characters from A-Z a-z 0-9 _ . -",
+                        },
+                        _query("token", {"type": "string"}, "A token, where no header can be set."),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The job's summary and `profile`.",
+                            "content": {"application/json": {"schema": _ref("JobSummary")}},
+                        },
+                        **_reads(**{"404": no_archive}),
                     },
                 }
             },
@@ -397,6 +520,12 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                     },
                 },
                 "EnvelopeIn": envelope_in,
+                "JobSummary": job_summary,
+                "JobsList": {
+                    "type": "object",
+                    "required": ["jobs"],
+                    "properties": {"jobs": {"type": "array", "items": _ref("JobSummary")}},
+                },
             },
         },
     }

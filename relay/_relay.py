@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from relay import _http
+from relay._archive import Archive
 from relay._hub import Hub
 from relay._settings import RelaySettings, is_loopback
 from relay._stats import Stats
@@ -62,6 +63,11 @@ class Relay:
         self.stats = Stats()
         self.registry = CollectorRegistry(auto_describe=True)
         self.hub: Hub | None = None
+        # The archive store (RPA_BUS_ARCHIVE_URL), opened lazily: a store that is down does
+        # not stop the relay; reads that need it answer ``unavailable`` until it returns.
+        self.archive: Archive | None = (
+            Archive(settings.bus.archive_url) if settings.bus.archive_url else None
+        )
         self._server: AiohttpServer | WebsocketsServer | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
@@ -95,8 +101,11 @@ class Relay:
             node_client=node_client_factory(s.bus) if self._own_client else None,
             min_replicas=s.bus.min_replicas,
             wait_timeout_ms=s.bus.wait_timeout_ms,
+            archive=self.archive,
         )
         hub = self.hub
+        if self.archive is not None:
+            self.archive.start()
         self.registry.register(
             _http.RelayCollector(self.stats, s.name, hub, min_replicas=s.bus.min_replicas)
         )
@@ -208,6 +217,8 @@ class Relay:
         finally:
             if self.hub is not None:
                 await self.hub.close()
+            if self.archive is not None:
+                await self.archive.close()
             if self._own_client:
                 await close_async(self._client)
             log.info("relay %s closed", self.settings.name)

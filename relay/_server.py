@@ -95,7 +95,12 @@ class AiohttpServer:
         relay = self.relay
         add_routes(
             app,
-            ApiContext(client=relay.client, keys=relay.settings.bus.keys, settings=relay.settings),
+            ApiContext(
+                client=relay.client,
+                keys=relay.settings.bus.keys,
+                settings=relay.settings,
+                archive=relay.archive,
+            ),
         )
         app.router.add_get("/{path:.*}", self._static)
         app.on_response_prepare.append(_server_header)

@@ -102,6 +102,12 @@ class RelaySettings:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
             raise ConfigError("page_size, read_count and replay_buffer must be >= 1")
+        if self.bus.archive_url:
+            # An unknown scheme is refused at start; a store that is down is not (the relay
+            # serves Redis and answers ``unavailable`` where the archive is needed).
+            from rpa_bus.archive import parse_archive_url
+
+            parse_archive_url(self.bus.archive_url)
 
     @property
     def secret(self) -> str | None:

@@ -17,6 +17,9 @@ class Stats:
     events_out: int = 0
     replays: collections.Counter[str] = field(default_factory=collections.Counter)
     gaps: int = 0
+    # Replayed from the archive (past Redis's retention); replays told the store was down.
+    archive_events_out: int = 0
+    archive_unavailable: int = 0
     resets: int = 0
     slow_switches: int = 0
     slow_closes: int = 0

@@ -24,19 +24,24 @@ import asyncio
 import collections
 import enum
 import functools
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from redis.exceptions import ResponseError
 
 from relay import _frames as F
+from relay._archive import trimmed_count
 from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._stats import Stats
 from rpa_bus import Keys, StreamRef, state_from_meta
-from rpa_bus.redisio import cancel_and_wait
+from rpa_bus.archive import MAX_PAGE, ArchiveUnavailable, Store
+from rpa_bus.redisio import Backoff, cancel_and_wait
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
+    from relay._archive import Archive
     from relay._outage import Outages
     from relay._servers import Servers
 
@@ -145,8 +150,12 @@ class Subscriptions:
         page_size: int,
         replay_buffer: int,
         replay_buffer_bytes: int,
+        archive: Archive | None = None,
     ) -> None:
         self._streams = streams
+        # Replay reaches into the archive for what Redis trimmed (None: Redis only).
+        self._archive = archive
+        self._archive_page = min(page_size, MAX_PAGE)
         self._servers = servers
         self._outages = outages
         self._keys = keys
@@ -176,6 +185,8 @@ class Subscriptions:
             self.stats.replays["error"] += 1
             return
         info: StreamInfo = await self._outages.retrying(sub, lambda: self._info(sub.ref))
+        if self._gone(sub, info):
+            info = await self._archived_info(sub, info)
         sub.sink.put_control(
             F.frame(
                 type="subscribed",
@@ -211,6 +222,8 @@ class Subscriptions:
         if old is not None:
             await cancel_and_wait([old])
         info: StreamInfo = await self._outages.retrying(sub, lambda: self._info(sub.ref))
+        if self._gone(sub, info):
+            info = await self._archived_info(sub, info)
         if sub.epoch != info.epoch and sub.ref.kind == "session":
             self.stats.resets += 1
             sub.outcome = "reset"
@@ -267,6 +280,7 @@ class Subscriptions:
         key = self._keys.key_for(sub.ref)
         prefix = F.event_prefix(sub.name)
         page = self._page_size
+        archived = self._archive is not None and sub.ref.kind in ("session", "sessions")
         while True:
             # With min_replicas, replay stops at what is known to be replicated: an entry
             # past it may still vanish in a failover, and reaches the subscription through
@@ -275,15 +289,14 @@ class Subscriptions:
             first, entries = await self._outages.retrying(
                 sub, functools.partial(self._page, key, sub.last, page, upto)
             )
-            if first is not None and sub.last != ZERO_ID and first > sub.last:
+            if archived and (first is None or first > sub.last):
+                # Redis holds nothing at or before ``last``'s successor: what it trimmed
+                # is read from the archive first (these Redis entries all come after it).
+                await self._from_archive(sub, key, first)
+            elif first is not None and sub.last != ZERO_ID and first > sub.last:
                 # Entries after `last` may have been trimmed away (approximate MAXLEN); the
                 # client learns it, then gets the retained rest.
-                self.stats.gaps += 1
-                sub.outcome = "gap"
-                sub.sink.put_control(
-                    F.frame(type="gap", stream=sub.name, **{"from": format_id(sub.last)},
-                            first=format_id(first))
-                )  # fmt: skip
+                self._gap(sub, first)
             for raw_id, fields in entries:
                 entry_id = parse_id(raw_id)
                 if entry_id <= sub.last:
@@ -293,6 +306,119 @@ class Subscriptions:
                 self.stats.events_out += 1
             if len(entries) < page:
                 return
+
+    def _gap(self, sub: Subscription, first: Id) -> None:
+        self.stats.gaps += 1
+        sub.outcome = "gap"
+        sub.sink.put_control(
+            F.frame(type="gap", stream=sub.name, **{"from": format_id(sub.last)},
+                    first=format_id(first))
+        )  # fmt: skip
+
+    async def _from_archive(self, sub: Subscription, key: str, first: Id | None) -> None:
+        """Deliver the archived entries after ``sub.last`` and before Redis's ``first``
+        (all of them when Redis no longer holds the stream), then tell a ``gap`` only if
+        an event exists in neither.
+
+        Redis 7 counts what it removed from the stream's head (``entries-added`` minus
+        ``length``): none, and the archive is not asked at all, so a store that is down
+        holds up only the replays that need it; those tell the subscriber ``unavailable``
+        and wait for the store, never a silent skip. Some, and the archive must hold as
+        many of this epoch's entries below ``first``, else there is a hole: the ones
+        Redis trimmed before the archive stored them. The hole is placed after what the
+        archive delivered (the usual case: an archive that started late, or was off)."""
+        assert self._archive is not None
+        removed = None
+        if first is not None:
+            removed = await self._outages.retrying(sub, functools.partial(self._removed, key))
+            if removed == 0:
+                return  # Redis holds the whole stream
+        epoch = sub.epoch if sub.ref.kind == "session" else None
+        before = None if first is None else format_id(first)
+        prefix = F.event_prefix(sub.name)
+        delivered = 0
+        while True:
+            after = format_id(sub.last)
+            page = await self._archive_retrying(
+                sub,
+                lambda store, after=after: store.events(  # type: ignore[misc]
+                    sub.name, after=after, before=before, limit=self._archive_page, epoch=epoch
+                ),
+            )
+            for event in page.events:
+                entry_id = parse_id(event.id)
+                if entry_id <= sub.last:
+                    continue
+                await sub.sink.put_replay(event_frame(prefix, event.id.encode(), event.data))
+                sub.last = entry_id
+                delivered += 1
+                self.stats.events_out += 1
+                self.stats.archive_events_out += 1
+            if page.next is None:
+                break
+        if first is None or before is None or sub.last == ZERO_ID:
+            return  # "from the start": whatever is retained anywhere, as without an archive
+        if removed is None:
+            if delivered == 0:  # Redis does not say (before 7.0): the rule without archive
+                self._gap(sub, first)
+            return
+        held = await self._archive_retrying(
+            sub,
+            lambda store: store.count_before(sub.name, before, epoch=epoch),
+        )
+        if held < removed:
+            self._gap(sub, first)
+
+    async def _removed(self, key: str) -> int | None:
+        client = await self._servers.slot_client(key)
+        return await trimmed_count(client, key)
+
+    def _gone(self, sub: Subscription, info: StreamInfo) -> bool:
+        """Whether ``sub`` is to a session Redis no longer holds (the archive may)."""
+        return (
+            self._archive is not None
+            and sub.ref.kind == "session"
+            and info.epoch is None
+            and info.last is None
+        )
+
+    async def _archived_info(self, sub: Subscription, info: StreamInfo) -> StreamInfo:
+        """A session Redis no longer holds: its newest archived run, if any."""
+        found = await self._archive_retrying(sub, lambda store: store.session(sub.ref.ident))
+        if found is None:
+            return info
+        state = {
+            k: v
+            for k in ("status", "step", "total", "percent", "eta_s", "message", "error", "updated")
+            if (v := getattr(found, k)) is not None
+        }
+        return StreamInfo(
+            epoch=found.epoch,
+            first=None if found.first is None else parse_id(found.first),
+            last=None if found.last is None else parse_id(found.last),
+            state=state,
+        )
+
+    async def _archive_retrying(
+        self, sub: Subscription, call: Callable[[Store], Awaitable[T]]
+    ) -> T:
+        """``call`` on the archive until it answers; the subscriber is told ``unavailable``
+        once per outage, and its replay resumes where it stood when the store returns."""
+        assert self._archive is not None
+        backoff = Backoff(initial_s=0.1, max_s=2.0)
+        told = False
+        while True:
+            try:
+                return await self._archive.run(call)
+            except ArchiveUnavailable:
+                if not told and sub.mode is not Mode.CLOSED:
+                    told = True
+                    self.stats.archive_unavailable += 1
+                    sub.sink.put_control(
+                        F.error(F.UNAVAILABLE, "the archive is unavailable; replay resumes "
+                                "when it returns", sub.name)
+                    )  # fmt: skip
+                await asyncio.sleep(backoff.next_s())
 
     async def _page(
         self, key: str, after: Id, count: int, upto: Id | None = None

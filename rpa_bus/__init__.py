@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from rpa_bus._envelope import (
     BUILTIN_TYPES,
+    JOB_NAME,
+    LEVELS,
     MAX_EVENT_BYTES,
     TERMINAL_TYPES,
     Envelope,
@@ -37,6 +39,7 @@ from rpa_bus._errors import (
     InvalidStreamName,
     Unavailable,
 )
+from rpa_bus._eta import Estimate, StepProfile, eta_from_pace
 from rpa_bus._ids import ZERO, Offset, StreamId, parse_offset
 from rpa_bus._keys import (
     ARCHIVE_FIELD,
@@ -60,6 +63,8 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "DEFAULT_PREFIX",
     "DEFAULT_REDIS_URL",
+    "JOB_NAME",
+    "LEVELS",
     "MAX_BUCKETS",
     "MAX_EVENT_BYTES",
     "STATE_FIELDS",
@@ -70,6 +75,7 @@ __all__ = [
     "ConfigMismatch",
     "EnvReader",
     "Envelope",
+    "Estimate",
     "Forbidden",
     "InvalidEvent",
     "InvalidEventType",
@@ -81,6 +87,7 @@ __all__ = [
     "Offset",
     "RedisTarget",
     "Settings",
+    "StepProfile",
     "StreamId",
     "StreamRef",
     "Unavailable",
@@ -88,6 +95,7 @@ __all__ = [
     "decode",
     "default_spool_dir",
     "encode",
+    "eta_from_pace",
     "eta_of",
     "is_terminal",
     "make",

@@ -209,6 +209,7 @@ def progress(
     ts: str,
     eta_s: float | None = None,
     message: str | None = None,
+    eta_runs: int | None = None,
     data: Any = None,
 ) -> Envelope:
     """A ``progress`` envelope, checking only what varies (``make`` checks everything and
@@ -230,6 +231,8 @@ def progress(
         if not isinstance(message, str):
             raise InvalidEvent(f"message must be a string, got {message!r}")
         event["message"] = message
+    if eta_runs is not None and "eta_s" in event:
+        event["eta_runs"] = eta_runs
     if data is not None:
         event["data"] = data
     return event

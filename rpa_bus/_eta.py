@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
 
 # How many past runs a step's typical duration rests on at most: recent runs reflect the
 # target system as it is now, and a bounded window keeps a profile small.
@@ -122,6 +123,39 @@ class StepProfile:
         noise = self.step_spread**2 / n_eff
         prior = self.run_spread**2
         return math.exp(observed * prior / (prior + noise))
+
+    def as_json(self) -> dict[str, Any]:
+        """The compact form the archiver stores for producers (``P:job:JOB:profile``)."""
+        return {
+            "v": 1,
+            "runs": self.runs,
+            "typical_s": {str(k): round(v, 3) for k, v in sorted(self.typical_s.items())},
+            "run_spread": round(self.run_spread, 4),
+            "step_spread": round(self.step_spread, 4),
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> StepProfile:
+        """The inverse of ``as_json``; ``ValueError`` naming what is wrong otherwise."""
+        if not isinstance(value, dict) or value.get("v") != 1:
+            raise ValueError("not a version-1 step profile object")
+        runs, typical = value.get("runs"), value.get("typical_s")
+        spreads = (value.get("run_spread"), value.get("step_spread"))
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 0:
+            raise ValueError(f"profile runs must be an integer >= 0, got {runs!r}")
+        if not isinstance(typical, dict):
+            raise ValueError("profile typical_s must be an object step -> seconds")
+        out: dict[int, float] = {}
+        for key, seconds in typical.items():
+            if not (isinstance(key, str) and key.isdigit()):
+                raise ValueError(f"profile step {key!r} is not a step number")
+            if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+                raise ValueError(f"profile duration of step {key} is not seconds >= 0")
+            out[int(key)] = float(seconds)
+        for spread in spreads:
+            if not isinstance(spread, int | float) or not math.isfinite(spread) or spread <= 0:
+                raise ValueError(f"profile spread must be a number > 0, got {spread!r}")
+        return cls(out, runs, float(spreads[0]), float(spreads[1]))  # type: ignore[arg-type]
 
 
 def _spread(logs: Sequence[float], default: float) -> float:

@@ -109,6 +109,15 @@ class Keys:
         """Deployment-wide settings every part must agree on (the bucket count)."""
         return f"{self.prefix}:config"
 
+    def job_profile(self, job: str) -> str:
+        """The learned step profile of a job (JSON, set by the archiver when a run of the
+        job ends, read by producers when a run starts), e.g. ``rpa:job:quote-robot:profile``."""
+        if not isinstance(job, str) or _IDENT.fullmatch(job) is None:
+            raise InvalidStreamName(
+                f"invalid job name {job!r}: use 1 to 128 characters from A-Z a-z 0-9 _ . -"
+            )
+        return f"{self.prefix}:job:{job}:profile"
+
     def relay_group(self, name: str) -> str:
         """The consumer group of one relay instance; one per instance, so every one sees all."""
         validate_host_name(name)

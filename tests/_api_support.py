@@ -11,6 +11,7 @@ from aiohttp import web
 
 from relay import RelaySettings
 from relay._api import ApiContext, ApiLimits, add_routes
+from relay._archive import Archive
 from rpa_bus import Settings
 from rpa_bus.redisio import AsyncClient, async_client, close_async
 from tests.conftest import UNIT_S
@@ -36,8 +37,10 @@ async def api_server(
     *,
     limits: ApiLimits | None = None,
     secret: str | None = None,
+    archive_url: str | None = None,
     **relay: Any,
 ) -> AsyncIterator[ApiServer]:
+    """``archive_url``: the API reads that archive too (``ApiContext.archive``)."""
     bus = Settings(
         redis_url=redis_url,
         connect_timeout_s=0.5 * UNIT_S,
@@ -46,10 +49,17 @@ async def api_server(
     )
     settings = RelaySettings(bus=bus, host="127.0.0.1", port=0, block_ms=200, **relay)
     client = async_client(bus)
+    archive = Archive(archive_url) if archive_url is not None else None
     app = web.Application()
     add_routes(
         app,
-        ApiContext(client=client, keys=bus.keys, settings=settings, limits=limits or ApiLimits()),
+        ApiContext(
+            client=client,
+            keys=bus.keys,
+            settings=settings,
+            limits=limits or ApiLimits(),
+            archive=archive,
+        ),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -61,3 +71,5 @@ async def api_server(
     finally:
         await runner.cleanup()
         await close_async(client)
+        if archive is not None:
+            await archive.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -27,6 +29,8 @@ from schemathesis.checks import (
 from relay import Relay
 from relay._api import ApiLimits
 from relay._openapi import openapi_spec
+from rpa_bus import now_ts
+from rpa_bus.archive import Record, open_store
 from tests._relay_support import relay_settings
 from tests.conftest import UNIT_S
 
@@ -47,8 +51,9 @@ CHECKS = [
 class _Served:
     """The API on its own event loop in a thread, until ``stop()``."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, archive_url: str | None = None) -> None:
         self._redis_url = redis_url
+        self._archive_url = archive_url
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
@@ -66,7 +71,10 @@ class _Served:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            async with Relay(relay_settings(self._redis_url)) as relay:
+            settings = relay_settings(self._redis_url)
+            if self._archive_url is not None:
+                settings = settings.with_(bus=settings.bus.with_(archive_url=self._archive_url))
+            async with Relay(settings) as relay:
                 self.base = f"http://127.0.0.1:{relay.port}"
                 self._ready.set()
                 await self._stop.wait()
@@ -105,4 +113,66 @@ def test_every_operation_matches_its_spec(case: schemathesis.Case, base_url: str
     with a described 4xx, valid input gets a described answer; never a 5xx."""
     case.call_and_validate(
         base_url=base_url, checks=[*CHECKS, negative_data_rejection], timeout=10 * UNIT_S
+    )
+
+
+@pytest.fixture
+def archived_base_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """A relay with a SQLite archive holding finished and failed runs of a job."""
+    url = f"sqlite://{tmp_path / 'archive.db'}"
+    asyncio.run(_archive_runs(url))
+    served = _Served(redis_url, url)
+    try:
+        assert served.base is not None
+        yield served.base
+    finally:
+        served.stop()
+
+
+async def _archive_runs(url: str) -> None:
+    store = await open_store(url)
+    try:
+        for i, outcome in enumerate(("finished", "finished", "failed")):
+            ms = 1_700_000_000_000 + i * 100_000
+            rows = [
+                ("started", ms, {"job": "quote-robot", "total": 2}),
+                ("step", ms + 1, {"step": 1, "phase": "start", "attempt": 1, "message": "s1"}),
+                (
+                    "step",
+                    ms + 900,
+                    {"step": 1, "phase": "end", "attempt": 1, "outcome": "ok", "duration_s": 0.9},
+                ),
+                (outcome, ms + 1000, {}),
+            ]
+            await store.put(
+                [
+                    Record(
+                        f"session:q{i}",
+                        "e",
+                        f"{at}-0",
+                        orjson.dumps({"type": kind, "ts": now_ts(at / 1000), **fields}),
+                    )
+                    for kind, at, fields in rows
+                ]
+            )
+    finally:
+        await store.close()
+
+
+@schema.include(path_regex="^/v1/jobs").parametrize()
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+def test_job_operations_with_an_archive_match_their_spec(
+    case: schemathesis.Case, archived_base_url: str
+) -> None:
+    """The job summaries answer from a real archive as described (the relay above has
+    none, so there they only answer 404)."""
+    case.call_and_validate(
+        base_url=archived_base_url,
+        checks=[*CHECKS, negative_data_rejection],
+        timeout=10 * UNIT_S,
     )

@@ -27,7 +27,7 @@ from producer import Producer
 from rpa_bus import Settings
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._postgres import LocalPostgres
-from tests._wait import wait_for_async
+from tests._wait import wait_for, wait_for_async
 from tests.conftest import UNIT_S
 from workers import (
     EXPIRE_LUA,
@@ -625,3 +625,48 @@ def test_expire_only_when_the_terminal_entry_is_still_the_last(client: redis.Red
     assert expire(keys=["s", "s:meta"], args=[last, 60_000]) == 1
     assert 0 < client.pttl("s") <= 60_000
     assert 0 < client.pttl("s:meta") <= 60_000
+
+
+def run_job(
+    settings: Settings, sid: str, job: str, *, learned: bool = False
+) -> list[dict[str, Any]]:
+    """One run of ``job`` with three steps; returns the events its producer wrote.
+    ``learned``: wait until the producer holds the job's profile before the steps."""
+    with Producer(settings=settings) as p:
+        with p.session(sid, job=job, total=3) as s:
+            if learned:
+                wait_for(lambda: p.profile(job), what="the producer reading the profile")
+            for n in (1, 2, 3):
+                with s.step(n, f"Screen {n}"):
+                    pass
+        assert p.flush(timeout_s=10 * UNIT_S)
+    c = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        entries: Any = c.xrange(settings.keys.session(sid))
+        return [orjson.loads(f[b"e"]) for _, f in entries]
+    finally:
+        c.close()
+
+
+async def test_a_finished_run_teaches_the_next_runs_eta(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    b = bus(redis_url, tmp_path)
+    url = f"sqlite://{tmp_path / 'archive.db'}"
+    key = b.keys.job_profile("robot")
+    async with running(archiver_settings(b, url)) as archiver:
+        await wait_until(lambda: client.hget(b.keys.config, "archive") == b"1", 10, "archive=1")
+        first = await asyncio.to_thread(run_job, b, "run-1", "robot")
+        assert {e.get("eta_runs") for e in first if "eta_s" in e} == {0}  # no history: pace
+        await wait_until(lambda: client.get(key), 10, "the job's profile in Redis")
+        profile = orjson.loads(client.get(key) or b"")
+        assert profile["runs"] == 1
+        assert sorted(profile["typical_s"]) == ["1", "2", "3"]
+        assert 0 < client.ttl(key) <= 30 * 86_400
+        assert archiver.stats.profiles >= 1
+        summary = await archiver.store.job("robot")
+        assert summary is not None
+        assert (summary.runs, summary.succeeded) == (1, 1)
+        # A new producer reads the profile when the run starts: the ETA rests on 1 run.
+        second = await asyncio.to_thread(run_job, b, "run-2", "robot", learned=True)
+        assert {e.get("eta_runs") for e in second if "eta_s" in e} == {1}

@@ -15,6 +15,10 @@ The archiver does both after storing:
   the batch being stored (stored and acknowledged: per stream, batches come one at a
   time and each is XACKed before the next), at most ``TRIM_CAP`` per batch. Redis keeps
   the newest ``maxlen`` entries for live replay; an archiver that lags makes Redis grow.
+- profile: when a run of a job ends (its terminal event stored), the job's learned step
+  profile (``Store.profile``: step durations of its newest 50 successful runs) is written
+  to ``P:job:JOB:profile`` (JSON, ``PROFILE_TTL_S``) for producers to read when a run of
+  the job starts; a store that cannot answer leaves the old profile (logged).
 - expire: once a session's terminal event (``finished``/``failed``) is stored and is
   still the stream's last entry, its stream and meta hash get the retention TTL the
   producer would have set.
@@ -34,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from rpa_bus import ARCHIVE_FIELD, ConfigError, EnvReader, Settings, is_terminal
@@ -58,6 +63,8 @@ log = logging.getLogger(__name__)
 KIND: Final = "archiver"
 # At most this many entries are trimmed per stored batch (the trim script reads them).
 TRIM_CAP: Final = 2_000
+# A job's learned profile outlives its last run by this much (refreshed by every run end).
+PROFILE_TTL_S: Final = 30 * 86_400
 INDEX_MAXLEN: Final = 100_000
 
 # KEYS: the stream. ARGV: the id of the batch's first entry (all entries before it are
@@ -143,6 +150,7 @@ class ArchiverStats:
     replayed: int = 0  # rows the store already had (a replay after a crash)
     trimmed: int = 0
     expired: int = 0
+    profiles: int = 0  # job step profiles written to Redis
     store_errors: int = 0
     lag: int = 0
     lag_by_stream: dict[str, int] = field(default_factory=dict)
@@ -186,6 +194,8 @@ class ArchiveSink:
         self._expire = client.register_script(EXPIRE_LUA)
         self._metrics = metrics
         self._store_log = RateLimitedLog(log)
+        self._profile_log = RateLimitedLog(log)
+        self._client = client
 
     async def put(self, entries: Sequence[Entry]) -> None:
         if not entries:
@@ -224,6 +234,22 @@ class ArchiveSink:
             self._stats.expired += int(
                 await self._expire(keys=[first.key, meta], args=[last.id, ttl_ms])
             )
+            await self._update_profile(first.stream[8:])
+
+    async def _update_profile(self, sid: str) -> None:
+        """A run ended: write its job's learned step profile where producers read it."""
+        try:
+            session = await self._store.session(sid)
+            if session is None or session.job is None:
+                return
+            profile = await self._store.profile(session.job)
+        except ArchiveError as exc:
+            self._profile_log.warning("cannot read a job's step profile (%s); kept as is", exc)
+            return
+        if profile.runs:
+            key = self._bus.keys.job_profile(session.job)
+            await self._client.set(key, orjson.dumps(profile.as_json()), ex=PROFILE_TTL_S)
+            self._stats.profiles += 1
 
 
 class Archiver:

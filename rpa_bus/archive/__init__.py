@@ -8,6 +8,7 @@ Like ``rpa_bus.redisio`` it is an I/O room beside the pure contract: the pure mo
 
 from __future__ import annotations
 
+from rpa_bus.archive._runs import WINDOW_RUNS, FinishedRun, JobSummary
 from rpa_bus.archive._store import (
     MAX_PAGE,
     SCHEMA_VERSION,
@@ -26,16 +27,20 @@ from rpa_bus.archive._store import (
     open_store,
     parse_archive_url,
     redact_url,
+    session_cursor,
 )
 
 __all__ = [
     "MAX_PAGE",
     "SCHEMA_VERSION",
+    "WINDOW_RUNS",
     "ArchiveError",
     "ArchiveUnavailable",
     "ArchivedEvent",
     "ArchivedSession",
     "EventPage",
+    "FinishedRun",
+    "JobSummary",
     "PostgresStore",
     "Record",
     "Row",
@@ -46,4 +51,5 @@ __all__ = [
     "open_store",
     "parse_archive_url",
     "redact_url",
+    "session_cursor",
 ]

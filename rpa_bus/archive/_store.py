@@ -14,7 +14,13 @@ Tables (``schema_version`` says which migrations ran)::
               (INSERT ... ON CONFLICT DO NOTHING) and serves the id-ordered page reads.
     sessions  session primary key: the folded state of each session's newest run
               (status, step, total, percent, eta_s, message, error, started, updated,
-              first and last id), kept current by the same transaction as its events.
+              first and last id, job, eta_runs) and ``run``, the accumulator of the run
+              in progress (JSON, see ``_runs.py``), kept current by the same transaction
+              as its events.
+    runs      (session, started) primary key: each ended run (schema 2): job, status,
+              ended, duration_s and its steps (JSON: step -> seconds, name, attempts,
+              outcome); job summaries (``jobs()``, ``job()``) and learned step profiles
+              (``profile()``) are read from here.
 
 Writes: ``put(rows)`` takes the entries of one stream in id order (the consumer-group
 loop's contract) and commits them, and the folded state, in one transaction. Folding
@@ -49,13 +55,25 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 import orjson
 
 from rpa_bus import (
+    JOB_NAME,
     BusError,
     ConfigError,
+    InvalidInput,
     InvalidOffset,
+    StepProfile,
     StreamId,
     parse_stream_name,
     state_fields,
     state_from_meta,
+)
+from rpa_bus.archive._runs import (
+    WINDOW_RUNS,
+    FinishedRun,
+    JobSummary,
+    dump_acc,
+    fold_run,
+    load_acc,
+    summarise,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +82,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The schema this code writes. A store at a higher version is refused untouched.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MAX_PAGE: Final = 1000
 _I64: Final = 2**63 - 1
 
@@ -145,6 +163,8 @@ class ArchivedSession:
     updated: str | None
     first: str | None
     last: str | None
+    job: str | None = None
+    eta_runs: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +202,23 @@ _SQLITE_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX sessions_updated ON sessions (updated, session)",
         "CREATE INDEX sessions_status_updated ON sessions (status, updated, session)",
     ),
+    (  # 2: the job view (issue 16): jobs, the run in progress, ended runs with step times
+        "ALTER TABLE sessions ADD COLUMN job TEXT",
+        "ALTER TABLE sessions ADD COLUMN eta_runs INTEGER",
+        "ALTER TABLE sessions ADD COLUMN run TEXT",
+        """CREATE TABLE runs (
+            session TEXT NOT NULL,
+            started TEXT NOT NULL,
+            job TEXT,
+            status TEXT NOT NULL,
+            ended TEXT NOT NULL,
+            duration_s REAL,
+            steps TEXT NOT NULL,
+            PRIMARY KEY (session, started)
+        )""",
+        "CREATE INDEX runs_job_ended ON runs (job, ended)",
+        "CREATE INDEX runs_ended ON runs (ended)",
+    ),
 )
 
 _PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -205,15 +242,36 @@ _PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX sessions_updated ON sessions (updated, session)",
         "CREATE INDEX sessions_status_updated ON sessions (status, updated, session)",
     ),
+    (  # 2: the job view (issue 16)
+        "ALTER TABLE sessions ADD COLUMN job TEXT",
+        "ALTER TABLE sessions ADD COLUMN eta_runs BIGINT",
+        "ALTER TABLE sessions ADD COLUMN run TEXT",
+        """CREATE TABLE runs (
+            session TEXT NOT NULL,
+            started TEXT NOT NULL,
+            job TEXT,
+            status TEXT NOT NULL,
+            ended TEXT NOT NULL,
+            duration_s DOUBLE PRECISION,
+            steps TEXT NOT NULL,
+            PRIMARY KEY (session, started)
+        )""",
+        "CREATE INDEX runs_job_ended ON runs (job, ended)",
+        "CREATE INDEX runs_ended ON runs (ended)",
+    ),
 )
 
 assert len(_SQLITE_MIGRATIONS) == len(_PG_MIGRATIONS) == SCHEMA_VERSION
 
 _SESSION_COLUMNS: Final = (
     "session, epoch, status, step, total, percent, eta_s, message, error, started, updated, "
-    "first, last"
+    "first, last, job, eta_runs"
 )
-_FOLDED: Final = ("status", "step", "total", "percent", "eta_s", "message", "error", "updated")
+_FOLDED: Final = (
+    "status", "step", "total", "percent", "eta_s", "message", "error", "updated", "job",
+    "eta_runs",
+)  # fmt: skip
+_RUN_COLUMNS: Final = "session, started, job, status, ended, duration_s, steps"
 
 
 def _too_new(found: int) -> SchemaTooNew:
@@ -252,6 +310,12 @@ def _check_limit(limit: int, default_max: int = MAX_PAGE) -> int:
 
 def _session_row(row: Sequence[Any]) -> ArchivedSession:
     return ArchivedSession(*row)
+
+
+def session_cursor(session: ArchivedSession) -> str:
+    """The ``cursor`` that lists the sessions after ``session`` (for a reader that stops
+    part-way through a page)."""
+    return _encode_cursor(session)
 
 
 def _encode_cursor(session: ArchivedSession) -> str:
@@ -338,7 +402,90 @@ def fold_session(
         updated=typed.get("updated") or started or "",
         first=first,
         last=last_id,
+        job=typed.get("job"),
+        eta_runs=typed.get("eta_runs"),
     )
+
+
+def fold_session_runs(
+    sid: str, current: ArchivedSession | None, run: str | None, rows: Sequence[Row]
+) -> tuple[ArchivedSession | None, str | None, list[FinishedRun]]:
+    """``fold_session`` and the run accumulator (``sessions.run``) together: the new state
+    (None: unchanged), the new accumulator, and the runs that ended in ``rows``."""
+    state = fold_session(sid, current, rows)
+    if state is None:
+        return None, run, []
+    last = _split_id(current.last) if current is not None and current.last else (-1, -1)
+    acc = load_acc(run)
+    epoch = current.epoch if current is not None else ""
+    ended: list[FinishedRun] = []
+    for row in rows:
+        if _split_id(row.id) <= last:
+            continue
+        if row.epoch and row.epoch != epoch:
+            epoch, acc = row.epoch, None
+        event = _decode(row.data)
+        if event is None:
+            continue
+        acc, done = fold_run(sid, acc, row.id, event)
+        if done is not None:
+            ended.append(done)
+    return state, dump_acc(acc), ended
+
+
+def _run_row(run: FinishedRun) -> tuple[Any, ...]:
+    return (
+        run.session,
+        run.started,
+        run.job,
+        run.status,
+        run.ended,
+        run.duration_s,
+        run.steps_json(),
+    )
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%dT00:00:00.000Z", time.gmtime())
+
+
+def _jobs_queries(ph: str, one: bool) -> tuple[str, str]:
+    """The two queries of job summaries: counts per job, and the newest successful runs'
+    durations and steps (``WINDOW_RUNS`` per job, by a window function both engines
+    have). ``one``: for the job given as the last parameter only."""
+    only = f" AND job = {ph}" if one else ""
+    counts = (
+        "SELECT job, COUNT(*), "
+        f"SUM(CASE WHEN ended >= {ph} THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status = 'finished' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) "
+        f"FROM runs WHERE job IS NOT NULL{only} GROUP BY job ORDER BY job LIMIT {ph}"
+    )
+    recent = (
+        "SELECT job, duration_s, steps FROM (SELECT job, duration_s, steps, ended, "
+        "ROW_NUMBER() OVER (PARTITION BY job ORDER BY ended DESC) AS n FROM runs "
+        f"WHERE job IS NOT NULL AND status = 'finished'{only}) AS w "
+        f"WHERE n <= {WINDOW_RUNS} ORDER BY job, ended DESC"
+    )
+    return counts, recent
+
+
+def _summaries(
+    counts: Sequence[Sequence[Any]], recent: Sequence[Sequence[Any]], *, with_profile: bool
+) -> list[JobSummary]:
+    by_job: dict[str, list[tuple[float | None, Any]]] = {}
+    for job, duration, steps in recent:
+        by_job.setdefault(job, []).append((duration, steps))
+    return [
+        summarise(row[0], row[1:], by_job.get(row[0], []), with_profile=with_profile)
+        for row in counts
+    ]
+
+
+def _check_job(job: str) -> str:
+    if not isinstance(job, str) or not JOB_NAME.fullmatch(job):
+        raise InvalidInput(f"invalid job name {job!r}: use 1 to 128 characters A-Z a-z 0-9 _ . -")
+    return job
 
 
 def index_sessions(rows: Sequence[Row]) -> dict[str, ArchivedSession]:
@@ -426,8 +573,11 @@ class Store:
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
-        """A page of ``stream``'s archived entries strictly between ``after`` and ``before``."""
+        """A page of ``stream``'s archived entries strictly between ``after`` and ``before``;
+        with ``epoch``, only that incarnation's (a recreated stream's older runs have older
+        ids: the relay's read-through keeps to the epoch Redis holds)."""
         raise NotImplementedError
 
     async def sessions(
@@ -448,6 +598,21 @@ class Store:
     async def session(self, sid: str) -> ArchivedSession | None:
         raise NotImplementedError
 
+    async def jobs(self, *, limit: int = 100) -> list[JobSummary]:
+        """Every job's summary from its archived runs, by name (at most ``limit``)."""
+        raise NotImplementedError
+
+    async def job(self, job: str) -> JobSummary | None:
+        """One job's summary with its learned step profile; None if it has no runs."""
+        raise NotImplementedError
+
+    async def profile(self, job: str) -> StepProfile:
+        """The learned step profile of ``job`` from its newest successful runs."""
+        summary = await self.job(job)
+        if summary is None or summary.profile is None:
+            return StepProfile({}, 0)
+        return StepProfile.from_json(summary.profile)
+
     async def prune(self, *, older_than_s: float, chunk: int = 10_000) -> int:
         """Delete events older than ``older_than_s`` (by their id's time) and sessions not
         updated since, ``chunk`` events per transaction; return how many events went."""
@@ -455,6 +620,16 @@ class Store:
 
     async def count(self, stream: str | None = None) -> int:
         raise NotImplementedError
+
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        """How many of ``stream``'s entries (of ``epoch`` only, if given) have an id below
+        ``before``: the relay compares it with how many Redis trimmed to find holes."""
+        raise NotImplementedError
+
+
+def _count_before_query(ph: str, epoch: bool) -> str:
+    where = f"stream = {ph}" + (f" AND epoch = {ph}" if epoch else "")
+    return f"SELECT COUNT(*) FROM events WHERE {where} AND (ms, seq) < ({ph}, {ph})"
 
 
 # Pruning deletes this many events per transaction (by the events_ms index).
@@ -627,19 +802,26 @@ class SqliteStore(Store):
         if stream.startswith("session:"):
             sid = stream[8:]
             found = conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session = ?", (sid,)
+                f"SELECT {_SESSION_COLUMNS}, run FROM sessions WHERE session = ?", (sid,)
             ).fetchone()
-            state = fold_session(sid, _session_row(found) if found else None, rows)
+            current = _session_row(found[:-1]) if found else None
+            state, run, ended = fold_session_runs(sid, current, found[-1] if found else None, rows)
             if state is not None:
                 conn.execute(
-                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    astuple_session(state),
+                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}, run) "
+                    f"VALUES ({_marks('?', _N_SESSION + 1)})",
+                    (*astuple_session(state), run),
+                )
+            if ended:
+                conn.executemany(
+                    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks('?', 7)}) "
+                    "ON CONFLICT DO NOTHING",
+                    [_run_row(r) for r in ended],
                 )
         elif stream == "sessions":
             conn.executemany(
                 f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                f"VALUES ({_marks('?', _N_SESSION)}) ON CONFLICT DO NOTHING",
                 [astuple_session(s) for s in index_sessions(rows).values()],
             )
 
@@ -651,16 +833,17 @@ class SqliteStore(Store):
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
-
-        page_sql, ends_sql = _event_queries("?", desc=b.desc)
+        key = (stream,) if epoch is None else (stream, epoch)
+        page_sql, ends_sql = _event_queries("?", desc=b.desc, epoch=epoch is not None)
 
         def run() -> EventPage:
             with self._use() as conn:
-                page = conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1)).fetchall()
-                ends = conn.execute(ends_sql, (stream, stream)).fetchone()
+                page = conn.execute(page_sql, (*key, *b.lo, *b.hi, b.limit + 1)).fetchall()
+                ends = conn.execute(ends_sql, (*key, *key)).fetchone()
             return _page(stream, page, b.limit, ends)
 
         return await asyncio.to_thread(run)
@@ -721,7 +904,24 @@ class SqliteStore(Store):
             if n < chunk:
                 break
         await asyncio.to_thread(one, "DELETE FROM sessions WHERE updated < ?", (_ts_of_ms(cutoff),))
+        await asyncio.to_thread(one, "DELETE FROM runs WHERE ended < ?", (_ts_of_ms(cutoff),))
         return deleted
+
+    async def jobs(self, *, limit: int = 100) -> list[JobSummary]:
+        _check_limit(limit)
+        return await asyncio.to_thread(self._jobs, None, limit)
+
+    async def job(self, job: str) -> JobSummary | None:
+        found = await asyncio.to_thread(self._jobs, _check_job(job), 1)
+        return found[0] if found else None
+
+    def _jobs(self, job: str | None, limit: int) -> list[JobSummary]:
+        counts_sql, recent_sql = _jobs_queries("?", job is not None)
+        only = () if job is None else (job,)
+        with self._use() as conn:
+            counts = conn.execute(counts_sql, (_today(), *only, limit)).fetchall()
+            recent = conn.execute(recent_sql, only).fetchall()
+        return _summaries(counts, recent, with_profile=job is not None)
 
     async def count(self, stream: str | None = None) -> int:
         def run() -> int:
@@ -732,6 +932,17 @@ class SqliteStore(Store):
                     (n,) = conn.execute(
                         "SELECT COUNT(*) FROM events WHERE stream = ?", (stream,)
                     ).fetchone()
+            return int(n)
+
+        return await asyncio.to_thread(run)
+
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        key = (stream,) if epoch is None else (stream, epoch)
+        sql = _count_before_query("?", epoch is not None)
+
+        def run() -> int:
+            with self._use() as conn:
+                (n,) = conn.execute(sql, (*key, *_split_id(before))).fetchone()
             return int(n)
 
         return await asyncio.to_thread(run)
@@ -752,7 +963,16 @@ def astuple_session(s: ArchivedSession) -> tuple[Any, ...]:
         s.updated or "",
         s.first,
         s.last,
+        s.job,
+        s.eta_runs,
     )
+
+
+_N_SESSION: Final = len(_SESSION_COLUMNS.split(", "))
+
+
+def _marks(ph: str, n: int) -> str:
+    return ", ".join([ph] * n)
 
 
 def _by_stream(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
@@ -762,20 +982,22 @@ def _by_stream(rows: Sequence[Row]) -> list[tuple[str, list[Row]]]:
     return list(groups.items())
 
 
-def _event_queries(ph: str, *, desc: bool) -> tuple[str, str]:
+def _event_queries(ph: str, *, desc: bool, epoch: bool = False) -> tuple[str, str]:
     """The two queries of an events page, for a driver's placeholder (``?`` or ``%s``):
     the page (strictly between the bounds, one row more than the limit) and the stream's
-    first id and last id with its epoch."""
+    first id and last id with its epoch. With ``epoch``, both keep to one epoch (its value
+    follows each ``stream`` parameter)."""
     direction = "DESC" if desc else "ASC"
+    where = f"stream = {ph}" + (f" AND epoch = {ph}" if epoch else "")
     page = (
-        f"SELECT ms, seq, epoch, data FROM events WHERE stream = {ph} "
+        f"SELECT ms, seq, epoch, data FROM events WHERE {where} "
         f"AND (ms, seq) > ({ph}, {ph}) AND (ms, seq) < ({ph}, {ph}) "
         f"ORDER BY ms {direction}, seq {direction} LIMIT {ph}"
     )
     ends = (
-        f"SELECT (SELECT ms || '-' || seq FROM events WHERE stream = {ph} "
+        f"SELECT (SELECT ms || '-' || seq FROM events WHERE {where} "
         "ORDER BY ms, seq LIMIT 1), (SELECT ms || '-' || seq || ' ' || epoch "
-        f"FROM events WHERE stream = {ph} ORDER BY ms DESC, seq DESC LIMIT 1)"
+        f"FROM events WHERE {where} ORDER BY ms DESC, seq DESC LIMIT 1)"
     )
     return page, ends
 
@@ -1001,21 +1223,32 @@ class PostgresStore(Store):
     async def _fold(
         self, conn: psycopg.AsyncConnection[Any], stream: str, rows: Sequence[Row]
     ) -> None:
-        values = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        values = f"({_marks('%s', _N_SESSION)})"
         if stream.startswith("session:"):
             sid = stream[8:]
             cur = await conn.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session = %s FOR UPDATE", (sid,)
+                f"SELECT {_SESSION_COLUMNS}, run FROM sessions WHERE session = %s FOR UPDATE",
+                (sid,),
             )
             found = await cur.fetchone()
-            state = fold_session(sid, _session_row(found) if found else None, rows)
+            current = _session_row(found[:-1]) if found else None
+            state, run, ended = fold_session_runs(sid, current, found[-1] if found else None, rows)
             if state is not None:
-                updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _SESSION_COLUMNS.split(", ")[1:])
+                columns = [*_SESSION_COLUMNS.split(", ")[1:], "run"]
+                updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
                 await conn.execute(
-                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES {values} "
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}, run) "
+                    f"VALUES ({_marks('%s', _N_SESSION + 1)}) "
                     f"ON CONFLICT (session) DO UPDATE SET {updates}",
-                    astuple_session(state),
+                    (*astuple_session(state), run),
                 )
+            if ended:
+                async with conn.cursor() as rcur:
+                    await rcur.executemany(
+                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks('%s', 7)}) "
+                        "ON CONFLICT DO NOTHING",
+                        [_run_row(r) for r in ended],
+                    )
         elif stream == "sessions":
             indexed = [astuple_session(s) for s in index_sessions(rows).values()]
             if indexed:
@@ -1034,14 +1267,16 @@ class PostgresStore(Store):
         before: str | None = None,
         limit: int = 100,
         order: Order = "asc",
+        epoch: str | None = None,
     ) -> EventPage:
         _check_stream(stream)
         b = _bounds(after, before, limit, order)
-        page_sql, ends_sql = _event_queries("%s", desc=b.desc)
+        key = (stream,) if epoch is None else (stream, epoch)
+        page_sql, ends_sql = _event_queries("%s", desc=b.desc, epoch=epoch is not None)
         async with self._use() as conn:
-            cur = await conn.execute(page_sql, (stream, *b.lo, *b.hi, b.limit + 1))
+            cur = await conn.execute(page_sql, (*key, *b.lo, *b.hi, b.limit + 1))
             rows = await cur.fetchall()
-            cur = await conn.execute(ends_sql, (stream, stream))
+            cur = await conn.execute(ends_sql, (*key, *key))
             ends = await cur.fetchone()
             await conn.commit()
         return _page(stream, rows, b.limit, ends)
@@ -1088,7 +1323,27 @@ class PostgresStore(Store):
                 break
         async with self._use() as conn, conn.transaction():
             await conn.execute("DELETE FROM sessions WHERE updated < %s", (_ts_of_ms(cutoff),))
+            await conn.execute("DELETE FROM runs WHERE ended < %s", (_ts_of_ms(cutoff),))
         return deleted
+
+    async def jobs(self, *, limit: int = 100) -> list[JobSummary]:
+        _check_limit(limit)
+        return await self._jobs(None, limit)
+
+    async def job(self, job: str) -> JobSummary | None:
+        found = await self._jobs(_check_job(job), 1)
+        return found[0] if found else None
+
+    async def _jobs(self, job: str | None, limit: int) -> list[JobSummary]:
+        counts_sql, recent_sql = _jobs_queries("%s", job is not None)
+        only = () if job is None else (job,)
+        async with self._use() as conn:
+            cur = await conn.execute(counts_sql, (_today(), *only, limit))
+            counts = await cur.fetchall()
+            cur = await conn.execute(recent_sql, only)
+            recent = await cur.fetchall()
+            await conn.commit()
+        return _summaries(counts, recent, with_profile=job is not None)
 
     async def count(self, stream: str | None = None) -> int:
         async with self._use() as conn:
@@ -1096,6 +1351,16 @@ class PostgresStore(Store):
                 cur = await conn.execute("SELECT COUNT(*) FROM events")
             else:
                 cur = await conn.execute("SELECT COUNT(*) FROM events WHERE stream = %s", (stream,))
+            row = await cur.fetchone()
+            await conn.commit()
+        return int(row[0]) if row else 0
+
+    async def count_before(self, stream: str, before: str, *, epoch: str | None = None) -> int:
+        key = (stream,) if epoch is None else (stream, epoch)
+        async with self._use() as conn:
+            cur = await conn.execute(
+                _count_before_query("%s", epoch is not None), (*key, *_split_id(before))
+            )
             row = await cur.fetchone()
             await conn.commit()
         return int(row[0]) if row else 0
