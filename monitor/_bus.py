@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,7 +46,7 @@ import redis
 from redis import exceptions as rx
 
 from rpa_bus import InvalidSessionId, Keys, StreamId
-from rpa_bus.redisio import master_label, online_replicas
+from rpa_bus.redisio import archive_lag, master_label, online_replicas
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ class BusReading:
     idle_s: dict[str, float] = field(default_factory=dict)
     # master -> online replicas.
     replicas: dict[str, float] = field(default_factory=dict)
+    # ``{"": entries}`` not yet archived when measured this sample (``{}``: archive off);
+    # None when not measured this time (every ``archive_lag_interval_s``).
+    archive_lag: dict[str, float] | None = None
 
 
 def alerts_key(keys: Keys, host: str) -> str:
@@ -156,6 +160,7 @@ class BusProbe:
         streams_per_tick: int,
         max_sessions: int,
         connect: Callable[[], SyncClient] | None = None,
+        archive_lag_interval_s: float = 30.0,
     ) -> None:
         """``client``, or ``connect`` to build one at the first probe (a Cluster client
         reads the slot map when built, which fails while the cluster is down: the probe's
@@ -185,6 +190,10 @@ class BusProbe:
         self._evicted = 0
         # stream key -> relay -> (lag, pending), refreshed whenever the stream is probed.
         self._relays: dict[str, dict[str, tuple[int, int]]] = {}
+        # The archive lag costs a SCAN of the session streams: measured this often.
+        self._archive_every_s = archive_lag_interval_s
+        self._archive_due = 0.0
+        self._archive: dict[str, Any] | None = None
 
     @property
     def _client(self) -> SyncClient:
@@ -275,14 +284,32 @@ class BusProbe:
         }
         if isinstance(client, redis.RedisCluster):
             health["masters"] = masters
+        measured = self._archive_lag(client)
+        if self._archive is not None:
+            health["archive"] = self._archive
         reading = BusReading(
             health=health,
             server_ms=server_ms,
             relay_lag={name: float(r["lag"]) for name, r in relays.items()},
             replicas={name: float(n) for name, n in replicas.items()},
+            archive_lag=measured,
         )
         reading.idle_s = self._stalls(server_ms, stall_after_s, stalled, probed)
         return reading
+
+    def _archive_lag(self, client: SyncClient) -> dict[str, float] | None:
+        """The archive lag (``rpa_bus.redisio.archive_lag``, as ``rpa-bus status`` shows
+        it) when due; the archiver does not run on a cluster, so neither does this."""
+        now = time.monotonic()
+        if isinstance(client, redis.RedisCluster) or now < self._archive_due:
+            return None
+        self._archive_due = now + self._archive_every_s
+        lag = archive_lag(client, self._keys)
+        if not lag.on:
+            self._archive = None
+            return {}
+        self._archive = lag.as_dict()
+        return {"": float(lag.lag)}
 
     def _cluster_info(
         self, client: redis.RedisCluster

@@ -48,6 +48,16 @@ def rules_of(settings: MonitorSettings) -> list[Rule]:
         Rule("memory", settings.memory_crit, "critical", settings.memory_crit * m, k, k),
         Rule("disk", settings.disk_crit, "critical", settings.disk_crit * m, k, k),
         Rule("relay_lag", settings.relay_lag_warn, "warning", settings.relay_lag_warn * m, k, k),
+        # Entries not archived yet: with the archive on, Redis keeps them (no trim before
+        # archive), so a stopped or slow archiver makes Redis grow until this fires.
+        Rule(
+            "archive_lag",
+            settings.archive_lag_warn,
+            "warning",
+            settings.archive_lag_warn * m,
+            k,
+            k,
+        ),
         # Stall is its own hysteresis: idle time only drops when the session moves.
         Rule("stalled", settings.stall_after_s, "warning"),
         # A floor on a count: fewer online replicas than the producers wait for (WAIT)
@@ -122,6 +132,7 @@ class Monitor:
             host_name=settings.host_name,
             streams_per_tick=settings.streams_per_tick,
             max_sessions=settings.max_sessions,
+            archive_lag_interval_s=settings.archive_lag_interval_s,
         )
         self.alerts = AlertBook.of(rules_of(settings))
         # The firing alerts are kept in Redis (P:monitor:HOST:alerts). Until this run has
@@ -202,6 +213,8 @@ class Monitor:
             alerts += self.alerts.observe("relay_lag", reading.relay_lag, at=ts)
             alerts += self.alerts.observe("stalled", reading.idle_s, at=ts)
             alerts += self.alerts.observe("replicas", reading.replicas, at=ts)
+            if reading.archive_lag is not None:
+                alerts += self.alerts.observe("archive_lag", reading.archive_lag, at=ts)
         alerts += self._host_alerts(data, ts)
         if not self._restored:
             alerts = self._hold(alerts)

@@ -17,7 +17,7 @@ class MonitorSettings:
     """What one ``rpa-bus monitor`` process does; units live in the names.
 
     Alert thresholds are in the metric's own unit: percent for ``cpu_warn``, ``memory_crit``
-    and ``disk_crit``, entries for ``relay_lag_warn``. An alert fires after
+    and ``disk_crit``, entries for ``relay_lag_warn`` and ``archive_lag_warn``. An alert fires after
     ``alert_samples`` consecutive samples above its threshold and resolves after as many
     samples below ``threshold * (1 - alert_margin)``.
     """
@@ -30,6 +30,10 @@ class MonitorSettings:
     memory_crit: float = 85.0
     disk_crit: float = 90.0
     relay_lag_warn: float = 1000.0
+    # Entries not yet archived, over all streams (with the archive on), and how often the
+    # lag is measured (a SCAN of the session streams; alerts count measured samples).
+    archive_lag_warn: float = 100_000.0
+    archive_lag_interval_s: float = 30.0
     alert_margin: float = 0.05
     alert_samples: int = 2
     # The monitor stream keeps this much history (XADD MINID ~).
@@ -55,11 +59,12 @@ class MonitorSettings:
             ("streams_per_tick must be >= 1", self.streams_per_tick >= 1),
             ("max_sessions must be >= 1", self.max_sessions >= 1),
             ("flush_timeout_s must be >= 0", self.flush_timeout_s >= 0),
+            ("archive_lag_interval_s must be > 0", self.archive_lag_interval_s > 0),
         )
         for message, ok in checks:
             if not ok:
                 raise ConfigError(message)
-        for name in ("cpu_warn", "memory_crit", "disk_crit", "relay_lag_warn"):
+        for name in ("cpu_warn", "memory_crit", "disk_crit", "relay_lag_warn", "archive_lag_warn"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -85,6 +90,10 @@ class MonitorSettings:
             "memory_crit": env.number("MONITOR_MEMORY_CRIT", 85.0),
             "disk_crit": env.number("MONITOR_DISK_CRIT", 90.0),
             "relay_lag_warn": env.number("MONITOR_RELAY_LAG_WARN", 1000.0),
+            "archive_lag_warn": env.number("MONITOR_ARCHIVE_LAG_WARN", 100_000.0),
+            "archive_lag_interval_s": env.number(
+                "MONITOR_ARCHIVE_LAG_INTERVAL_S", 30.0, lo=0.01, hi=3600
+            ),
             "alert_margin": env.number("MONITOR_ALERT_MARGIN", 0.05, hi=0.99),
             "alert_samples": env.integer("MONITOR_ALERT_SAMPLES", 2, lo=1, hi=1000),
             "window_s": env.number("MONITOR_WINDOW_S", 24 * 3600.0, lo=1.0),

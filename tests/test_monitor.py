@@ -239,6 +239,35 @@ def test_relay_lag_alert_fires_and_resolves(
     assert lags[:2] == [31, 31]
 
 
+def test_archive_lag_alert_fires_and_resolves(
+    redis_url: str, client: redis.Redis, settings_for: MakeSettings, jobs: Producer
+) -> None:
+    """With the archive on (P:config archive=1) and no archiver, every entry counts as lag
+    (``rpa-bus status``'s reading); once the archiver's group has read all, it resolves."""
+    client.hset(KEYS.config, "archive", "1")
+    job = start_session(jobs, "job-a")
+    for step in range(1, 31):
+        job.progress(step)
+    written(jobs)
+    settings = settings_for(
+        redis_url, archive_lag_warn=10.0, archive_lag_interval_s=0.01, alert_samples=2
+    )
+    with running(Monitor(settings)):
+        wait_for(lambda: alerts(client, "archive_lag"), what="archive lag alert")
+        seen = samples(client)[-1]["bus"]["archive"]
+        assert seen["on"] is True
+        assert seen["lag"] >= 31
+        group = KEYS.worker_group("archiver")
+        for key in (KEYS.session("job-a"), KEYS.sessions):
+            client.xgroup_create(key, group, id="$")  # everything read and acknowledged
+        wait_for(lambda: len(alerts(client, "archive_lag")) >= 2, what="resolved")
+    firing, resolved = alerts(client, "archive_lag")
+    assert firing["state"] == "firing"
+    assert firing["value"] >= 31
+    assert firing["threshold"] == 10.0
+    assert (resolved["state"], resolved["value"]) == ("resolved", 0.0)
+
+
 def test_host_alerts_follow_their_thresholds(
     redis_url: str, client: redis.Redis, settings_for: MakeSettings
 ) -> None:

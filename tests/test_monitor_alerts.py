@@ -129,6 +129,11 @@ def test_settings_defaults_and_rules() -> None:
     assert (rules["disk"].threshold, rules["disk"].severity) == (90.0, "critical")
     assert (rules["relay_lag"].threshold, rules["relay_lag"].severity) == (1000.0, "warning")
     assert rules["stalled"].threshold == 120.0
+    assert (rules["archive_lag"].threshold, rules["archive_lag"].severity) == (
+        100_000.0,
+        "warning",
+    )
+    assert s.archive_lag_interval_s == 30.0
     assert rules["cpu"].resolve_below == pytest.approx(76.0)
 
 

@@ -57,6 +57,14 @@ def monitor(
         float | None,
         typer.Option(min=0, help="Entries a relay may lag before a warning (default 1000)."),
     ] = None,
+    archive_lag_warn: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Entries not yet archived (all streams) before a warning (default 100000; "
+            "measured every RPA_BUS_MONITOR_ARCHIVE_LAG_INTERVAL_S, default 30).",
+        ),
+    ] = None,
     alert_margin: Annotated[
         float | None,
         typer.Option(
@@ -89,8 +97,8 @@ def monitor(
     """Sample CPU, memory, disks, network and bus health every INTERVAL; raise alerts.
 
     Alert thresholds also read RPA_BUS_MONITOR_CPU_WARN, _MEMORY_CRIT, _DISK_CRIT,
-    _RELAY_LAG_WARN, _ALERT_MARGIN and _ALERT_SAMPLES. SIGTERM or Ctrl-C: write what is
-    buffered and exit 0.
+    _RELAY_LAG_WARN, _ARCHIVE_LAG_WARN, _ALERT_MARGIN and _ALERT_SAMPLES. SIGTERM or Ctrl-C:
+    write what is buffered and exit 0.
     """
     # Imported here so other commands do not pay for psutil and the monitor.
     from monitor import Monitor, MonitorSettings
@@ -106,6 +114,7 @@ def monitor(
             memory_crit=memory_crit,
             disk_crit=disk_crit,
             relay_lag_warn=relay_lag_warn,
+            archive_lag_warn=archive_lag_warn,
             alert_margin=alert_margin,
             alert_samples=alert_samples,
             window_s=window,

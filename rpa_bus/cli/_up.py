@@ -32,7 +32,6 @@ from rpa_bus.cli._demo import DemoOptions
 from rpa_bus.cli._embedded import EmbeddedRedis, ServerNotFound, ServerStartError, free_port
 from rpa_bus.cli._local import clear_up_state, resolve_redis_url, state_dir, write_up_state
 from rpa_bus.cli._ops import (
-    archive_lag,
     connect,
     format_age,
     format_journal,
@@ -44,7 +43,7 @@ from rpa_bus.cli._ops import (
     replica_report,
     waiting_journals,
 )
-from rpa_bus.redisio import close_sync
+from rpa_bus.redisio import archive_lag, close_sync
 from workers import ArchiveError
 
 RedisUrl = Annotated[

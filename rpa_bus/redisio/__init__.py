@@ -11,6 +11,7 @@ pure contract modules of ``rpa_bus`` never do (a test keeps it so).
 
 from __future__ import annotations
 
+from rpa_bus.redisio._archive_lag import ArchiveLag, archive_lag
 from rpa_bus.redisio._clients import (
     Address,
     AsyncClient,
@@ -74,6 +75,7 @@ __all__ = [
     "RETRYABLE_TYPES",
     "SCRIPTS",
     "Address",
+    "ArchiveLag",
     "AsyncClient",
     "Backoff",
     "Entry",
@@ -86,6 +88,7 @@ __all__ = [
     "ShardReplicas",
     "SlotMap",
     "SyncClient",
+    "archive_lag",
     "async_client",
     "async_node_client",
     "cancel_and_wait",
