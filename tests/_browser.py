@@ -124,10 +124,18 @@ class RelayThread:
     open on it reconnects to the restarted relay.
     """
 
-    def __init__(self, redis_url: str, *, port: int = 0, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        port: int = 0,
+        secret: str | None = None,
+        archive_url: str | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.port = port
         self.secret = secret
+        self.archive_url = archive_url
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -170,7 +178,9 @@ class RelayThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         settings = RelaySettings(
-            bus=Settings(redis_url=self.redis_url, secret=self.secret),
+            bus=Settings(
+                redis_url=self.redis_url, secret=self.secret, archive_url=self.archive_url
+            ),
             host="127.0.0.1",
             port=self.port,
             name="relay-test",

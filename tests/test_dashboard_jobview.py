@@ -10,20 +10,30 @@ bars their attempt and outcome, log rows their id, level, type and step.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from playwright.sync_api import Page
 
-from rpa_bus import Keys, now_ts
+from rpa_bus import Keys, decode, now_ts
 from tests._browser import BusWriter, RelayThread, chromium_page
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
 WAIT_S = 15.0
+RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 
 
 @pytest.fixture
@@ -224,8 +234,6 @@ def test_failing_run_with_a_retry_reads_on_the_timeline(
 
 
 def _steps_of(client: redis.Redis, sid: str) -> list[int | None]:
-    from rpa_bus import decode
-
     entries = client.xrange(Keys().session(sid))
     return [decode(fields[b"e"]).get("step") for _, fields in entries]
 
@@ -411,9 +419,132 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
 
 
 def test_jobs_tab_is_hidden_where_the_relay_has_no_job_summaries(page: Page) -> None:
+    # This relay runs without an archive: GET /v1/jobs answers 404, so no Jobs tab.
     page.goto("/")
     wait_for(lambda: page.evaluate("() => !!window.rpaDashboard"), timeout_s=WAIT_S, what="app")
-    status = page.evaluate("async () => (await fetch('/v1/jobs')).status")
-    if status != 404:
-        pytest.fail(f"GET /v1/jobs answers {status}: test_jobs_tab_shows_summaries covers it")
+    assert page.evaluate("async () => (await fetch('/v1/jobs')).status") == 404
+    wait_for(
+        lambda: page.evaluate("() => performance.getEntriesByName(new URL('v1/jobs', "
+                              "location.href).href).length > 0"),
+        timeout_s=WAIT_S,
+        what="the page's own probe of /v1/jobs",
+    )  # fmt: skip
     assert page.is_hidden('.tab[data-tab="jobs"]')
+
+
+@contextmanager
+def archiver(redis_url: str, archive_url: str, tmp_path: Path) -> Iterator[None]:
+    """The real `rpa-bus archiver` (this venv's), reading the test's Redis."""
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url, "RPA_BUS_ARCHIVER_BLOCK_MS": "200",
+           "XDG_STATE_HOME": str(tmp_path / "state")}  # fmt: skip
+    env.pop("RPA_BUS_ARCHIVE_URL", None)
+    with (tmp_path / "archiver.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [RPA_BUS, "archiver", "--archive-url", archive_url], env=env, stdout=out, stderr=out
+        )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20 * UNIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def test_history_opens_a_session_gone_from_redis_and_jobs_show_summaries(
+    redis_url: str, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Runs archived by the real archiver; one run's keys then leave Redis (retention):
+    the History tab finds it and shows its whole log and timeline from the archive, and
+    the Jobs tab shows the job summaries the archive computes."""
+    archive_url = f"sqlite://{tmp_path / 'archive.db'}"
+    w = BusWriter(client)
+    now = time.time()
+    old = failing_run_with_retry(w, "quote-old-1", "http://127.0.0.1:9", now - 900)
+    for i in range(2):
+        r = Run(w, f"quote-ok-{i}", now - 600 + 100 * i)
+        r.start(total=3)
+        r.step(1, "Login", 0.1, 1.0 + i)
+        r.step(2, "Driver details", 1.5 + i, 2.0)
+        r.step(3, "Premium estimates", 4.0 + i, 6.0)
+        r.ev("finished", 10.5 + i, step=3, total=3)
+    relay = RelayThread(redis_url, archive_url=archive_url)
+    with archiver(redis_url, archive_url, tmp_path):
+        relay.start()
+        try:
+            jobs_url = f"{relay.base_url}/v1/jobs"
+            summary = wait_for(
+                lambda: [
+                    j for j in _jobs(jobs_url) if j["job"] == "quote-robot" and j["runs"] == 3
+                ],
+                timeout_s=2 * WAIT_S,  # a fresh process: imports, schema, consumer group
+                what="three runs of quote-robot in the archive",
+            )[0]
+            # Long gone: retention removed its keys, and its entries left the (capped)
+            # sessions index, so only the archive knows it.
+            keys = Keys()
+            client.delete(keys.session("quote-old-1"), keys.meta("quote-old-1"))
+            for entry_id, fields in client.xrange(keys.sessions):
+                if decode(fields[b"e"]).get("session") == "quote-old-1":
+                    client.xdel(keys.sessions, entry_id)
+            pages = f"{relay.base_url}/v1/streams/session:quote-old-1/events?limit=1000"
+            wait_for(
+                lambda: [e["id"] for e in get_json(pages)["events"]] == old.ids,
+                timeout_s=WAIT_S,
+                what="the gone session's history from the archive",
+            )
+            with chromium_page(relay.base_url) as (page, errors):
+                _check_jobs_and_history(page, summary, old)
+                network = ("Failed to load resource", "WebSocket connection to")
+                assert [e for e in errors if not e.startswith(network)] == []
+        finally:
+            relay.stop()
+
+
+def _jobs(url: str) -> list[dict[str, Any]]:
+    try:
+        jobs: list[dict[str, Any]] = get_json(url)["jobs"]
+    except urllib.error.HTTPError:
+        return []  # the archive's schema is not there yet
+    return jobs
+
+
+def _check_jobs_and_history(page: Page, summary: dict[str, Any], old: Run) -> None:
+    page.goto("/")
+    tab = '.tab[data-tab="jobs"]'
+    wait_for(lambda: page.is_visible(tab), timeout_s=WAIT_S, what="the Jobs tab")
+    page.click(tab)
+    row = '#jobs tr[data-job="quote-robot"]'
+    wait_for(lambda: page.is_visible(row), timeout_s=WAIT_S, what="quote-robot's summary")
+    cells = page.eval_on_selector_all(f"{row} td", "tds => tds.map(td => td.textContent)")
+    assert cells[0] == "quote-robot"
+    assert cells[1] == str(summary["runs_today"])
+    assert cells[2] == "66.7%"  # 2 of 3 finished
+    assert cells[3] != "—"
+    assert cells[4] != "—"
+    slow = summary["slowest_step"]
+    assert slow is not None
+    assert cells[5].startswith(f"{slow['step']} · {slow['name']}")
+
+    page.click('.tab[data-tab="history"]')
+    page.fill("#history-q", "quote-old")
+    page.press("#history-q", "Enter")
+    hit = '#history tr[data-sid="quote-old-1"]'
+    wait_for(lambda: page.is_visible(hit), timeout_s=WAIT_S, what="the archived session found")
+    assert page.get_attribute(hit, "data-status") == "failed"
+    page.click(hit)
+    wait_for(lambda: visible_log(page) == old.ids, timeout_s=WAIT_S, what="its whole log")
+    rows = wait_for(
+        lambda: (t := timeline(page)) and len(t) == 3 and t[2]["failing"] and t,
+        timeout_s=WAIT_S,
+        what="its timeline",
+    )
+    assert [b[0] for b in rows[1]["bars"]] == ["retried", "ok"]
+    assert "HTTP 502" in (page.text_content("#timeline .tl-error") or "")
