@@ -27,6 +27,7 @@ import pytest
 import redis
 from playwright.sync_api import Page
 
+from producer import Producer
 from rpa_bus import Keys, decode, now_ts
 from tests._browser import BusWriter, RelayThread, chromium_page
 from tests._wait import wait_for
@@ -54,6 +55,19 @@ def page(relay: RelayThread) -> Iterator[Page]:
         # messages, not the page's errors.
         network = ("Failed to load resource", "WebSocket connection to")
         assert [e for e in console_errors if not e.startswith(network)] == []
+
+
+@pytest.fixture
+def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
+    p = Producer(redis_url, spool_dir=spool_dir)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def flushed(p: Producer) -> None:
+    assert p.flush(timeout_s=5 * UNIT_S), "producer did not write its events in time"
 
 
 @pytest.fixture
@@ -283,45 +297,57 @@ def test_log_filters_by_level_type_step_and_text(
 
 
 def test_late_joiner_sees_the_same_timeline_as_a_page_open_from_the_start(
-    page: Page, relay: RelayThread, client: redis.Redis
+    page: Page, relay: RelayThread, producer: Producer
 ) -> None:
-    w = BusWriter(client)
+    """The real producer's steps (a retry, levels, an artifact, a step that raises), watched
+    live by one page and replayed by one opened after the run: the same timeline."""
     sid = "quote-33"
     page.goto(f"/#session={sid}")
     wait_for(lambda: "live" in (page.text_content("#log-sub") or ""), timeout_s=WAIT_S, what="live")
-
-    # Written live, at the real time, while the first page watches.
-    t0 = time.time()
-    r = Run(w, sid, t0)
-    r.start(total=3)
-    r.step(1, "Login", 0.0, 0.4)
-    r.ev("step", time.time() - t0, step=2, phase="start", attempt=1, message="Driver details")
     bar = '.tl-row[data-step="2"] .tl-bar'
-    wait_for(
-        lambda: page.get_attribute(bar, "data-outcome") == "running",
-        timeout_s=WAIT_S,
-        what="step 2 running",
-    )
-    # The current step grows live, with no event arriving.
     width = f"() => document.querySelector('{bar}').getBoundingClientRect().width"
-    first = page.evaluate(width)
+
+    def robot() -> None:
+        with producer.session(sid, total=3, job="quote-robot") as s:
+            with s.step(1, "Login"):
+                s.log("form found", level="debug")
+            with s.step(2, "Driver details") as attempt:
+                s.log("captcha shown", level="warning")
+                flushed(producer)
+                wait_for(
+                    lambda: page.get_attribute(bar, "data-outcome") == "running",
+                    timeout_s=WAIT_S,
+                    what="step 2 running",
+                )
+                # The current step grows live, with no event arriving.
+                first = page.evaluate(width)
+                wait_for(lambda: page.evaluate(width) > first + 5, timeout_s=WAIT_S, what="growth")
+                attempt.retry("captcha")
+            with s.step(2, "Driver details"):
+                url = f"{relay.base_url}/favicon.svg"
+                s.artifact("screenshot", url, name="driver.png", mime="image/svg+xml")
+            with s.step(3, "Premium estimates"):
+                s.error("HTTP 502 from /quote")
+                raise RuntimeError("insurer site returned HTTP 502")
+
+    with pytest.raises(RuntimeError):
+        robot()
+    flushed(producer)
     wait_for(
-        lambda: page.evaluate(width) > first + 5,
+        lambda: page.get_attribute("#log-status", "data-status") == "failed",
         timeout_s=WAIT_S,
-        what="the running bar to grow",
+        what="the run to fail",
     )
-    k = time.time() - t0
-    r.ev("step", k, step=2, phase="end", attempt=1, outcome="retried", duration_s=k - 0.4)
-    r.ev("step", k + 0.1, step=2, phase="start", attempt=2, message="Driver details")
-    r.ev("log", k + 0.2, step=2, level="warning", message="slow answer")
-    r.ev("step", k + 0.9, step=2, phase="end", attempt=2, outcome="ok", duration_s=0.8)
-    r.step(3, "Review", k + 1.0, 0.5)
-    r.ev("finished", k + 1.6, step=3, total=3)
     live_view = wait_for(
-        lambda: (t := timeline(page)) and len(t) == 3 and t[2]["state"] == "ok" and t,
+        lambda: (t := timeline(page)) and len(t) == 3 and t[2]["failing"] and t,
         timeout_s=WAIT_S,
-        what="the live page's finished timeline",
+        what="the live page's timeline of the failed run",
     )
+    assert [b[0] for b in live_view[1]["bars"]] == ["retried", "ok"]
+    assert live_view[1]["arts"] == ["driver.png"]
+    note = page.text_content("#timeline .tl-error") or ""
+    assert "Failed at step 3 · Premium estimates" in note
+    assert "insurer site returned HTTP 502" in note
 
     # A page opened after the run replays the same events: the same picture.
     assert page.context.browser is not None
@@ -332,15 +358,15 @@ def test_late_joiner_sees_the_same_timeline_as_a_page_open_from_the_start(
         late = late_ctx.new_page()
         late.goto(f"/#session={sid}")
         late_view = wait_for(
-            lambda: (t := timeline(late)) and len(t) == 3 and t[2]["state"] == "ok" and t,
+            lambda: (t := timeline(late)) and len(t) == 3 and t[2]["failing"] and t,
             timeout_s=WAIT_S,
             what="the late joiner's timeline",
         )
         assert late_view == live_view
         assert late.text_content("#timeline .tl-head") == page.text_content("#timeline .tl-head")
+        assert late.text_content("#timeline .tl-error") == note
     finally:
         late_ctx.close()
-    assert [b[0] for b in live_view[1]["bars"]] == ["retried", "ok"]
 
 
 def test_progress_only_session_gets_an_inferred_timeline(page: Page, client: redis.Redis) -> None:
