@@ -12,6 +12,9 @@ import asyncio
 import functools
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from rpa_bus import Keys, encode, make, now_ts, state_fields
 
+RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -59,18 +63,23 @@ class BusWriter:
         self.client = client
         self.keys = keys or Keys()
 
-    def session_event(self, sid: str, kind: str, **fields: Any) -> str:
-        """Append one event to ``session:SID``; returns its stream id."""
+    def session_event(self, sid: str, kind: str, *, at_ms: int | None = None, **fields: Any) -> str:
+        """Append one event to ``session:SID``; returns its stream id.
+
+        ``at_ms`` back-dates the entry (its id, and the sessions index entry's): events
+        written in time order across sessions then read as if they had happened then.
+        """
         event = make(kind, **fields)
         key, meta = self.keys.session(sid), self.keys.meta(sid)
+        entry = "*" if at_ms is None else f"{at_ms}-*"
         pipe = self.client.pipeline(transaction=True)
         pipe.hsetnx(meta, "epoch", "1")
-        pipe.hsetnx(meta, "created", str(int(time.time() * 1000)))
-        pipe.xadd(key, {"e": encode(event)})
+        pipe.hsetnx(meta, "created", str(at_ms or int(time.time() * 1000)))
+        pipe.xadd(key, {"e": encode(event)}, id=entry)
         pipe.hset(meta, items=[x for kv in state_fields(event).items() for x in kv])
         if kind in ("started", "finished", "failed"):
             index = make(kind, session=sid, ts=event["ts"])
-            pipe.xadd(self.keys.sessions, {"e": encode(index)})
+            pipe.xadd(self.keys.sessions, {"e": encode(index)}, id=entry)
         result = pipe.execute()
         entry_id = result[2]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -245,3 +254,25 @@ def screen_svg(title: str, *, error: str | None = None) -> str:
         f'<text x="24" y="48" font-size="15" font-family="sans-serif" fill="#1f2733">{title}</text>'
         f"{fields}{banner}</svg>"
     )
+
+
+@contextmanager
+def archiver(redis_url: str, archive_url: str, tmp_path: Path) -> Iterator[None]:
+    """The real `rpa-bus archiver` (this venv's), reading the test's Redis, until the block
+    ends (SIGTERM, then SIGKILL if it does not stop)."""
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url, "RPA_BUS_ARCHIVER_BLOCK_MS": "200",
+           "XDG_STATE_HOME": str(tmp_path / "state")}  # fmt: skip
+    env.pop("RPA_BUS_ARCHIVE_URL", None)
+    with (tmp_path / "archiver.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [RPA_BUS, "archiver", "--archive-url", archive_url], env=env, stdout=out, stderr=out
+        )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,15 +11,10 @@ bars their attempt and outcome, log rows their id, level, type and step.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +24,11 @@ from playwright.sync_api import Page
 
 from producer import Producer
 from rpa_bus import Keys, decode, now_ts
-from tests._browser import BusWriter, RelayThread, chromium_page
+from tests._browser import BusWriter, RelayThread, archiver, chromium_page
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
 WAIT_S = 15.0
-RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 
 
 @pytest.fixture
@@ -456,27 +450,6 @@ def test_jobs_tab_is_hidden_where_the_relay_has_no_job_summaries(page: Page) -> 
         what="the page's own probe of /v1/jobs",
     )  # fmt: skip
     assert page.is_hidden('.tab[data-tab="jobs"]')
-
-
-@contextmanager
-def archiver(redis_url: str, archive_url: str, tmp_path: Path) -> Iterator[None]:
-    """The real `rpa-bus archiver` (this venv's), reading the test's Redis."""
-    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url, "RPA_BUS_ARCHIVER_BLOCK_MS": "200",
-           "XDG_STATE_HOME": str(tmp_path / "state")}  # fmt: skip
-    env.pop("RPA_BUS_ARCHIVE_URL", None)
-    with (tmp_path / "archiver.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [RPA_BUS, "archiver", "--archive-url", archive_url], env=env, stdout=out, stderr=out
-        )
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20 * UNIT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def get_json(url: str) -> Any:

@@ -828,6 +828,7 @@ function select(sid, fromClick = false) {
     revealSelected = !fromClick;
   }
   updateLogHeader();
+  showEta();
   scheduleRender();
 }
 

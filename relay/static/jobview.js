@@ -151,6 +151,7 @@ export class Timeline {
     this.rowsEl.replaceChildren();
     this.looseEl.replaceChildren();
     this.looseEl.hidden = true;
+    this.setEta(null);
     this.hideTip();
     this.schedule();
   }
