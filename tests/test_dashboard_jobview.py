@@ -438,6 +438,83 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
     assert "claim-701" in page.url
 
 
+def test_odd_and_hostile_events_render_safely(
+    page: Page, client: redis.Redis, relay: RelayThread
+) -> None:
+    """Bad input on the page: a `javascript:` artifact URL, markup in names, a step end
+    whose start was trimmed, a log line for a step never entered. Each is shown as text,
+    placed where it can be, and breaks nothing."""
+    w = BusWriter(client)
+    r = Run(w, "quote-35", time.time() - 120)
+    r.start(total=3)
+    r.step(1, "Login", 0.1, 1.0)
+    r.ev("step", 2.0, step=2, phase="start", attempt=1, message="<b>Driver</b> details")
+    hostile = {"kind": "screenshot", "url": "javascript:alert(1)", "name": "<img src=x>"}
+    r.ev("artifact", 2.5, step=2, artifact=hostile)
+    r.ev("log", 2.6, step=7, total=9, level="error", message="<script>x()</script>")
+    r.ev("step", 4.0, step=2, phase="end", attempt=1, outcome="ok", duration_s=2.0)
+    r.ev("step", 6.0, step=3, phase="end", attempt=1, outcome="ok", duration_s=1.5)
+    r.ev("finished", 6.1, step=3, total=3)
+    page.goto("/#session=quote-35")
+    wait_for(lambda: visible_log(page) == r.ids, timeout_s=WAIT_S, what="the log")
+    rows = wait_for(
+        lambda: (t := timeline(page)) and len(t) == 3 and t[2]["state"] == "ok" and t,
+        timeout_s=WAIT_S,
+        what="three steps",
+    )
+    assert rows[1]["name"] == "<b>Driver</b> details"  # text, not markup
+    # Step 3's start is missing: its end places it (end - duration), 1.5 s long.
+    assert rows[2]["dur"] == "1.5s"
+    left = float(rows[2]["bars"][0][2].rstrip("%"))
+    assert left == pytest.approx(100 * 4.5 / 6.1, abs=0.1)
+    # The javascript: URL is no link anywhere; the markup in its name is text.
+    assert page.eval_on_selector_all("a[href^='javascript']", "els => els.length") == 0
+    assert page.eval_on_selector_all("#timeline img, #log img", "els => els.length") == 0
+    chip = '.tl-row[data-step="2"] .art-chip.path'
+    assert page.text_content(chip) == "<img src=x>"
+    assert page.eval_on_selector_all("script:not([src])", "els => els.length") == 0
+    assert "<script>x()</script>" in (page.text_content("#log") or "")
+
+
+def test_history_and_jobs_use_the_token_in_the_page_url(
+    redis_url: str, client: redis.Redis
+) -> None:
+    from relay import mint_token
+
+    secret = "test-secret-0123456789abcdef0123456789"
+    w = BusWriter(client)
+    r = Run(w, "quote-auth-1", time.time() - 60)
+    r.start(total=1)
+    r.step(1, "Login", 0.1, 1.0)
+    r.ev("finished", 1.2, step=1, total=1)
+    relay = RelayThread(redis_url, secret=secret)
+    relay.start()
+    try:
+        with chromium_page(relay.base_url) as (page, _):
+            # No token: the search says why it failed.
+            page.goto("/")
+            page.click('.tab[data-tab="history"]')
+            wait_for(
+                lambda: "forbidden" in (page.text_content("#history-empty") or ""),
+                timeout_s=WAIT_S,
+                what="the refusal",
+            )
+            token = mint_token(secret, ["sessions", "session:*"], ttl_s=600)
+            page.goto(f"/?token={token}")
+            page.click('.tab[data-tab="history"]')
+            wait_for(
+                lambda: page.is_visible('#history tr[data-sid="quote-auth-1"]'),
+                timeout_s=WAIT_S,
+                what="the session, searched with the token",
+            )
+            page.click('#history tr[data-sid="quote-auth-1"]')
+            wait_for(lambda: visible_log(page) == r.ids, timeout_s=WAIT_S, what="its log")
+            # This relay has no archive: with the token, /v1/jobs answers 404: no tab.
+            assert page.is_hidden('.tab[data-tab="jobs"]')
+    finally:
+        relay.stop()
+
+
 def test_jobs_tab_is_hidden_where_the_relay_has_no_job_summaries(page: Page) -> None:
     # This relay runs without an archive: GET /v1/jobs answers 404, so no Jobs tab.
     page.goto("/")
