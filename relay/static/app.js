@@ -519,13 +519,17 @@ function updateTimes(s) {
 }
 
 let renderPending = false;
+let renderedAt = 0;
+
+/** Render the sessions on the next frame, at most every 100 ms (a replay folds thousands). */
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  requestAnimationFrame(() => {
+  setTimeout(() => requestAnimationFrame(() => {
     renderPending = false;
+    renderedAt = performance.now();
     renderSessions();
-  });
+  }), Math.max(0, renderedAt + 100 - performance.now()));
 }
 
 function renderSessions() {
@@ -572,9 +576,12 @@ function renderSessions() {
 const log = {
   body: $("#log"),
   wrap: $("#log-wrap"),
-  count: 0,
+  count: 0, // rows in the page
+  received: 0, // events of this selection, drawn or not
   shown: 0, // rows that pass the filters
-  ids: new Set(), // ids of the rows in the page
+  ids: new Set(), // ids of the rows in the page, and of those waiting to be drawn
+  pending: [], // events not drawn yet: {id, data, t, fresh}
+  flushTimer: null,
   isLive: false,
   pinned: true, // follow the tail while the user is at the bottom
   autoTop: null, // scrollTop our last automatic scroll left
@@ -582,8 +589,12 @@ const log = {
   clear() {
     this.body.replaceChildren();
     this.ids.clear();
+    this.pending = [];
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
     this.count = 0;
     this.shown = 0;
+    this.received = 0;
     timeline.reset();
     filters.resetSession();
     this.isLive = false;
@@ -591,12 +602,85 @@ const log = {
     $("#follow").hidden = true;
   },
 
+  /**
+   * One event of the selected session. Its meaning (timeline, filter choices) is taken at
+   * once; its row is drawn in a batch: every 200 ms while history replays, right after the
+   * current burst once live. Drawing a replay row by row costs a layout of the table per
+   * frame and made a 30,000-event history take minutes; rows that would leave the page
+   * before being seen (beyond the last MAX_LOG_ROWS) are never built.
+   */
   add(id, data) {
     if (!data) return;
     // Defence in depth: rpa-bus.js already drops repeats; a row per id, never two.
     if (this.ids.has(id)) return;
     this.ids.add(id);
     const t = parseTs(data.ts) ?? idTime(id);
+    filters.seen(String(data.type ?? "?"), data.step);
+    timeline.add(data, t);
+    this.pending.push({ id, data, t, fresh: this.isLive });
+    this.received += 1;
+    if (this.pending.length > 2 * MAX_LOG_ROWS) this.dropPending(MAX_LOG_ROWS);
+    this.scheduleFlush();
+    if (!this.isLive) this.countPending();
+  },
+
+  /** Forget the oldest waiting events but `keep`: they would leave the page unseen. */
+  dropPending(keep) {
+    const drop = this.pending.length - keep;
+    if (drop <= 0) return;
+    for (let i = 0; i < drop; i += 1) this.ids.delete(this.pending[i].id);
+    this.pending.splice(0, drop);
+  },
+
+  scheduleFlush() {
+    if (this.flushTimer != null) return;
+    // While history replays, the first rows show soon and the rest every 5 s: each draw
+    // lays out the whole table again (the header counts the events meanwhile).
+    const delay = this.isLive ? 0 : this.count ? 5000 : 200;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = null;
+      this.flush();
+    }, delay);
+  },
+
+  /** The header's event count moves while rows wait to be drawn (at most every 250 ms). */
+  countPending() {
+    const now = Date.now();
+    if (now - (this.counted ?? 0) < 250) return;
+    this.counted = now;
+    updateLogHeader();
+  },
+
+  /** Draw the waiting events, then keep the page to its last MAX_LOG_ROWS rows. */
+  flush() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    if (!this.pending.length) return;
+    this.dropPending(MAX_LOG_ROWS);
+    const rows = document.createDocumentFragment();
+    for (const item of this.pending) {
+      const row = this.row(item);
+      rows.append(row);
+      this.count += 1;
+      if (!row.hidden) this.shown += 1;
+    }
+    this.pending = [];
+    this.body.append(rows);
+    let oldest = this.body.firstElementChild;
+    while (this.count > MAX_LOG_ROWS && oldest) {
+      const next = oldest.nextElementSibling;
+      if (oldest.dataset.id) {
+        this.ids.delete(oldest.dataset.id);
+        if (!oldest.hidden) this.shown -= 1;
+        oldest.remove();
+        this.count -= 1;
+      }
+      oldest = next;
+    }
+    this.afterAppend();
+  },
+
+  row({ id, data, t, fresh }) {
     const kind = String(data.type ?? "?");
     const step = data.step != null ? (data.total ? `${data.step}/${data.total}` : String(data.step)) : "";
     const text = eventText(data);
@@ -625,26 +709,15 @@ const log = {
         row.querySelector(".data").textContent = JSON.stringify(data.data, null, open ? 2 : 0);
       });
     }
-    if (this.isLive) row.classList.add("fresh");
+    if (fresh) row.classList.add("fresh");
     // What the search box looks through: the line as shown, its type and its data.
     row.searchText = `${kind} ${text} ${hasData ? JSON.stringify(data.data) : ""}`.toLowerCase();
-    filters.seen(kind, data.step);
     row.hidden = !filters.match(row);
-    if (!row.hidden) this.shown += 1;
-    this.body.append(row);
-    this.count += 1;
-    if (this.count > MAX_LOG_ROWS) {
-      const oldest = this.body.querySelector("tr[data-id]");
-      this.ids.delete(oldest.dataset.id);
-      if (!oldest.hidden) this.shown -= 1;
-      oldest.remove();
-      this.count -= 1;
-    }
-    timeline.add(data, t);
-    this.afterAppend();
+    return row;
   },
 
   marker(text) {
+    this.flush(); // after the rows that came before it
     this.body.append(h("tr", { class: "marker" }, h("td", { colspan: "4", text })));
     this.afterAppend();
   },
@@ -656,6 +729,7 @@ const log = {
 
   live() {
     this.isLive = true;
+    this.flush();
     updateLogHeader();
   },
 
@@ -807,7 +881,9 @@ function updateLogHeader() {
   pill.dataset.status = shownStatus(s);
   setText(pill, shownStatus(s));
   const phase = bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
-  const counted = filters.active() ? `${log.shown} of ${log.count} events` : `${log.count} events`;
+  // Filtered: of the rows the page holds (the newest MAX_LOG_ROWS); else all received.
+  const counted = filters.active() ? `${log.shown} of ${log.count + log.pending.length} events`
+    : `${log.received} events`;
   setText($("#log-sub"), `${counted}${s.archived ? " · from the archive" : ""} · ${phase}`);
 }
 

@@ -21,6 +21,7 @@ export const LEVELS = ["debug", "info", "warning", "error"];
 
 const MAX_LINES = 60; // log lines kept per attempt for the hover card
 const MAX_THUMBS = 3; // artifacts shown beside a step; the rest as "+n"
+const RENDER_EVERY_MS = 100;
 const IMAGE_EXT = /\.(png|jpe?g|gif|webp|svg|avif|bmp)(?:[?#]|$)/i;
 
 /** The level of an event: its own, else what its type implies (contract: log -> info). */
@@ -302,13 +303,19 @@ export class Timeline {
     return best;
   }
 
+  /**
+   * Render on the next frame, at most every RENDER_EVERY_MS: a replay of thousands of
+   * events then redraws the timeline a few times a second, not at every frame.
+   */
   schedule() {
     if (this.pending) return;
     this.pending = true;
-    requestAnimationFrame(() => {
+    const wait = Math.max(0, (this.renderedAt ?? 0) + RENDER_EVERY_MS - performance.now());
+    setTimeout(() => requestAnimationFrame(() => {
       this.pending = false;
+      this.renderedAt = performance.now();
       this.render();
-    });
+    }), wait);
   }
 
   /** Called every second by the page: the running bar grows. */
