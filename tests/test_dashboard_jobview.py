@@ -578,6 +578,14 @@ def test_history_opens_a_session_gone_from_redis_and_jobs_show_summaries(
             )
             with chromium_page(relay.base_url) as (page, errors):
                 _check_jobs_and_history(page, summary, old)
+                # Opening it left nothing behind in Redis: found again, from the archive.
+                assert client.keys("*quote-old-1*") == []
+                page.click('#history-form button[type="submit"]')
+                wait_for(
+                    lambda: page.is_visible('#history tr[data-sid="quote-old-1"]'),
+                    timeout_s=WAIT_S,
+                    what="the session found again",
+                )
                 network = ("Failed to load resource", "WebSocket connection to")
                 assert [e for e in errors if not e.startswith(network)] == []
         finally:
@@ -624,3 +632,9 @@ def _check_jobs_and_history(page: Page, summary: dict[str, Any], old: Run) -> No
     )
     assert [b[0] for b in rows[1]["bars"]] == ["retried", "ok"]
     assert "HTTP 502" in (page.text_content("#timeline .tl-error") or "")
+    wait_for(
+        lambda: "whole history" in (page.text_content("#log-sub") or ""),
+        timeout_s=WAIT_S,
+        what="the header to say the history is complete",
+    )
+    assert page.get_attribute("#log-status", "data-status") == "failed"

@@ -578,6 +578,7 @@ const log = {
   wrap: $("#log-wrap"),
   count: 0, // rows in the page
   received: 0, // events of this selection, drawn or not
+  generation: 0, // one per selection
   shown: 0, // rows that pass the filters
   ids: new Set(), // ids of the rows in the page, and of those waiting to be drawn
   pending: [], // events not drawn yet: {id, data, t, fresh}
@@ -587,6 +588,7 @@ const log = {
   autoTop: null, // scrollTop our last automatic scroll left
 
   clear() {
+    this.generation += 1;
     this.body.replaceChildren();
     this.ids.clear();
     this.pending = [];
@@ -880,7 +882,8 @@ function updateLogHeader() {
   pill.hidden = false;
   pill.dataset.status = shownStatus(s);
   setText(pill, shownStatus(s));
-  const phase = bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
+  const phase = s.viaPages ? (log.isLive ? "whole history" : "loading history…")
+    : bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
   // Filtered: of the rows the page holds (the newest MAX_LOG_ROWS); else all received.
   const counted = filters.active() ? `${log.shown} of ${log.count + log.pending.length} events`
     : `${log.received} events`;
@@ -888,7 +891,13 @@ function updateLogHeader() {
 }
 
 /** Show one session's log: its whole retained history, then live events. */
-function select(sid, fromClick = false) {
+/**
+ * Show one session's log and timeline. `pages`: read its history over HTTP instead of
+ * subscribing (an ended session opened from the History tab: nothing more will happen in
+ * it, and a subscription to a session Redis no longer holds would only leave an empty
+ * stream behind).
+ */
+function select(sid, fromClick = false, { pages = false } = {}) {
   if (sid === selected) return;
   const prev = selected ? sessions.get(selected) : null;
   selected = sid;
@@ -900,7 +909,10 @@ function select(sid, fromClick = false) {
   $("#log-empty").hidden = !!sid;
   if (sid) {
     history.replaceState(null, "", `${location.pathname}${location.search}#session=${encodeURIComponent(sid)}`);
-    subscribeSession(session(sid), "full");
+    const s = session(sid);
+    s.viaPages = pages;
+    if (pages) loadPages(s, { whole: true });
+    else subscribeSession(s, "full");
     revealSelected = !fromClick;
   }
   updateLogHeader();
@@ -1457,8 +1469,9 @@ async function apiGet(path) {
 }
 
 /** A session's whole history in pages (Redis, then the archive behind the same answer). */
-async function loadPages(s) {
+async function loadPages(s, { whole = false } = {}) {
   const sid = s.sid;
+  const generation = log.generation; // a new selection (even of the same session) stops us
   const stream = `session:${encodeURIComponent(sid)}`;
   let after = null;
   let got = 0;
@@ -1466,7 +1479,7 @@ async function loadPages(s) {
     const q = new URLSearchParams({ limit: "1000" });
     if (after) q.set("after", after);
     const res = await apiGet(`v1/streams/${stream}/events?${q}`);
-    if (selected !== sid) return;
+    if (selected !== sid || log.generation !== generation) return;
     if (!res.ok) {
       log.marker(`history pages: ${res.error}`);
       return;
@@ -1480,11 +1493,12 @@ async function loadPages(s) {
     if (!res.body.next || !res.body.events?.length) break;
     after = res.body.next;
   }
-  if (got) {
-    s.archived = true;
+  if (!got && s.fromHistory) log.marker("no events of this session are retained or archived");
+  if (whole) {
+    log.live(); // the whole history is here: draw it
+  } else if (got) {
+    s.archived = true; // Redis had nothing: these came from the archive
     updateLogHeader();
-  } else if (s.fromHistory) {
-    log.marker("no events of this session are retained or archived");
   }
 }
 
@@ -1565,7 +1579,7 @@ function openFromHistory(r) {
     Object.assign(s.state, Object.fromEntries(Object.entries(r).filter(([, v]) => v != null)));
   }
   for (const tr of $("#history").rows) tr.classList.toggle("selected", tr.dataset.sid === r.session);
-  select(r.session, true);
+  select(r.session, true, { pages: TERMINAL.has(r.status) });
 }
 
 $("#history-form").addEventListener("submit", (e) => {
