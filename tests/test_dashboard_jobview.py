@@ -638,3 +638,8 @@ def _check_jobs_and_history(page: Page, summary: dict[str, Any], old: Run) -> No
         what="the header to say the history is complete",
     )
     assert page.get_attribute("#log-status", "data-status") == "failed"
+    # The log follows its tail, also after the timeline above it grew.
+    at_tail = """() => { const w = document.querySelector('#log-wrap');
+        const below = w.scrollHeight - w.scrollTop - w.clientHeight;
+        return w.scrollHeight > w.clientHeight && below < 2; }"""
+    wait_for(lambda: page.evaluate(at_tail), timeout_s=WAIT_S, what="the log at its tail")

@@ -763,6 +763,11 @@ log.wrap.addEventListener("scroll", () => {
   log.pinned = w.scrollHeight - w.scrollTop - w.clientHeight < 24;
   if (log.pinned) $("#follow").hidden = true;
 });
+// The timeline above the log grows as steps arrive, shrinking the log's box: a log that
+// follows its tail must scroll again then (a resize fires no scroll event).
+new ResizeObserver(() => {
+  if (log.pinned) log.scrollPending();
+}).observe(log.wrap);
 $("#follow").addEventListener("click", () => {
   log.pinned = true;
   $("#follow").hidden = true;
