@@ -13,20 +13,28 @@ off, loopback) and a SQLite file, and measures in one run, with ~200-byte events
    (PostgreSQL and SQLite), as a ratio;
 3. lag: with the archiver running, a producer at ``--rate`` events/s for ``--seconds``;
    per event, the time from its Redis id (XADD time) to the store's commit; p50/p99.
+
+During 2 and 3 a relay (``rpa-bus relay``, its own process) serves ``--clients``
+WebSocket clients (another process; default 1,000, 0 for none), as the issue's targets ask
+("with a relay serving 1,000 clients"): ``--per`` (default 2) follow each session being
+written, the others sessions that stay idle.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +45,10 @@ sys.path.insert(0, str(_HERE.parent))
 
 import orjson  # noqa: E402
 
+from bench.relay import raise_nofile, stop, wait_port  # noqa: E402
 from producer import Producer  # noqa: E402
 from rpa_bus import Settings, now_ts  # noqa: E402
-from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
+from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
 from workers import Archiver, ArchiverSettings, Record, Row, open_store  # noqa: E402
 
@@ -53,6 +62,86 @@ ROW_INSERT = (
     "INSERT INTO events (stream, ms, seq, epoch, data) VALUES ({}, {}, {}, {}, {}) "
     "ON CONFLICT DO NOTHING"
 )
+
+
+# A client fleet in its own process: N WebSocket clients, PER of them on each of the given
+# streams (the rest on sessions that stay idle), each subscribed from "$" (following what
+# is written), counting events until SIGTERM.
+FLEET = r"""
+import asyncio, signal, sys, orjson
+from websockets.asyncio.client import connect
+url, streams, n, per = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+count = 0
+async def client(i, sem, ready):
+    global count
+    async with sem:
+        ws = await connect(url, open_timeout=60, max_size=None, ping_interval=None)
+    # ``per`` clients follow each written session; the others sessions that stay idle.
+    stream = streams[i % len(streams)] if i < per * len(streams) else f"session:idle-{i}"
+    await ws.send(orjson.dumps({"op": "subscribe", "stream": stream, "from": "$"}).decode())
+    ready.append(i)
+    async for raw in ws:
+        if b'"type":"event"' in (raw if isinstance(raw, bytes) else raw.encode()):
+            count += 1
+async def main():
+    sem, ready = asyncio.Semaphore(64), []
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [asyncio.create_task(client(i, sem, ready)) for i in range(n)]
+    while len(ready) < n:
+        await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await stop.wait()
+    print(count, flush=True)
+    for t in tasks:
+        t.cancel()
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def serving(
+    redis_url: str, prefix: str, streams: Sequence[str], clients: int, per: int
+) -> Iterator[None]:
+    """A relay and ``clients`` WebSocket clients, ``per`` following each of ``streams``,
+    the others idle sessions (nothing if ``clients`` is 0)."""
+    if clients <= 0:
+        yield
+        return
+    raise_nofile()  # the relay and the fleet inherit it: 1,000+ sockets each
+    port = free_port()
+    exe = shutil.which("rpa-bus") or str(Path(sys.prefix) / "bin" / "rpa-bus")
+    env = {
+        **os.environ,
+        "RPA_BUS_REDIS_URL": redis_url,
+        "RPA_BUS_PREFIX": prefix,
+        "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
+    }
+    relay = subprocess.Popen(
+        [exe, "relay", "--port", str(port), "--name", "bench"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    fleet = None
+    try:
+        wait_port(port, relay)
+        url = f"ws://127.0.0.1:{port}/ws"
+        fleet = subprocess.Popen(
+            [sys.executable, "-c", FLEET, url, ",".join(streams), str(clients), str(per)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert fleet.stdout is not None
+        if fleet.stdout.readline().strip() != "ready":
+            raise SystemExit("the client fleet did not connect")
+        yield
+    finally:
+        if fleet is not None:
+            fleet.terminate()
+            out, _ = fleet.communicate(timeout=30)
+            print(f"      (relay delivered {out.strip() or '?'} events to {clients} clients)")
+        stop(relay)
 
 
 def quantile(samples: list[float], q: float) -> float:
@@ -255,6 +344,8 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 1 or 2,3")
+    ap.add_argument("--clients", type=int, default=1000, help="relay clients during 2 and 3")
+    ap.add_argument("--per", type=int, default=2, help="of which following each written session")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -313,7 +404,8 @@ async def throughput_part(
     pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
 ) -> None:
     print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
-          f"({args.sessions} sessions) already in Redis")  # fmt: skip
+          f"({args.sessions} sessions) already in Redis, a relay serving {args.clients} "
+          "clients meanwhile")  # fmt: skip
     for engine in ("postgresql", "sqlite"):
         arch, raw = [], []
         for r in range(args.rounds):
@@ -332,8 +424,11 @@ async def throughput_part(
                 queue_max=1_000_000,
                 prefix=f"b{engine[:2]}{r}",
             )
-            raw.append(await raw_store_rate(raw_url, make_rows(args.events, args.sessions, "r")))
-            arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
+            streams = [f"session:t-{k}" for k in range(args.sessions)]
+            with serving(redis_server.url, settings.prefix, streams, args.clients, args.per):
+                rows = make_rows(args.events, args.sessions, "r")
+                raw.append(await raw_store_rate(raw_url, rows))
+                arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
         ratios = [x / y for x, y in zip(arch, raw, strict=True)]
         print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
               f"per-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
@@ -342,13 +437,16 @@ async def throughput_part(
 async def lag_part(
     pg: LocalPostgres, redis_server: EmbeddedRedis, tmp: Path, args: argparse.Namespace
 ) -> None:
-    print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit)")
+    print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit), "
+          f"a relay serving {args.clients} clients meanwhile")  # fmt: skip
     for engine in ("postgresql", "sqlite"):
         url = (f"sqlite://{tmp / 'lag.db'}" if engine == "sqlite"
                else await fresh_pg(pg, "lag"))  # fmt: skip
         settings = Settings(redis_url=redis_server.url, spool_dir=tmp / "spool",
                             prefix=f"lag{engine[:2]}")  # fmt: skip
-        delays = await lag(settings, url, args.rate, args.seconds, "l")
+        streams = [f"session:l-{k}" for k in range(10)]
+        with serving(redis_server.url, settings.prefix, streams, args.clients, args.per):
+            delays = await lag(settings, url, args.rate, args.seconds, "l")
         print(f"   {engine:10s}  p50 {statistics.median(delays):6.1f} ms   "
               f"p99 {quantile(delays, 0.99):6.1f} ms   ({len(delays)} events)")  # fmt: skip
 

@@ -22,7 +22,7 @@ progress() { emit progress --step "$step" --total "$TOTAL" --message "$1"; }
 trap 'emit failed --message "step $step failed (exit $?): $BASH_COMMAND"' ERR
 trap 'rm -rf "$WORK"' EXIT
 
-emit started --total "$TOTAL" --data "{\"robot\": \"robot.sh\", \"source\": \"$SOURCE\"}"
+emit started --job backup-robot --total "$TOTAL" --data "{\"robot\": \"robot.sh\", \"source\": \"$SOURCE\"}"
 
 step=1
 [ "${FAIL_AT:-}" = 1 ] && false

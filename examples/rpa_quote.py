@@ -3,9 +3,15 @@
 It opens a motor-insurance quote site in Chromium (Playwright, sync API), fills its 15
 screens, and tells the bus what it is doing, so anyone watching sees it live:
 
-- ``started`` when the session opens, with the robot's inputs as meta;
-- one ``progress`` per screen, with a human message and the path of that screen's
-  screenshot (a file path, never the image itself);
+- ``started`` when the session opens, as a run of the job ``quote-robot`` (runs of one
+  job are comparable: their step times teach the ETA), with the robot's inputs as meta;
+- one step per screen (``with s.step(n, "Screen n: ...")``): its start, and its end with
+  how long the screen took and how it went (``ok``, or ``failed`` with the site's error);
+- the screenshot of each screen as an artifact: a reference, never the image; its URL
+  when the site serves the screenshots folder (the local site does, under ``/shots/``),
+  else its path;
+- log lines by level: ``debug`` (what was typed), ``info`` (estimates, the quote),
+  ``warning`` (a slow calculation), ``error`` (the site's failure);
 - ``estimates``, the premiums it reads on screen 5, as an event of their own;
 - ``finished`` with the quote, or ``failed`` with the site's own error message.
 
@@ -45,6 +51,9 @@ from quote_site import FAILING_PLATE, TOTAL_SCREENS, start_site
 from producer import Producer, Session
 
 log = logging.getLogger("rpa_quote")
+
+JOB = "quote-robot"  # the job every run of this robot belongs to
+SLOW_ESTIMATES_S = 5.0  # a screen-5 calculation slower than this is logged as a warning
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -153,11 +162,18 @@ class QuoteRobot:
     """One quote, one browser page: walks the screens and reports each one to the bus."""
 
     def __init__(
-        self, page: Page, session: Session, *, shots: Path, stop: threading.Event | None = None
+        self,
+        page: Page,
+        session: Session,
+        *,
+        shots: Path,
+        shots_url: str | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.page = page
         self.session = session
         self.shots = shots
+        self.shots_url = shots_url  # where ``shots`` is served, if it is
         self.stop = stop
 
     def run(self, site_url: str, req: QuoteRequest) -> dict[str, Any]:
@@ -187,11 +203,16 @@ class QuoteRobot:
             page.select_option("#use", req.use)
 
         # Screen 5 "calculates" for a while; the estimates are news in their own right.
-        plans = self.read_estimates()
-        self.session.emit("estimates", {"plans": plans})
-        best = plans[0]  # the site lists them cheapest first
-        chosen = f"{best['insurer']} at {best['premium']:.2f} a year"
-        with self.screen(5, f"Screen 5: {len(plans)} estimates, chose {chosen}"):
+        with self.screen(5, "Screen 5: premium estimates", wait=False):
+            started = time.monotonic()
+            plans = self.read_estimates()
+            took_s = time.monotonic() - started
+            if took_s > SLOW_ESTIMATES_S:
+                self.session.log(f"the insurer took {took_s:.1f} s to calculate", level="warning")
+            self.session.emit("estimates", {"plans": plans})
+            best = plans[0]  # the site lists them cheapest first
+            chosen = f"{best['insurer']} at {best['premium']:.2f} a year"
+            self.session.log(f"{len(plans)} estimates, chose {chosen}", level="info")
             page.check(f"input[name=plan][value={best['plan']}]")
 
         with self.screen(6, "Screen 6: coverages: third-party liability, theft, glass"):
@@ -229,33 +250,42 @@ class QuoteRobot:
         with self.screen(14, "Screen 14: proposal issued") as data:
             data["proposal"] = page.inner_text("#proposal")
 
-        quote = self.read_quote()
-        self.report(15, f"Screen 15: quote {quote['quote_number']}, {quote['premium']:.2f} a year")
+        with self.screen(15, "Screen 15: quote", submit=False):
+            quote = self.read_quote()
+            self.session.log(
+                f"quote {quote['quote_number']}: {quote['premium']:.2f} a year", level="info"
+            )
         return quote
 
     @contextmanager
-    def screen(self, step: int, message: str) -> Iterator[dict[str, Any]]:
-        """Wrap the filling of one screen: wait for it, then screenshot, submit and report.
+    def screen(
+        self, step: int, message: str, *, wait: bool = True, submit: bool = True
+    ) -> Iterator[dict[str, Any]]:
+        """One screen as one step: wait for it, fill it (the block), screenshot, submit.
 
-        The block may add to the yielded dict; it goes in the progress event's ``data``.
+        The block may add to the yielded dict; it goes in a ``debug`` log line. An
+        exception (the site's refusal, a browser timeout) ends the step ``failed``.
         """
         if self.stop is not None and self.stop.is_set():
             raise RobotStopped(f"stopped before screen {step}")
-        self.page.wait_for_selector(f"main[data-screen='{step}']")
-        data: dict[str, Any] = {}
-        yield data
-        shot = self.screenshot(step)
-        self.submit(step)
-        self.session.progress(step, message, data={"screenshot": shot, **data})
-
-    def report(self, step: int, message: str) -> None:
-        """Report a screen that has nothing to submit (the last one)."""
-        self.session.progress(step, message, data={"screenshot": self.screenshot(step)})
+        with self.session.step(step, message):
+            if wait:
+                self.page.wait_for_selector(f"main[data-screen='{step}']")
+            data: dict[str, Any] = {}
+            yield data
+            self.session.log(f"screen {step} filled", data=data or None, level="debug")
+            self.screenshot(step)
+            if submit:
+                self.submit(step)
 
     def screenshot(self, step: int) -> str:
+        """Save the screen as a PNG and record it on the bus: its URL where the folder is
+        served, else its path (never the image itself)."""
         path = self.shots / f"screen-{step:02d}.png"
         self.page.screenshot(path=path)
-        return str(path)
+        ref = f"{self.shots_url}/{self.session.sid}/{path.name}" if self.shots_url else str(path)
+        self.session.artifact("screenshot", ref, name=f"Screen {step}", mime="image/png")
+        return ref
 
     def submit(self, step: int) -> None:
         """Submit the screen's form; raise ``SiteError`` with the site's words if it says no."""
@@ -264,6 +294,7 @@ class QuoteRobot:
         status = answer.value.status
         if status >= 500:
             error = self.page.inner_text("#error")
+            self.session.log(f"the site answered HTTP {status}: {error}", level="error")
             raise SiteError(f"screen {step}: the site failed with HTTP {status}: {error}")
         if status >= 400:
             self.page.wait_for_selector("#errors")  # the page with the errors, once loaded
@@ -307,9 +338,11 @@ def run_quote(
     sid: str,
     request: QuoteRequest,
     screenshots: Path,
+    shots_url: str | None = None,
     stop: threading.Event | None = None,
 ) -> Outcome:
-    """One robot, one quote, one session on the bus; returns how it ended."""
+    """One robot, one quote, one session on the bus; returns how it ended. ``shots_url``:
+    where ``screenshots`` is served (screenshots are then referenced by URL)."""
     shots = screenshots / sid
     shots.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -317,8 +350,8 @@ def run_quote(
     meta = {"robot": "rpa_quote", "site": site_url, "screenshots": str(shots), **asdict(request)}
     del meta["password"]
     try:
-        with bus.session(sid, total=TOTAL_SCREENS, meta=meta) as s:
-            robot = QuoteRobot(context.new_page(), s, shots=shots, stop=stop)
+        with bus.session(sid, job=JOB, total=TOTAL_SCREENS, meta=meta) as s:
+            robot = QuoteRobot(context.new_page(), s, shots=shots, shots_url=shots_url, stop=stop)
             try:
                 quote = robot.run(site_url, request)
             except SiteError as exc:
@@ -345,6 +378,7 @@ def run_robots(
     robots: int = 1,
     screenshots: Path,
     browser_path: str,
+    shots_url: str | None = None,
     stop: threading.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
@@ -380,6 +414,7 @@ def run_robots(
                         sid=sid,
                         request=request,
                         screenshots=screenshots,
+                        shots_url=shots_url,
                         stop=stop,
                     )
                     outcomes.append(outcome)
@@ -434,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         for n, sid in enumerate(session_ids(args.session_prefix, args.count or args.robots), 1)
     ]
     screenshots = args.screenshots or Path(tempfile.gettempdir()) / "rpa-quote-screens"
-    site = None if args.site_url else start_site()
+    # The local site also serves the screenshots: the bus carries their URLs.
+    site = None if args.site_url else start_site(shots_dir=screenshots)
     site_url = site.url if site is not None else args.site_url
     # Settings from RPA_BUS_* variables (Redis URL, prefix, spool folder); --redis-url wins.
     bus = Producer.from_env(**({"redis_url": args.redis_url} if args.redis_url else {}))
@@ -447,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             robots=args.robots,
             screenshots=screenshots,
             browser_path=browser_path,
+            shots_url=f"{site_url}/shots" if site is not None else None,
             on_outcome=lambda o: print(f"{o.session}: {o.status} {o.quote or o.error}"),
         )
     except KeyboardInterrupt:

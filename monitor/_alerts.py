@@ -1,9 +1,9 @@
 """Alert rules and their hysteresis, as pure code (no I/O, no clock): unit-tested alone.
 
 A rule watches one metric family (``cpu``, ``memory``, ``disk``, ``relay_lag``,
-``stalled``, ``replicas``); a family has one value per subject (a mount, a relay, a
-session, a master; ``""`` for host-wide metrics). Per subject a small state machine
-decides::
+``stalled``, ``replicas``, ``archive_lag``); a family has one value per subject (a mount,
+a relay, a session, a master; ``""`` for host-wide and bus-wide metrics). Per subject a
+small state machine decides::
 
     ok --(value > threshold for fire_after samples in a row)--> firing   emits state=firing
     firing --(value < threshold - margin for resolve_after in a row)--> ok   emits resolved

@@ -1,13 +1,14 @@
 """What the sync and async producers share: input checks, envelopes, sequence numbers,
-pace and eta, the queue and journals, and every decision of the flusher (what to write
-next, on which node, what a reply means, when to back off, spill or stop). The twins add
-only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
+steps, pace and learned eta, the queue and journals, and every decision of the flusher
+(what to write next, on which node, what a reply means, when to back off, spill or stop).
+The twins add only the I/O: a thread and ``redis.Redis``, or a task and ``redis.asyncio.Redis``.
 
 The flusher is written once, as generators that yield what they need done:
 
 - ``BaseProducer._flusher()`` yields ``Write(batch)`` (the driver sends back ``None`` or
   the Redis failure), ``Sleep(s)`` (wait for close() at most ``s``), ``IDLE`` (wait for an
-  emit) and ``NOTIFY`` (wake ``flush()`` waiters);
+  emit), ``NOTIFY`` (wake ``flush()`` waiters) and ``Fetch(key)`` (GET a job's learned
+  step profile for the sessions' ETA; the driver sends back the value or the failure);
 - ``BaseProducer._rounds()`` / ``_config_rounds()`` yield, for one node, ``Pipeline``
   (send these commands in one round trip, reply with the results, errors included) and
   ``LoadScripts``.
@@ -110,8 +111,10 @@ def call_key(args: tuple[Any, ...]) -> str:
     return str(args[3])
 
 
-# state_fields() of any event type outside _RESETTING sets only these keys.
-_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error"}
+# state_fields() of any event type outside _RESETTING sets only these keys, plus
+# eta_runs when the event carries it (job is set by `started` alone, error by the
+# resetting types).
+_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error", "job", "eta_runs"}
 _RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
 
 
@@ -124,7 +127,11 @@ def _fold(group: list[Item]) -> dict[str, str]:
     state: dict[str, str] = {}
     for item in reversed(group):
         event = item.event
-        if event["type"] not in _RESETTING and state.keys() >= _COMMON_KEYS:
+        if (
+            event["type"] not in _RESETTING
+            and state.keys() >= _COMMON_KEYS
+            and ("eta_runs" in state or "eta_runs" not in event)
+        ):
             continue
         for key, value in state_fields(event).items():
             if key not in state:
@@ -243,6 +250,7 @@ class BaseProducer:
     # A job's learned profile is read again by a run that starts this long after the
     # last read (the archiver updates it when a run of the job ends).
     profile_refresh_s: float = 60.0
+    profile_retry_s: float = 5.0  # after a failed read
 
     def __init__(
         self,
@@ -383,10 +391,13 @@ class BaseProducer:
 
     def _got_profile(self, job: str, reply: Any) -> None:
         """The flusher's GET of a job's profile answered (bytes, None) or failed."""
-        asked = self._profiles.get(job, (time.monotonic(), None))[0]
+        asked, held = self._profiles.get(job, (time.monotonic(), None))
         if isinstance(reply, BaseException):
-            # Asked again by the next run of the job; meanwhile pace (or the old profile).
+            # Asked again by a run of the job that starts profile_retry_s from now;
+            # meanwhile the pace (or the profile held from before).
             log.debug("cannot read the step profile of job %s: %s", job, reply)
+            retry_at = time.monotonic() + self.profile_retry_s
+            self._profiles[job] = (retry_at - self.profile_refresh_s, held)
             return
         profile = None
         if reply is not None:
@@ -1060,28 +1071,35 @@ class BaseSession:
         return None, None
 
     def _step_event(self, st: BaseStep, phase: str, now: float) -> Envelope:
-        """A ``step`` start or end for ``st`` (docs/contract.md, "Job view")."""
+        """A ``step`` start or end for ``st`` (docs/contract.md, "Job view"). Built
+        directly, in ``make``'s field order: every value is checked where it came in
+        (``step()``, ``retry()``), and ``make``'s generic validation would cost more than
+        the rest of the call."""
         total = self.total
-        done = st.number if st.outcome == "ok" else st.number - 1
+        ok = phase == "end" and st.outcome == "ok"
+        done = st.number if ok else st.number - 1
+        event: Envelope = {"type": "step", "ts": self._now(), "step": st.number}
         if total is not None:
-            done = min(done, total)
-        eta_s, runs = self._estimate(done, st if phase == "start" else None, now)
-        if phase == "end" and st.outcome != "ok":
-            eta_s = runs = None  # a failed or retried attempt: no new estimate
-        return make(
-            "step",
-            ts=self._now(),
-            step=st.number,
-            total=total,
-            percent=None if total is None else percent_of(max(done, 0), total),
-            eta_s=eta_s,
-            message=st.message if phase == "start" else st.reason,
-            phase=phase,
-            attempt=st.attempt,
-            outcome=st.outcome if phase == "end" else None,
-            duration_s=round(st.duration_s, 3) if phase == "end" else None,
-            eta_runs=runs if eta_s is not None else None,
+            event["total"] = total
+            event["percent"] = percent_of(max(min(done, total), 0), total)
+        eta_s, runs = (
+            (None, None)
+            if phase == "end" and not ok
+            else self._estimate(done, st if phase == "start" else None, now)
         )
+        if eta_s is not None:
+            event["eta_s"] = eta_s
+        message = st.message if phase == "start" else st.reason
+        if message is not None:
+            event["message"] = message
+        event["phase"] = phase
+        event["attempt"] = st.attempt
+        if phase == "end":
+            event["outcome"] = st.outcome
+            event["duration_s"] = round(st.duration_s, 3)
+        if eta_s is not None and runs is not None:
+            event["eta_runs"] = runs
+        return event
 
     def _check_step(self, number: int, name: str | None) -> None:
         if number.__class__ is not int or number < 0:

@@ -259,7 +259,12 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                             {"type": "integer", "minimum": 1, "maximum": limits.sessions_max},
                             f"Sessions per page (default {limits.sessions_default}).",
                         ),
-                        _query("cursor", offset, "`next` of the previous page."),
+                        _query(
+                            "cursor",
+                            {"type": "string", "maxLength": 1024},
+                            "`next` of the previous page (opaque: a stream id while Redis's "
+                            "sessions last, then the archive's).",
+                        ),
                         _query("token", {"type": "string"}, "A token, where no header can be set."),
                     ],
                     "responses": {

@@ -127,9 +127,12 @@ class RelaySettings:
         """Read ``RPA_BUS_*`` (shared) and ``RPA_BUS_RELAY_*`` variables; overrides win.
 
         Overrides whose value is ``None`` are ignored (unset CLI options). An override named
-        ``bus`` replaces the shared settings; ``redis_url`` and ``secret`` go into them.
+        ``bus`` replaces the shared settings; ``redis_url``, ``secret`` and ``archive_url``
+        go into them.
         """
-        bus_overrides = {k: overrides.pop(k) for k in ("redis_url", "secret") if k in overrides}
+        bus_overrides = {
+            k: overrides.pop(k) for k in ("redis_url", "secret", "archive_url") if k in overrides
+        }
         bus = overrides.pop("bus", None) or Settings.from_env(environ, **bus_overrides)
         env = EnvReader(environ, prefix="RPA_BUS_RELAY_")
         d = cls()

@@ -35,7 +35,7 @@ from relay._archive import trimmed_count
 from relay._frames import MAX_ID, ZERO_ID, Id, event_frame, format_id, parse_id
 from relay._stats import Stats
 from rpa_bus import Keys, StreamRef, state_from_meta
-from rpa_bus.archive import MAX_PAGE, ArchiveUnavailable, Store
+from rpa_bus.archive import MAX_PAGE, ArchiveUnavailable, EventPage, Store
 from rpa_bus.redisio import Backoff, cancel_and_wait
 
 T = TypeVar("T")
@@ -73,6 +73,7 @@ class Subscription:
     """One stream watched by one connection."""
 
     __slots__ = (
+        "archived",
         "buffer",
         "buffer_bytes",
         "epoch",
@@ -106,6 +107,9 @@ class Subscription:
         self.outcome = "live"
         # With auth on: when the grant that admitted it (or a later one covering it) expires.
         self.expires_s: float | None = None
+        # A session Redis does not hold: whether the archive has it (None: the store was
+        # down when asked, so not known).
+        self.archived: bool | None = False
 
     def clear_buffer(self) -> None:
         self.buffer = None
@@ -329,6 +333,10 @@ class Subscriptions:
         archive delivered (the usual case: an archive that started late, or was off)."""
         assert self._archive is not None
         removed = None
+        if first is None and sub.ref.kind == "session" and not sub.archived:
+            # Redis holds nothing of it and the archive did not know it (or was down when
+            # asked, and the subscriber was told): nothing to wait for; follow it live.
+            return
         if first is not None:
             removed = await self._outages.retrying(sub, functools.partial(self._removed, key))
             if removed == 0:
@@ -337,14 +345,23 @@ class Subscriptions:
         before = None if first is None else format_id(first)
         prefix = F.event_prefix(sub.name)
         delivered = 0
+        # Wait for a store that is down only when the archive is known to hold what is
+        # missing: Redis trimmed the stream, or it has the session Redis no longer holds.
+        wait = first is not None or sub.archived is True
         while True:
             after = format_id(sub.last)
-            page = await self._archive_retrying(
-                sub,
-                lambda store, after=after: store.events(  # type: ignore[misc]
+
+            def read(store: Store, after: str = after) -> Awaitable[EventPage]:
+                return store.events(
                     sub.name, after=after, before=before, limit=self._archive_page, epoch=epoch
-                ),
-            )
+                )
+
+            if wait:
+                page = await self._archive_retrying(sub, read)
+            else:
+                page = await self._archive_once(sub, read)
+                if page is _DOWN:
+                    return  # told; Redis holds nothing of it: follow it live
             for event in page.events:
                 entry_id = parse_id(event.id)
                 if entry_id <= sub.last:
@@ -383,10 +400,14 @@ class Subscriptions:
         )
 
     async def _archived_info(self, sub: Subscription, info: StreamInfo) -> StreamInfo:
-        """A session Redis no longer holds: its newest archived run, if any."""
-        found = await self._archive_retrying(sub, lambda store: store.session(sub.ref.ident))
-        if found is None:
+        """A session Redis does not hold: its newest archived run, if any. Asked once,
+        without waiting: it may be a session about to start (subscribing before the job
+        does is the usual way), which a store that is down must not hold up."""
+        found = await self._archive_once(sub, lambda store: store.session(sub.ref.ident))
+        if found is _DOWN or found is None:
+            sub.archived = None if found is _DOWN else False
             return info
+        sub.archived = True
         state = {
             k: v
             for k in ("status", "step", "total", "percent", "eta_s", "message", "error", "updated")
@@ -398,6 +419,28 @@ class Subscriptions:
             last=None if found.last is None else parse_id(found.last),
             state=state,
         )
+
+    async def _archive_once(self, sub: Subscription, call: Callable[[Store], Awaitable[T]]) -> Any:
+        """``call`` on the archive once; ``_DOWN`` (the subscriber told) if it is down."""
+        assert self._archive is not None
+        try:
+            return await self._archive.run(call)
+        except ArchiveUnavailable:
+            self._tell_archive_down(
+                sub,
+                "the archive is unavailable: what it may hold of this stream is not "
+                "replayed (subscribe again once it returns); following what comes",
+            )
+            return _DOWN
+
+    def _tell_archive_down(
+        self,
+        sub: Subscription,
+        message: str = "the archive is unavailable; replay resumes when it returns",
+    ) -> None:
+        if sub.mode is not Mode.CLOSED:
+            self.stats.archive_unavailable += 1
+            sub.sink.put_control(F.error(F.UNAVAILABLE, message, sub.name))
 
     async def _archive_retrying(
         self, sub: Subscription, call: Callable[[Store], Awaitable[T]]
@@ -411,13 +454,9 @@ class Subscriptions:
             try:
                 return await self._archive.run(call)
             except ArchiveUnavailable:
-                if not told and sub.mode is not Mode.CLOSED:
+                if not told:
                     told = True
-                    self.stats.archive_unavailable += 1
-                    sub.sink.put_control(
-                        F.error(F.UNAVAILABLE, "the archive is unavailable; replay resumes "
-                                "when it returns", sub.name)
-                    )  # fmt: skip
+                    self._tell_archive_down(sub)
                 await asyncio.sleep(backoff.next_s())
 
     async def _page(
@@ -487,6 +526,10 @@ class Subscriptions:
                 sub.overflow = True
                 sub.clear_buffer()
         # CATCHING_UP and CLOSED: nothing; the catch-up reads these from Redis.
+
+
+# What ``_archive_once`` answers when the store is down.
+_DOWN: Any = object()
 
 
 def _fmt(value: Id | None) -> str | None:

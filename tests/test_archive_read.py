@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -20,7 +23,7 @@ from httpx_sse import aconnect_sse
 
 from producer import Producer
 from relay import Relay
-from rpa_bus import Settings
+from rpa_bus import Settings, now_ts
 from rpa_bus.archive import Record, open_store
 from tests._postgres import LocalPostgres
 from tests._relay_support import KEYS, Client, Writer, close_relay, relay_settings, writer
@@ -166,6 +169,10 @@ async def test_30000_events_whose_redis_stream_holds_the_last_10000_over_every_d
             lambda: writer.r.hget(KEYS.config, "archive"), what="archive=1", timeout_s=10
         )
         await writer.start("big")
+        # The index announces it, as the producer does: the archiver learns of sessions
+        # from the index (or when it scans a bucket it takes).
+        started = {"type": "started", "session": "big", "ts": now_ts()}
+        await writer.r.xadd(KEYS.sessions, {"e": orjson.dumps(started)})
         everything = await writer.add_many(stream, 30_000)
         await wait_for_async(
             lambda: archiver.stats.stored >= 30_000, what="30,000 archived", timeout_s=120
@@ -276,6 +283,23 @@ async def test_store_down_replay_says_unavailable_then_completes(
             got, control = await ws_replay(r, "session:fresh", fresh[-1])
             assert got == fresh
             assert [f["type"] for f in control] == ["subscribed", "live"]
+            # Subscribing before a job starts is not held up by the store being down
+            # (told once: the archive could not say whether it ran before).
+            early = await Client.open(r.url)
+            try:
+                await early.send(op="subscribe", stream="session:later", **{"from": "0"})
+                await early.expect("live")
+                # As for Redis outages, `unavailable` may come before `subscribed`.
+                assert [f["type"] for f in early.frames] == ["error", "subscribed", "live"]
+                assert early.frames[0]["code"] == "unavailable"
+                await writer.start("later")
+                first_live = await writer.add("session:later", message="go")
+                assert await early.events_until("session:later", first_live) == [first_live]
+                # Nor is the (still empty) index of a new deployment.
+                await early.send(op="subscribe", stream="sessions", **{"from": "0"})
+                await early.until(lambda f: f["type"] == "live" and f["stream"] == "sessions")
+            finally:
+                await early.close()
             async with http(r) as client:
                 reply = await client.get("/v1/streams/session:pg/events")
                 assert reply.status_code == 503
@@ -300,6 +324,47 @@ async def test_store_down_replay_says_unavailable_then_completes(
             finally:
                 await c.close()
             assert await history(r, "session:pg", limit=900) == ids
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+
+
+async def test_store_stopped_in_the_middle_of_a_replay(
+    redis_url: str, writer: Writer, tmp_path: Path, postgres_server: LocalPostgres,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    """A slow client holds the replay mid-archive (pages of 100, small queues); the store
+    stops: the client gets what was read, then ``unavailable``; the store returns and the
+    rest follows, in order, once."""
+    epoch = await writer.start("mid")
+    ids = await writer.add_many("session:mid", 1_500, size=2_000)
+    await writer.r.xtrim(writer.key("session:mid"), minid=ids[1_400], approximate=False)
+    store = await open_store(postgres_url)
+    try:
+        pad = orjson.dumps({"type": "log", "ts": "x", "data": "x" * 2_000})
+        for start in range(0, 1_400, 500):
+            await store.put(
+                [Record("session:mid", epoch, i, pad) for i in ids[start : min(1_400, start + 500)]]
+            )
+    finally:
+        await store.close()
+    try:
+        async with relay_on(
+            redis_url, postgres_url, page_size=100, queue_frames=16, queue_bytes=32 * 1024
+        ) as r:
+            c = await Client.open(r.url, max_queue=2)
+            try:
+                await c.send(op="subscribe", stream="session:mid", **{"from": "0"})
+                await c.events_until("session:mid", ids[49])
+                postgres_server.stop()
+                err = await c.until(lambda f: f["type"] == "error", timeout_s=30)
+                assert err["code"] == "unavailable"
+                postgres_server.start()
+                await c.events_until("session:mid", ids[-1], timeout_s=60)
+                assert c.ids("session:mid") == ids
+                assert "gap" not in [f["type"] for f in c.frames]
+            finally:
+                await c.close()
     finally:
         if not postgres_server.running():
             postgres_server.start()
@@ -392,3 +457,16 @@ async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop
             reply = await client.get("/v1/sessions/nobody")
             assert reply.status_code == 503  # only the archive could say it never existed
             assert reply.json()["error"]["code"] == "unavailable"
+
+
+def test_relay_cli_refuses_an_unknown_archive_url_scheme() -> None:
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "rpa-bus"), "relay", "--archive-url", "mysql://db/x"],
+        capture_output=True,
+        text=True,
+        timeout=30 * UNIT_S,
+        env={"PATH": str(Path(sys.executable).parent), "HOME": os.environ.get("HOME", "/tmp")},
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "unknown archive URL scheme" in run.stderr

@@ -4,6 +4,7 @@ list need, migrations, retention pruning and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import time
@@ -326,3 +327,31 @@ async def test_postgres_down_mid_run_fails_the_batch_then_recovers(
         ]
     finally:
         await s.close()
+
+
+async def test_concurrent_puts_each_commit_their_own_rows(store: Store) -> None:
+    """The archiver stores many streams' batches at once (SQLite commits them together):
+    each put answers its own count, every session folds, replays store nothing twice."""
+    runs = [session_rows(f"c{i}", 40, ms0=1_700_000_000_000 + i * 1000) for i in range(12)]
+    counts = await asyncio.gather(*(store.put(rows) for rows in runs))
+    assert counts == [40] * 12
+    again = await asyncio.gather(*(store.put(rows[:30]) for rows in runs))
+    assert again == [0] * 12
+    for i in range(12):
+        assert await store.count(f"session:c{i}") == 40
+        state = await store.session(f"c{i}")
+        assert state is not None
+        assert state.status == "finished"
+
+
+async def test_events_and_counts_keep_to_one_epoch(store: Store) -> None:
+    old = session_rows("re", 10, epoch="old", ms0=1_600_000_000_000)
+    new = session_rows("re", 10, epoch="new", ms0=1_700_000_000_000)
+    await store.put(old)
+    await store.put(new)
+    page = await store.events("session:re", epoch="new", limit=100)
+    assert [e.id for e in page.events] == [r.id for r in new]
+    assert (page.first, page.last) == (new[0].id, new[-1].id)
+    assert len((await store.events("session:re", limit=100)).events) == 20
+    assert await store.count_before("session:re", new[5].id, epoch="new") == 5
+    assert await store.count_before("session:re", new[5].id) == 15

@@ -54,5 +54,8 @@ def test_robots_fill_quotes_and_one_in_two_fails(
     assert ok.endswith("-1")
     assert "finished: premium" in lines[ok]
     assert "failed: screen 9: the site failed with HTTP 500" in lines[bad]
-    check_finished_session(stream_events(redis_url, ok))
+    done = stream_events(redis_url, ok)
+    check_finished_session(done, shots_dir=tmp_path / "shots")
+    # The site served the screenshots: the bus carries their URLs.
+    assert all("url" in e["artifact"] for e in done if e["type"] == "artifact")
     check_failed_session(stream_events(redis_url, bad), "FAIL000")

@@ -75,10 +75,14 @@ class Watcher:
         self._arrived = asyncio.Event()
 
     def steps(self) -> list[int]:
-        return [e["step"] for _, e in self.events if e["type"] == "progress"]
+        return [
+            e["step"]
+            for _, e in self.events
+            if e["type"] == "step" and e["phase"] == "end" and e["outcome"] == "ok"
+        ]
 
     async def until_step(self, step: int) -> None:
-        """Wait until the client has received progress for ``step``."""
+        """Wait until the client has received the ok end of step ``step``."""
         while step not in self.steps():
             self._arrived.clear()
             await self._arrived.wait()
@@ -229,7 +233,7 @@ async def test_redis_down_mid_quote_changes_nothing_the_client_sees(
     during = [
         e
         for _, e in watcher.events
-        if e["type"] == "progress"
+        if e["type"] == "step"
         and down_at <= dt.datetime.fromisoformat(e["ts"].replace("Z", "+00:00")) <= up_at
     ]
     assert len(during) >= 2, [e["ts"] for _, e in watcher.events]

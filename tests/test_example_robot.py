@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -69,26 +70,48 @@ def stream_events(redis_url: str, sid: str) -> list[dict[str, Any]]:
         r.close()
 
 
-def check_finished_session(events: list[dict[str, Any]]) -> None:
-    """started, progress 1..15 in order with screenshots, estimates after screen 4, finished."""
+def steps(events: list[dict[str, Any]], phase: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "step" and e["phase"] == phase]
+
+
+def check_finished_session(events: list[dict[str, Any]], shots_dir: Path | None = None) -> None:
+    """started (job quote-robot), steps 1..15 each ended ok with its duration, a screenshot
+    artifact per screen, logs by level, estimates within screen 5, finished."""
     types = [e["type"] for e in events]
     assert types[0] == "started"
+    assert events[0]["job"] == "quote-robot"
     assert types[-1] == "finished"
     assert types.count("started") == 1
     assert types.count("finished") == 1
-    progress = [e for e in events if e["type"] == "progress"]
-    assert [e["step"] for e in progress] == list(range(1, TOTAL + 1))
-    assert all(e["total"] == TOTAL for e in progress)
-    assert progress[-1]["percent"] == 100.0
-    assert progress[3]["message"].startswith("Screen 4: vehicle ")
-    for e in progress:
-        shot = e["data"]["screenshot"]  # a path to a PNG on disk, never the image itself
-        assert isinstance(shot, str)
-        assert Path(shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    starts, ends = steps(events, "start"), steps(events, "end")
+    assert [e["step"] for e in starts] == list(range(1, TOTAL + 1))
+    assert [(e["step"], e["outcome"], e["attempt"]) for e in ends] == [
+        (n, "ok", 1) for n in range(1, TOTAL + 1)
+    ]
+    assert all(e["total"] == TOTAL and e["duration_s"] >= 0 for e in ends)
+    assert all("eta_s" in e and "eta_runs" in e for e in ends[:-1])
+    assert ends[-1]["percent"] == 100.0
+    assert starts[3]["message"].startswith("Screen 4: vehicle ")
+    shots = [e for e in events if e["type"] == "artifact"]
+    assert [e["step"] for e in shots] == list(range(1, TOTAL + 1))
+    for e in shots:
+        ref = e["artifact"]  # a reference (URL or path) to a PNG, never the image itself
+        assert (ref["kind"], ref["mime"]) == ("screenshot", "image/png")
+        if "url" in ref and shots_dir is not None:  # the site is gone: read what it served
+            sid, name = ref["url"].split("/")[-2:]
+            assert ref["url"].startswith("http://127.0.0.1:")
+            assert (shots_dir / sid / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        elif "url" in ref:
+            with urllib.request.urlopen(ref["url"], timeout=10) as resp:
+                assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert Path(ref["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    levels = {e.get("level", "info") for e in events if e["type"] == "log"}
+    assert {"debug", "info"} <= levels
     estimates = [i for i, e in enumerate(events) if e["type"] == "estimates"]
     assert len(estimates) == 1
-    # Read on screen 5: after screen 4 was reported, before screen 5 was.
-    assert types.index("progress") + 3 < estimates[0] < events.index(progress[4])
+    # Read within screen 5's step.
+    assert events.index(starts[4]) < estimates[0] < events.index(ends[4])
     plans = events[estimates[0]]["data"]["plans"]
     assert len(plans) == 4
     assert all(p["premium"] > 0 for p in plans)
@@ -99,14 +122,18 @@ def check_finished_session(events: list[dict[str, Any]]) -> None:
 
 
 def check_failed_session(events: list[dict[str, Any]], plate: str) -> None:
-    """The site's own error, after screens 1-8 and the estimates; nothing after it."""
+    """The site's own error in screen 9's step, after screens 1-8 and the estimates."""
     types = [e["type"] for e in events]
     assert types[0] == "started"
     assert types[-1] == "failed"
     assert "finished" not in types
-    steps = [e["step"] for e in events if e["type"] == "progress"]
-    assert steps == list(range(1, 9))
+    ends = steps(events, "end")
+    assert [(e["step"], e["outcome"]) for e in ends] == [(n, "ok") for n in range(1, 9)] + [
+        (9, "failed")
+    ]
+    assert "E-RISK-500" in ends[-1]["message"]
     assert "estimates" in types
+    assert any(e["type"] == "log" and e.get("level") == "error" for e in events)
     error = events[-1]["error"]
     assert error.startswith("screen 9: the site failed with HTTP 500: ")
     assert f"Rating engine error E-RISK-500: vehicle {plate} could not be rated" in error

@@ -6,6 +6,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -138,3 +139,37 @@ def test_the_failing_plate_breaks_the_site_at_screen_9(
     assert status == 500
     assert f"Rating engine error E-RISK-500: vehicle {plate} could not be rated" in body
     assert "id='error'" in body
+
+
+def test_screenshots_are_served_from_the_shots_folder_and_nothing_else(
+    quote_site: ModuleType, tmp_path: Path
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 32
+    (tmp_path / "shots" / "quote-1").mkdir(parents=True)
+    (tmp_path / "shots" / "quote-1" / "screen-01.png").write_bytes(png)
+    (tmp_path / "secret.png").write_bytes(png)
+    (tmp_path / "shots" / "quote-1" / "notes.txt").write_text("no")
+    site = quote_site.start_site(estimate_delay_s=0.0, shots_dir=tmp_path / "shots")
+    try:
+        with urllib.request.urlopen(site.url + "/shots/quote-1/screen-01.png", timeout=5) as r:
+            assert r.headers["Content-Type"] == "image/png"
+            assert r.read() == png
+        b = Browser(site.url)
+        for path in (
+            "/shots/quote-1/missing.png",
+            "/shots/../secret.png",
+            "/shots/quote-1/..%2F..%2Fsecret.png",
+            "/shots/quote-1/notes.txt",
+            "/shots/screen-01.png",
+            "/shots/../../secret.png",
+        ):
+            status, _, _ = b.request(path)
+            assert status == 404, path
+    finally:
+        site.stop()
+    without = quote_site.start_site(estimate_delay_s=0.0)
+    try:
+        status, _, _ = Browser(without.url).request("/shots/quote-1/screen-01.png")
+        assert status == 404
+    finally:
+        without.stop()

@@ -100,3 +100,44 @@ def test_cli_producer_and_make_build_the_same_envelope(redis_url: str, spool_dir
     assert list(cli) == list(built)  # the same fields in the same order
     assert {**lib, "ts": cli["ts"]} == cli
     assert list(lib) == list(cli)
+
+
+def test_emit_carries_the_job_view_fields(redis_url: str, spool_dir: Path) -> None:
+    calls = [
+        ("cli-j", "started", "--total", "3", "--job", "shell-robot"),
+        ("cli-j", "step", "--step", "1", "--total", "3", "--phase", "start", "--message", "Login"),
+        ("cli-j", "log", "--level", "warning", "--step", "1", "--message", "slow"),
+        ("cli-j", "artifact", "--step", "1", "--artifact", "screenshot:http://h.test/1.png",
+         "--name", "login", "--mime", "image/png"),
+        ("cli-j", "artifact", "--artifact", "har:/tmp/run.har"),
+        ("cli-j", "step", "--step", "1", "--total", "3", "--phase", "end", "--outcome", "ok",
+         "--duration", "2.5"),
+        ("cli-j", "step", "--step", "2", "--total", "3", "--phase", "start", "--attempt", "2"),
+    ]  # fmt: skip
+    for args in calls:
+        done = run(redis_url, spool_dir, *args)
+        assert done.returncode == 0, (args, done.stderr)
+    got = events(client(redis_url), "cli-j")
+    assert got[0]["job"] == "shell-robot"
+    assert (got[1]["phase"], got[1]["attempt"], got[1]["percent"]) == ("start", 1, 0.0)
+    assert got[2]["level"] == "warning"
+    assert got[3]["artifact"] == {
+        "kind": "screenshot", "url": "http://h.test/1.png", "name": "login", "mime": "image/png"
+    }  # fmt: skip
+    assert got[4]["artifact"] == {"kind": "har", "path": "/tmp/run.har"}
+    assert (got[5]["outcome"], got[5]["duration_s"], got[5]["percent"]) == ("ok", 2.5, 33.3)
+    assert got[6]["attempt"] == 2
+    assert meta(client(redis_url), "cli-j")["job"] == "shell-robot"
+    bad = [
+        (("s2", "step", "--step", "1"), "needs 'step' (its number) and 'phase'"),
+        (("s2", "step", "--step", "1", "--phase", "end"), "needs an 'outcome'"),
+        (("s2", "log", "--level", "loud"), "level must be one of"),
+        (("s2", "artifact", "--artifact", "nocolon"), "KIND:URL_OR_PATH"),
+        (("s2", "log", "--name", "x"), "--name and --mime"),
+        (("s2", "started", "--job", "a b"), "job must match"),
+    ]
+    for args, words in bad:
+        done = run(redis_url, spool_dir, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr, done.stderr
+    assert events(client(redis_url), "s2") == []

@@ -67,3 +67,36 @@ def test_close_while_the_flusher_is_mid_write_does_not_crash_it(
         entries = rc.xrange(KEYS.session(sid))
         assert [orjson.loads(f[b"e"])["message"] for _id, f in entries] == ["m0", "m1"], sid
     assert list(tmp_path.glob("*.journal")) == []
+
+
+def test_a_jobs_profile_is_read_on_a_cluster_sync_and_async(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """The flusher's GET of ``P:job:JOB:profile`` routes like any key on a cluster (the
+    client's slot map is read first when the producer has not written yet)."""
+    import asyncio
+
+    from producer import AsyncProducer
+    from rpa_bus import StepProfile
+    from tests._wait import wait_for, wait_for_async
+
+    rc.set(KEYS.job_profile("cj"), orjson.dumps(StepProfile.learn([{1: 2.0, 2: 3.0}]).as_json()))
+    bus = Producer(cluster.url, spool_dir=tmp_path / "sync")
+    try:
+        with bus.session("cj-1", job="cj", total=2) as s:
+            wait_for(lambda: bus.profile("cj"), what="the profile read on the cluster")
+            with s.step(1, "one"):
+                pass
+        assert bus.flush(20 * UNIT_S)
+    finally:
+        bus.close(timeout_s=5 * UNIT_S)
+    got = [orjson.loads(f[b"e"]) for _, f in rc.xrange(KEYS.session("cj-1"))]
+    assert [e.get("eta_runs") for e in got if e["type"] == "step"] == [1, 1]
+
+    async def run_async() -> None:
+        async with AsyncProducer(cluster.url, spool_dir=tmp_path / "async") as abus:
+            async with abus.session("cj-2", job="cj", total=2):
+                await wait_for_async(lambda: abus.profile("cj"), what="the profile, async")
+            assert await abus.flush(20 * UNIT_S)
+
+    asyncio.run(run_async())

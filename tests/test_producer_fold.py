@@ -12,7 +12,9 @@ from producer._core import _fold
 from producer._journal import Item
 from rpa_bus import state_fields
 
-TYPES = ["started", "progress", "log", "result", "error", "finished", "failed", "estimates"]
+TYPES = [
+    "started", "progress", "step", "log", "result", "error", "finished", "failed", "estimates",
+]  # fmt: skip
 
 
 @st.composite
@@ -25,6 +27,8 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
         ("eta_s", st.floats(0, 50)),
         ("message", st.text(max_size=3)),
         ("error", st.text(max_size=3)),
+        ("job", st.sampled_from(["j1", "j2"])),
+        ("eta_runs", st.integers(0, 3)),
     ):
         if draw(st.booleans()):
             event[key] = draw(values)

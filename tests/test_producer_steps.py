@@ -4,6 +4,7 @@ from ``P:job:JOB:profile``, and every bad input refused at once."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from producer import AsyncProducer, Producer
 from rpa_bus import InvalidEvent, InvalidEventType, Keys, StepProfile, decode
+from rpa_bus.cli._embedded import EmbeddedRedis
 from tests._producer_helpers import client, events, meta
 from tests._wait import wait_for, wait_for_async
 from tests.conftest import UNIT_S
@@ -240,3 +242,60 @@ async def test_async_steps(redis_url: str, spool_dir: Path) -> None:
     assert [e["eta_runs"] for e in got if e["type"] == "step" and "eta_s" in e] == [1] * 5
     assert next(e for e in got if e["type"] == "log")["level"] == "warning"
     assert next(e for e in got if e["type"] == "artifact")["artifact"]["path"] == "/tmp/s.png"
+
+
+def test_redis_down_the_job_goes_on_at_its_pace(tmp_path: Path) -> None:
+    """A job's profile cannot be read (nothing listens): nothing waits for it, the ETA is
+    the pace, and the events wait in the journal."""
+    from rpa_bus.cli._embedded import free_port
+
+    bus = Producer(
+        f"redis://127.0.0.1:{free_port()}/0",
+        spool_dir=tmp_path,
+        connect_timeout_s=0.2,
+        socket_timeout_s=0.2,
+    )
+    try:
+        started = time.monotonic()
+        with bus.session("q-down", job="some-job", total=3) as s:
+            for n in (1, 2, 3):
+                with s.step(n, f"step {n}"):
+                    time.sleep(0.01)
+        assert time.monotonic() - started < 1.0  # three 10 ms steps: nothing waited
+        assert bus.profile("some-job") is None
+        assert not bus.flush(0.3)
+    finally:
+        bus.close(timeout_s=0.5)
+
+
+def test_a_failed_profile_read_is_tried_again_by_a_later_run(
+    redis_server: EmbeddedRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="producer")
+    bus = Producer(
+        redis_server.url, spool_dir=tmp_path, connect_timeout_s=0.2, socket_timeout_s=0.5
+    )
+    bus.profile_retry_s = 0.2
+    try:
+        redis_server.stop()
+        with bus.session("q-r1", job="flaky", total=2) as s:
+            s.progress(1)
+        wait_for(
+            lambda: "cannot read the step profile of job flaky" in caplog.text,
+            what="the failed read",
+        )
+        assert bus.profile("flaky") is None
+        redis_server.start()
+        r = client(redis_server.url)
+        r.set(Keys().job_profile("flaky"), orjson.dumps(StepProfile.learn([{1: 1.0}]).as_json()))
+
+        def runs_again() -> StepProfile | None:
+            with bus.session("q-r2", job="flaky", total=2) as s:
+                s.progress(1)
+            return bus.profile("flaky")
+
+        # Within the retry interval nothing is asked; after it, a new run reads it.
+        wait_for(runs_again, what="a later run reading the profile", interval_s=0.1)
+        assert bus.flush(5 * UNIT_S)
+    finally:
+        bus.close(timeout_s=2 * UNIT_S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from pathlib import Path
 
 from . import FAILING_PLATE, start_site
 
@@ -14,12 +15,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--estimate-delay", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
+    parser.add_argument("--shots", type=Path, help="serve robots' screenshots from here")
     args = parser.parse_args()
     site = start_site(
         host=args.host,
         port=args.port,
         estimate_delay_s=args.estimate_delay,
         latency_s=args.latency,
+        shots_dir=args.shots,
     )
     print(f"quote site at {site.url} (plate {FAILING_PLATE} fails at screen 9); Ctrl-C stops")
     try:

@@ -2,7 +2,9 @@
 
 URLs: ``GET /`` start page; ``POST /quotes`` opens a quote and redirects to its screen 1;
 ``GET /q/ID/N`` shows screen N; ``POST /q/ID/N`` submits it (303 to the next screen, 400
-with the errors, or 500 when the site breaks). Pages carry ``data-screen`` on ``<main>`` so
+with the errors, or 500 when the site breaks); ``GET /shots/SID/NAME.png`` serves a robot's
+screenshot from the folder given as ``shots_dir`` (so the bus carries only its URL, and a
+dashboard shows it as a thumbnail). Pages carry ``data-screen`` on ``<main>`` so
 a robot can check where it is. No JavaScript: screen 5 "calculates" behind a page that
 refreshes itself until the estimates are ready.
 """
@@ -12,18 +14,22 @@ from __future__ import annotations
 import html
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from . import screens as sc
 
 log = logging.getLogger(__name__)
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass
@@ -39,7 +45,10 @@ class Quote:
 class QuoteSite:
     """The site's state and pages, independent of the HTTP plumbing."""
 
-    def __init__(self, *, estimate_delay_s: float, latency_s: float) -> None:
+    def __init__(
+        self, *, estimate_delay_s: float, latency_s: float, shots_dir: Path | None = None
+    ) -> None:
+        self.shots_dir = shots_dir
         self.estimate_delay_s = estimate_delay_s
         self.latency_s = latency_s
         self._quotes: dict[str, Quote] = {}
@@ -212,6 +221,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _shot(self) -> bool:
+        """Serve ``/shots/SID/NAME.png`` from the site's screenshot folder; True if handled."""
+        path = self.path.split("?", 1)[0]
+        if not path.startswith("/shots/"):
+            return False
+        folder = self.server.site.shots_dir
+        parts = path[len("/shots/") :].split("/")
+        # Two plain names, no dots-only parts: nothing outside the folder can be named.
+        ok = (
+            folder is not None
+            and len(parts) == 2
+            and all(_SAFE_NAME.fullmatch(p) and p.strip(".") for p in parts)
+            and parts[1].endswith(".png")
+        )
+        file = folder / parts[0] / parts[1] if ok and folder is not None else None
+        try:
+            body = file.read_bytes() if file is not None else None
+        except OSError:
+            body = None
+        if body is None:
+            self._send(HTTPStatus.NOT_FOUND, _error_page(HTTPStatus.NOT_FOUND, "No such image"))
+            return True
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "max-age=3600")
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
     def _route(self) -> tuple[Quote, int] | None:
         parts = self.path.split("?", 1)[0].strip("/").split("/")
         if len(parts) == 3 and parts[0] == "q" and parts[2].isdigit():
@@ -230,6 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "<button id='start'>Start a new quote</button></form>"
             )
             self._send(HTTPStatus.OK, _page("Motor insurance quote", body))
+            return
+        if self._shot():
             return
         route = self._route()
         if route is None:
@@ -289,15 +330,16 @@ def start_site(
     port: int = 0,
     estimate_delay_s: float = 2.0,
     latency_s: float = 0.0,
+    shots_dir: Path | None = None,
 ) -> RunningSite:
     """Serve the quote site on a background thread; ``port=0`` picks a free port.
 
     ``estimate_delay_s`` is how long screen 5 "calculates"; ``latency_s`` is added to every
-    response, to play a slow insurer.
+    response, to play a slow insurer. ``shots_dir``: robots' screenshots, served under
+    ``/shots/``.
     """
-    server = _Server(
-        (host, port), QuoteSite(estimate_delay_s=estimate_delay_s, latency_s=latency_s)
-    )
+    site = QuoteSite(estimate_delay_s=estimate_delay_s, latency_s=latency_s, shots_dir=shots_dir)
+    server = _Server((host, port), site)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="quote-site", daemon=True
     )

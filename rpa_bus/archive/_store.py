@@ -47,7 +47,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -354,10 +354,15 @@ def _decode(data: bytes) -> dict[str, Any] | None:
 
 
 def fold_session(
-    sid: str, current: ArchivedSession | None, rows: Sequence[Row]
+    sid: str,
+    current: ArchivedSession | None,
+    rows: Sequence[Row],
+    on_event: Callable[[Row, dict[str, Any] | None, bool], None] | None = None,
 ) -> ArchivedSession | None:
     """The session's state after ``rows`` (its own stream's entries, id order); only rows
-    past ``current.last`` count, so folding a replayed batch again changes nothing."""
+    past ``current.last`` count, so folding a replayed batch again changes nothing.
+    ``on_event(row, event, new_epoch)`` sees each of those rows, decoded (None when it is
+    not an envelope), once."""
     last = _split_id(current.last) if current is not None and current.last else (-1, -1)
     fields = _as_strings(current)
     epoch = current.epoch if current is not None else ""
@@ -372,11 +377,14 @@ def fold_session(
             continue
         changed = True
         last_id = row.id
-        if row.epoch and row.epoch != epoch:  # the stream was recreated: a new history
+        new_epoch = bool(row.epoch) and row.epoch != epoch
+        if new_epoch:  # the stream was recreated: a new history
             epoch, first, started, fields = row.epoch, row.id, None, {}
         if first is None:
             first = row.id
         event = _decode(row.data)
+        if on_event is not None:
+            on_event(row, event, new_epoch)
         if event is None or not isinstance(event.get("ts"), str):
             continue
         try:
@@ -410,26 +418,24 @@ def fold_session(
 def fold_session_runs(
     sid: str, current: ArchivedSession | None, run: str | None, rows: Sequence[Row]
 ) -> tuple[ArchivedSession | None, str | None, list[FinishedRun]]:
-    """``fold_session`` and the run accumulator (``sessions.run``) together: the new state
-    (None: unchanged), the new accumulator, and the runs that ended in ``rows``."""
-    state = fold_session(sid, current, rows)
+    """``fold_session`` and the run accumulator (``sessions.run``) together, in one pass:
+    the new state (None: unchanged), the new accumulator, and the runs that ended in
+    ``rows``."""
+    acc = load_acc(run)
+    ended: list[FinishedRun] = []
+
+    def each(row: Row, event: dict[str, Any] | None, new_epoch: bool) -> None:
+        nonlocal acc
+        if new_epoch:
+            acc = None
+        if event is not None:
+            acc, done = fold_run(sid, acc, row.id, event)
+            if done is not None:
+                ended.append(done)
+
+    state = fold_session(sid, current, rows, each)
     if state is None:
         return None, run, []
-    last = _split_id(current.last) if current is not None and current.last else (-1, -1)
-    acc = load_acc(run)
-    epoch = current.epoch if current is not None else ""
-    ended: list[FinishedRun] = []
-    for row in rows:
-        if _split_id(row.id) <= last:
-            continue
-        if row.epoch and row.epoch != epoch:
-            epoch, acc = row.epoch, None
-        event = _decode(row.data)
-        if event is None:
-            continue
-        acc, done = fold_run(sid, acc, row.id, event)
-        if done is not None:
-            ended.append(done)
     return state, dump_acc(acc), ended
 
 
@@ -667,6 +673,9 @@ class SqliteStore(Store):
         self._timeout_s = timeout_s
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        # Group commit (``put``): batches waiting for the write turn.
+        self._queued: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
+        self._turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, *, timeout_s: float = 5.0) -> SqliteStore:
@@ -775,28 +784,68 @@ class SqliteStore(Store):
         return await asyncio.to_thread(run)
 
     async def put(self, rows: Sequence[Row]) -> int:
+        """Store ``rows``; concurrent calls share one transaction (group commit).
+
+        SQLite commits one transaction at a time, each with an fsync (``synchronous=
+        FULL``), and the archiver stores the batches of different streams concurrently:
+        whichever call holds the write turn commits every batch queued meanwhile in one
+        transaction, one fsync for all. Each call still returns only once its rows are
+        committed (or raises: then none of the transaction's batches was, and each is
+        retried by its caller; the store is idempotent)."""
         if not rows:
             return 0
-        return await asyncio.to_thread(self._put, rows)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, done))
+        try:
+            return await self._commit_turn(done)
+        except asyncio.CancelledError:
+            # Not committed by us: leave nothing queued that no one would wait for.
+            self._queued = [q for q in self._queued if q[1] is not done]
+            raise
+
+    async def _commit_turn(self, done: asyncio.Future[int]) -> int:
+        async with self._turn:
+            if not done.done():
+                batch, self._queued = self._queued, []
+                try:
+                    counts = await asyncio.to_thread(self._put_many, [r for r, _ in batch])
+                except BaseException as exc:
+                    for _, other in batch:
+                        if other is not done and not other.done():
+                            other.set_exception(
+                                exc
+                                if isinstance(exc, Exception)
+                                else ArchiveUnavailable("the shared commit was interrupted")
+                            )
+                    raise
+                for (_, fut), n in zip(batch, counts, strict=True):
+                    if not fut.done():
+                        fut.set_result(n)
+        return await done
 
     def _put(self, rows: Sequence[Row]) -> int:
-        params = [(r.stream, *_split_id(r.id), r.epoch, r.data) for r in rows]
+        return self._put_many([rows])[0]
+
+    def _put_many(self, batches: Sequence[Sequence[Row]]) -> list[int]:
+        counts: list[int] = []
         with self._use() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.executemany(
-                    "INSERT INTO events (stream, ms, seq, epoch, data) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    params,
-                )
-                stored = cur.rowcount
-                for name, group in _by_stream(rows):
-                    self._fold(conn, name, group)
+                for rows in batches:
+                    params = [(r.stream, *_split_id(r.id), r.epoch, r.data) for r in rows]
+                    cur = conn.executemany(
+                        "INSERT INTO events (stream, ms, seq, epoch, data) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        params,
+                    )
+                    counts.append(cur.rowcount)
+                    for name, group in _by_stream(rows):
+                        self._fold(conn, name, group)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return stored
+        return counts
 
     def _fold(self, conn: sqlite3.Connection, stream: str, rows: Sequence[Row]) -> None:
         if stream.startswith("session:"):

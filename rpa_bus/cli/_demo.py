@@ -1,8 +1,12 @@
 """Simulated RPA jobs with the shape of the real one: a 15-screen insurance quote.
 
-Each job walks 15 screens at an irregular pace, publishes premium estimates at screen 5,
-logs now and then, and ends with a quote — or, now and then, fails with an error the way a
-real robot does when the insurer's site gives up on it.
+Each job is a run of the job ``quote-demo``: it walks 15 screens as steps (``s.step``),
+each with a typical length of its own (a login is quick, the premium calculation slow) and
+noise around it, publishes premium estimates at screen 5, logs at every level now and
+then, retries a screen whose page timed out (the step's attempt ends ``retried`` and the
+screen is entered again), and ends with a quote — or, now and then, fails inside a step
+the way a real robot does when the insurer's site gives up on it. With an archiver
+running, later runs get an ETA learned from the earlier ones.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from producer import AsyncProducer
+from producer import AsyncProducer, AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ SCREENS = (
     "Screen 15: policy PDF downloaded",
 )
 INSURERS = ("Atlas Seguros", "Porto Norte", "Aurora Mutual", "Vela Insurance")
+JOB = "quote-demo"
+# Seconds each screen typically takes (uneven, like a real insurer's site).
+TYPICAL_S = (0.8, 0.5, 0.6, 0.7, 3.0, 0.9, 0.4, 0.4, 1.2, 0.5, 0.6, 0.8, 0.3, 2.0, 1.0)
+RETRY_RATIO = 0.06  # a screen's page times out and is retried this often
 FAILURES = (
     "insurer site returned HTTP 502 on the quote calculation",
     "vehicle plate not found in the national registry",
@@ -60,30 +68,48 @@ async def run_quote_job(bus: AsyncProducer, sid: str, rng: random.Random, opts: 
     """One simulated robot; returns its final status (finished or failed)."""
     vehicle = rng.choice(("Onix 1.0 2022", "HB20 1.6 2021", "Corolla 2.0 2023", "Kwid 1.0 2020"))
     fail_at = rng.randint(6, 14) if rng.random() < opts.fail_ratio else None
+    pace = rng.lognormvariate(0.0, 0.2)  # this run's speed: some days the site is slow
     try:
-        async with bus.session(sid, total=len(SCREENS), meta={"vehicle": vehicle}) as s:
+        async with bus.session(sid, job=JOB, total=len(SCREENS), meta={"vehicle": vehicle}) as s:
             for step, title in enumerate(SCREENS, start=1):
-                # Irregular pacing: most screens are quick, some wait on the insurer.
-                try:
-                    await asyncio.sleep(rng.choice((0.4, 0.6, 0.9, 1.5, 2.5)) / opts.speed)
-                except asyncio.CancelledError:
-                    s.fail("demo stopped before this quote was done")
-                    raise
-                if step == fail_at:
-                    raise QuoteFailed(rng.choice(FAILURES))
-                s.progress(step, title, data={"screenshot": f"screens/{sid}/{step:02d}.png"})
-                if step == 5:
-                    plans = [
-                        {"insurer": name, "premium": round(rng.uniform(1400, 4200), 2)}
-                        for name in INSURERS
-                    ]
-                    s.emit("estimates", {"plans": plans})
-                elif rng.random() < 0.2:
-                    s.log(f"waited {rng.randint(300, 2500)} ms for the insurer's page")
+                retry = rng.random() < RETRY_RATIO
+                while True:
+                    async with s.step(step, title) as st:
+                        # Irregular pacing around the screen's typical length.
+                        seconds = TYPICAL_S[step - 1] * pace * rng.lognormvariate(0.0, 0.3)
+                        try:
+                            await asyncio.sleep(seconds / opts.speed)
+                        except asyncio.CancelledError:
+                            s.fail("demo stopped before this quote was done")
+                            raise
+                        if retry:
+                            s.log("the insurer's page timed out; trying again", level="warning")
+                            st.retry("page load timed out")
+                            retry = False
+                            continue
+                        if step == fail_at:
+                            s.log("the insurer's site answered with an error", level="error")
+                            raise QuoteFailed(rng.choice(FAILURES))
+                        _screen_events(s, step, rng)
+                    break
             s.finish({"vehicle": vehicle, "premium": round(rng.uniform(1400, 4200), 2)})
     except QuoteFailed:
         return "failed"
     return "finished"
+
+
+def _screen_events(s: AsyncSession, step: int, rng: random.Random) -> None:
+    """What a screen reports besides its step: estimates, log lines at every level."""
+    if step == 5:
+        plans = [
+            {"insurer": name, "premium": round(rng.uniform(1400, 4200), 2)} for name in INSURERS
+        ]
+        s.emit("estimates", {"plans": plans})
+        s.log(f"{len(plans)} premium estimates received")
+    elif step == 1:
+        s.log("logged in to the insurer portal", level="debug")
+    elif rng.random() < 0.2:
+        s.log(f"waited {rng.randint(300, 2500)} ms for the insurer's page", level="debug")
 
 
 async def run_demo(bus: AsyncProducer, opts: DemoOptions) -> dict[str, int]:

@@ -161,7 +161,11 @@ def run_real_demo(
         echo(f"demo --real: {outcome.session} {outcome.status}: {detail}")
 
     bus = Producer(settings=settings)
-    site = quote_site.start_site(estimate_delay_s=opts.estimate_delay_s, latency_s=opts.latency_s)
+    # The site serves the robots' screenshots too: the bus carries their URLs, and the
+    # dashboard shows them as thumbnails beside their steps.
+    site = quote_site.start_site(
+        estimate_delay_s=opts.estimate_delay_s, latency_s=opts.latency_s, shots_dir=screenshots
+    )
     try:
         endless = "until Ctrl-C" if opts.count is None else f"{opts.count} quotes"
         echo(
@@ -176,6 +180,7 @@ def run_real_demo(
             robots=opts.robots,
             screenshots=screenshots,
             browser_path=browser,
+            shots_url=f"{site.url}/shots",
             on_outcome=on_outcome,
         )
     except KeyboardInterrupt:

@@ -40,6 +40,13 @@ def relay(
     redis_url: Annotated[
         str | None, typer.Option(help="Redis URL [env RPA_BUS_REDIS_URL].")
     ] = None,
+    archive_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Archive store to read through (replay and history past Redis): "
+            "sqlite:///PATH or postgresql://... [env RPA_BUS_ARCHIVE_URL; default none].",
+        ),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option(help="Serve a non-loopback address without RPA_BUS_SECRET (no auth).")
     ] = False,
@@ -63,6 +70,7 @@ def relay(
             port=port,
             name=name,
             redis_url=resolve_redis_url(redis_url),
+            archive_url=archive_url,
             insecure=insecure or None,
         )
         settings.check_bind()

@@ -399,6 +399,10 @@ async def _serve_up(
         loop.add_signal_handler(sig, stop.set)
     bus = relay_settings.bus
     archiver = await start_archiver(bus)  # on SQLite in the state folder unless configured
+    if archiver is not None:
+        # The relay reads through the same store (replay and history past Redis).
+        url = archiver.service.settings.archive_url
+        relay_settings = relay_settings.with_(bus=bus.with_(archive_url=url))
     with Monitor(monitor_settings) as mon:
         sampler = asyncio.create_task(asyncio.to_thread(mon.run), name="monitor")
         try:
