@@ -899,8 +899,8 @@ function updateLogHeader() {
 /**
  * Show one session's log and timeline. `pages`: read its history over HTTP instead of
  * subscribing (an ended session opened from the History tab: nothing more will happen in
- * it, and a subscription to a session Redis no longer holds would only leave an empty
- * stream behind).
+ * it, and while the relay follows a session Redis no longer holds, it keeps an empty
+ * stream under its name, which hides the session from the archive's search meanwhile).
  */
 function select(sid, fromClick = false, { pages = false } = {}) {
   if (sid === selected) return;
