@@ -9,12 +9,17 @@ moment it returns and can compare it with what the page shows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from rpa_bus import Keys, encode, make, now_ts, state_fields
 
+RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -57,18 +63,23 @@ class BusWriter:
         self.client = client
         self.keys = keys or Keys()
 
-    def session_event(self, sid: str, kind: str, **fields: Any) -> str:
-        """Append one event to ``session:SID``; returns its stream id."""
+    def session_event(self, sid: str, kind: str, *, at_ms: int | None = None, **fields: Any) -> str:
+        """Append one event to ``session:SID``; returns its stream id.
+
+        ``at_ms`` back-dates the entry (its id, and the sessions index entry's): events
+        written in time order across sessions then read as if they had happened then.
+        """
         event = make(kind, **fields)
         key, meta = self.keys.session(sid), self.keys.meta(sid)
+        entry = "*" if at_ms is None else f"{at_ms}-*"
         pipe = self.client.pipeline(transaction=True)
         pipe.hsetnx(meta, "epoch", "1")
-        pipe.hsetnx(meta, "created", str(int(time.time() * 1000)))
-        pipe.xadd(key, {"e": encode(event)})
+        pipe.hsetnx(meta, "created", str(at_ms or int(time.time() * 1000)))
+        pipe.xadd(key, {"e": encode(event)}, id=entry)
         pipe.hset(meta, items=[x for kv in state_fields(event).items() for x in kv])
         if kind in ("started", "finished", "failed"):
             index = make(kind, session=sid, ts=event["ts"])
-            pipe.xadd(self.keys.sessions, {"e": encode(index)})
+            pipe.xadd(self.keys.sessions, {"e": encode(index)}, id=entry)
         result = pipe.execute()
         entry_id = result[2]
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -122,10 +133,18 @@ class RelayThread:
     open on it reconnects to the restarted relay.
     """
 
-    def __init__(self, redis_url: str, *, port: int = 0, secret: str | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        port: int = 0,
+        secret: str | None = None,
+        archive_url: str | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.port = port
         self.secret = secret
+        self.archive_url = archive_url
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -168,7 +187,9 @@ class RelayThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         settings = RelaySettings(
-            bus=Settings(redis_url=self.redis_url, secret=self.secret),
+            bus=Settings(
+                redis_url=self.redis_url, secret=self.secret, archive_url=self.archive_url
+            ),
             host="127.0.0.1",
             port=self.port,
             name="relay-test",
@@ -187,3 +208,71 @@ class RelayThread:
         finally:
             relay.close(1012, "relay restarting")
             await relay.wait_closed()
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_files(root: Path) -> Iterator[str]:
+    """Serve ``root`` over real HTTP on a free loopback port (what a robot's screenshot
+    store is to the dashboard); yields the base URL."""
+    handler = functools.partial(_QuietFiles, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="files", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def screen_svg(title: str, *, error: str | None = None) -> str:
+    """A small picture of a web form, standing in for a robot's screenshot."""
+    fields = "".join(
+        f'<rect x="24" y="{64 + 30 * i}" width="120" height="8" rx="2" fill="#9aa5b1"/>'
+        f'<rect x="160" y="{58 + 30 * i}" width="216" height="20" rx="4" fill="#fff" '
+        'stroke="#c9d1da"/>'
+        for i in range(4)
+    )
+    banner = (
+        f'<rect x="16" y="186" width="368" height="30" rx="4" fill="#fde2e1"/>'
+        f'<text x="28" y="206" font-size="14" fill="#b42318">{error}</text>'
+        if error
+        else '<rect x="276" y="190" width="100" height="26" rx="5" fill="#1f6feb"/>'
+    )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="400" height="240" viewBox="0 0 400 240">'
+        '<rect width="400" height="240" fill="#f3f5f8"/>'
+        '<rect width="400" height="28" fill="#dfe4ea"/>'
+        '<circle cx="14" cy="14" r="5" fill="#f0605a"/>'
+        '<circle cx="30" cy="14" r="5" fill="#d9a528"/>'
+        f'<text x="24" y="48" font-size="15" font-family="sans-serif" fill="#1f2733">{title}</text>'
+        f"{fields}{banner}</svg>"
+    )
+
+
+@contextmanager
+def archiver(redis_url: str, archive_url: str, tmp_path: Path) -> Iterator[None]:
+    """The real `rpa-bus archiver` (this venv's), reading the test's Redis, until the block
+    ends (SIGTERM, then SIGKILL if it does not stop)."""
+    env = {**os.environ, "RPA_BUS_REDIS_URL": redis_url, "RPA_BUS_ARCHIVER_BLOCK_MS": "200",
+           "XDG_STATE_HOME": str(tmp_path / "state")}  # fmt: skip
+    env.pop("RPA_BUS_ARCHIVE_URL", None)
+    with (tmp_path / "archiver.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [RPA_BUS, "archiver", "--archive-url", archive_url], env=env, stdout=out, stderr=out
+        )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -9,9 +9,12 @@ the ids in Redis.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,14 @@ from monitor import Monitor, MonitorSettings
 from producer import Producer
 from rpa_bus import Keys, Settings, now_ts
 from rpa_bus.cli._embedded import EmbeddedRedis
-from tests._browser import BusWriter, RelayThread, chromium_page
+from tests._browser import (
+    BusWriter,
+    RelayThread,
+    archiver,
+    chromium_page,
+    screen_svg,
+    serve_files,
+)
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
@@ -501,60 +511,135 @@ def test_alerts_fire_and_resolve(page: Page, client: redis.Redis, producer: Prod
 
 # -- the screenshot in docs/ --------------------------------------------------------------
 
+_SCREENS = [
+    "Insurer portal login", "Policyholder", "Driver details", "Vehicle details",
+    "Premium estimates", "Coverages", "Roadside assistance", "Deductible",
+    "Risk questionnaire", "Overnight address", "Payment method", "Review",
+    "Terms acceptance", "Proposal issued", "Policy PDF",
+]  # fmt: skip
+_FAILURE = "insurer site returned HTTP 502 on the quote calculation"
 
-def _busy_scene(redis_url: str, client: redis.Redis) -> None:
-    """Sessions in every state, an hour of host samples and a few alerts."""
+
+def _shot(base_url: str, name: str) -> dict[str, str]:
+    url = f"{base_url}/{name}.svg"
+    return {"kind": "screenshot", "url": url, "name": f"{name}.png", "mime": "image/svg+xml"}
+
+
+def _write_shots(folder: Path) -> None:
+    """The robot's screenshots of the scene, as a screenshot store would serve them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "step-5.svg").write_text(screen_svg("Premium estimates"))
+    (folder / "step-14.svg").write_text(screen_svg("Proposal issued"))
+    (folder / "failed.svg").write_text(screen_svg("Risk questionnaire", error="502 Bad Gateway"))
+
+
+def _busy_scene(redis_url: str, client: redis.Redis, shots_url: str) -> None:
+    """Sessions in every state, an hour of host samples and a few alerts. The runs are
+    written as the producer's steps write them (issue 16): one job, uneven step times, a
+    retry, log levels and screenshots (``shots_url``: where ``_write_shots`` put them)."""
     w = BusWriter(client)
-    screens = [
-        "insurer portal login", "policyholder details", "driver details", "vehicle details",
-        "premium estimates", "coverages", "roadside assistance", "deductible",
-        "risk questionnaire", "overnight address", "payment method", "review",
-        "terms acceptance", "proposal issued", "policy PDF downloaded",
-    ]  # fmt: skip
-
+    # How long each screen takes, relative to the run's pace: uneven, as real portals are.
+    weights = [0.6, 1.0, 1.3, 0.8, 2.1, 1.0, 0.5, 0.7, 1.7, 0.9, 0.6, 1.2, 0.4, 1.5, 0.7]
+    lines = {
+        2: ("debug", "cookie banner dismissed"), 5: ("info", "3 plans offered"),
+        8: ("warning", "insurer answered slowly (6.1 s)"), 12: ("info", "premium 1,234.50"),
+    }  # fmt: skip
     now_s = time.time()
+    events: list[tuple[float, str, str, dict[str, Any]]] = []
+
+    def emit(t: float, sid: str, kind: str, **fields: Any) -> None:
+        events.append((t, sid, kind, fields))
 
     def run(
-        sid: str, ago_s: float, steps: int, end: str | None = None, pace_s: float = 4.2
+        sid: str,
+        ago_s: float,
+        steps: int,
+        end: str | None = None,
+        pace_s: float = 4.2,
+        retry_at: int | None = None,
+        job: str = "quote-robot",
+        total: int = 15,
     ) -> None:
-        """One robot that started ``ago_s`` seconds ago and took ``pace_s`` per screen."""
-
-        def at(k: float) -> str:
-            return now_ts(now_s - ago_s + k * pace_s)
-
-        w.session_event(sid, "started", ts=at(0), total=15, data={"insurer": "Atlas Seguros"})
+        """One robot run that started ``ago_s`` seconds ago, ``pace_s`` per screen on
+        average; with ``end`` None its last step is still running."""
+        t = now_s - ago_s
+        emit(t, sid, "started", total=total, job=job,
+            data={"insurer": "Atlas Seguros"},
+        )  # fmt: skip
         for step in range(1, steps + 1):
-            w.session_event(
-                sid, "progress", ts=at(step), step=step, total=15,
-                percent=round(step * 100 / 15, 1), eta_s=round((15 - step) * pace_s, 1),
-                message=f"Screen {step}: {screens[step - 1]}",
-            )  # fmt: skip
-            if step == 5:
-                plans = {"plans": [{"name": "basic", "premium": 1180.4}]}
-                w.session_event(sid, "estimates", ts=at(step + 0.1), data=plans)
+            name = _SCREENS[step - 1]
+            took = pace_s * weights[step - 1]
+            attempts = 2 if step == retry_at else 1
+            for attempt in range(1, attempts + 1):
+                eta = round(pace_s * sum(weights[step - 1 : total]), 1)
+                emit(t, sid, "step", step=step, total=total, phase="start",
+                    attempt=attempt, message=name, eta_s=eta, eta_runs=12,
+                    percent=round((step - 1) * 100 / total, 1),  # the steps done before it
+                )  # fmt: skip
+                last = attempt == attempts
+                if step in lines and last:
+                    level, text = lines[step]
+                    at = t + 0.3 * took
+                    emit(at, sid, "log", step=step, level=level, message=text)
+                if step == 5 and last:
+                    plans = {"plans": [{"name": "basic", "premium": 1180.4}]}
+                    at = t + 0.5 * took
+                    emit(at, sid, "estimates", step=5, data=plans)
+                if step in (5, 14) and last:
+                    at = t + 0.6 * took
+                    shot = _shot(shots_url, f"step-{step}")
+                    emit(at, sid, "artifact", step=step, artifact=shot)
+                if not last:
+                    spent = round(0.6 * took, 3)
+                    at = t + 0.4 * spent
+                    text = "captcha shown: trying again"
+                    emit(at, sid, "log", step=step, level="warning", message=text)
+                    emit(t + spent, sid, "step", step=step, total=total, phase="end",
+                        attempt=attempt, outcome="retried", duration_s=spent, message="captcha",
+                    )  # fmt: skip
+                    t += spent + 0.1
+                    continue
+                if step == steps and end is None:
+                    return  # still on this screen
+                failing = step == steps and end == "failed"
+                if failing:
+                    at = t + 0.8 * took
+                    shot = _shot(shots_url, "failed")
+                    emit(at, sid, "artifact", step=step, artifact=shot)
+                    at = t + 0.9 * took
+                    text = "HTTP 502 from /quote/calculate"
+                    emit(at, sid, "error", step=step, message=text, error="HTTP 502")
+                emit(t + took, sid, "step", step=step, total=total, phase="end",
+                    attempt=attempt, outcome="failed" if failing else "ok",
+                    duration_s=round(took, 3), message=_FAILURE if failing else None,
+                )  # fmt: skip
+                t += took + 0.05
         if end == "finished":
-            w.session_event(
-                sid, "finished", ts=at(steps + 0.2), step=15, total=15, data={"premium": 1234.5}
-            )
+            emit(t, sid, "finished", step=total, total=total, data={"premium": 1234.5})
         elif end == "failed":
-            msg = "insurer site returned HTTP 502 on the quote calculation"
-            w.session_event(sid, "failed", ts=at(steps + 0.5), message=msg, error=msg)
+            emit(t + 0.1, sid, "failed", message=_FAILURE, error=_FAILURE)
 
     run("quote-2409", 1500, 15, "finished", pace_s=4.6)
     run("quote-2410", 1320, 15, "finished", pace_s=3.9)
     run("quote-2411", 1100, 6, "failed", pace_s=5.1)
-    run("quote-2412", 960, 15, "finished", pace_s=4.4)
+    run("quote-2412", 960, 15, "finished", pace_s=4.4, retry_at=3)
     run("quote-2413", 840, 15, "finished", pace_s=3.6)
     run("quote-2414", 700, 15, "finished", pace_s=4.9)
     run("quote-2415", 520, 15, "finished", pace_s=4.1)
     run("quote-2416", 380, 15, "finished", pace_s=4.0)
     run("quote-2417", 250, 15, "finished", pace_s=3.8)
-    run("quote-2418", 170, 9, "failed", pace_s=4.7)
+    run("quote-2418", 170, 9, "failed", pace_s=4.7, retry_at=5)
     run("quote-2419", 140, 15, "finished", pace_s=4.2)
     run("quote-2420", 19, 4, pace_s=4.3)
     run("quote-2421", 48, 11, pace_s=4.1)
     run("quote-2422", 31, 7, pace_s=4.2)
     run("quote-2423", 190, 2, pace_s=5.0)
+    for i, ago in enumerate((1400, 900, 450)):
+        run(f"renewal-{880 + i}", ago, 6, "finished", pace_s=2.5 + i, job="renewal-robot", total=6)
+    # Written in time order, with ids of their time: the archive measures runs by ids.
+    events.sort(key=lambda e: e[0])
+    for t, sid, kind, fields in events:
+        w.session_event(sid, kind, ts=now_ts(t), at_ms=int(t * 1000), **fields)
 
     # Host samples: the shape comes from one real monitor sample, the values vary.
     settings = MonitorSettings(host_name="rpa-worker-01", bus=Settings(redis_url=redis_url))
@@ -594,19 +679,103 @@ def _busy_scene(redis_url: str, client: redis.Redis) -> None:
 
 
 def test_screenshot_of_a_busy_dashboard(
-    page: Page, redis_url: str, client: redis.Redis, tmp_path: Path
+    redis_url: str, client: redis.Redis, tmp_path: Path
 ) -> None:
-    """Render a busy scene and screenshot it. The picture in docs/ comes from this test:
-    RPA_BUS_UPDATE_SCREENSHOT=1 writes docs/dashboard.png; otherwise it goes to a temp
+    """Render a busy scene, archived by the real archiver, and screenshot it: the live
+    view, the Jobs tab and the History tab. The pictures in docs/ come from this test:
+    RPA_BUS_UPDATE_SCREENSHOT=1 writes docs/dashboard*.png; otherwise they go to a temp
     folder, so a test run leaves the work tree as it was."""
-    _busy_scene(redis_url, client)
-    page.emulate_media(color_scheme="dark")
-    page.goto("/?hosts=rpa-worker-01#session=quote-2421")
-    wait_for(lambda: len(log_ids(page)) == 13, timeout_s=WAIT_S, what="quote-2421's log")
+    archive_url = f"sqlite://{tmp_path / 'archive.db'}"
+    _write_shots(tmp_path / "shots")
+    relay = RelayThread(redis_url, archive_url=archive_url)
+    with (
+        serve_files(tmp_path / "shots") as shots_url,
+        archiver(redis_url, archive_url, tmp_path),
+    ):
+        _busy_scene(redis_url, client, shots_url)
+        relay.start()
+        try:
+            wait_for(
+                lambda: _archived_runs(relay.base_url) == 14,
+                timeout_s=2 * WAIT_S,
+                what="the scene's 14 ended runs in the archive",
+            )
+            with chromium_page(relay.base_url) as (page, errors):
+                page.emulate_media(color_scheme="dark")
+                page.goto("/?hosts=rpa-worker-01#session=quote-2418")
+                _screenshot_when_settled(page, client, tmp_path)
+                _screenshot_jobs_and_history(page, tmp_path)
+                network = ("Failed to load resource", "WebSocket connection to")
+                assert [e for e in errors if not e.startswith(network)] == []
+        finally:
+            relay.stop()
+
+
+def _archived_runs(base_url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{base_url}/v1/jobs", timeout=5) as reply:
+            return sum(j["runs"] for j in json.loads(reply.read())["jobs"])
+    except urllib.error.HTTPError:
+        return 0  # the archive's schema is not there yet
+
+
+def _screenshot_jobs_and_history(page: Page, tmp_path: Path) -> None:
+    target = DOCS if os.environ.get("RPA_BUS_UPDATE_SCREENSHOT") == "1" else tmp_path
+    # The Jobs tab beside a running session, whose ETA rests on the job's past runs.
+    page.evaluate("location.hash = '#session=quote-2421'")
+    page.click('.tab[data-tab="jobs"]')
     wait_for(
-        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 15,
+        lambda: page.eval_on_selector_all("#jobs tr", "rows => rows.length") == 2,
         timeout_s=WAIT_S,
-        what="15 sessions",
+        what="two jobs' summaries",
+    )
+    wait_for(
+        lambda: "12 past runs" in (page.text_content("#timeline .tl-eta") or ""),
+        timeout_s=WAIT_S,
+        what="the ETA and its basis",
+    )
+    page.mouse.move(10, 10)
+    page.screenshot(path=str(target / "dashboard-jobs.png"))
+    # The History tab: the failed runs, one of them open.
+    page.click('.tab[data-tab="history"]')
+    page.select_option("#history-status", "failed")
+    wait_for(
+        lambda: (
+            page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
+            == ["quote-2418", "quote-2411"]
+        ),
+        timeout_s=WAIT_S,
+        what="the two failed runs",
+    )
+    page.click('#history tr[data-sid="quote-2411"]')
+    wait_for(
+        lambda: page.eval_on_selector_all("#timeline .tl-row", "rows => rows.length") == 6,
+        timeout_s=WAIT_S,
+        what="quote-2411's timeline",
+    )
+    page.hover('.tl-row[data-step="6"] .tl-bar')
+    page.screenshot(path=str(target / "dashboard-history.png"))
+    for name in ("dashboard-jobs.png", "dashboard-history.png"):
+        picture = png_facts(page, (target / name).read_bytes())
+        assert picture["colors"] > 200, (name, picture)
+
+
+def _screenshot_when_settled(page: Page, client: redis.Redis, tmp_path: Path) -> None:
+    expected = stream_ids(client, "quote-2418")
+    wait_for(lambda: log_ids(page) == expected, timeout_s=WAIT_S, what="quote-2418's log")
+    wait_for(
+        lambda: page.evaluate(
+            """() => document.querySelectorAll('#timeline .tl-row').length === 9 &&
+                [...document.querySelectorAll('#timeline .thumb img')]
+                  .every((i) => i.complete && i.naturalWidth > 0)"""
+        ),
+        timeout_s=WAIT_S,
+        what="the timeline's 9 steps and its screenshots",
+    )
+    wait_for(
+        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 18,
+        timeout_s=WAIT_S,
+        what="18 sessions",
     )
     wait_for(
         lambda: (row_state(page, "quote-2418") or {}).get("message", "").startswith("insurer"),
@@ -617,6 +786,11 @@ def test_screenshot_of_a_busy_dashboard(
         lambda: page.eval_on_selector_all("#alerts li.alert", "els => els.length") == 3,
         timeout_s=WAIT_S,
         what="3 alerts",
+    )
+    wait_for(
+        lambda: "12 past runs" not in (page.text_content("#timeline .tl-head") or ""),
+        timeout_s=WAIT_S,
+        what="no ETA for the failed run",
     )
     page.mouse.move(10, 10)
     wait_for(

@@ -11,11 +11,19 @@
  *                    state;
  * - `monitor:HOST`   metrics and alerts, replayed from the start of the chart window.
  *
+ * The selected session's events also build its job view (jobview.js): a timeline of its
+ * steps and artifacts; its log filters by level, type, step and text.
+ *
+ * Over HTTP (/v1/, with the page's token): the History tab searches sessions
+ * (GET /v1/sessions, which reads the archive too) and the Jobs tab shows per-job summaries
+ * (GET /v1/jobs; the tab stays hidden where the relay does not offer it).
+ *
  * URL parameters: ?token=JWT  ?hosts=a,b (or ?host=a)  ?window=1h  ?relay=ws://host:port/ws
  * The selected session lives in the hash (#session=SID), so a reload shows it again.
  */
 
 import { compareIds, connect, idAtTime, idTime } from "./rpa-bus.js";
+import { LEVELS, Timeline, artifactNode, eventText, fmtSeconds, levelOf } from "./jobview.js";
 
 const params = new URLSearchParams(location.search);
 
@@ -27,6 +35,7 @@ const STALE_AFTER_MS = 120_000; // a running session silent this long is shown i
 const TERMINAL = new Set(["finished", "failed"]);
 const BUILTIN = new Set([
   "started", "progress", "log", "result", "error", "finished", "failed", "metrics", "alert",
+  "step", "artifact",
 ]);
 
 // ---- small helpers -------------------------------------------------------------------
@@ -260,18 +269,18 @@ function fold(s, data) {
   const kind = data.type;
   if (data.ts) st.updated = data.ts;
   if (kind === "started") {
-    Object.assign(st, { step: 0, percent: 0, eta_s: null, error: null });
+    Object.assign(st, { step: 0, percent: 0, eta_s: null, eta_runs: null, job: null, error: null });
     s.status = "running";
     s.started = parseTs(data.ts) ?? s.started;
     s.ended = null;
-  } else if (kind === "progress") {
+  } else if (kind === "progress" || kind === "step") {
     s.status = "running";
   } else if (kind === "finished") {
     s.status = "finished";
   } else if (kind === "failed") {
     s.status = "failed";
   }
-  for (const key of ["step", "total", "percent", "eta_s"]) if (key in data) st[key] = data[key];
+  for (const key of ["step", "total", "percent", "eta_s", "eta_runs", "job"]) if (key in data) st[key] = data[key];
   if (kind === "finished") Object.assign(st, { percent: 100, eta_s: 0 });
   if (typeof data.message === "string") st.message = data.message;
   if (kind === "error" || kind === "failed") st.error = data.error || data.message || kind;
@@ -402,7 +411,7 @@ function subscribeSession(s, mode) {
         if (TERMINAL.has(s.status) && up && !s.ended) s.ended = up;
       }
       s.last = info.last;
-      if (!info.first && !info.last && !Object.keys(state ?? {}).length) {
+      if (!info.first && !info.last && !Object.keys(state ?? {}).length && !s.fromHistory) {
         // Nothing left of it: its keys expired after the retention period.
         s.status = "expired";
       }
@@ -420,7 +429,11 @@ function subscribeSession(s, mode) {
       if (mode === "full") log.add(id, data);
     },
     onLive() {
-      if (mode === "full") log.live();
+      if (mode !== "full") return;
+      log.live();
+      // Nothing in Redis (expired, or a session found in the archive): read its history
+      // pages over HTTP, which reach into the archive.
+      if (log.count === 0 && s.sid === selected) loadPages(s);
     },
     onGap(info) {
       if (mode === "full") log.marker(`events trimmed by retention: resuming at ${info.first}`);
@@ -497,7 +510,10 @@ function updateTimes(s) {
     eta = fmtDuration((s.ended - s.started) / 1000);
   }
   setText(row.cells[4], eta);
-  row.cells[4].title = TERMINAL.has(s.status) ? "run time" : "estimated time left";
+  const runs = s.state.eta_runs;
+  row.cells[4].title = TERMINAL.has(s.status) ? "run time"
+    : runs ? `estimated time left, from ${runs} past run${runs === 1 ? "" : "s"} of ${s.state.job ?? "its job"}`
+      : "estimated time left, at this run's pace";
   const ageCell = row.cells[6];
   setText(ageCell, fmtAge(updated));
   ageCell.classList.toggle("stale",
@@ -505,13 +521,17 @@ function updateTimes(s) {
 }
 
 let renderPending = false;
+let renderedAt = 0;
+
+/** Render the sessions on the next frame, at most every 100 ms (a replay folds thousands). */
 function scheduleRender() {
   if (renderPending) return;
   renderPending = true;
-  requestAnimationFrame(() => {
+  setTimeout(() => requestAnimationFrame(() => {
     renderPending = false;
+    renderedAt = performance.now();
     renderSessions();
-  });
+  }), Math.max(0, renderedAt + 100 - performance.now()));
 }
 
 function renderSessions() {
@@ -519,7 +539,8 @@ function renderSessions() {
   const all = [...sessions.values()].sort(byOrder);
   const shown = all
     .filter((s) => !filterText || s.sid.toLowerCase().includes(filterText) ||
-      (s.state.message ?? "").toLowerCase().includes(filterText))
+      (s.state.message ?? "").toLowerCase().includes(filterText) ||
+      (s.state.job ?? "").toLowerCase() === filterText)
     .slice(0, MAX_ROWS);
   // Reorder by moving existing rows: a row keeps its node (and its bar's transition).
   let cursor = tbody.firstChild;
@@ -557,38 +578,130 @@ function renderSessions() {
 const log = {
   body: $("#log"),
   wrap: $("#log-wrap"),
-  count: 0,
-  ids: new Set(), // ids of the rows in the page
+  count: 0, // rows in the page
+  received: 0, // events of this selection, drawn or not
+  generation: 0, // one per selection
+  shown: 0, // rows that pass the filters
+  ids: new Set(), // ids of the rows in the page, and of those waiting to be drawn
+  pending: [], // events not drawn yet: {id, data, t, fresh}
+  flushTimer: null,
   isLive: false,
   pinned: true, // follow the tail while the user is at the bottom
   autoTop: null, // scrollTop our last automatic scroll left
 
   clear() {
+    this.generation += 1;
     this.body.replaceChildren();
     this.ids.clear();
+    this.pending = [];
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
     this.count = 0;
+    this.shown = 0;
+    this.received = 0;
+    timeline.reset();
+    filters.resetSession();
     this.isLive = false;
     this.pinned = true;
     $("#follow").hidden = true;
   },
 
+  /**
+   * One event of the selected session. Its meaning (timeline, filter choices) is taken at
+   * once; its row is drawn in a batch: every 200 ms while history replays, right after the
+   * current burst once live. Drawing a replay row by row costs a layout of the table per
+   * frame and made a 30,000-event history take minutes; rows that would leave the page
+   * before being seen (beyond the last MAX_LOG_ROWS) are never built.
+   */
   add(id, data) {
     if (!data) return;
     // Defence in depth: rpa-bus.js already drops repeats; a row per id, never two.
     if (this.ids.has(id)) return;
     this.ids.add(id);
     const t = parseTs(data.ts) ?? idTime(id);
+    filters.seen(String(data.type ?? "?"), data.step);
+    timeline.add(data, t);
+    this.pending.push({ id, data, t, fresh: this.isLive });
+    this.received += 1;
+    if (this.pending.length > 2 * MAX_LOG_ROWS) this.dropPending(MAX_LOG_ROWS);
+    this.scheduleFlush();
+    if (!this.isLive) this.countPending();
+  },
+
+  /** Forget the oldest waiting events but `keep`: they would leave the page unseen. */
+  dropPending(keep) {
+    const drop = this.pending.length - keep;
+    if (drop <= 0) return;
+    for (let i = 0; i < drop; i += 1) this.ids.delete(this.pending[i].id);
+    this.pending.splice(0, drop);
+  },
+
+  scheduleFlush() {
+    if (this.flushTimer != null) return;
+    // While history replays, the first rows show soon and the rest every 5 s: each draw
+    // lays out the whole table again (the header counts the events meanwhile).
+    const delay = this.isLive ? 0 : this.count ? 5000 : 200;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = null;
+      this.flush();
+    }, delay);
+  },
+
+  /** The header's event count moves while rows wait to be drawn (at most every 250 ms). */
+  countPending() {
+    const now = Date.now();
+    if (now - (this.counted ?? 0) < 250) return;
+    this.counted = now;
+    updateLogHeader();
+  },
+
+  /** Draw the waiting events, then keep the page to its last MAX_LOG_ROWS rows. */
+  flush() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    if (!this.pending.length) return;
+    this.dropPending(MAX_LOG_ROWS);
+    const rows = document.createDocumentFragment();
+    for (const item of this.pending) {
+      const row = this.row(item);
+      rows.append(row);
+      this.count += 1;
+      if (!row.hidden) this.shown += 1;
+    }
+    this.pending = [];
+    this.body.append(rows);
+    let oldest = this.body.firstElementChild;
+    while (this.count > MAX_LOG_ROWS && oldest) {
+      const next = oldest.nextElementSibling;
+      if (oldest.dataset.id) {
+        this.ids.delete(oldest.dataset.id);
+        if (!oldest.hidden) this.shown -= 1;
+        oldest.remove();
+        this.count -= 1;
+      }
+      oldest = next;
+    }
+    this.afterAppend();
+  },
+
+  row({ id, data, t, fresh }) {
     const kind = String(data.type ?? "?");
     const step = data.step != null ? (data.total ? `${data.step}/${data.total}` : String(data.step)) : "";
-    let text = data.message ?? "";
-    if (data.error && data.error !== text) text = text ? `${text} — ${data.error}` : data.error;
-    if (!text && data.percent != null) text = `${data.percent}%`;
-    const msgCell = h("td", { class: "m" }, text);
+    const text = eventText(data);
+    const level = levelOf(data);
+    const msgCell = h("td", { class: "m" });
+    if (level !== "info") msgCell.append(h("span", { class: "lvl", "data-level": level, text: level }));
+    msgCell.append(text);
+    if (kind === "artifact" && data.artifact) msgCell.append(" ", artifactNode(data.artifact));
     const hasData = data.data !== undefined;
     if (hasData) {
       msgCell.append(h("code", { class: "data", text: JSON.stringify(data.data) }));
     }
-    const row = h("tr", { "data-id": id, "data-type": kind, class: hasData ? "has-data" : null },
+    const row = h("tr", {
+      "data-id": id, "data-type": kind, "data-level": level,
+      "data-step": Number.isInteger(data.step) ? String(data.step) : null,
+      class: hasData ? "has-data" : null,
+    },
       h("td", { class: "t", title: `${new Date(t).toISOString()}\nid ${id}`, text: fmtClock(t, true) }),
       h("td", {}, h("span", { class: BUILTIN.has(kind) ? "type" : "type custom", "data-type": kind, text: kind })),
       h("td", { class: "step", text: step }),
@@ -600,19 +713,15 @@ const log = {
         row.querySelector(".data").textContent = JSON.stringify(data.data, null, open ? 2 : 0);
       });
     }
-    if (this.isLive) row.classList.add("fresh");
-    this.body.append(row);
-    this.count += 1;
-    if (this.count > MAX_LOG_ROWS) {
-      const oldest = this.body.querySelector("tr[data-id]");
-      this.ids.delete(oldest.dataset.id);
-      oldest.remove();
-      this.count -= 1;
-    }
-    this.afterAppend();
+    if (fresh) row.classList.add("fresh");
+    // What the search box looks through: the line as shown, its type and its data.
+    row.searchText = `${kind} ${text} ${hasData ? JSON.stringify(data.data) : ""}`.toLowerCase();
+    row.hidden = !filters.match(row);
+    return row;
   },
 
   marker(text) {
+    this.flush(); // after the rows that came before it
     this.body.append(h("tr", { class: "marker" }, h("td", { colspan: "4", text })));
     this.afterAppend();
   },
@@ -624,11 +733,14 @@ const log = {
 
   live() {
     this.isLive = true;
+    this.flush();
     updateLogHeader();
   },
 
   afterAppend() {
     $("#log-empty").hidden = true;
+    $("#log-filters").hidden = false;
+    $("#log-none").hidden = this.shown > 0 || this.count === 0;
     if (this.pinned) this.scrollPending();
     else $("#follow").hidden = false;
     updateLogHeader();
@@ -653,10 +765,115 @@ log.wrap.addEventListener("scroll", () => {
   log.pinned = w.scrollHeight - w.scrollTop - w.clientHeight < 24;
   if (log.pinned) $("#follow").hidden = true;
 });
+// The timeline above the log grows as steps arrive, shrinking the log's box: a log that
+// follows its tail must scroll again then (a resize fires no scroll event).
+new ResizeObserver(() => {
+  if (log.pinned) log.scrollPending();
+}).observe(log.wrap);
 $("#follow").addEventListener("click", () => {
   log.pinned = true;
   $("#follow").hidden = true;
   log.scrollPending();
+});
+
+// ---- the log's filters and the job view ----------------------------------------------
+
+const LEVEL_RANK = Object.fromEntries(LEVELS.map((l, i) => [l, i]));
+const KNOWN_TYPES = ["started", "step", "progress", "log", "error", "artifact", "result", "finished", "failed"];
+
+/**
+ * Level (this one and up), type, step and a search over the log's text. Rows that do not
+ * match are hidden, not dropped: clearing a filter shows them again at once.
+ */
+const filters = {
+  level: "",
+  type: "",
+  step: "",
+  q: "",
+  types: new Set(KNOWN_TYPES),
+  steps: new Set(),
+
+  active() {
+    return Boolean(this.level || this.type || this.step || this.q);
+  },
+
+  match(row) {
+    if (!row.dataset.id) return true; // markers (gaps, resets) always show
+    if (this.level && (LEVEL_RANK[row.dataset.level] ?? 1) < LEVEL_RANK[this.level]) return false;
+    if (this.type && row.dataset.type !== this.type) return false;
+    if (this.step && row.dataset.step !== this.step) return false;
+    if (this.q && !(row.searchText ?? "").includes(this.q)) return false;
+    return true;
+  },
+
+  /** Offer the types and steps the log has shown. */
+  seen(kind, step) {
+    if (!this.types.has(kind)) {
+      this.types.add(kind);
+      $("#log-type").append(h("option", { value: kind, text: kind }));
+    }
+    if (Number.isInteger(step) && !this.steps.has(step)) {
+      this.steps.add(step);
+      const select = $("#log-step");
+      const option = h("option", { value: String(step), text: `step ${step}` });
+      const after = [...select.options].find((o) => o.value !== "" && Number(o.value) > step);
+      select.insertBefore(option, after ?? null);
+    }
+  },
+
+  /** Steps belong to a session: a new selection starts with none. */
+  resetSession() {
+    this.steps.clear();
+    this.step = "";
+    $("#log-step").replaceChildren(h("option", { value: "", text: "all steps" }));
+  },
+
+  setStep(step) {
+    const value = step == null ? "" : String(step);
+    this.step = this.step === value ? "" : value; // clicking the same step again clears it
+    $("#log-step").value = this.step;
+    this.apply();
+  },
+
+  apply() {
+    let shown = 0;
+    for (const row of log.body.rows) {
+      row.hidden = !this.match(row);
+      if (!row.hidden && row.dataset.id) shown += 1;
+    }
+    log.shown = shown;
+    $("#log-none").hidden = shown > 0 || log.count === 0;
+    for (const el of document.querySelectorAll(".tl-row")) {
+      el.classList.toggle("picked", el.dataset.step === this.step);
+    }
+    updateLogHeader();
+    if (log.pinned) log.scrollPending();
+  },
+};
+
+for (const name of KNOWN_TYPES) $("#log-type").append(h("option", { value: name, text: name }));
+$("#log-level").addEventListener("change", (e) => {
+  filters.level = e.target.value;
+  filters.apply();
+});
+$("#log-type").addEventListener("change", (e) => {
+  filters.type = e.target.value;
+  filters.apply();
+});
+$("#log-step").addEventListener("change", (e) => {
+  filters.step = e.target.value;
+  filters.apply();
+});
+$("#log-search").addEventListener("input", (e) => {
+  filters.q = e.target.value.trim().toLowerCase();
+  filters.apply();
+});
+
+// Clicking a step's label (or the failure note) shows only that step's events.
+const timeline = new Timeline($("#timeline"), { onStep: (step) => filters.setStep(step) });
+$("#timeline").addEventListener("click", (e) => {
+  const note = e.target.closest(".tl-error");
+  if (note?.dataset.step) filters.setStep(Number(note.dataset.step));
 });
 
 function updateLogHeader() {
@@ -672,12 +889,22 @@ function updateLogHeader() {
   pill.hidden = false;
   pill.dataset.status = shownStatus(s);
   setText(pill, shownStatus(s));
-  const phase = bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
-  setText($("#log-sub"), `${log.count} events · ${phase}`);
+  const phase = s.viaPages ? (log.isLive ? "whole history" : "loading history…")
+    : bus.status !== "open" ? "paused" : log.isLive ? "live" : "loading history…";
+  // Filtered: of the rows the page holds (the newest MAX_LOG_ROWS); else all received.
+  const counted = filters.active() ? `${log.shown} of ${log.count + log.pending.length} events`
+    : `${log.received} events`;
+  setText($("#log-sub"), `${counted}${s.archived ? " · from the archive" : ""} · ${phase}`);
 }
 
 /** Show one session's log: its whole retained history, then live events. */
-function select(sid, fromClick = false) {
+/**
+ * Show one session's log and timeline. `pages`: read its history over HTTP instead of
+ * subscribing (an ended session opened from the History tab: nothing more will happen in
+ * it, and while the relay follows a session Redis no longer holds, it keeps an empty
+ * stream under its name, which hides the session from the archive's search meanwhile).
+ */
+function select(sid, fromClick = false, { pages = false } = {}) {
   if (sid === selected) return;
   const prev = selected ? sessions.get(selected) : null;
   selected = sid;
@@ -689,10 +916,14 @@ function select(sid, fromClick = false) {
   $("#log-empty").hidden = !!sid;
   if (sid) {
     history.replaceState(null, "", `${location.pathname}${location.search}#session=${encodeURIComponent(sid)}`);
-    subscribeSession(session(sid), "full");
+    const s = session(sid);
+    s.viaPages = pages;
+    if (pages) loadPages(s, { whole: true });
+    else subscribeSession(s, "full");
     revealSelected = !fromClick;
   }
   updateLogHeader();
+  showEta();
   scheduleRender();
 }
 
@@ -1208,6 +1439,254 @@ function renderAlerts() {
   c.classList.toggle("hot", firing > 0);
 }
 
+// ---- over HTTP: history search, archived sessions, job summaries ---------------------
+
+/** The relay's HTTP root: this page's, or the one ?relay= names (ws -> http). */
+const apiBase = (() => {
+  const named = params.get("relay");
+  if (!named) return new URL(".", location.href);
+  const u = new URL(named, location.href);
+  u.protocol = { "ws:": "http:", "wss:": "https:" }[u.protocol] ?? u.protocol;
+  u.pathname = u.pathname.replace(/ws\/?$/, "");
+  u.search = "";
+  return u;
+})();
+
+/** GET a /v1/ path with the page's token: {ok, status, body} or {ok: false, error}. */
+async function apiGet(path) {
+  const headers = { accept: "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(new URL(path, apiBase), { headers, cache: "no-store" });
+  } catch (exc) {
+    return { ok: false, status: 0, error: `the relay did not answer (${exc.message})` };
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    // Not JSON (a proxy's error page): the status says enough.
+  }
+  if (!res.ok) {
+    const err = body?.error;
+    return { ok: false, status: res.status, error: err ? `${err.code}: ${err.message}` : `HTTP ${res.status}` };
+  }
+  return { ok: true, status: res.status, body };
+}
+
+/** A session's whole history in pages (Redis, then the archive behind the same answer). */
+async function loadPages(s, { whole = false } = {}) {
+  const sid = s.sid;
+  const generation = log.generation; // a new selection (even of the same session) stops us
+  const stream = `session:${encodeURIComponent(sid)}`;
+  let after = null;
+  let got = 0;
+  for (let n = 0; n < 1000; n += 1) {
+    const q = new URLSearchParams({ limit: "1000" });
+    if (after) q.set("after", after);
+    const res = await apiGet(`v1/streams/${stream}/events?${q}`);
+    if (selected !== sid || log.generation !== generation) return;
+    if (!res.ok) {
+      log.marker(`history pages: ${res.error}`);
+      return;
+    }
+    for (const ev of res.body.events ?? []) {
+      if (ev.data) fold(s, ev.data); // its status and state, as the events tell them
+      log.add(ev.id, ev.data);
+    }
+    scheduleRender();
+    got += res.body.events?.length ?? 0;
+    if (!res.body.next || !res.body.events?.length) break;
+    after = res.body.next;
+  }
+  if (!got && s.fromHistory) log.marker("no events of this session are retained or archived");
+  if (whole) {
+    log.live(); // the whole history is here: draw it
+  } else if (got) {
+    s.archived = true; // Redis had nothing: these came from the archive
+    updateLogHeader();
+  }
+}
+
+function fmtWhen(ms) {
+  if (ms == null) return "—";
+  const d = new Date(ms);
+  const today = new Date();
+  const time = fmtClock(ms).slice(0, 5);
+  if (d.toDateString() === today.toDateString()) return time;
+  return `${d.toLocaleDateString(undefined, { month: "short", day: "numeric" })} ${time}`;
+}
+
+const historyView = { next: null, loaded: false, seq: 0 };
+
+/** One page of GET /v1/sessions with the form's filters; `more` appends the next page. */
+async function searchHistory(more = false) {
+  const seq = ++historyView.seq;
+  const q = new URLSearchParams({ limit: "50" });
+  const text = $("#history-q").value.trim();
+  if (text) q.set("q", text);
+  if ($("#history-status").value) q.set("status", $("#history-status").value);
+  const since = Number($("#history-since").value);
+  if (since) q.set("since", String(Date.now() - since * 1000));
+  if (more && historyView.next) q.set("cursor", historyView.next);
+  const empty = $("#history-empty");
+  if (!more) {
+    $("#history").replaceChildren();
+    empty.hidden = false;
+    setText(empty, "Searching…");
+  }
+  $("#history-more").hidden = true;
+  const res = await apiGet(`v1/sessions?${q}`);
+  if (seq !== historyView.seq) return; // a newer search went out meanwhile
+  historyView.loaded = true;
+  if (!res.ok) {
+    empty.hidden = false;
+    setText(empty, `The search failed: ${res.error}`);
+    return;
+  }
+  const found = res.body.sessions ?? [];
+  const tbody = $("#history");
+  for (const r of found) {
+    if (tbody.querySelector(`tr[data-sid="${CSS.escape(r.session)}"]`)) continue;
+    tbody.append(historyRow(r));
+  }
+  historyView.next = res.body.next ?? null;
+  $("#history-more").hidden = !historyView.next;
+  empty.hidden = tbody.rows.length > 0;
+  setText(empty, historyView.next ? "None in the sessions searched so far: load more to go on." : "No session matches.");
+  if (!tbody.rows.length && historyView.next) empty.hidden = false;
+}
+
+function historyRow(r) {
+  const started = parseTs(r.started);
+  const updated = parseTs(r.updated);
+  const ran = TERMINAL.has(r.status) && started && updated ? fmtDuration((updated - started) / 1000) : "—";
+  const msg = r.status === "failed" && r.error ? r.error : r.message ?? "";
+  const row = h("tr", { "data-sid": r.session, "data-status": r.status },
+    h("td", {}, h("span", { class: "pill", "data-status": r.status, text: r.status })),
+    h("td", { class: "sid", title: r.session, text: r.session }),
+    h("td", { class: "job", text: r.job ?? "" }),
+    h("td", { class: "when", title: r.started ?? "", text: fmtWhen(started) }),
+    h("td", { class: "num eta", text: ran }),
+    h("td", { class: "msg", title: msg, text: msg }),
+  );
+  row.addEventListener("click", () => openFromHistory(r));
+  return row;
+}
+
+/** Open a session found by the search: its log and timeline, wherever its events live. */
+function openFromHistory(r) {
+  const s = session(r.session);
+  s.fromHistory = true;
+  if (s.status === "unknown" || s.status === "expired") {
+    s.status = r.status;
+    s.started = parseTs(r.started);
+    if (TERMINAL.has(r.status)) s.ended = parseTs(r.updated);
+    Object.assign(s.state, Object.fromEntries(Object.entries(r).filter(([, v]) => v != null)));
+  }
+  for (const tr of $("#history").rows) tr.classList.toggle("selected", tr.dataset.sid === r.session);
+  select(r.session, true, { pages: TERMINAL.has(r.status) });
+}
+
+$("#history-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  searchHistory();
+});
+for (const id of ["#history-status", "#history-since"]) {
+  $(id).addEventListener("change", () => searchHistory());
+}
+$("#history-more").addEventListener("click", () => searchHistory(true));
+
+/** The success rate as a percentage (the API gives a fraction of 1). */
+function fmtRate(v) {
+  return typeof v === "number" && Number.isFinite(v) ? `${Math.round(v * 1000) / 10}%` : "—";
+}
+
+let jobsTimer = null;
+
+/** GET /v1/jobs into the Jobs tab; the tab is offered only when the relay answers it. */
+async function loadJobs() {
+  const res = await apiGet("v1/jobs");
+  const tab = $('.tab[data-tab="jobs"]');
+  if (res.status === 404 || res.status === 405) {
+    tab.hidden = true;
+    if (currentTab === "jobs") showTab("live");
+    return;
+  }
+  tab.hidden = false;
+  const empty = $("#jobs-empty");
+  if (!res.ok) {
+    empty.hidden = false;
+    setText(empty, `Job summaries failed: ${res.error}`);
+    return;
+  }
+  const jobs = res.body.jobs ?? [];
+  $("#jobs").replaceChildren(...jobs.map((j) => {
+    const slow = j.slowest_step;
+    const slowText = slow ? `${slow.step}${slow.name ? ` · ${slow.name}` : ""} (${fmtSeconds(slow.median_s)})` : "—";
+    const row = h("tr", { "data-job": j.job, title: `${j.runs} runs: ${j.succeeded} finished, ${j.failed} failed` },
+      h("td", { class: "sid", text: j.job }),
+      h("td", { class: "num", text: String(j.runs_today ?? 0) }),
+      h("td", { class: `num rate${typeof j.success_rate === "number" && j.success_rate < 0.9 ? " low" : ""}`, text: fmtRate(j.success_rate) }),
+      h("td", { class: "num", text: fmtSeconds(j.median_s) }),
+      h("td", { class: "num", text: fmtSeconds(j.p90_s) }),
+      h("td", { class: "msg", title: slowText, text: slowText }),
+    );
+    // A job's row shows its runs in the Sessions tab.
+    row.addEventListener("click", () => {
+      $("#filter").value = j.job;
+      filterText = j.job.toLowerCase();
+      showTab("live");
+      scheduleRender();
+    });
+    return row;
+  }));
+  empty.hidden = jobs.length > 0;
+  setText(empty, "No finished runs of a named job yet.");
+}
+
+/** The selected run's ETA in its timeline: counting down, with what it rests on. */
+function showEta() {
+  const s = selected ? sessions.get(selected) : null;
+  const updated = parseTs(s?.state.updated);
+  if (!s || s.status !== "running" || s.state.eta_s == null || !updated) {
+    timeline.setEta(null);
+    return;
+  }
+  const left = s.state.eta_s - (Date.now() - updated) / 1000;
+  const runs = s.state.eta_runs;
+  timeline.setEta(`ETA ${fmtDuration(left)}${runs ? ` · ${runs} past run${runs === 1 ? "" : "s"}` : ""}`,
+    runs ? `the typical durations of the remaining steps, from ${runs} past runs of ${s.state.job ?? "the job"}`
+      : "at this run's own pace (no past runs of the job to learn from)");
+}
+
+let currentTab = "live";
+
+function showTab(name) {
+  currentTab = name;
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
+  }
+  $("#view-live").hidden = name !== "live";
+  $("#view-history").hidden = name !== "history";
+  $("#view-jobs").hidden = name !== "jobs";
+  $("#sessions-sub").hidden = name !== "live";
+  clearInterval(jobsTimer);
+  jobsTimer = null;
+  if (name === "history") {
+    if (!historyView.loaded) searchHistory();
+    $("#history-q").focus();
+  } else if (name === "jobs") {
+    loadJobs();
+    jobsTimer = setInterval(loadJobs, 30_000);
+  }
+}
+
+for (const tab of document.querySelectorAll(".tab")) {
+  tab.addEventListener("click", () => showTab(tab.dataset.tab));
+}
+
 // ---- wiring --------------------------------------------------------------------------
 
 let runningCount = 0;
@@ -1233,13 +1712,14 @@ $("#filter").addEventListener("input", (e) => {
   filterText = e.target.value.trim().toLowerCase();
   scheduleRender();
 });
+const typing = () => ["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement?.tagName);
 document.addEventListener("keydown", (e) => {
-  if (e.key === "/" && document.activeElement !== $("#filter")) {
+  if (e.key === "/" && !typing()) {
     e.preventDefault();
     $("#filter").focus();
   } else if (e.key === "Escape") {
     if (document.activeElement === $("#filter")) $("#filter").blur();
-  } else if (document.activeElement?.tagName !== "INPUT" && !e.altKey && !e.ctrlKey && !e.metaKey) {
+  } else if (!typing() && !e.altKey && !e.ctrlKey && !e.metaKey) {
     if (e.key === "ArrowDown" || e.key === "j") {
       e.preventDefault();
       moveSelection(1);
@@ -1256,6 +1736,8 @@ matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => loc
 setInterval(() => {
   setText($("#clock"), fmtClock(Date.now()));
   for (const s of sessions.values()) if (s.row?.isConnected) updateTimes(s);
+  timeline.tick();
+  showEta();
   scheduleCharts();
   scheduleAlerts();
 }, 1000);
@@ -1271,6 +1753,7 @@ if (!hosts.size) {
 renderAlerts();
 select(selectionFromHash());
 scheduleRender();
+loadJobs(); // offers the Jobs tab where the relay has GET /v1/jobs
 
 // For tests and the curious: the live model, read-only by convention.
-window.rpaDashboard = { bus, sessions, hosts, alerts, log };
+window.rpaDashboard = { bus, sessions, hosts, alerts, log, timeline, filters };
