@@ -133,10 +133,12 @@ class RedisHistory:
         return self._keys
 
     async def held(self, sids: Sequence[str]) -> list[bool]:
-        """Whether Redis still holds each session (its meta hash or its stream)."""
+        """Whether Redis still holds each session: its meta hash, which every append
+        writes. Not its stream: a relay's consumer group (MKSTREAM) keeps an empty one
+        under the name while a client follows a session Redis no longer holds."""
         async with self._client.pipeline(transaction=False) as pipe:
             for sid in sids:
-                pipe.exists(self._keys.meta(sid), self._keys.session(sid))
+                pipe.exists(self._keys.meta(sid))
             replies = await pipe.execute()
         return [bool(n) for n in replies]
 

@@ -443,6 +443,20 @@ async def test_session_gone_from_redis_answers_from_the_archive(
         missing = await client.get("/v1/sessions/never-was")
         assert missing.status_code == 404
 
+        # A client following it live makes the relay's consumer group keep an empty stream
+        # under its name (MKSTREAM): the session is still listed from the archive.
+        follower = await Client.open(r.url)
+        try:
+            await follower.send(op="subscribe", stream="session:gone-1", **{"from": "$"})
+            await follower.expect("live")
+            await wait_for_async(
+                lambda: writer.r.exists(KEYS.session("gone-1")), what="the group's stream"
+            )
+            found = (await client.get("/v1/sessions", params={"q": "Tela"})).json()
+            assert [s["session"] for s in found["sessions"]] == ["gone-1"]
+        finally:
+            await follower.close()
+
 
 async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop_the_relay(
     redis_url: str, writer: Writer, tmp_path: Path
