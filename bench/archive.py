@@ -45,7 +45,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import orjson  # noqa: E402
 
-from bench.relay import raise_nofile, stop, wait_port  # noqa: E402
+from bench.relay import cpu_s, raise_nofile, stop, wait_port  # noqa: E402
 from producer import Producer  # noqa: E402
 from rpa_bus import Settings, now_ts  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
@@ -91,7 +91,12 @@ async def main():
     while len(ready) < n:
         await asyncio.sleep(0.05)
     print("ready", flush=True)
-    await stop.wait()
+    while not stop.is_set():  # the running count, for the bench to see the relay settle
+        print(count, flush=True)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
     print(count, flush=True)
     for t in tasks:
         t.cancel()
@@ -99,14 +104,47 @@ asyncio.run(main())
 """
 
 
+class Fleet:
+    """The relay and its client fleet while they run: events delivered so far, CPU used."""
+
+    def __init__(self, relay: subprocess.Popen[bytes], fleet: subprocess.Popen[str]) -> None:
+        self.relay, self.fleet = relay, fleet
+        self.delivered = 0
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+
+    def _follow(self) -> None:
+        assert self.fleet.stdout is not None
+        for line in self.fleet.stdout:
+            with contextlib.suppress(ValueError):
+                self.delivered = int(line)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the relay and the fleet used so far."""
+        return cpu_s(self.relay.pid) + cpu_s(self.fleet.pid)
+
+    async def settle(self, expected: int, timeout_s: float = 300.0) -> None:
+        """Wait until the clients got ``expected`` events (or nothing came for 2 s): the
+        relay is done delivering what was just written, so it loads neither side."""
+        deadline = time.monotonic() + timeout_s
+        seen, since = -1, time.monotonic()
+        while self.delivered < expected and time.monotonic() < deadline:
+            if self.delivered != seen:
+                seen, since = self.delivered, time.monotonic()
+            elif time.monotonic() - since > 2.0:
+                print(f"      (relay settled at {seen} of {expected} deliveries)")
+                return
+            await asyncio.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serving(
     redis_url: str, prefix: str, streams: Sequence[str], clients: int, per: int
-) -> Iterator[None]:
+) -> Iterator[Fleet | None]:
     """A relay and ``clients`` WebSocket clients, ``per`` following each of ``streams``,
-    the others idle sessions (nothing if ``clients`` is 0)."""
+    the others idle sessions (None if ``clients`` is 0)."""
     if clients <= 0:
-        yield
+        yield None
         return
     raise_nofile()  # the relay and the fleet inherit it: 1,000+ sockets each
     port = free_port()
@@ -124,6 +162,7 @@ def serving(
         stderr=subprocess.DEVNULL,
     )
     fleet = None
+    handle: Fleet | None = None
     try:
         wait_port(port, relay)
         url = f"ws://127.0.0.1:{port}/ws"
@@ -135,12 +174,14 @@ def serving(
         assert fleet.stdout is not None
         if fleet.stdout.readline().strip() != "ready":
             raise SystemExit("the client fleet did not connect")
-        yield
+        handle = Fleet(relay, fleet)
+        yield handle
     finally:
         if fleet is not None:
             fleet.terminate()
-            out, _ = fleet.communicate(timeout=30)
-            print(f"      (relay delivered {out.strip() or '?'} events to {clients} clients)")
+            fleet.wait(timeout=30)
+            got = handle.delivered if handle is not None else "?"
+            print(f"      (relay delivered {got} events to {clients} clients)")
         stop(relay)
 
 
@@ -258,16 +299,21 @@ def fill_redis(settings: Settings, n: int, sessions: int, tag: str) -> None:
         assert p.flush(120)
 
 
-async def archiver_rate(settings: Settings, url: str, n: int, sessions: int, tag: str) -> float:
-    """Events/s the archiver drains from a backlog of ``n`` events already in Redis, from
-    its first store call to its last commit (start-up and discovery left out)."""
+async def fill_backlog(settings: Settings, url: str, n: int, sessions: int, tag: str) -> None:
+    """``n`` events over ``sessions`` sessions into Redis, kept for the archiver (an
+    archiver announces itself first: archive=1, so the producer trims nothing)."""
     marker = ArchiverSettings(bus=settings, archive_url=url)
-    async with Archiver(marker) as a:  # sets archive=1 so the producer keeps everything
+    async with Archiver(marker) as a:
         task = asyncio.create_task(a.run())
         await until(lambda: a.group_stats is not None and a.group_stats.owned > 0)
         a.close()
         await task
     await asyncio.to_thread(fill_redis, settings, n, sessions, tag)
+
+
+async def archiver_rate(settings: Settings, url: str, n: int, sessions: int) -> float:
+    """Events/s the archiver drains from the backlog ``fill_backlog`` left in Redis, from
+    its first store call to its last commit (start-up and discovery left out)."""
     span: list[float] = []
     async with Archiver(ArchiverSettings(bus=settings, archive_url=url)) as a:
         real_put = a.store.put
@@ -407,7 +453,10 @@ async def throughput_part(
           f"({args.sessions} sessions) already in Redis, a relay serving {args.clients} "
           "clients meanwhile")  # fmt: skip
     for engine in ("postgresql", "sqlite"):
-        arch, raw = [], []
+        arch: list[float] = []
+        raw: list[float] = []
+        load_arch: list[float] = []
+        load_raw: list[float] = []
         for r in range(args.rounds):
             if engine == "sqlite":
                 url = f"sqlite://{tmp / f'a{r}.db'}"
@@ -425,13 +474,37 @@ async def throughput_part(
                 prefix=f"b{engine[:2]}{r}",
             )
             streams = [f"session:t-{k}" for k in range(args.sessions)]
-            with serving(redis_server.url, settings.prefix, streams, args.clients, args.per):
+            with serving(
+                redis_server.url, settings.prefix, streams, args.clients, args.per
+            ) as fleet:
+                # The backlog is written (and the relay delivers it to its clients) before
+                # either side is timed; then both run with the relay serving its clients
+                # idle, in alternating order, so neither gets a quieter machine.
+                await fill_backlog(settings, url, args.events, args.sessions, "t")
                 rows = make_rows(args.events, args.sessions, "r")
-                raw.append(await raw_store_rate(raw_url, rows))
-                arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
+                if fleet is not None:
+                    t_settle = time.perf_counter()
+                    await fleet.settle(args.per * args.events)
+                    took = time.perf_counter() - t_settle
+                    print(f"      (round {r}: backlog delivered {took:.1f} s after written)")
+                sides = [("raw", raw, load_raw), ("arch", arch, load_arch)]
+                for name, out, load in sides if r % 2 == 0 else sides[::-1]:
+                    cpu0, t0 = (fleet.cpu_s() if fleet else 0.0), time.perf_counter()
+                    if name == "raw":
+                        out.append(await raw_store_rate(raw_url, rows))
+                    else:
+                        out.append(await archiver_rate(settings, url, args.events, args.sessions))
+                    if fleet is not None:  # the relay's and the fleet's share of a core
+                        load.append((fleet.cpu_s() - cpu0) / (time.perf_counter() - t0))
         ratios = [x / y for x, y in zip(arch, raw, strict=True)]
-        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
-              f"per-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
+        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s (median {statistics.median(arch):.0f})"
+              f"   raw {max(raw):8.0f}/s (median {statistics.median(raw):.0f})   "
+              f"per-round ratio median x{statistics.median(ratios):.2f}"
+              f"  (rounds: {' '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
+        if load_raw:
+            print(f"      relay+fleet CPU while timed (cores): raw "
+                  f"{' '.join(f'{x:.2f}' for x in load_raw)}, archiver "
+                  f"{' '.join(f'{x:.2f}' for x in load_arch)}")  # fmt: skip
 
 
 async def lag_part(
