@@ -48,6 +48,7 @@ import orjson  # noqa: E402
 from bench.relay import cpu_s, raise_nofile, stop, wait_port  # noqa: E402
 from producer import Producer  # noqa: E402
 from rpa_bus import Settings, now_ts  # noqa: E402
+from rpa_bus.archive import PostgresStore, Store  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
 from workers import Archiver, ArchiverSettings, Record, Row, open_store  # noqa: E402
@@ -311,11 +312,12 @@ async def fill_backlog(settings: Settings, url: str, n: int, sessions: int, tag:
     await asyncio.to_thread(fill_redis, settings, n, sessions, tag)
 
 
-async def archiver_rate(settings: Settings, url: str, n: int, sessions: int) -> float:
+async def archiver_rate(settings: Settings, store: Store, n: int, sessions: int) -> float:
     """Events/s the archiver drains from the backlog ``fill_backlog`` left in Redis, from
     its first store call to its last commit (start-up and discovery left out)."""
     span: list[float] = []
-    async with Archiver(ArchiverSettings(bus=settings, archive_url=url)) as a:
+    url = "unused://the store is given"
+    async with Archiver(ArchiverSettings(bus=settings, archive_url=url), store=store) as a:
         real_put = a.store.put
 
         async def timed_put(rows: Sequence[Row]) -> int:
@@ -391,6 +393,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 1 or 2,3")
     ap.add_argument("--clients", type=int, default=1000, help="relay clients during 2 and 3")
+    ap.add_argument("--compare", action="store_true",
+                    help="2 also times the PostgreSQL archiver without group commit")  # fmt: skip
     ap.add_argument("--per", type=int, default=2, help="of which following each written session")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -453,58 +457,71 @@ async def throughput_part(
           f"({args.sessions} sessions) already in Redis, a relay serving {args.clients} "
           "clients meanwhile")  # fmt: skip
     for engine in ("postgresql", "sqlite"):
-        arch: list[float] = []
-        raw: list[float] = []
-        load_arch: list[float] = []
-        load_raw: list[float] = []
+        sides = ["raw", "archiver"]
+        if engine == "postgresql" and args.compare:
+            sides.append("archiver, a transaction per stream")
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        loads: dict[str, list[float]] = {side: [] for side in sides}
         for r in range(args.rounds):
-            if engine == "sqlite":
-                url = f"sqlite://{tmp / f'a{r}.db'}"
-                raw_url = f"sqlite://{tmp / f'raw{r}.db'}"
-                s = await open_store(raw_url)
-                await s.close()
-            else:
-                url = await fresh_pg(pg, f"arch{r}")
-                raw_url = await fresh_pg(pg, f"raw{r}")
-            settings = Settings(
+            urls: dict[str, str] = {}
+            for i, side in enumerate(sides):
+                if engine == "sqlite":
+                    urls[side] = f"sqlite://{tmp / f'{i}-{r}.db'}"
+                    s = await open_store(urls[side])
+                    await s.close()
+                else:
+                    urls[side] = await fresh_pg(pg, f"side{i}_{r}")
+            bus = {side: Settings(
                 redis_url=redis_server.url,
                 spool_dir=tmp / "spool",
                 maxlen=1_000_000,
                 queue_max=1_000_000,
-                prefix=f"b{engine[:2]}{r}",
-            )
+                prefix=f"b{engine[:2]}{r}" + ("" if i == 1 else f"s{i}"),
+            ) for i, side in enumerate(sides)}  # fmt: skip
             streams = [f"session:t-{k}" for k in range(args.sessions)]
-            with serving(
-                redis_server.url, settings.prefix, streams, args.clients, args.per
-            ) as fleet:
-                # The backlog is written (and the relay delivers it to its clients) before
-                # either side is timed; then both run with the relay serving its clients
-                # idle, in alternating order, so neither gets a quieter machine.
-                await fill_backlog(settings, url, args.events, args.sessions, "t")
+            relay_prefix = bus["archiver"].prefix
+            with serving(redis_server.url, relay_prefix, streams, args.clients, args.per) as fleet:
+                # The backlogs are written (and the relay delivers the one of its prefix to
+                # its clients) before any side is timed; then every side runs with the
+                # relay serving its clients idle, in an order that turns every round, so
+                # no side gets the quieter moments of the machine.
+                for side in sides[1:]:
+                    await fill_backlog(bus[side], urls[side], args.events, args.sessions, "t")
                 rows = make_rows(args.events, args.sessions, "r")
                 if fleet is not None:
                     t_settle = time.perf_counter()
                     await fleet.settle(args.per * args.events)
                     took = time.perf_counter() - t_settle
                     print(f"      (round {r}: backlog delivered {took:.1f} s after written)")
-                sides = [("raw", raw, load_raw), ("arch", arch, load_arch)]
-                for name, out, load in sides if r % 2 == 0 else sides[::-1]:
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
+                for side in order if r % 2 == 0 else order[::-1]:
                     cpu0, t0 = (fleet.cpu_s() if fleet else 0.0), time.perf_counter()
-                    if name == "raw":
-                        out.append(await raw_store_rate(raw_url, rows))
+                    if side == "raw":
+                        rate = await raw_store_rate(urls[side], rows)
                     else:
-                        out.append(await archiver_rate(settings, url, args.events, args.sessions))
+                        store = await open_store(urls[side])
+                        if isinstance(store, PostgresStore):
+                            store.group_commit = side == "archiver"
+                        try:
+                            rate = await archiver_rate(bus[side], store, args.events, args.sessions)
+                        finally:
+                            await store.close()
+                    rates[side].append(rate)
                     if fleet is not None:  # the relay's and the fleet's share of a core
-                        load.append((fleet.cpu_s() - cpu0) / (time.perf_counter() - t0))
-        ratios = [x / y for x, y in zip(arch, raw, strict=True)]
-        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s (median {statistics.median(arch):.0f})"
-              f"   raw {max(raw):8.0f}/s (median {statistics.median(raw):.0f})   "
-              f"per-round ratio median x{statistics.median(ratios):.2f}"
-              f"  (rounds: {' '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
-        if load_raw:
-            print(f"      relay+fleet CPU while timed (cores): raw "
-                  f"{' '.join(f'{x:.2f}' for x in load_raw)}, archiver "
-                  f"{' '.join(f'{x:.2f}' for x in load_arch)}")  # fmt: skip
+                        loads[side].append((fleet.cpu_s() - cpu0) / (time.perf_counter() - t0))
+        raw = rates["raw"]
+        print(f"   {engine:10s}  raw inserts {max(raw):8.0f}/s best, {statistics.median(raw):8.0f}"
+              "/s median")  # fmt: skip
+        for side in sides[1:]:
+            got = rates[side]
+            ratios = [x / y for x, y in zip(got, raw, strict=True)]
+            print(f"      {side:36s} {max(got):8.0f}/s best, {statistics.median(got):8.0f}/s "
+                  f"median; per-round ratio median x{statistics.median(ratios):.2f} "
+                  f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
+        if fleet is not None:
+            print("      relay+fleet CPU while timed (cores): " + "; ".join(
+                f"{side} {' '.join(f'{x:.2f}' for x in loads[side])}" for side in sides
+            ))  # fmt: skip
 
 
 async def lag_part(
