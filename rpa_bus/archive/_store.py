@@ -998,9 +998,11 @@ class SqliteStore(Store):
 
 
 def _settle(
-    batch: Sequence[tuple[Sequence[Row], asyncio.Future[int]]], work: asyncio.Task[list[int]]
+    batch: Sequence[tuple[Sequence[Row], asyncio.Future[int]]],
+    work: asyncio.Task[Sequence[int | Exception]],
 ) -> None:
-    """Answer each caller of a group commit with its own count, or the commit's error."""
+    """Answer each caller of a group commit with its own count or error, or the
+    commit's error."""
     if work.cancelled():
         error: BaseException | None = ArchiveUnavailable("the shared commit was cancelled")
     else:
@@ -1010,8 +1012,10 @@ def _settle(
             continue
         if error is not None:
             fut.set_exception(error)
+        elif isinstance(outcome := work.result()[i], Exception):
+            fut.set_exception(outcome)
         else:
-            fut.set_result(work.result()[i])
+            fut.set_result(outcome)
 
 
 def astuple_session(s: ArchivedSession) -> tuple[Any, ...]:
@@ -1121,6 +1125,36 @@ def _session_page(rows: Sequence[Sequence[Any]], limit: int) -> SessionPage:
 # PostgreSQL
 
 
+# A group commit of at least this many rows folds them in a thread, meanwhile the
+# database inserts them; below, the thread's hand-off costs more than it saves.
+_FOLD_THREAD_ROWS: Final = 256
+
+
+def _fold_all(
+    by_stream: dict[str, list[Row]], found: dict[str, Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The sessions' rows after ``by_stream``'s rows (``found``: their rows before, with
+    ``run`` last), the runs that ended, and the index's sessions (``sessions`` stream) as
+    rows. Pure: safe in a thread."""
+    states: list[tuple[Any, ...]] = []
+    ended: list[tuple[Any, ...]] = []
+    indexed: list[tuple[Any, ...]] = []
+    for stream in sorted(by_stream):
+        rows = by_stream[stream]
+        if stream.startswith("session:"):
+            sid = stream[8:]
+            row = found.get(sid)
+            current = _session_row(row[:-1]) if row else None
+            state, run, done = fold_session_runs(sid, current, row[-1] if row else None, rows)
+            if state is not None:
+                states.append((*astuple_session(state), run))
+            ended.extend(_run_row(r) for r in done)
+        elif stream == "sessions":
+            indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
+    indexed.sort(key=lambda t: str(t[0]))
+    return states, ended, indexed
+
+
 class PostgresStore(Store):
     """The operators' store: PostgreSQL through psycopg 3 (async), a few connections.
 
@@ -1153,7 +1187,7 @@ class PostgresStore(Store):
         self.group_commit = group_commit
         self._queued: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
         self._turn = asyncio.Lock()
-        self._commits: set[asyncio.Task[list[int]]] = set()  # running group commits
+        self._commits: set[asyncio.Task[list[int | Exception]]] = set()  # running group commits
 
     @classmethod
     async def open(
@@ -1314,7 +1348,7 @@ class PostgresStore(Store):
                     taken |= names
             self._queued = rest
             work = asyncio.get_running_loop().create_task(
-                self._commit([r for r, _ in group]), name="postgres-commit"
+                self._commit_group([r for r, _ in group]), name="postgres-commit"
             )
             self._commits.add(work)
             work.add_done_callback(self._commits.discard)
@@ -1325,6 +1359,25 @@ class PostgresStore(Store):
             # The outcome reaches each caller through its future (set before this wakes).
             with contextlib.suppress(Exception):
                 await asyncio.shield(work)
+
+    async def _commit_group(self, batches: Sequence[Sequence[Row]]) -> list[int | Exception]:
+        """``_commit`` of the group; if the database refuses it (not a lost connection), each
+        batch alone: one batch the database refuses (a value out of a column's range) must
+        not hold up the other streams' batches, retried with it again and again."""
+        try:
+            return list(await self._commit(batches))
+        except ArchiveUnavailable:
+            raise
+        except Exception:
+            if len(batches) == 1:
+                raise
+        outcomes: list[int | Exception] = []
+        for rows in batches:
+            try:
+                outcomes.extend(await self._commit([rows]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def _commit(self, batches: Sequence[Sequence[Row]]) -> list[int]:
         """One transaction for ``batches`` (no stream in two of them): the events, the
@@ -1341,18 +1394,21 @@ class PostgresStore(Store):
                 datas.append(r.data)
                 by_stream.setdefault(r.stream, []).append(r)
         sids = sorted(name[8:] for name in by_stream if name.startswith("session:"))
-        # Pipeline mode: BEGIN, the session rows' SELECT and the insert go in one round
-        # trip; the upserts and COMMIT in a second.
+        # Pipeline mode, three round trips whatever the number of streams: BEGIN and the
+        # session rows' SELECT; the insert, while a thread folds the rows into the
+        # sessions' new state (Python's part overlaps the database's); the upserts and
+        # COMMIT.
         async with self._use() as conn, conn.pipeline(), conn.transaction():
-            found_cur = None
+            found: dict[str, Sequence[Any]] = {}
             if sids:
                 # Locked in one order (ORDER BY): two archivers never wait on each
                 # other crosswise (streams change hands on a takeover).
-                found_cur = await conn.execute(
+                cur = await conn.execute(
                     f"SELECT {_SESSION_COLUMNS}, run FROM sessions "
                     "WHERE session = ANY(%b::text[]) ORDER BY session FOR UPDATE",
                     (sids,),
                 )
+                found = {row[0]: row for row in await cur.fetchall()}
             ins = await conn.execute(
                 # Binary parameters (%b): arrays of bytes go as they are, not
                 # hex-encoded text; measured about 1.5x faster (bench/archive.py).
@@ -1362,34 +1418,27 @@ class PostgresStore(Store):
                 "SELECT stream, COUNT(*) FROM ins GROUP BY stream",
                 (streams, mss, seqs, epochs, datas),
             )
-            found = await found_cur.fetchall() if found_cur is not None else []
-            new = {name: int(n) for name, n in await ins.fetchall()}
-            await self._fold(conn, by_stream, {row[0]: row for row in found})
+            if len(streams) >= _FOLD_THREAD_ROWS:
+                folding = asyncio.ensure_future(asyncio.to_thread(_fold_all, by_stream, found))
+                try:
+                    new = {name: int(n) for name, n in await ins.fetchall()}
+                finally:
+                    folded = await folding
+            else:
+                new = {name: int(n) for name, n in await ins.fetchall()}
+                folded = _fold_all(by_stream, found)
+            await self._upsert(conn, *folded)
         return [sum(new.get(name, 0) for name in {r.stream for r in rows}) for rows in batches]
 
-    async def _fold(
+    async def _upsert(
         self,
         conn: psycopg.AsyncConnection[Any],
-        by_stream: dict[str, list[Row]],
-        found: dict[str, Sequence[Any]],
+        states: list[tuple[Any, ...]],
+        ended: list[tuple[Any, ...]],
+        indexed: list[tuple[Any, ...]],
     ) -> None:
-        """The sessions' rows after ``by_stream``'s rows (``found``: their rows before,
-        locked), the runs that ended, and the index's sessions that have no row yet."""
-        states: list[tuple[Any, ...]] = []
-        ended: list[tuple[Any, ...]] = []
-        indexed: list[tuple[Any, ...]] = []
-        for stream in sorted(by_stream):
-            rows = by_stream[stream]
-            if stream.startswith("session:"):
-                sid = stream[8:]
-                row = found.get(sid)
-                current = _session_row(row[:-1]) if row else None
-                state, run, done = fold_session_runs(sid, current, row[-1] if row else None, rows)
-                if state is not None:
-                    states.append((*astuple_session(state), run))
-                ended.extend(_run_row(r) for r in done)
-            elif stream == "sessions":
-                indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
+        """Write what ``_fold_all`` made: the sessions' rows, the runs that ended, and the
+        index's sessions that have no row yet (after the others: they only fill gaps)."""
         async with conn.cursor() as cur:
             if states:
                 columns = [*_SESSION_COLUMNS.split(", ")[1:], "run"]
@@ -1406,9 +1455,7 @@ class PostgresStore(Store):
                     "ON CONFLICT DO NOTHING",
                     ended,
                 )
-            # After the folded rows: an index entry adds a session only where none is.
             if indexed:
-                indexed.sort(key=lambda t: str(t[0]))
                 await cur.executemany(
                     f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
                     f"VALUES ({_marks('%s', _N_SESSION)}) ON CONFLICT DO NOTHING",
