@@ -1158,11 +1158,11 @@ def _fold_all(
 class PostgresStore(Store):
     """The operators' store: PostgreSQL through psycopg 3 (async), a few connections.
 
-    A batch is one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`` with
-    binary parameters: one statement and one round trip however many rows (see
-    docs/archive.md for the measured comparison with asyncpg and with executemany). The
-    group loop stores the batches of different streams concurrently; ``pool_size``
-    connections let them commit in parallel (one stream's batches never overlap).
+    Events go in with one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING``
+    with binary parameters: one statement however many rows (see docs/archive.md for the
+    measured comparison with asyncpg and with executemany). The group loop stores the
+    batches of one read (one per stream) concurrently: they share one transaction (group
+    commit, ``put``); reads use the other connections of the pool.
     """
 
     def __init__(
@@ -1323,7 +1323,8 @@ class PostgresStore(Store):
         try:
             # One pass of the event loop: the other batches of the same read queue too.
             await asyncio.sleep(0)
-            while not done.done():
+            # Until a commit took the batch (one whose runner was cancelled still answers).
+            while not done.done() and self._waiting(done):
                 await self._commit_turn(done)
             return await done
         except asyncio.CancelledError:
@@ -1332,9 +1333,12 @@ class PostgresStore(Store):
             done.cancel()
             raise
 
+    def _waiting(self, done: asyncio.Future[int]) -> bool:
+        return any(fut is done for _, fut in self._queued)
+
     async def _commit_turn(self, done: asyncio.Future[int]) -> None:
         async with self._turn:
-            if done.done():
+            if done.done() or not self._waiting(done):
                 return
             group: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
             rest: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
