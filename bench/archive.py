@@ -1,6 +1,7 @@
 """Archive benchmark: prints figures, never passes or fails.
 
     python bench/archive.py [--events 20000] [--sessions 20] [--rounds 3] [--rate 500]
+                            [--parts 1,2,3] [--clients 1000] [--compare]
 
 Starts a private Redis and a private PostgreSQL (initdb/pg_ctl as for the tests; fsync
 off, loopback) and a SQLite file, and measures in one run, with ~200-byte events:
@@ -17,7 +18,11 @@ off, loopback) and a SQLite file, and measures in one run, with ~200-byte events
 During 2 and 3 a relay (``rpa-bus relay``, its own process) serves ``--clients``
 WebSocket clients (another process; default 1,000, 0 for none), as the issue's targets ask
 ("with a relay serving 1,000 clients"): ``--per`` (default 2) follow each session being
-written, the others sessions that stay idle.
+written, the others sessions that stay idle. In 2 both sides run under the same load: the
+archiver's backlog is written, and delivered by the relay to its clients, before either
+side is timed; the sides then take turns in an order that changes every round, and the
+CPU the relay and its fleet used while each side was timed is printed. ``--compare`` adds
+the PostgreSQL archiver with group commit off (a transaction per stream) as a third side.
 """
 
 from __future__ import annotations
