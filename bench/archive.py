@@ -1,6 +1,7 @@
 """Archive benchmark: prints figures, never passes or fails.
 
     python bench/archive.py [--events 20000] [--sessions 20] [--rounds 3] [--rate 500]
+                            [--parts 1,2,3] [--clients 1000] [--compare]
 
 Starts a private Redis and a private PostgreSQL (initdb/pg_ctl as for the tests; fsync
 off, loopback) and a SQLite file, and measures in one run, with ~200-byte events:
@@ -17,7 +18,11 @@ off, loopback) and a SQLite file, and measures in one run, with ~200-byte events
 During 2 and 3 a relay (``rpa-bus relay``, its own process) serves ``--clients``
 WebSocket clients (another process; default 1,000, 0 for none), as the issue's targets ask
 ("with a relay serving 1,000 clients"): ``--per`` (default 2) follow each session being
-written, the others sessions that stay idle.
+written, the others sessions that stay idle. In 2 both sides run under the same load: the
+archiver's backlog is written, and delivered by the relay to its clients, before either
+side is timed; the sides then take turns in an order that changes every round, and the
+CPU the relay and its fleet used while each side was timed is printed. ``--compare`` adds
+the PostgreSQL archiver with group commit off (a transaction per stream) as a third side.
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ sys.path.insert(0, str(_HERE.parent))
 
 import orjson  # noqa: E402
 
-from bench.relay import raise_nofile, stop, wait_port  # noqa: E402
+from bench.relay import cpu_s, raise_nofile, stop, wait_port  # noqa: E402
 from producer import Producer  # noqa: E402
 from rpa_bus import Settings, now_ts  # noqa: E402
+from rpa_bus.archive import PostgresStore, Store  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
 from workers import Archiver, ArchiverSettings, Record, Row, open_store  # noqa: E402
@@ -91,7 +97,12 @@ async def main():
     while len(ready) < n:
         await asyncio.sleep(0.05)
     print("ready", flush=True)
-    await stop.wait()
+    while not stop.is_set():  # the running count, for the bench to see the relay settle
+        print(count, flush=True)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.1)
+        except asyncio.TimeoutError:
+            pass
     print(count, flush=True)
     for t in tasks:
         t.cancel()
@@ -99,14 +110,47 @@ asyncio.run(main())
 """
 
 
+class Fleet:
+    """The relay and its client fleet while they run: events delivered so far, CPU used."""
+
+    def __init__(self, relay: subprocess.Popen[bytes], fleet: subprocess.Popen[str]) -> None:
+        self.relay, self.fleet = relay, fleet
+        self.delivered = 0
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+
+    def _follow(self) -> None:
+        assert self.fleet.stdout is not None
+        for line in self.fleet.stdout:
+            with contextlib.suppress(ValueError):
+                self.delivered = int(line)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the relay and the fleet used so far."""
+        return cpu_s(self.relay.pid) + cpu_s(self.fleet.pid)
+
+    async def settle(self, expected: int, timeout_s: float = 300.0) -> None:
+        """Wait until the clients got ``expected`` events (or nothing came for 2 s): the
+        relay is done delivering what was just written, so it loads neither side."""
+        deadline = time.monotonic() + timeout_s
+        seen, since = -1, time.monotonic()
+        while self.delivered < expected and time.monotonic() < deadline:
+            if self.delivered != seen:
+                seen, since = self.delivered, time.monotonic()
+            elif time.monotonic() - since > 2.0:
+                print(f"      (relay settled at {seen} of {expected} deliveries)")
+                return
+            await asyncio.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serving(
     redis_url: str, prefix: str, streams: Sequence[str], clients: int, per: int
-) -> Iterator[None]:
+) -> Iterator[Fleet | None]:
     """A relay and ``clients`` WebSocket clients, ``per`` following each of ``streams``,
-    the others idle sessions (nothing if ``clients`` is 0)."""
+    the others idle sessions (None if ``clients`` is 0)."""
     if clients <= 0:
-        yield
+        yield None
         return
     raise_nofile()  # the relay and the fleet inherit it: 1,000+ sockets each
     port = free_port()
@@ -124,6 +168,7 @@ def serving(
         stderr=subprocess.DEVNULL,
     )
     fleet = None
+    handle: Fleet | None = None
     try:
         wait_port(port, relay)
         url = f"ws://127.0.0.1:{port}/ws"
@@ -135,12 +180,14 @@ def serving(
         assert fleet.stdout is not None
         if fleet.stdout.readline().strip() != "ready":
             raise SystemExit("the client fleet did not connect")
-        yield
+        handle = Fleet(relay, fleet)
+        yield handle
     finally:
         if fleet is not None:
             fleet.terminate()
-            out, _ = fleet.communicate(timeout=30)
-            print(f"      (relay delivered {out.strip() or '?'} events to {clients} clients)")
+            fleet.wait(timeout=30)
+            got = handle.delivered if handle is not None else "?"
+            print(f"      (relay delivered {got} events to {clients} clients)")
         stop(relay)
 
 
@@ -258,18 +305,24 @@ def fill_redis(settings: Settings, n: int, sessions: int, tag: str) -> None:
         assert p.flush(120)
 
 
-async def archiver_rate(settings: Settings, url: str, n: int, sessions: int, tag: str) -> float:
-    """Events/s the archiver drains from a backlog of ``n`` events already in Redis, from
-    its first store call to its last commit (start-up and discovery left out)."""
+async def fill_backlog(settings: Settings, url: str, n: int, sessions: int, tag: str) -> None:
+    """``n`` events over ``sessions`` sessions into Redis, kept for the archiver (an
+    archiver announces itself first: archive=1, so the producer trims nothing)."""
     marker = ArchiverSettings(bus=settings, archive_url=url)
-    async with Archiver(marker) as a:  # sets archive=1 so the producer keeps everything
+    async with Archiver(marker) as a:
         task = asyncio.create_task(a.run())
         await until(lambda: a.group_stats is not None and a.group_stats.owned > 0)
         a.close()
         await task
     await asyncio.to_thread(fill_redis, settings, n, sessions, tag)
+
+
+async def archiver_rate(settings: Settings, store: Store, n: int, sessions: int) -> float:
+    """Events/s the archiver drains from the backlog ``fill_backlog`` left in Redis, from
+    its first store call to its last commit (start-up and discovery left out)."""
     span: list[float] = []
-    async with Archiver(ArchiverSettings(bus=settings, archive_url=url)) as a:
+    url = "unused://the store is given"
+    async with Archiver(ArchiverSettings(bus=settings, archive_url=url), store=store) as a:
         real_put = a.store.put
 
         async def timed_put(rows: Sequence[Row]) -> int:
@@ -345,6 +398,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--parts", default="1,2,3", help="which measurements, e.g. 1 or 2,3")
     ap.add_argument("--clients", type=int, default=1000, help="relay clients during 2 and 3")
+    ap.add_argument("--compare", action="store_true",
+                    help="2 also times the PostgreSQL archiver without group commit")  # fmt: skip
     ap.add_argument("--per", type=int, default=2, help="of which following each written session")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -407,31 +462,71 @@ async def throughput_part(
           f"({args.sessions} sessions) already in Redis, a relay serving {args.clients} "
           "clients meanwhile")  # fmt: skip
     for engine in ("postgresql", "sqlite"):
-        arch, raw = [], []
+        sides = ["raw", "archiver"]
+        if engine == "postgresql" and args.compare:
+            sides.append("archiver, a transaction per stream")
+        rates: dict[str, list[float]] = {side: [] for side in sides}
+        loads: dict[str, list[float]] = {side: [] for side in sides}
         for r in range(args.rounds):
-            if engine == "sqlite":
-                url = f"sqlite://{tmp / f'a{r}.db'}"
-                raw_url = f"sqlite://{tmp / f'raw{r}.db'}"
-                s = await open_store(raw_url)
-                await s.close()
-            else:
-                url = await fresh_pg(pg, f"arch{r}")
-                raw_url = await fresh_pg(pg, f"raw{r}")
-            settings = Settings(
+            urls: dict[str, str] = {}
+            for i, side in enumerate(sides):
+                if engine == "sqlite":
+                    urls[side] = f"sqlite://{tmp / f'{i}-{r}.db'}"
+                    s = await open_store(urls[side])
+                    await s.close()
+                else:
+                    urls[side] = await fresh_pg(pg, f"side{i}_{r}")
+            bus = {side: Settings(
                 redis_url=redis_server.url,
                 spool_dir=tmp / "spool",
                 maxlen=1_000_000,
                 queue_max=1_000_000,
-                prefix=f"b{engine[:2]}{r}",
-            )
+                prefix=f"b{engine[:2]}{r}" + ("" if i == 1 else f"s{i}"),
+            ) for i, side in enumerate(sides)}  # fmt: skip
             streams = [f"session:t-{k}" for k in range(args.sessions)]
-            with serving(redis_server.url, settings.prefix, streams, args.clients, args.per):
+            relay_prefix = bus["archiver"].prefix
+            with serving(redis_server.url, relay_prefix, streams, args.clients, args.per) as fleet:
+                # The backlogs are written (and the relay delivers the one of its prefix to
+                # its clients) before any side is timed; then every side runs with the
+                # relay serving its clients idle, in an order that turns every round, so
+                # no side gets the quieter moments of the machine.
+                for side in sides[1:]:
+                    await fill_backlog(bus[side], urls[side], args.events, args.sessions, "t")
                 rows = make_rows(args.events, args.sessions, "r")
-                raw.append(await raw_store_rate(raw_url, rows))
-                arch.append(await archiver_rate(settings, url, args.events, args.sessions, "t"))
-        ratios = [x / y for x, y in zip(arch, raw, strict=True)]
-        print(f"   {engine:10s}  archiver {max(arch):8.0f}/s   raw {max(raw):8.0f}/s   "
-              f"per-round ratio median x{statistics.median(ratios):.2f}")  # fmt: skip
+                if fleet is not None:
+                    t_settle = time.perf_counter()
+                    await fleet.settle(args.per * args.events)
+                    took = time.perf_counter() - t_settle
+                    print(f"      (round {r}: backlog delivered {took:.1f} s after written)")
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
+                for side in order if r % 2 == 0 else order[::-1]:
+                    cpu0, t0 = (fleet.cpu_s() if fleet else 0.0), time.perf_counter()
+                    if side == "raw":
+                        rate = await raw_store_rate(urls[side], rows)
+                    else:
+                        store = await open_store(urls[side])
+                        if isinstance(store, PostgresStore):
+                            store.group_commit = side == "archiver"
+                        try:
+                            rate = await archiver_rate(bus[side], store, args.events, args.sessions)
+                        finally:
+                            await store.close()
+                    rates[side].append(rate)
+                    if fleet is not None:  # the relay's and the fleet's share of a core
+                        loads[side].append((fleet.cpu_s() - cpu0) / (time.perf_counter() - t0))
+        raw = rates["raw"]
+        print(f"   {engine:10s}  raw inserts {max(raw):8.0f}/s best, {statistics.median(raw):8.0f}"
+              "/s median")  # fmt: skip
+        for side in sides[1:]:
+            got = rates[side]
+            ratios = [x / y for x, y in zip(got, raw, strict=True)]
+            print(f"      {side:36s} {max(got):8.0f}/s best, {statistics.median(got):8.0f}/s "
+                  f"median; per-round ratio median x{statistics.median(ratios):.2f} "
+                  f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
+        if fleet is not None:
+            print("      relay+fleet CPU while timed (cores): " + "; ".join(
+                f"{side} {' '.join(f'{x:.2f}' for x in loads[side])}" for side in sides
+            ))  # fmt: skip
 
 
 async def lag_part(

@@ -16,6 +16,7 @@ import pytest
 
 from rpa_bus import ConfigError, InvalidOffset, InvalidStreamName, now_ts
 from tests._postgres import LocalPostgres
+from tests._wait import wait_for_async
 from workers import (
     SCHEMA_VERSION,
     ArchiveUnavailable,
@@ -357,22 +358,80 @@ async def test_events_and_counts_keep_to_one_epoch(store: Store) -> None:
     assert await store.count_before("session:re", new[5].id) == 15
 
 
-async def test_a_cancelled_group_commit_still_answers_the_others(tmp_path: Path) -> None:
-    """SQLite: the caller running a shared commit is cancelled mid-commit; the commit
-    finishes and every other caller gets its own count (no retry of stored rows)."""
-    store = await open_store(f"sqlite://{tmp_path / 'a.db'}")
+async def test_a_cancelled_group_commit_still_answers_the_others(archive_url: str) -> None:
+    """The caller running a shared commit is cancelled mid-commit; the commit finishes and
+    every other caller gets its own count (no retry of stored rows)."""
+    store = await open_store(archive_url)
     try:
         runs = [session_rows(f"g{i}", 40, ms0=1_700_000_000_000 + i * 1000) for i in range(5)]
         turn = store._turn  # type: ignore[attr-defined]
         await turn.acquire()  # hold the write turn: all five queue into one commit
         tasks = [asyncio.create_task(store.put(rows)) for rows in runs]
-        await asyncio.sleep(0)
+        await wait_for_async(lambda: len(store._queued) == 5, what="five queued")  # type: ignore[attr-defined]
         turn.release()
-        await asyncio.sleep(0)  # the first takes the turn and starts the commit
+        # The first takes the turn and starts the commit (taking the queue): cancel it then,
+        # while the commit is still in flight (it needs the database, many loop passes).
+        for _ in range(1000):
+            if not store._queued:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0)
+        assert store._commits  # type: ignore[attr-defined]
         tasks[0].cancel()
         assert await asyncio.gather(*tasks[1:]) == [40] * 4
         with pytest.raises(asyncio.CancelledError):
             await tasks[0]
         assert await store.count() == 200  # the cancelled caller's rows were committed too
+    finally:
+        await store.close()
+
+
+async def test_group_commit_keeps_a_streams_batches_in_order(archive_url: str) -> None:
+    """Two batches of one stream queued for the same turn go in two transactions, in the
+    order they came (the fold sees the stream's rows in id order)."""
+    store = await open_store(archive_url)
+    try:
+        a = session_rows("oa", 30)
+        b = session_rows("ob", 20, ms0=1_700_000_100_000)
+        turn = store._turn  # type: ignore[attr-defined]
+        await turn.acquire()
+        tasks = [asyncio.create_task(store.put(rows)) for rows in (a[:10], b, a[10:])]
+        await wait_for_async(lambda: len(store._queued) == 3, what="three queued")  # type: ignore[attr-defined]
+        turn.release()
+        assert await asyncio.gather(*tasks) == [10, 20, 20]
+        state = await store.session("oa")
+        assert state is not None
+        assert (state.status, state.first, state.last) == ("finished", a[0].id, a[-1].id)
+        assert [e.id for e in (await store.events("session:oa", limit=100)).events] == [
+            r.id for r in a
+        ]
+    finally:
+        await store.close()
+
+
+async def test_a_refused_batch_does_not_hold_up_the_others_of_its_group(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL: one batch the database refuses (a step beyond BIGINT) fails alone; the
+    other streams' batches of the same group commit, and the refused one stores nothing."""
+    import psycopg
+
+    store = await open_store(postgres_url)
+    try:
+        good = [session_rows(f"ok{i}", 20, ms0=1_700_000_000_000 + i * 1000) for i in range(3)]
+        ts = now_ts()
+        bad = [Record("session:bad", "e1", "1700000009000-0", env("progress", ts, step=2**63))]
+        turn = store._turn  # type: ignore[attr-defined]
+        await turn.acquire()
+        tasks = [asyncio.create_task(store.put(rows)) for rows in (good[0], bad, *good[1:])]
+        await wait_for_async(lambda: len(store._queued) == 4, what="four queued")  # type: ignore[attr-defined]
+        turn.release()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert outcomes[0] == outcomes[2] == outcomes[3] == 20
+        assert isinstance(outcomes[1], psycopg.Error)
+        assert await store.count("session:bad") == 0
+        for i in range(3):
+            state = await store.session(f"ok{i}")
+            assert state is not None
+            assert state.status == "finished"
     finally:
         await store.close()

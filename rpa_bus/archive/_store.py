@@ -998,9 +998,11 @@ class SqliteStore(Store):
 
 
 def _settle(
-    batch: Sequence[tuple[Sequence[Row], asyncio.Future[int]]], work: asyncio.Task[list[int]]
+    batch: Sequence[tuple[Sequence[Row], asyncio.Future[int]]],
+    work: asyncio.Task[Sequence[int | Exception]],
 ) -> None:
-    """Answer each caller of a group commit with its own count, or the commit's error."""
+    """Answer each caller of a group commit with its own count or error, or the
+    commit's error."""
     if work.cancelled():
         error: BaseException | None = ArchiveUnavailable("the shared commit was cancelled")
     else:
@@ -1010,8 +1012,10 @@ def _settle(
             continue
         if error is not None:
             fut.set_exception(error)
+        elif isinstance(outcome := work.result()[i], Exception):
+            fut.set_exception(outcome)
         else:
-            fut.set_result(work.result()[i])
+            fut.set_result(outcome)
 
 
 def astuple_session(s: ArchivedSession) -> tuple[Any, ...]:
@@ -1121,14 +1125,44 @@ def _session_page(rows: Sequence[Sequence[Any]], limit: int) -> SessionPage:
 # PostgreSQL
 
 
+# A group commit of at least this many rows folds them in a thread, meanwhile the
+# database inserts them; below, the thread's hand-off costs more than it saves.
+_FOLD_THREAD_ROWS: Final = 256
+
+
+def _fold_all(
+    by_stream: dict[str, list[Row]], found: dict[str, Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The sessions' rows after ``by_stream``'s rows (``found``: their rows before, with
+    ``run`` last), the runs that ended, and the index's sessions (``sessions`` stream) as
+    rows. Pure: safe in a thread."""
+    states: list[tuple[Any, ...]] = []
+    ended: list[tuple[Any, ...]] = []
+    indexed: list[tuple[Any, ...]] = []
+    for stream in sorted(by_stream):
+        rows = by_stream[stream]
+        if stream.startswith("session:"):
+            sid = stream[8:]
+            row = found.get(sid)
+            current = _session_row(row[:-1]) if row else None
+            state, run, done = fold_session_runs(sid, current, row[-1] if row else None, rows)
+            if state is not None:
+                states.append((*astuple_session(state), run))
+            ended.extend(_run_row(r) for r in done)
+        elif stream == "sessions":
+            indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
+    indexed.sort(key=lambda t: str(t[0]))
+    return states, ended, indexed
+
+
 class PostgresStore(Store):
     """The operators' store: PostgreSQL through psycopg 3 (async), a few connections.
 
-    A batch is one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`` with
-    binary parameters: one statement and one round trip however many rows (see
-    docs/archive.md for the measured comparison with asyncpg and with executemany). The
-    group loop stores the batches of different streams concurrently; ``pool_size``
-    connections let them commit in parallel (one stream's batches never overlap).
+    Events go in with one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING``
+    with binary parameters: one statement however many rows (see docs/archive.md for the
+    measured comparison with asyncpg and with executemany). The group loop stores the
+    batches of one read (one per stream) concurrently: they share one transaction (group
+    commit, ``put``); reads use the other connections of the pool.
     """
 
     def __init__(
@@ -1137,6 +1171,7 @@ class PostgresStore(Store):
         connect_timeout_s: float = 5.0,
         statement_timeout_s: float = 30.0,
         pool_size: int = 4,
+        group_commit: bool = True,
     ) -> None:
         if pool_size < 1:
             raise ConfigError(f"pool_size must be >= 1, got {pool_size}")
@@ -1147,6 +1182,12 @@ class PostgresStore(Store):
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(pool_size)
         self._closed = False
+        # Group commit (``put``): batches waiting for the write turn; ``group_commit``
+        # False stores each call's rows in its own transaction (the benchmark's "before").
+        self.group_commit = group_commit
+        self._queued: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
+        self._turn = asyncio.Lock()
+        self._commits: set[asyncio.Task[list[int | Exception]]] = set()  # running group commits
 
     @classmethod
     async def open(
@@ -1156,8 +1197,9 @@ class PostgresStore(Store):
         connect_timeout_s: float = 5.0,
         statement_timeout_s: float = 30.0,
         pool_size: int = 4,
+        group_commit: bool = True,
     ) -> PostgresStore:
-        store = cls(url, connect_timeout_s, statement_timeout_s, pool_size)
+        store = cls(url, connect_timeout_s, statement_timeout_s, pool_size, group_commit)
         conn = await store._connect()
         try:
             await store._migrate(conn)
@@ -1262,71 +1304,167 @@ class PostgresStore(Store):
         return int(row[0]) if row else 0
 
     async def put(self, rows: Sequence[Row]) -> int:
+        """Store ``rows``; concurrent calls share one transaction (group commit).
+
+        The archiver stores the batches of one read (one per stream) concurrently: the
+        call that gets the write turn stores every batch queued meanwhile in one
+        transaction (two round trips in pipeline mode, whatever the number of streams),
+        instead of one transaction and two round trips per stream. Batches of a stream
+        already in the group wait for the next turn, so each stream's rows are folded in
+        the order they came. Each call returns only once its rows are committed (or
+        raises: then none of the group's batches was, and each caller retries its own;
+        the store is idempotent)."""
         if not rows:
             return 0
-        streams, mss, seqs, epochs, datas = [], [], [], [], []
-        for r in rows:
-            ms, seq = _split_id(r.id)
-            streams.append(r.stream)
-            mss.append(ms)
-            seqs.append(seq)
-            epochs.append(r.epoch)
-            datas.append(r.data)
-        async with self._use() as conn:
-            # Pipeline mode: BEGIN, the insert and the session row's SELECT go in one
-            # round trip, the upsert and COMMIT in a second (five without it).
-            async with conn.pipeline(), conn.transaction():
-                cur = await conn.execute(
-                    # Binary parameters (%b): arrays of bytes go as they are, not
-                    # hex-encoded text; measured about 1.5x faster (bench/archive.py).
-                    "INSERT INTO events (stream, ms, seq, epoch, data) "
-                    "SELECT * FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::text[], "
-                    "%b::bytea[]) ON CONFLICT DO NOTHING",
-                    (streams, mss, seqs, epochs, datas),
-                )
-                for name, group in _by_stream(rows):
-                    await self._fold(conn, name, group)
-            stored = int(cur.rowcount)  # known once the pipeline synced
-        return stored
+        if not self.group_commit:
+            return (await self._commit([rows]))[0]
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued.append((rows, done))
+        try:
+            # One pass of the event loop: the other batches of the same read queue too.
+            await asyncio.sleep(0)
+            # Until a commit took the batch (one whose runner was cancelled still answers).
+            while not done.done() and self._waiting(done):
+                await self._commit_turn(done)
+            return await done
+        except asyncio.CancelledError:
+            # Leave nothing queued that no one would wait for, and no answer no one reads.
+            self._queued = [q for q in self._queued if q[1] is not done]
+            done.cancel()
+            raise
 
-    async def _fold(
-        self, conn: psycopg.AsyncConnection[Any], stream: str, rows: Sequence[Row]
-    ) -> None:
-        values = f"({_marks('%s', _N_SESSION)})"
-        if stream.startswith("session:"):
-            sid = stream[8:]
-            cur = await conn.execute(
-                f"SELECT {_SESSION_COLUMNS}, run FROM sessions WHERE session = %s FOR UPDATE",
-                (sid,),
+    def _waiting(self, done: asyncio.Future[int]) -> bool:
+        return any(fut is done for _, fut in self._queued)
+
+    async def _commit_turn(self, done: asyncio.Future[int]) -> None:
+        async with self._turn:
+            if done.done() or not self._waiting(done):
+                return
+            group: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
+            rest: list[tuple[Sequence[Row], asyncio.Future[int]]] = []
+            taken: set[str] = set()
+            for item in self._queued:
+                names = {r.stream for r in item[0]}
+                if names & taken:
+                    rest.append(item)
+                else:
+                    group.append(item)
+                    taken |= names
+            self._queued = rest
+            work = asyncio.get_running_loop().create_task(
+                self._commit_group([r for r, _ in group]), name="postgres-commit"
             )
-            found = await cur.fetchone()
-            current = _session_row(found[:-1]) if found else None
-            state, run, ended = fold_session_runs(sid, current, found[-1] if found else None, rows)
-            if state is not None:
+            self._commits.add(work)
+            work.add_done_callback(self._commits.discard)
+            # Every caller learns the commit's real outcome, also when the one that runs
+            # it is cancelled (the commit goes on): the others must not retry as if their
+            # rows had not been stored.
+            work.add_done_callback(lambda w: _settle(group, w))
+            # The outcome reaches each caller through its future (set before this wakes).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(work)
+
+    async def _commit_group(self, batches: Sequence[Sequence[Row]]) -> list[int | Exception]:
+        """``_commit`` of the group; if the database refuses it (not a lost connection), each
+        batch alone: one batch the database refuses (a value out of a column's range) must
+        not hold up the other streams' batches, retried with it again and again."""
+        try:
+            return list(await self._commit(batches))
+        except ArchiveUnavailable:
+            raise
+        except Exception:
+            if len(batches) == 1:
+                raise
+        outcomes: list[int | Exception] = []
+        for rows in batches:
+            try:
+                outcomes.extend(await self._commit([rows]))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _commit(self, batches: Sequence[Sequence[Row]]) -> list[int]:
+        """One transaction for ``batches`` (no stream in two of them): the events, the
+        folded session rows, the ended runs; each batch's count of new events."""
+        streams, mss, seqs, epochs, datas = [], [], [], [], []
+        by_stream: dict[str, list[Row]] = {}
+        for rows in batches:
+            for r in rows:
+                ms, seq = _split_id(r.id)
+                streams.append(r.stream)
+                mss.append(ms)
+                seqs.append(seq)
+                epochs.append(r.epoch)
+                datas.append(r.data)
+                by_stream.setdefault(r.stream, []).append(r)
+        sids = sorted(name[8:] for name in by_stream if name.startswith("session:"))
+        # Pipeline mode, three round trips whatever the number of streams: BEGIN and the
+        # session rows' SELECT; the insert, while a thread folds the rows into the
+        # sessions' new state (Python's part overlaps the database's); the upserts and
+        # COMMIT.
+        async with self._use() as conn, conn.pipeline(), conn.transaction():
+            found: dict[str, Sequence[Any]] = {}
+            if sids:
+                # Locked in one order (ORDER BY): two archivers never wait on each
+                # other crosswise (streams change hands on a takeover).
+                cur = await conn.execute(
+                    f"SELECT {_SESSION_COLUMNS}, run FROM sessions "
+                    "WHERE session = ANY(%b::text[]) ORDER BY session FOR UPDATE",
+                    (sids,),
+                )
+                found = {row[0]: row for row in await cur.fetchall()}
+            ins = await conn.execute(
+                # Binary parameters (%b): arrays of bytes go as they are, not
+                # hex-encoded text; measured about 1.5x faster (bench/archive.py).
+                "WITH ins AS (INSERT INTO events (stream, ms, seq, epoch, data) "
+                "SELECT * FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::text[], "
+                "%b::bytea[]) ON CONFLICT DO NOTHING RETURNING stream) "
+                "SELECT stream, COUNT(*) FROM ins GROUP BY stream",
+                (streams, mss, seqs, epochs, datas),
+            )
+            if len(streams) >= _FOLD_THREAD_ROWS:
+                folding = asyncio.ensure_future(asyncio.to_thread(_fold_all, by_stream, found))
+                try:
+                    new = {name: int(n) for name, n in await ins.fetchall()}
+                finally:
+                    folded = await folding
+            else:
+                new = {name: int(n) for name, n in await ins.fetchall()}
+                folded = _fold_all(by_stream, found)
+            await self._upsert(conn, *folded)
+        return [sum(new.get(name, 0) for name in {r.stream for r in rows}) for rows in batches]
+
+    async def _upsert(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        states: list[tuple[Any, ...]],
+        ended: list[tuple[Any, ...]],
+        indexed: list[tuple[Any, ...]],
+    ) -> None:
+        """Write what ``_fold_all`` made: the sessions' rows, the runs that ended, and the
+        index's sessions that have no row yet (after the others: they only fill gaps)."""
+        async with conn.cursor() as cur:
+            if states:
                 columns = [*_SESSION_COLUMNS.split(", ")[1:], "run"]
                 updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
-                await conn.execute(
+                await cur.executemany(
                     f"INSERT INTO sessions ({_SESSION_COLUMNS}, run) "
                     f"VALUES ({_marks('%s', _N_SESSION + 1)}) "
                     f"ON CONFLICT (session) DO UPDATE SET {updates}",
-                    (*astuple_session(state), run),
+                    states,
                 )
             if ended:
-                async with conn.cursor() as rcur:
-                    await rcur.executemany(
-                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks('%s', 7)}) "
-                        "ON CONFLICT DO NOTHING",
-                        [_run_row(r) for r in ended],
-                    )
-        elif stream == "sessions":
-            indexed = [astuple_session(s) for s in index_sessions(rows).values()]
+                await cur.executemany(
+                    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks('%s', 7)}) "
+                    "ON CONFLICT DO NOTHING",
+                    ended,
+                )
             if indexed:
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES {values} "
-                        "ON CONFLICT DO NOTHING",
-                        indexed,
-                    )
+                await cur.executemany(
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
+                    f"VALUES ({_marks('%s', _N_SESSION)}) ON CONFLICT DO NOTHING",
+                    indexed,
+                )
 
     async def events(
         self,
