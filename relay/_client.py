@@ -24,9 +24,11 @@ blocking twin; each twin adds only its I/O (websockets' asyncio or sync client).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import threading
 import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -342,9 +344,22 @@ class AsyncSubscription(_Base):
         await self.close()
 
 
+# Blocking subscriptions with a connection open: closed when the interpreter exits, so a
+# loop left with ``break`` and no ``close()`` does not hang the exit (the connection's
+# reader thread is gone by the time the suspended iteration would be finalised).
+_OPEN: weakref.WeakSet[Subscription] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_subscriptions() -> None:
+    for sub in list(_OPEN):
+        sub.close()
+
+
 class Subscription(_Base):
     """``AsyncSubscription`` for code without asyncio: ``for item in sub``. ``close()`` may
-    be called from another thread; the iteration then ends."""
+    be called from another thread; the iteration then ends. Prefer ``with Subscription(...)
+    as sub``; one left open is closed when the interpreter exits."""
 
     _ws: SyncConnection | None = None
     _items: Iterator[Item] | None = None
@@ -370,6 +385,7 @@ class Subscription(_Base):
                     self._ws = ws
                     if self._closed:  # close() ran before it could see this connection
                         return
+                    _OPEN.add(self)
                     follower.connected()
                     for op in follower.ops():
                         ws.send(op)
@@ -387,6 +403,7 @@ class Subscription(_Base):
                 continue
             finally:
                 self._ws = None
+                _OPEN.discard(self)
             self._delay_s = follower.dropped(code)
 
     def close(self) -> None:

@@ -261,3 +261,30 @@ async def test_tail_command_prints_events_as_json_lines(relay: Relay, writer: Wr
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_a_loop_left_with_break_and_no_close_does_not_hang_the_exit(
+    relay: Relay, writer: Writer
+) -> None:
+    """The README's first example breaks out of ``for item in Subscription(...)`` without
+    closing it: the process must still exit at once (it hung on the connection's reader
+    thread at interpreter shutdown)."""
+    await writer.add(A, message="one")
+    script = (
+        "import sys\n"
+        "from relay import Event, Subscription\n"
+        f"for item in Subscription({relay.url!r}, [{A!r}]):\n"
+        "    if isinstance(item, Event):\n"
+        "        print(item.data['message'], flush=True)\n"
+        "        break\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20 * UNIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (proc.returncode, out.strip()) == (0, b"one")
