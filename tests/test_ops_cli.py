@@ -162,3 +162,23 @@ def test_demo_finds_the_redis_up_announced(tmp_path: Path, server_binary: Path) 
         client = redis.Redis.from_url(server.url)
         assert client.xlen("rpa:sessions") == 2  # started and finished/failed
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["relay", "--help"], "[env RPA_BUS_RELAY_HOST"),
+        (["demo", "--help"], "[default: 4; --real: 2]"),
+        (["webhooks", "--help"], "[env RPA_BUS_WEBHOOKS_FILE"),
+    ],
+)
+def test_help_texts_keep_their_bracketed_defaults(args: list[str], shown: str) -> None:
+    from typer.testing import CliRunner
+
+    from rpa_bus.cli._app import app
+    from rpa_bus.cli._commands import register_all
+
+    register_all()
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert shown in result.output

@@ -12,6 +12,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts quote defaults in [brackets]; rich markup would swallow them.
+    rich_markup_mode=None,
 )
 
 

@@ -27,6 +27,8 @@ archiver_app = typer.Typer(
     help="Archive every session's events (and the sessions index) into SQLite or PostgreSQL.",
     no_args_is_help=False,
     invoke_without_command=True,
+    # Help texts quote defaults in [brackets]; rich markup would swallow them.
+    rich_markup_mode=None,
 )
 app.add_typer(archiver_app, name="archiver")
 

@@ -33,6 +33,7 @@ webhooks_app = typer.Typer(
     help="Signed HTTP callbacks (Standard Webhooks) for session and monitor events.",
     no_args_is_help=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts quote defaults in [brackets]
 )
 app.add_typer(webhooks_app)
 
