@@ -43,6 +43,7 @@ from rpa_bus import (
     encode,
     now_ts,
     parse_stream_name,
+    percent_of,
     validate,
     validate_session_id,
 )
@@ -456,6 +457,10 @@ class _Api:
                         f"event names session {_short(str(item['session']))!r}, not {sid!r}"
                     )
                 event = validate(item)
+                step, total = event.get("step"), event.get("total")
+                if "percent" not in event and step is not None and total is not None:
+                    # As `rpa-bus emit` and the producer do: a poller reads percent.
+                    event["percent"] = percent_of(step, total)
                 encoded.append(encode(event))
             except InvalidInput as exc:
                 raise ApiError(400, BAD_REQUEST, where + str(exc)) from exc

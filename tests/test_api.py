@@ -102,6 +102,7 @@ async def test_publish_then_state_and_history(
     assert state["session"] == "job-1"
     assert state["status"] == "running"
     assert (state["step"], state["total"], state["message"]) == (3, 4, "screen 3")
+    assert state["percent"] == 75.0  # computed from step and total, as emit does
     assert state["first"] == stored[0]
     assert state["last"] == stored[-1]
     assert state["started"] is not None
