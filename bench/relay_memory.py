@@ -139,10 +139,13 @@ def measure(kind: str, redis_url: str, n: int, trace: str | None) -> float:
 
         def during(go: Any) -> None:
             held["rss"] = bench.rss_kib(proc.pid)
+            held["redis"] = redis_clients(redis_url)
             if trace:
                 snaps["held"] = snapshot(proc, trace)
 
         res = bench.run_fleet("idle", {"url": url, "n": n, "timeout_s": 120}, during=during)
+        if VERBOSE:
+            print(f"   {kind}: Redis clients {held['redis']} while held")
         if res["held"] != n:
             print(f"   ({res['held']} of {n} idle connections answered)")
         if trace:
@@ -150,6 +153,19 @@ def measure(kind: str, redis_url: str, n: int, trace: str | None) -> float:
         return (held["rss"] - before) / n
     finally:
         bench.stop(proc)
+
+
+VERBOSE = False
+
+
+def redis_clients(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("clients")["connected_clients"])
+    finally:
+        client.close()
 
 
 def report(before: Any, held: Any, n: int) -> None:
@@ -173,12 +189,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=1000, help="idle connections per measurement")
     parser.add_argument("--trace", action="store_true", help="tracemalloc diff, one round")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Redis clients held")
     parser.add_argument(
         "--base", help='a checkout (git archive) of other code: servers "aiohttp (base)" etc.'
     )
     opts = parser.parse_args()
-    global BASE
+    global BASE, VERBOSE
     BASE = opts.base
+    VERBOSE = opts.verbose
     bench.raise_nofile()
     print(f"idle subscribed connections: {opts.n:,} per measurement; load "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip

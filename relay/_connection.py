@@ -142,9 +142,9 @@ class Connection(Door):
         failure: Exception | None = None
         try:
             try:
-                receive, unwrap = ws.receive_raw, ws.unwrap
                 await self._query_ops()
-                while (message := unwrap(await receive())) is not None:
+                # No bound methods kept in locals: each would be held for the connection's life.
+                while (message := ws.unwrap(await ws.receive_raw())) is not None:
                     if self._failure is not None:
                         break
                     bucket = self._bucket
@@ -198,9 +198,10 @@ class Connection(Door):
 
     async def _query_ops(self) -> None:
         """``/ws?token=...&stream=...&from=...&epoch=...``: auth and subscribe at connect."""
-        if not self.ws.query:
+        raw, self.ws.query = self.ws.query, ""  # read once: not held for the connection's life
+        if not raw:
             return
-        query = urllib.parse.parse_qs(self.ws.query)
+        query = urllib.parse.parse_qs(raw)
         token = query.get("token", [None])[-1]
         if token is not None:
             await self._auth(token)

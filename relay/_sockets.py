@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -44,10 +44,9 @@ class Socket(Protocol):
     async def send(self, frame: bytes) -> None:
         """Write ``frame``, waiting while the buffer is full; ``ClientGone`` if closed."""
 
-    # The next message, raw (the library's own receive: no extra coroutine frame held per
-    # idle connection); ``unwrap`` turns it into text, bytes, or None once closed.
-    @property
-    def receive_raw(self) -> Callable[[], Awaitable[Any]]: ...
+    def receive_raw(self) -> Awaitable[Any]:
+        """The next message, raw: the library's own receive (no extra coroutine frame held
+        per idle connection); ``unwrap`` turns it into text, bytes, or None once closed."""
 
     def unwrap(self, raw: Any) -> str | bytes | None:
         """The message's text or bytes, or None if it says the connection closed."""
@@ -88,7 +87,6 @@ class AiohttpSocket:
         "_writer",
         "ip",
         "query",
-        "receive_raw",
         "ws",
     )
 
@@ -102,8 +100,8 @@ class AiohttpSocket:
         server: Any,
     ) -> None:
         self.ws = ws
-        self.receive_raw: Callable[[], Awaitable[Any]] = ws.receive
-        self.query = request.query_string
+        # Raw (percent-encoded), as websockets gives it; read once by the connection.
+        self.query = request.raw_path.partition("?")[2]
         self.ip = ip
         self._request: web.Request | None = request
         self._transport = request.transport
@@ -132,6 +130,9 @@ class AiohttpSocket:
         self._fast = (
             writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
         )
+
+    def receive_raw(self) -> Awaitable[Any]:
+        return self.ws.receive()
 
     def write_now(self, frame: bytes, limit: int) -> bool:
         # The fan-out's hot path: as few lookups as possible. The writer itself refuses a
@@ -193,11 +194,10 @@ class AiohttpSocket:
 
 
 class WebsocketsSocket:
-    __slots__ = ("ip", "peer", "query", "receive_raw", "ws")
+    __slots__ = ("ip", "peer", "query", "ws")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
-        self.receive_raw: Callable[[], Awaitable[Any]] = self._receive
         request = ws.request
         self.query = "" if request is None else urllib.parse.urlsplit(request.path).query
         self.peer = _peer(ws.remote_address)
@@ -222,7 +222,7 @@ class WebsocketsSocket:
         except ConnectionClosed as exc:
             raise ClientGone from exc
 
-    async def _receive(self) -> str | bytes | None:
+    async def receive_raw(self) -> str | bytes | None:
         try:
             return await self.ws.recv()
         except ConnectionClosed:
