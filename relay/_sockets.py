@@ -90,7 +90,6 @@ class AiohttpSocket:
         "_request",
         "_server",
         "_transport",
-        "_writer",
         "ip",
         "query",
         "ws",
@@ -113,7 +112,6 @@ class AiohttpSocket:
         self._transport = request.transport
         self._close_timeout_s = close_timeout_s
         self._server: Any = server  # relay._server.AiohttpServer: told when it ends
-        self._writer: Any = None
         self._fast = False
 
     @property
@@ -129,13 +127,10 @@ class AiohttpSocket:
         await ws.prepare(request)
         # Sent: the response's headers are never read again (aiohttp keeps them).
         ws.headers.clear()
-        writer = ws._writer
-        # The synchronous frame write aiohttp's own send_frame uses; compressed frames (a
-        # shared compressor) go the awaited way.
-        self._writer = writer
-        self._fast = (
-            writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
-        )
+        # Frames are written by write_now (relay._writes) unless compressed (aiohttp's
+        # shared compressor: those go the awaited way).
+        writer = getattr(ws, "_writer", None)
+        self._fast = writer is not None and not getattr(writer, "compress", True)
 
     def receive_raw(self) -> Awaitable[Any]:
         return self.ws.receive()
