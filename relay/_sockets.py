@@ -106,7 +106,7 @@ class AiohttpSocket:
     ) -> None:
         self.ws = ws
         # Raw (percent-encoded), as websockets gives it; read once by the connection.
-        self.query = request.raw_path.partition("?")[2]
+        self.query = request.rel_url.raw_query_string
         self.ip = ip
         self._request: web.Request | None = request
         self._transport = request.transport
