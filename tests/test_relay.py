@@ -382,3 +382,19 @@ async def test_group_lag_is_acknowledged_in_redis(relay: Relay, writer: Writer) 
     assert group["pending"] == 0
     assert group["last-delivered-id"].decode() == ids[-1]
     await c.close()
+
+
+def test_stream_replies_parse_as_redis_py_does() -> None:
+    """The relay's quicker XRANGE/XREVRANGE reply parser gives redis-py's own result."""
+    from redis._parsers.helpers import parse_stream_list
+
+    from relay._relay import _stream_list
+
+    replies: list[object] = [
+        None,
+        [],
+        [[b"1-0", [b"e", b"{}"]], [b"2-0", None], None, [b"3-0", [b"a", b"1", b"b", b"2"]]],
+        [[b"4-0", []]],
+    ]
+    for reply in replies:
+        assert _stream_list(reply) == parse_stream_list(reply), reply
