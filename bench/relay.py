@@ -641,6 +641,12 @@ def main() -> None:
         help="the relay on websockets vs on aiohttp, SSE, and both bare broadcasts, one run",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: ceiling rounds")
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=1,
+        help="--compare: measure latency in this many of the rounds (medians), not only the first",
+    )
     opts = parser.parse_args()
     if opts.compare:
         compare(opts)
@@ -797,6 +803,7 @@ def compare(opts: Any) -> None:
     base = {"sessions": sessions, "per_session": per}
     rates: dict[str, list[float]] = {}
     figures: dict[str, dict[str, float]] = {"websockets": {}, "aiohttp": {}}
+    latencies: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         redis = EmbeddedRedis(Path(tmp), persistent=False)
         redis.start()
@@ -812,10 +819,10 @@ def compare(opts: Any) -> None:
                         if server == "aiohttp":
                             rate = relay_ceiling(redis, {**args, "sse": True}, n, pad)
                             rates.setdefault("sse", []).append(rate)
-                        if round_ == 0:
-                            figures[server].update(
-                                relay_latency(redis, relay, args, lat_seconds, pad)
-                            )
+                        if round_ < opts.latency_rounds:
+                            lat = relay_latency(redis, relay, args, lat_seconds, pad)
+                            for k, v in lat.items():
+                                latencies.setdefault(server, {}).setdefault(k, []).append(v)
                     finally:
                         stop(relay)
                     if round_ == 0:  # on a fresh relay: no memory freed by earlier phases
@@ -840,6 +847,8 @@ def compare(opts: Any) -> None:
             finally:
                 stop(proc)
     med = {k: statistics.median(v) for k, v in rates.items()}
+    for server, lat_lists in latencies.items():
+        figures[server].update({k: statistics.median(v) for k, v in lat_lists.items()})
     print(f"\nWebSocket delivery ceiling, {n:,} events x {per} clients ({sessions * per} "
           f"clients), medians of {opts.rounds} rounds:")  # fmt: skip
     for k, v in med.items():
@@ -857,8 +866,13 @@ def compare(opts: Any) -> None:
     print(f"   per-round ratios: aiohttp / websockets relay {per_round('aiohttp', 'websockets')}; "
           f"aiohttp relay / bare aiohttp {per_round('aiohttp', 'raw aiohttp')}; "
           f"SSE / WebSocket {per_round('sse', 'aiohttp')}")  # fmt: skip
-    print(f"\nLatency at 1,000 ev/s x {per} fan-out ({sessions * per} clients), and RSS per "
-          f"idle subscribed connection ({idle_n:,} connections):")  # fmt: skip
+    lat_n = min(opts.latency_rounds, opts.rounds)
+    print(f"\nLatency at 1,000 ev/s x {per} fan-out ({sessions * per} clients; medians of "
+          f"{lat_n} x {lat_seconds:.0f} s per server), and RSS per idle subscribed connection "
+          f"({idle_n:,} connections):")  # fmt: skip
+    for server, lat_lists in latencies.items():
+        print(f"   {server:10} p99 of each latency round: "
+              + ", ".join(f"{v:.1f}" for v in lat_lists["p99"]) + " ms")  # fmt: skip
     for server, f in figures.items():
         if "p50" not in f:
             print(f"   {server:16} idle {f['idle_kib']:.1f} KiB/connection")

@@ -64,6 +64,8 @@ class Connection(Door):
         "_bucket",
         "_closing",
         "_limited_in_a_row",
+        "_ops_burst",
+        "_ops_per_s",
         "_refusals",
         "_refused_in_window",
         "close_timeout_s",
@@ -74,7 +76,9 @@ class Connection(Door):
         super().__init__(hub=hub, settings=settings, stats=stats)
         self.ws = ws
         self.close_timeout_s = settings.close_timeout_s
-        self._bucket = TokenBucket(settings.ops_per_s, settings.ops_burst)
+        self._ops_per_s = settings.ops_per_s
+        self._ops_burst = settings.ops_burst
+        self._bucket: TokenBucket | None = None  # made at the first op
         self._limited_in_a_row = 0
         # Refused ops per second over the last _FLOOD_WINDOW_S seconds: [second, count].
         self._refusals: collections.deque[list[int]] | None = None
@@ -122,34 +126,53 @@ class Connection(Door):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve until the client leaves, the relay closes, or a bug (re-raised: 1011).
+    async def run(self) -> Any:
+        """Serve until the client leaves, the relay closes, or a bug (``Socket.finish``
+        gets it: aiohttp closes with 1011, websockets re-raises it); returns what
+        ``Socket.finish`` returns (aiohttp: the response).
 
-        The receive loop runs here, not in a task of its own: an idle connection holds as
-        few coroutine frames as possible."""
+        The opening handshake, the receive loop and the closing all run here: an idle
+        connection holds this one coroutine frame of the relay's, no task of its own."""
         ws = self.ws
-        receive, unwrap = ws.receive_raw, ws.unwrap
         try:
-            await self._query_ops()
-            while (message := unwrap(await receive())) is not None:
-                if self._failure is not None:
-                    break
-                if not self._bucket.take():
-                    self._limited(message)
-                    continue
-                self._limited_in_a_row = 0
-                if isinstance(message, bytes):
-                    self.put_control(F.error(F.BAD_REQUEST, "frames must be JSON text"))
-                    continue
-                await self._handle(message)
-            closing = self._closing
-            if closing is not None and not closing.done():
-                # Let our closing handshake finish (it is bounded) before cancelling it.
-                await asyncio.wait([closing])
+            await ws.open()
+        except BaseException:
+            ws.ended(self)
+            raise  # a failed handshake is the server library's to answer
+        failure: Exception | None = None
+        try:
+            try:
+                await self._query_ops()
+                # No bound methods kept in locals: each would be held for the connection's life.
+                while (message := ws.unwrap(await ws.receive_raw())) is not None:
+                    if self._failure is not None:
+                        break
+                    bucket = self._bucket
+                    if bucket is None:
+                        # Made at the first op: a client that only subscribed at connect
+                        # (a dashboard) never holds one.
+                        bucket = self._bucket = TokenBucket(self._ops_per_s, self._ops_burst)
+                    if not bucket.take():
+                        self._limited(message)
+                        continue
+                    self._limited_in_a_row = 0
+                    if isinstance(message, bytes):
+                        self.put_control(F.error(F.BAD_REQUEST, "frames must be JSON text"))
+                        continue
+                    await self._handle(message)
+                closing = self._closing
+                if closing is not None and not closing.done():
+                    # Let our closing handshake finish (it is bounded) before cancelling it.
+                    await asyncio.wait([closing])
+            finally:
+                await self._shutdown()
+            if self._failure is not None:
+                raise self._failure
+        except Exception as exc:
+            failure = exc
         finally:
-            await self._shutdown()
-        if self._failure is not None:
-            raise self._failure
+            ws.ended(self)
+        return await ws.finish(failure)
 
     def _limited(self, message: str | bytes) -> None:
         self.stats.rate_limited += 1
@@ -175,9 +198,10 @@ class Connection(Door):
 
     async def _query_ops(self) -> None:
         """``/ws?token=...&stream=...&from=...&epoch=...``: auth and subscribe at connect."""
-        if not self.ws.query:
+        raw, self.ws.query = self.ws.query, ""  # read once: not held for the connection's life
+        if not raw:
             return
-        query = urllib.parse.parse_qs(self.ws.query)
+        query = urllib.parse.parse_qs(raw)
         token = query.get("token", [None])[-1]
         if token is not None:
             await self._auth(token)

@@ -36,6 +36,7 @@ from relay._reader import Reader, ReadSpec
 from relay._servers import Servers
 from relay._stats import Stats
 from relay._subscription import Subscription, Subscriptions
+from relay._writes import coalesced
 from rpa_bus import Keys
 from rpa_bus.redisio import AsyncClient, NodeClient, cancel_and_wait
 
@@ -303,7 +304,8 @@ class Hub:
     def deliver(self, reader: Reader, response: Any) -> dict[str, list[bytes]]:
         """Fan out what ``reader`` just read; return the ids to acknowledge."""
         stats = self.stats
-        return fan_out(self._tails, response, stats, self.core.offer)
+        with coalesced():  # one socket write per client for the whole response
+            return fan_out(self._tails, response, stats, self.core.offer)
 
     async def ack(self, delivered: dict[str, list[bytes]], client: AsyncClient) -> None:
         await self._acker.ack(delivered, client)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractView
 from aiohttp.http_exceptions import HttpProcessingError
 
 from relay import _frames as F
@@ -39,6 +40,7 @@ _CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 
 # The relay's application, for handlers added by other modules (relay._api).
 RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay")
+_SERVER_KEY: web.AppKey[AiohttpServer] = web.AppKey("server")
 
 
 def reply_response(reply: _http.Reply) -> web.Response:
@@ -85,6 +87,11 @@ class AiohttpServer:
         self.sse.discard(door)
         self._gone.set()
 
+    def ended(self, conn: Connection, ip: str) -> None:
+        """A WebSocket connection is over (``AiohttpSocket.ended``)."""
+        self.forget(conn)
+        self.relay.closed(ip)
+
     def app(self) -> web.Application:
         from relay import _sse
 
@@ -95,7 +102,8 @@ class AiohttpServer:
             handler_args={"max_field_size": 32768, "max_line_size": 32768},
         )
         app[RELAY_KEY] = self.relay
-        app.router.add_get("/ws", self._ws)
+        app[_SERVER_KEY] = self
+        app.router.add_view("/ws", _WsView)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/v1/sse", _sse.handler(self))
@@ -187,25 +195,33 @@ class AiohttpServer:
     # -- every request --------------------------------------------------------------------
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def _guard(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        """Not a coroutine: a request outside ``/v1/`` that passes the checks gets its
+        handler's own coroutine, so a WebSocket held for hours keeps no frame of this."""
         relay = self.relay
         headers = request.headers
         for name in ("Host", "Origin"):
             if len(headers.getall(name, ())) > 1:
                 # Two Hosts or two Origins: which one would a check trust? Neither.
                 relay.stats.refused_connections += 1
-                return reply_response(_http.text(400, f"duplicate {name} header\n"))
+                return _answer(reply_response(_http.text(400, f"duplicate {name} header\n")))
         host = headers.get("Host")
         if not relay.host_ok(host):
             relay.stats.refused_connections += 1
-            return reply_response(_http.text(403, f"host {host!r} not allowed\n"))
-        api = request.path.startswith("/v1/")
-        if not api:
-            try:
-                return await handler(request)
-            except web.HTTPMethodNotAllowed as exc:
-                allow = ", ".join(sorted(exc.allowed_methods))
-                return reply_response(_http.method_not_allowed(request.method, allow))
+            return _answer(reply_response(_http.text(403, f"host {host!r} not allowed\n")))
+        if request.path.startswith("/v1/"):
+            return self._guard_api(request, handler, host)
+        exc = request.match_info.http_exception
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allow = ", ".join(sorted(exc.allowed_methods))
+            return _answer(reply_response(_http.method_not_allowed(request.method, allow)))
+        return handler(request)
+
+    async def _guard_api(
+        self, request: web.Request, handler: Handler, host: str | None
+    ) -> web.StreamResponse:
+        relay = self.relay
+        headers = request.headers
         origin = headers.get("Origin")
         if origin is not None and not relay.origin_ok(origin, host):
             relay.stats.refused_connections += 1
@@ -232,14 +248,16 @@ class AiohttpServer:
 
     # -- routes ---------------------------------------------------------------------------
 
-    async def _ws(self, request: web.Request) -> web.StreamResponse:
+    def _ws(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        """Not a coroutine: a WebSocket runs in ``Connection.run``'s frame alone, from the
+        handshake (``AiohttpSocket.open``) to the close (``AiohttpSocket.finish``)."""
         relay = self.relay
         assert relay.hub is not None
         s = relay.settings
         ip = _ip(request)
         refusal = relay.admit(ip, request.headers.get("Origin"), request.headers.get("Host"))
         if refusal is not None:
-            return reply_response(refusal)
+            return _answer(reply_response(refusal))
         ws = web.WebSocketResponse(
             timeout=s.close_timeout_s,
             heartbeat=s.ping_interval_s,
@@ -251,22 +269,12 @@ class AiohttpServer:
             reply = _http.text(426, "this is a WebSocket endpoint: send an Upgrade request\n")
             response = reply_response(reply)
             response.headers["Upgrade"] = "websocket"
-            return response
-        await ws.prepare(request)
-        conn = Connection(AiohttpSocket(ws, request), hub=relay.hub, settings=s, stats=relay.stats)
+            return _answer(response)
+        socket = AiohttpSocket(ws, request, ip=ip, close_timeout_s=s.close_timeout_s, server=self)
+        conn = Connection(socket, hub=relay.hub, settings=s, stats=relay.stats)
         relay.opened(ip)
         self.connections.add(conn)
-        try:
-            await conn.run()
-        except Exception:
-            log.error("connection handler failed", exc_info=True)
-            await _bounded_close(ws, F.CLOSE_INTERNAL, "internal error", s.close_timeout_s)
-        finally:
-            self.forget(conn)
-            relay.closed(ip)
-        if not ws.closed:
-            await _bounded_close(ws, 1000, "", s.close_timeout_s)
-        return ws
+        return conn.run()
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         return reply_response(await self.relay.healthz())
@@ -303,13 +311,23 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     response.headers["Server"] = "rpa-bus"
 
 
-async def _bounded_close(ws: web.WebSocketResponse, code: int, reason: str, limit_s: float) -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            await ws.close(code=code, message=reason.encode())
-    except TimeoutError:
-        if ws._req is not None and ws._req.transport is not None:
-            ws._req.transport.abort()
+async def _answer(response: web.StreamResponse) -> web.StreamResponse:
+    return response
+
+
+class _WsView(AbstractView):
+    """``/ws``. A view, not a coroutine function: awaiting it awaits ``Connection.run``
+    itself, so an idle WebSocket holds no handler frame of the relay's besides that one."""
+
+    def __await__(self) -> Generator[None, None, web.StreamResponse]:
+        request = self.request
+        if request.method not in ("GET", "HEAD"):
+            reply = _http.method_not_allowed(request.method, "GET, HEAD")
+            return _answer(reply_response(reply)).__await__()
+        run: Generator[None, None, web.StreamResponse] = (
+            request.app[_SERVER_KEY]._ws(request).__await__()
+        )
+        return run
 
 
 def _ip(request: web.Request) -> str:

@@ -9,8 +9,11 @@ path) and otherwise leave it to the connection's bounded queue and writer.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import struct
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -19,13 +22,27 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from relay import _frames as F
 from relay._outbox import ClientGone
+from relay._writes import buffered, write
+
+log = logging.getLogger("relay._server")
+
+_HEAD_7 = struct.Struct("!BB").pack
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
 
 
 class Socket(Protocol):
-    peer: str
     ip: str
     query: str
+
+    @property
+    def peer(self) -> str:
+        """The client's address and port, for logs."""
+
+    async def open(self) -> None:
+        """Finish the opening handshake (aiohttp: ``prepare``); a no-op if done."""
 
     def write_now(self, frame: bytes, limit: int) -> bool:
         """Write ``frame`` at once if open and the buffer holds under ``limit`` bytes."""
@@ -33,10 +50,9 @@ class Socket(Protocol):
     async def send(self, frame: bytes) -> None:
         """Write ``frame``, waiting while the buffer is full; ``ClientGone`` if closed."""
 
-    # The next message, raw (the library's own receive: no extra coroutine frame held per
-    # idle connection); ``unwrap`` turns it into text, bytes, or None once closed.
-    @property
-    def receive_raw(self) -> Callable[[], Awaitable[Any]]: ...
+    def receive_raw(self) -> Awaitable[Any]:
+        """The next message, raw: the library's own receive (no extra coroutine frame held
+        per idle connection); ``unwrap`` turns it into text, bytes, or None once closed."""
 
     def unwrap(self, raw: Any) -> str | bytes | None:
         """The message's text or bytes, or None if it says the connection closed."""
@@ -47,43 +63,94 @@ class Socket(Protocol):
     def abort(self) -> None:
         """Drop the TCP connection."""
 
+    def ended(self, conn: Any) -> None:
+        """``conn`` is over (also when cancelled, or its handshake failed): the server's
+        bookkeeping."""
 
-def _peer(address: object) -> tuple[str, str]:
+    async def finish(self, failure: Exception | None) -> Any:
+        """After ``Connection.run``'s loop: close the socket, and return what the server
+        library wants from its handler; ``failure`` is a bug of this connection."""
+
+
+def _peer(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}", str(address[0])
-    return "?", "?"
+        return f"{address[0]}:{address[1]}"
+    return "?"
 
 
 class AiohttpSocket:
-    __slots__ = ("_fast", "_transport", "_writer", "ip", "peer", "query", "receive_raw", "ws")
+    """An aiohttp ``WebSocketResponse`` before its handshake: ``open`` prepares it. The
+    whole connection then runs in ``Connection.run``'s one coroutine frame (the handler
+    returns that coroutine), and holds no copy of the request, its headers or its peer
+    address: an idle connection costs aiohttp's objects and the relay's few."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+    __slots__ = (
+        "_close_timeout_s",
+        "_fast",
+        "_request",
+        "_server",
+        "_transport",
+        "ip",
+        "query",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        *,
+        ip: str,
+        close_timeout_s: float,
+        server: Any,
+    ) -> None:
         self.ws = ws
-        self.receive_raw: Callable[[], Awaitable[Any]] = ws.receive
-        self.query = request.query_string
-        self.peer, self.ip = _peer(request.transport.get_extra_info("peername") if
-                                   request.transport is not None else None)  # fmt: skip
+        # Raw (percent-encoded), as websockets gives it; read once by the connection.
+        self.query = request.rel_url.raw_query_string
+        self.ip = ip
+        self._request: web.Request | None = request
         self._transport = request.transport
-        writer = ws._writer
-        # The synchronous frame write aiohttp's own send_frame uses; compressed frames (a
-        # shared compressor) go the awaited way.
-        self._writer: Any = writer
-        self._fast = (
-            writer is not None and not writer.compress and hasattr(writer, "_write_websocket_frame")
-        )
+        self._close_timeout_s = close_timeout_s
+        self._server: Any = server  # relay._server.AiohttpServer: told when it ends
+        self._fast = False
+
+    @property
+    def peer(self) -> str:
+        transport = self._transport
+        return _peer(transport.get_extra_info("peername") if transport is not None else None)
+
+    async def open(self) -> None:
+        request, self._request = self._request, None
+        if request is None:
+            return
+        ws = self.ws
+        await ws.prepare(request)
+        # Sent: the response's headers are never read again (aiohttp keeps them).
+        ws.headers.clear()
+        # Frames are written by write_now (relay._writes) unless compressed (aiohttp's
+        # shared compressor: those go the awaited way).
+        writer = getattr(ws, "_writer", None)
+        self._fast = writer is not None and not getattr(writer, "compress", True)
+
+    def receive_raw(self) -> Awaitable[Any]:
+        return self.ws.receive()
 
     def write_now(self, frame: bytes, limit: int) -> bool:
-        # The fan-out's hot path: as few lookups as possible. The writer itself refuses a
-        # closing transport (the frame then takes the queue, whose send finds it gone).
+        # The fan-out's hot path: as few lookups as possible. A server frame (RFC 6455:
+        # FIN + text opcode, the length, no mask) written through ``relay._writes``, so a
+        # fan-out writes each client's frames as one.
         if not self._fast or self.ws._closed:
             return False
         transport = self._transport
-        if transport is None or transport.get_write_buffer_size() >= limit:
+        if transport is None or transport.is_closing() or buffered(transport) >= limit:
             return False
-        try:
-            self._writer._write_websocket_frame(frame, 1, 0)  # 1: TEXT
-        except ClientConnectionResetError:
-            return False
+        size = len(frame)
+        if size < 126:
+            write(transport, _HEAD_7(0x81, size) + frame)
+        elif size < 65536:
+            write(transport, _HEAD_16(0x81, 126, size) + frame)
+        else:
+            write(transport, _HEAD_64(0x81, 127, size) + frame)
         return True
 
     async def send(self, frame: bytes) -> None:
@@ -110,16 +177,40 @@ class AiohttpSocket:
         if self._transport is not None:
             self._transport.abort()
 
+    def ended(self, conn: Any) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.ended(conn, self.ip)
+
+    async def finish(self, failure: Exception | None) -> web.WebSocketResponse:
+        if failure is not None:
+            log.error("connection handler failed", exc_info=failure)
+            await self._bounded_close(F.CLOSE_INTERNAL, "internal error")
+        if not self.ws.closed:
+            await self._bounded_close(1000, "")
+        return self.ws
+
+    async def _bounded_close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self._close_timeout_s):
+                await self.close(code, reason)
+        except TimeoutError:
+            self.abort()
+
 
 class WebsocketsSocket:
-    __slots__ = ("ip", "peer", "query", "receive_raw", "ws")
+    __slots__ = ("ip", "peer", "query", "ws")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
-        self.receive_raw: Callable[[], Awaitable[Any]] = self._receive
         request = ws.request
         self.query = "" if request is None else urllib.parse.urlsplit(request.path).query
-        self.peer, self.ip = _peer(ws.remote_address)
+        self.peer = _peer(ws.remote_address)
+        address = ws.remote_address
+        self.ip = str(address[0]) if isinstance(address, tuple) and address else "?"
+
+    async def open(self) -> None:
+        return  # websockets opened it before calling the handler
 
     def write_now(self, frame: bytes, limit: int) -> bool:
         """``broadcast`` (websockets' synchronous send) for ONE connection, and only below
@@ -136,7 +227,7 @@ class WebsocketsSocket:
         except ConnectionClosed as exc:
             raise ClientGone from exc
 
-    async def _receive(self) -> str | bytes | None:
+    async def receive_raw(self) -> str | bytes | None:
         try:
             return await self.ws.recv()
         except ConnectionClosed:
@@ -151,3 +242,10 @@ class WebsocketsSocket:
 
     def abort(self) -> None:
         self.ws.transport.abort()
+
+    def ended(self, conn: Any) -> None:
+        return
+
+    async def finish(self, failure: Exception | None) -> None:
+        if failure is not None:
+            raise failure  # websockets logs it and closes with 1011

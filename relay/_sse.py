@@ -46,6 +46,7 @@ from relay._outbox import ClientGone
 from relay._server import cors, error_response
 from relay._stats import Stats
 from relay._subscription import Subscription
+from relay._writes import buffered, write
 from rpa_bus import Forbidden
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class SseDoor(Door):
             or self._done.is_set()
             or transport is None
             or transport.is_closing()
-            or transport.get_write_buffer_size() >= self.write_limit
+            or buffered(transport) >= self.write_limit
         ):
             return False
         if frame.startswith(_EVENT_HEAD):  # the hot path: one allocation, one write
@@ -202,11 +203,11 @@ class SseDoor(Door):
                 pre, tail, start = single
                 entry_id = frame[start : frame.index(b'"', start)]
                 size = len(pre) + len(entry_id) + len(tail) + len(frame) + _SINGLE_FIXED
-                transport.write(b"%x%b%b%b\ndata: %b\n\n\r\n" % (size, pre, entry_id, tail, frame))
+                write(transport, b"%x%b%b%b\ndata: %b\n\n\r\n" % (size, pre, entry_id, tail, frame))
                 return True
             id_ = self._event_id(frame)
             size = _EVENT_FIXED + len(id_) + len(frame)
-            transport.write(b"%x\r\nevent: event\nid: %b\ndata: %b\n\n\r\n" % (size, id_, frame))
+            write(transport, b"%x\r\nevent: event\nid: %b\ndata: %b\n\n\r\n" % (size, id_, frame))
         else:
             self._chunk(self.encode(frame))
         return True
@@ -218,14 +219,14 @@ class SseDoor(Door):
             and not self._done.is_set()
             and transport is not None
             and not transport.is_closing()
-            and transport.get_write_buffer_size() < self.write_limit
+            and buffered(transport) < self.write_limit
         )
 
     def _chunk(self, data: bytes) -> None:
         """One HTTP/1.1 chunk, straight to the transport (``_writable`` checked it)."""
         transport = self._transport
         assert transport is not None
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        write(transport, b"%x\r\n%b\r\n" % (len(data), data))
 
     async def _send(self, frame: bytes) -> None:
         if self._done.is_set():

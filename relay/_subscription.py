@@ -24,6 +24,7 @@ import asyncio
 import collections
 import enum
 import functools
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -92,7 +93,8 @@ class Subscription:
     def __init__(self, sink: Sink, ref: StreamRef) -> None:
         self.sink = sink
         self.ref = ref
-        self.name = ref.name
+        # Interned: the subscriptions of one stream share one string.
+        self.name = sys.intern(ref.name)
         self.last: Id = ZERO_ID
         self.epoch: str | None = None
         # A new subscription is pending-live from the start: the handoff buffers first.

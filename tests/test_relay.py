@@ -7,6 +7,7 @@ import asyncio
 import orjson
 import pytest
 
+import rpa_bus
 from relay import Relay
 from tests._relay_support import (
     KEYS,
@@ -82,6 +83,38 @@ async def test_query_string_subscribes_at_connect(relay: Relay, writer: Writer) 
     await c.expect("live")
     assert c.ids(S) == ids[1:]
     await c.close()
+
+
+async def test_query_string_is_percent_decoded_once(relay: Relay, writer: Writer) -> None:
+    ids = [await writer.add(S) for _ in range(2)]
+    c = await Client.open(f"{relay.url}?stream=session%3Ajob-1&from={ids[0]}")
+    await c.expect("live")
+    assert c.ids(S) == ids[1:]
+    await c.close()
+
+
+async def test_one_read_of_many_entries_reaches_each_client_whole_and_in_order(
+    relay: Relay, writer: Writer
+) -> None:
+    """Entries read together are written to each client as one write (relay._writes):
+    frames of every length header (7-bit, 16-bit, 64-bit) must arrive whole, in order."""
+    await writer.start("job-1")
+    clients = [await Client.open(f"{relay.url}?stream={S}&from=$") for _ in range(3)]
+    for c in clients:
+        await c.expect("live")
+    sizes = [0, 200, 70_000, 10, 3_000, 0, 66_000, 50]
+    key = writer.key(S)
+    async with writer.r.pipeline(transaction=False) as pipe:
+        for i, size in enumerate(sizes):
+            envelope = rpa_bus.make("log", message=f"m{i}", data=("x" * size) or None)
+            pipe.xadd(key, {"e": rpa_bus.encode(envelope)})
+        written = [x.decode() for x in await pipe.execute()]
+    for c in clients:
+        await c.until(lambda f: f.get("id") == written[-1], 10)
+        assert c.ids(S) == written
+        events = [f for f in c.frames if f["type"] == "event"]
+        assert [len(e["data"].get("data") or "") for e in events] == sizes
+        await c.close()
 
 
 async def test_stream_that_does_not_exist_yet_goes_live_when_job_starts(
@@ -349,3 +382,19 @@ async def test_group_lag_is_acknowledged_in_redis(relay: Relay, writer: Writer) 
     assert group["pending"] == 0
     assert group["last-delivered-id"].decode() == ids[-1]
     await c.close()
+
+
+def test_stream_replies_parse_as_redis_py_does() -> None:
+    """The relay's quicker XRANGE/XREVRANGE reply parser gives redis-py's own result."""
+    from redis._parsers.helpers import parse_stream_list
+
+    from relay._relay import _stream_list
+
+    replies: list[object] = [
+        None,
+        [],
+        [[b"1-0", [b"e", b"{}"]], [b"2-0", None], None, [b"3-0", [b"a", b"1", b"b", b"2"]]],
+        [[b"4-0", []]],
+    ]
+    for reply in replies:
+        assert _stream_list(reply) == parse_stream_list(reply), reply
