@@ -895,6 +895,8 @@ function updateLogHeader() {
   const counted = filters.active() ? `${log.shown} of ${log.count + log.pending.length} events`
     : `${log.received} events`;
   setText($("#log-sub"), `${counted}${s.archived ? " · from the archive" : ""} · ${phase}`);
+  // With the status: an ended run shows no ETA from the moment its pill says so.
+  showEta();
 }
 
 /** Show one session's log: its whole retained history, then live events. */
