@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
@@ -34,6 +34,11 @@ Order = Literal["asc", "desc"]
 
 # Stored envelope bytes per entry: embedded in answers as they are (orjson.Fragment).
 Entry = tuple[str, bytes | None]
+
+# A parse option the relay's XRANGE/XREVRANGE reply callback honours (``relay._relay``):
+# hand the reply over as Redis sent it, ``[[id, [field, value, ...]], ...]``.
+RAW_ENTRIES: Final = "raw_entries"
+_RAW: Final = {RAW_ENTRIES: True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +166,12 @@ class RedisHistory:
             pipe.xrange(key, count=1)
             pipe.xrevrange(key, count=1)
             if not empty:
+                # The reply as Redis sent it (RAW_ENTRIES): the page needs each entry's id
+                # and its one field, not redis-py's tuple and dict per entry.
                 if order == "asc":
-                    pipe.xrange(key, min=low, max=high, count=limit + 1)
+                    pipe.execute_command("XRANGE", key, low, high, "COUNT", limit + 1, **_RAW)
                 else:
-                    pipe.xrevrange(key, max=high, min=low, count=limit + 1)
+                    pipe.execute_command("XREVRANGE", key, high, low, "COUNT", limit + 1, **_RAW)
             if meta is not None:
                 pipe.hget(meta, "epoch")
             replies = await pipe.execute()
@@ -172,7 +179,7 @@ class RedisHistory:
         rows = [] if empty else replies[2]
         epoch = _opt_text(replies[-1]) if meta is not None else None
         more = len(rows) > limit
-        entries = [(_text(entry_id), fields.get(b"e")) for entry_id, fields in rows[:limit]]
+        entries = _entries(rows[:limit])
         return Page(
             epoch=epoch,
             first=_text(head[0][0]) if head else None,
@@ -531,6 +538,25 @@ def _created(value: str | None) -> str | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(rows: list[Any]) -> list[Entry]:
+    """``(id, envelope bytes)`` per stream entry, from a raw reply or (a client without the
+    relay's reply callback, e.g. on a cluster) redis-py's ``[(id, {field: value})]``."""
+    if rows and isinstance(rows[0][1], dict):
+        return [(_text(entry_id), fields.get(b"e")) for entry_id, fields in rows]
+    return [
+        (entry_id.decode(), fields[1] if len(fields) == 2 and fields[0] == b"e" else _field(fields))
+        for entry_id, fields in rows
+    ]
+
+
+def _field(fields: list[bytes] | None) -> bytes | None:
+    """The ``e`` field of a raw entry that is not just ``[b"e", value]``."""
+    if not fields:
+        return None
+    pairs = iter(fields)
+    return dict(zip(pairs, pairs, strict=False)).get(b"e")
 
 
 def _opt_text(value: bytes | str | None) -> str | None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from relay import _http
 from relay._archive import Archive
+from relay._history import RAW_ENTRIES
 from relay._hub import Hub
 from relay._settings import RelaySettings, is_loopback
 from relay._stats import Stats
@@ -357,8 +358,8 @@ def _stream_list(response: Any, **options: Any) -> Any:
     """What redis-py makes of an XRANGE/XREVRANGE reply, ``[(id, {field: value})]``, with
     the entries the bus writes (one field, ``e``) built by a dict display instead of
     ``dict(zip(...))``: half the time for a 1,000-entry history or replay page."""
-    if response is None:
-        return None
+    if response is None or options.get(RAW_ENTRIES):
+        return response
     out: list[Any] = []
     append = out.append
     for entry in response:

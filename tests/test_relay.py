@@ -398,3 +398,20 @@ def test_stream_replies_parse_as_redis_py_does() -> None:
     ]
     for reply in replies:
         assert _stream_list(reply) == parse_stream_list(reply), reply
+
+
+def test_history_pages_read_raw_and_parsed_replies_alike() -> None:
+    """History pages ask for the raw XRANGE reply (the relay's parser hands it over as Redis
+    sent it); a client without that parser (a cluster's) gives redis-py's shape: both read
+    the same ids and envelopes, ``e`` found among other fields too."""
+    from redis._parsers.helpers import parse_stream_list
+
+    from relay._history import RAW_ENTRIES, _entries
+    from relay._relay import _stream_list
+
+    reply = [[b"1-0", [b"e", b"{}"]], [b"2-0", [b"x", b"1", b"e", b"[]"]], [b"3-0", []]]
+    assert _stream_list(reply, **{RAW_ENTRIES: True}) is reply
+    want = [("1-0", b"{}"), ("2-0", b"[]"), ("3-0", None)]
+    assert _entries(reply) == want
+    assert _entries(parse_stream_list(reply)) == want
+    assert _entries([]) == []
