@@ -88,6 +88,11 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+# The jitter's own generator: a library must not draw from (or reseed) the global one that
+# the application, its seeded tests and property-based testing rely on.
+_JITTER = random.Random()
+
+
 class Backoff:
     """Capped exponential backoff with jitter; ``reset()`` after a success.
 
@@ -111,7 +116,7 @@ class Backoff:
         """The next wait in seconds; the one after it is longer, up to the cap."""
         d = self._next
         self._next = min(self.max_s, d * self.factor)
-        return random.uniform(d / 2, d)
+        return _JITTER.uniform(d / 2, d)
 
 
 class RateLimitedLog:
