@@ -23,10 +23,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from playwright.sync_api import Page, sync_playwright
 
+from producer import Producer
 from rpa_bus import Keys, encode, make, now_ts, state_fields
+from tests.conftest import UNIT_S
 
 RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
 CHROMIUM_ARGS = [
@@ -276,3 +279,38 @@ def archiver(redis_url: str, archive_url: str, tmp_path: Path) -> Iterator[None]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Fixtures the dashboard's browser tests share (import them into a test module).
+
+
+@pytest.fixture
+def relay(redis_url: str) -> Iterator[RelayThread]:
+    r = RelayThread(redis_url)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
+    p = Producer(redis_url, spool_dir=spool_dir)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def flushed(p: Producer) -> None:
+    assert p.flush(timeout_s=5 * UNIT_S), "producer did not write its events in time"

@@ -32,25 +32,22 @@ from tests._browser import (
     RelayThread,
     archiver,
     chromium_page,
+    client,
+    flushed,
+    producer,
+    relay,
     screen_svg,
     serve_files,
 )
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
+# Shared fixtures (tests/_browser.py), used by name.
+__all__ = ["client", "producer", "relay"]
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # In seconds on a normal machine: wait_for scales it by UNIT_S.
 WAIT_S = 15.0
-
-
-@pytest.fixture
-def relay(redis_url: str) -> Iterator[RelayThread]:
-    r = RelayThread(redis_url)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture
@@ -62,24 +59,6 @@ def page(relay: RelayThread) -> Iterator[Page]:
         network = ("Failed to load resource", "WebSocket connection to")
         errors = [e for e in console_errors if not e.startswith(network)]
         assert errors == []
-
-
-@pytest.fixture
-def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
-    p = Producer(redis_url, spool_dir=spool_dir)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def stream_ids(client: redis.Redis, sid: str) -> list[str]:
@@ -110,10 +89,6 @@ def row_state(page: Page, sid: str) -> dict[str, Any] | None:
         sid,
     )
     return state
-
-
-def flushed(p: Producer) -> None:
-    assert p.flush(timeout_s=5 * UNIT_S), "producer did not write its events in time"
 
 
 # -- rpa-bus.js, in the browser ---------------------------------------------------------

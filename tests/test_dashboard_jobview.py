@@ -24,21 +24,23 @@ from playwright.sync_api import Page
 
 from producer import Producer
 from rpa_bus import Keys, decode, now_ts
-from tests._browser import BusWriter, RelayThread, archiver, chromium_page
+from tests._browser import (
+    BusWriter,
+    RelayThread,
+    archiver,
+    chromium_page,
+    client,
+    flushed,
+    producer,
+    relay,
+)
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
 
+# Shared fixtures (tests/_browser.py), used by name.
+__all__ = ["client", "producer", "relay"]
+
 WAIT_S = 15.0
-
-
-@pytest.fixture
-def relay(redis_url: str) -> Iterator[RelayThread]:
-    r = RelayThread(redis_url)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture
@@ -49,28 +51,6 @@ def page(relay: RelayThread) -> Iterator[Page]:
         # messages, not the page's errors.
         network = ("Failed to load resource", "WebSocket connection to")
         assert [e for e in console_errors if not e.startswith(network)] == []
-
-
-@pytest.fixture
-def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
-    p = Producer(redis_url, spool_dir=spool_dir)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def flushed(p: Producer) -> None:
-    assert p.flush(timeout_s=5 * UNIT_S), "producer did not write its events in time"
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 class Run:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -15,24 +14,18 @@ from playwright.sync_api import Page
 
 from producer import Producer
 from rpa_bus.cli._embedded import EmbeddedRedis
-from tests._browser import RelayThread, chromium_page
+from tests._browser import RelayThread, chromium_page, client, flushed, producer, relay
 from tests._proxy import FaultProxy
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
-from tests.test_dashboard import WAIT_S, flushed, log_ids, row_state, stream_ids
+from tests.test_dashboard import WAIT_S, log_ids, row_state, stream_ids
 
 # The browser's own network messages while WebSocket is refused or the relay is down.
 NETWORK = ("Failed to load resource", "WebSocket connection to", "EventSource")
 
 
-@pytest.fixture
-def relay(redis_url: str) -> Iterator[RelayThread]:
-    r = RelayThread(redis_url)
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
+# Shared fixtures (tests/_browser.py), used by name.
+__all__ = ["client", "producer", "relay"]
 
 
 @pytest.fixture
@@ -49,24 +42,6 @@ def page(proxy: FaultProxy) -> Iterator[Page]:
     with chromium_page(f"http://127.0.0.1:{proxy.port}") as (p, console_errors):
         yield p
         assert [e for e in console_errors if not e.startswith(NETWORK)] == []
-
-
-@pytest.fixture
-def producer(redis_url: str, spool_dir: Path) -> Iterator[Producer]:
-    p = Producer(redis_url, spool_dir=spool_dir)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def transport(page: Page) -> str | None:
