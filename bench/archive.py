@@ -53,10 +53,10 @@ import orjson  # noqa: E402
 from bench.relay import cpu_s, raise_nofile, stop, wait_port  # noqa: E402
 from producer import Producer  # noqa: E402
 from rpa_bus import Settings, now_ts  # noqa: E402
-from rpa_bus.archive import PostgresStore, Store  # noqa: E402
+from rpa_bus.archive import PostgresStore, Record, Row, Store, open_store  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
-from workers import Archiver, ArchiverSettings, Record, Row, open_store  # noqa: E402
+from workers import Archiver, ArchiverSettings  # noqa: E402
 
 PAYLOAD = {"plate": "ABC1D23", "insurer": "porto", "plans": [101, 202, 303]}
 BATCH = 500

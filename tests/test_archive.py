@@ -25,20 +25,12 @@ import redis
 
 from producer import Producer
 from rpa_bus import Settings
+from rpa_bus.archive import SCHEMA_VERSION, Row, Store, open_store
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port
 from tests._postgres import LocalPostgres
 from tests._wait import wait_for, wait_for_async
 from tests.conftest import UNIT_S
-from workers import (
-    EXPIRE_LUA,
-    SCHEMA_VERSION,
-    TRIM_LUA,
-    Archiver,
-    ArchiverSettings,
-    Row,
-    Store,
-    open_store,
-)
+from workers import EXPIRE_LUA, TRIM_LUA, Archiver, ArchiverSettings
 
 BUCKETS = 8
 RPA_BUS = str(Path(sys.executable).parent / "rpa-bus")
@@ -553,7 +545,7 @@ async def test_prune_command_and_status_lag(
 
 def _old_row() -> Row:
     from rpa_bus import now_ts
-    from workers import Record
+    from rpa_bus.archive import Record
 
     ms = int((time.time() - 90 * 86_400) * 1000)
     return Record(

@@ -15,9 +15,7 @@ import orjson
 import pytest
 
 from rpa_bus import ConfigError, InvalidOffset, InvalidStreamName, now_ts
-from tests._postgres import LocalPostgres
-from tests._wait import wait_for_async
-from workers import (
+from rpa_bus.archive import (
     SCHEMA_VERSION,
     ArchiveUnavailable,
     Record,
@@ -26,6 +24,8 @@ from workers import (
     open_store,
     parse_archive_url,
 )
+from tests._postgres import LocalPostgres
+from tests._wait import wait_for_async
 
 
 def env(kind: str, ts: str, **fields: object) -> bytes:

@@ -5,33 +5,13 @@ Each kind runs as its own service (``rpa-bus archiver``, ``rpa-bus webhooks``); 
 of a kind share the group, and a dead process's streams and pending entries are taken
 over by the others. The loop they share lives in ``rpa_bus.redisio`` (``GroupWorker``).
 
-The archive store (``open_store``) keeps every event in SQLite or PostgreSQL; its read
-API (``Store.events``, ``Store.sessions``) serves history past Redis's retention.
+The archive store the archiver writes lives in ``rpa_bus.archive`` (the relay reads it too).
 The webhook sender: ``WebhookService`` (the process), ``Endpoint`` and the endpoints-file
 helpers, ``Deliverer`` (one signed POST), and the Redis-side operator actions.
 """
 
 from __future__ import annotations
 
-from rpa_bus.archive import (
-    MAX_PAGE,
-    SCHEMA_VERSION,
-    ArchivedEvent,
-    ArchivedSession,
-    ArchiveError,
-    ArchiveUnavailable,
-    EventPage,
-    PostgresStore,
-    Record,
-    Row,
-    SchemaTooNew,
-    SessionPage,
-    SqliteStore,
-    Store,
-    open_store,
-    parse_archive_url,
-    redact_url,
-)
 from workers._admin import (
     DeadLetter,
     EndpointStatus,
@@ -66,16 +46,10 @@ from workers._webhooks import WebhookService, WebhookSettings
 
 __all__ = [
     "EXPIRE_LUA",
-    "MAX_PAGE",
-    "SCHEMA_VERSION",
     "TRIM_CAP",
     "TRIM_LUA",
     "AddressRefused",
-    "ArchiveError",
     "ArchiveSink",
-    "ArchiveUnavailable",
-    "ArchivedEvent",
-    "ArchivedSession",
     "Archiver",
     "ArchiverSettings",
     "ArchiverStats",
@@ -84,15 +58,7 @@ __all__ = [
     "Deliverer",
     "Endpoint",
     "EndpointStatus",
-    "EventPage",
-    "PostgresStore",
-    "Record",
-    "Row",
-    "SchemaTooNew",
     "SenderSettings",
-    "SessionPage",
-    "SqliteStore",
-    "Store",
     "WebhookKeys",
     "WebhookService",
     "WebhookSettings",
@@ -101,11 +67,8 @@ __all__ = [
     "endpoint_status",
     "load_endpoints",
     "new_secret",
-    "open_store",
-    "parse_archive_url",
     "parse_endpoints",
     "pause",
-    "redact_url",
     "refusal",
     "remove_endpoint",
     "replay",

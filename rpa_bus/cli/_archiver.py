@@ -98,7 +98,8 @@ def archiver(
     Exits 2 on a bad archive URL, an unreachable database or a too-new schema."""
     if ctx.invoked_subcommand is not None:
         return
-    from workers import ArchiveError, Archiver, ArchiverSettings
+    from rpa_bus.archive import ArchiveError
+    from workers import Archiver, ArchiverSettings
 
     configure_logging(verbose)
     try:
@@ -156,7 +157,7 @@ def prune(
     archive_url: ArchiveUrl = None,
 ) -> None:
     """Delete archived events (and sessions not updated since) older than DAYS."""
-    from workers import ArchiveError, open_store
+    from rpa_bus.archive import ArchiveError, open_store
 
     try:
         bus = _bus(None, archive_url)

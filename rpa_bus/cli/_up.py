@@ -26,6 +26,7 @@ from rpa_bus import (
     Settings,
     validate_host_name,
 )
+from rpa_bus.archive import ArchiveError
 from rpa_bus.cli._app import app, configure_logging
 from rpa_bus.cli._archiver import start_archiver
 from rpa_bus.cli._demo import DemoOptions
@@ -44,7 +45,6 @@ from rpa_bus.cli._ops import (
     waiting_journals,
 )
 from rpa_bus.redisio import archive_lag, close_sync
-from workers import ArchiveError
 
 RedisUrl = Annotated[
     str | None,
