@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,10 @@ from rpa_bus import InvalidInput, now_ts
 from rpa_bus.archive import SCHEMA_VERSION, Record, Store, open_store
 from rpa_bus.archive._store import _PG_MIGRATIONS, _SQLITE_MIGRATIONS
 from tests._postgres import LocalPostgres
+from tests.test_archive_store import archive_url, store
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'archive' / 'archive.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-async def store(archive_url: str) -> AsyncIterator[Store]:
-    s = await open_store(archive_url)
-    try:
-        yield s
-    finally:
-        await s.close()
+# Shared fixtures: each test runs on SQLite and on PostgreSQL.
+__all__ = ["archive_url", "store"]
 
 
 class Run:

@@ -29,6 +29,7 @@ from tests._postgres import LocalPostgres
 from tests._relay_support import KEYS, Client, Writer, close_relay, relay_settings, writer
 from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
+from tests.test_archive import running
 from workers import Archiver, ArchiverSettings
 
 __all__ = ["writer"]
@@ -58,17 +59,8 @@ async def archiving(b: Settings, url: str, **kw: Any) -> AsyncIterator[Archiver]
         connect_timeout_s=2.0,
         **kw,
     )
-    archiver = Archiver(settings)
-    await archiver.open()
-    task = asyncio.create_task(archiver.run())
-    try:
+    async with running(settings) as archiver:
         yield archiver
-    finally:
-        archiver.close()
-        try:
-            await asyncio.wait_for(task, 30 * UNIT_S)
-        finally:
-            await archiver.wait_closed()
 
 
 @contextlib.asynccontextmanager
