@@ -908,11 +908,11 @@ def test_recreated_stream_resets_the_log(
     assert "stream recreated" in (page.text_content("#log") or "")
 
 
-def test_many_running_sessions_stay_within_the_relay_limits(
-    page: Page, client: redis.Redis
-) -> None:
+def show_ninety_sessions(page: Page, client: redis.Redis, *, tail: str = "") -> list[str]:
+    """90 running sessions (ids ``bulk-NNN`` + ``tail``) on the page, the newest one's state
+    shown; their ids, oldest first."""
     w = BusWriter(client)
-    sids = [f"bulk-{i:03d}" for i in range(90)]
+    sids = [f"bulk-{i:03d}{tail}" for i in range(90)]
     for i, sid in enumerate(sids):
         w.session_event(sid, "started", total=10)
         w.session_event(sid, "progress", step=1 + i % 9, total=10, message=f"job {i}")
@@ -922,20 +922,27 @@ def test_many_running_sessions_stay_within_the_relay_limits(
         timeout_s=WAIT_S,
         what="90 rows",
     )
-    # The newest rows, at the top, are watched live; every row on screen has its state.
-    newest = sids[-1]
     wait_for(
-        lambda: (row_state(page, newest) or {}).get("step") == "9/10",
+        lambda: (row_state(page, sids[-1]) or {}).get("step") == "9/10",
         timeout_s=WAIT_S,
         what="the newest session's state",
     )
+    return sids
+
+
+def test_many_running_sessions_stay_within_the_relay_limits(
+    page: Page, client: redis.Redis
+) -> None:
+    # The newest rows, at the top, are watched live; every row on screen has its state.
+    sids = show_ninety_sessions(page, client)
+    newest = sids[-1]
     watched = page.evaluate(
         "() => [...window.rpaDashboard.sessions.values()].filter(s => s.sub === 'watch')"
         ".map(s => s.sid)"
     )
     assert len(watched) == 60
     assert newest in watched
-    w.session_event(newest, "progress", step=10, total=10, message="last screen")
+    BusWriter(client).session_event(newest, "progress", step=10, total=10, message="last screen")
     wait_for(
         lambda: (row_state(page, newest) or {}).get("step") == "10/10",
         timeout_s=WAIT_S,

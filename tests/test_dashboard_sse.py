@@ -14,11 +14,11 @@ from playwright.sync_api import Page
 
 from producer import Producer
 from rpa_bus.cli._embedded import EmbeddedRedis
-from tests._browser import RelayThread, chromium_page, client, flushed, producer, relay
+from tests._browser import BusWriter, RelayThread, chromium_page, client, flushed, producer, relay
 from tests._proxy import FaultProxy
 from tests._wait import wait_for
 from tests.conftest import UNIT_S
-from tests.test_dashboard import WAIT_S, log_ids, row_state, stream_ids
+from tests.test_dashboard import WAIT_S, log_ids, row_state, show_ninety_sessions, stream_ids
 
 # The browser's own network messages while WebSocket is refused or the relay is down.
 NETWORK = ("Failed to load resource", "WebSocket connection to", "EventSource")
@@ -341,32 +341,15 @@ def test_rpa_bus_js_says_why_the_relay_refused_an_sse_request(page: Page) -> Non
 def test_many_sessions_on_sse_stay_within_the_relay_limits(page: Page, client: redis.Redis) -> None:
     """90 sessions: 60 watched live, the rest peeked; on SSE each change of the set reopens
     the one response (coalesced), whose URL then holds ~60 streams' positions."""
-    from tests._browser import BusWriter
-
-    w = BusWriter(client)
-    sids = [f"bulk-{i:03d}-{'x' * 40}" for i in range(90)]  # long ids: a long URL
-    for i, sid in enumerate(sids):
-        w.session_event(sid, "started", total=10)
-        w.session_event(sid, "progress", step=1 + i % 9, total=10, message=f"job {i}")
-    page.goto("/?hosts=bulk-host")
-    wait_for(
-        lambda: page.eval_on_selector_all("#sessions tr", "rows => rows.length") == 90,
-        timeout_s=WAIT_S,
-        what="90 rows",
-    )
+    sids = show_ninety_sessions(page, client, tail="-" + "x" * 40)  # long ids: a long URL
     newest = sids[-1]
-    wait_for(
-        lambda: (row_state(page, newest) or {}).get("step") == "9/10",
-        timeout_s=WAIT_S,
-        what="the newest session's state",
-    )
     assert transport(page) == "sse"
     watched = page.evaluate(
         "() => [...window.rpaDashboard.sessions.values()].filter(s => s.sub === 'watch')"
         ".map(s => s.sid)"
     )
     assert len(watched) == 60
-    w.session_event(newest, "progress", step=10, total=10, message="last screen")
+    BusWriter(client).session_event(newest, "progress", step=10, total=10, message="last screen")
     wait_for(
         lambda: (row_state(page, newest) or {}).get("step") == "10/10",
         timeout_s=WAIT_S,
