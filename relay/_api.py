@@ -137,6 +137,7 @@ class _Api:
             name for o in ctx.settings.origins if o != "*" and (name := _hostname(o, url=True))
         )
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._read_buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._spec = orjson.dumps(openapi_spec(ctx.limits))
         self._down_log = RateLimitedLog(log, interval_s=10.0)
 
@@ -246,27 +247,33 @@ class _Api:
         grant = self._grant(request)
         if grant is not None and not grant.allows(stream):
             raise ApiError(403, FORBIDDEN, f"token does not grant reading {stream!r}")
+        self._rate(request, read=True)
         return grant
 
-    def _rate(self, request: web.Request) -> None:
-        """A token bucket per client address; refused requests cost nothing."""
+    def _rate(self, request: web.Request, *, read: bool = False) -> None:
+        """A token bucket per client address, one for POSTs and one for reads; refused
+        requests cost nothing."""
         client = request.remote or "?"
         now = time.monotonic()
         limits = self.limits
-        tokens, at = self._buckets.pop(client, (float(limits.posts_burst), now))
-        tokens = min(float(limits.posts_burst), tokens + (now - at) * limits.posts_per_s)
+        if read:
+            buckets, per_s, burst = self._read_buckets, limits.reads_per_s, limits.reads_burst
+        else:
+            buckets, per_s, burst = self._buckets, limits.posts_per_s, limits.posts_burst
+        tokens, at = buckets.pop(client, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * per_s)
         if tokens < 1.0:
-            self._buckets[client] = (tokens, now)
-            wait_s = (1.0 - tokens) / limits.posts_per_s
+            buckets[client] = (tokens, now)
+            wait_s = (1.0 - tokens) / per_s
             raise ApiError(
                 429,
                 RATE_LIMITED,
-                f"at most {limits.posts_per_s:g} requests per second per client",
+                f"at most {per_s:g} {'reads' if read else 'POSTs'} per second per client",
                 {"Retry-After": str(max(1, round(wait_s + 0.5)))},
             )
-        self._buckets[client] = (tokens - 1.0, now)
-        while len(self._buckets) > limits.tracked_clients:
-            self._buckets.popitem(last=False)
+        buckets[client] = (tokens - 1.0, now)
+        while len(buckets) > limits.tracked_clients:
+            buckets.popitem(last=False)
 
     # -- endpoints ------------------------------------------------------------------------
 

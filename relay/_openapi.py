@@ -41,6 +41,9 @@ def _reads(**extra: dict[str, Any]) -> dict[str, Any]:
         ),
         "401": _error("`forbidden`: no token, or an invalid or expired one (with a secret)."),
         "403": _error("`forbidden`: the token does not grant it, or Host/Origin not allowed."),
+        "429": _error(
+            "`rate_limited`: past this client address's request rate.", headers=_RETRY_AFTER
+        ),
         **extra,
         "503": _error("`unavailable`: Redis is down; try again.", headers=_RETRY_AFTER),
     }

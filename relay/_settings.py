@@ -33,9 +33,10 @@ API_MAX_EVENTS_PER_POST = 10_000
 class ApiLimits:
     """Bounds of the HTTP API (docs/http.md). Units live in the names.
 
-    The first four are settable as ``RPA_BUS_API_MAX_BODY_BYTES``,
-    ``RPA_BUS_API_MAX_EVENTS_PER_POST``, ``RPA_BUS_API_POSTS_PER_S`` and
-    ``RPA_BUS_API_POSTS_BURST`` (``from_env``).
+    The first six are settable as ``RPA_BUS_API_MAX_BODY_BYTES``,
+    ``RPA_BUS_API_MAX_EVENTS_PER_POST``, ``RPA_BUS_API_POSTS_PER_S``,
+    ``RPA_BUS_API_POSTS_BURST``, ``RPA_BUS_API_READS_PER_S`` and ``RPA_BUS_API_READS_BURST``
+    (``from_env``).
     """
 
     # Largest POST body; past it 413 and nothing appended.
@@ -44,6 +45,11 @@ class ApiLimits:
     # Token bucket per client address for POSTs: sustained requests per second and burst.
     posts_per_s: float = 50.0
     posts_burst: int = 100
+    # The same for reads (GET under /v1/ but the spec): a search may scan thousands of index
+    # entries and archive rows, so one client address cannot ask for them without bound.
+    # Generous: a backend that polls many sessions' state through one address fits.
+    reads_per_s: float = 200.0
+    reads_burst: int = 1000
     # Clients whose buckets are remembered (least recently seen forgotten first).
     tracked_clients: int = 10_000
     page_default: int = 100
@@ -64,10 +70,12 @@ class ApiLimits:
                 f"max_events_per_post must be 1..{API_MAX_EVENTS_PER_POST}, "
                 f"got {self.max_events_per_post}"
             )
-        if not self.posts_per_s > 0:
-            raise ConfigError(f"posts_per_s must be > 0, got {self.posts_per_s}")
+        for name in ("posts_per_s", "reads_per_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in (
-            "posts_burst", "tracked_clients", "page_default", "sessions_default", "jobs_default"
+            "posts_burst", "reads_burst", "tracked_clients",
+            "page_default", "sessions_default", "jobs_default",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,6 +100,8 @@ class ApiLimits:
             ),
             posts_per_s=env.number("POSTS_PER_S", d.posts_per_s, lo=0.001, hi=1e6),
             posts_burst=env.integer("POSTS_BURST", d.posts_burst, lo=1, hi=1_000_000),
+            reads_per_s=env.number("READS_PER_S", d.reads_per_s, lo=0.001, hi=1e6),
+            reads_burst=env.integer("READS_BURST", d.reads_burst, lo=1, hi=1_000_000),
         )
 
 

@@ -329,6 +329,31 @@ async def test_post_rate_limit_per_client(
         assert await xlen(r, "rate-1") == 2
 
 
+async def test_read_rate_limit_per_client_apart_from_posts(
+    redis_url: str, http: aiohttp.ClientSession, r: aioredis.Redis
+) -> None:
+    limits = ApiLimits(reads_per_s=0.01, reads_burst=3, posts_per_s=0.01, posts_burst=1)
+    async with api_server(redis_url, limits=limits) as api:
+        status, _, _ = await post(http, api, "rd-1", {"type": "log"})
+        assert status == 200
+        # Reads have a bucket of their own: three of any kind, then 429 with Retry-After.
+        for path in ("/v1/sessions/rd-1", "/v1/streams/session:rd-1/events", "/v1/sessions"):
+            status, _, _ = await call(http, "GET", api.url(path))
+            assert status == 200, path
+        status, body, headers = await call(http, "GET", api.url("/v1/sessions/rd-1"))
+        assert (status, code(body)) == (429, "rate_limited")
+        assert "reads per second" in body["error"]["message"]
+        assert int(headers["Retry-After"]) >= 1
+        # The spec is not rate-limited (a client reads it to learn the limits).
+        status, _, _ = await call(http, "GET", api.url("/v1/openapi.json"))
+        assert status == 200
+        # Refused reads changed nothing, and the POST bucket is still its own (empty here).
+        status, body, _ = await post(http, api, "rd-1", {"type": "log"})
+        assert (status, code(body)) == (429, "rate_limited")
+        assert "POSTs per second" in body["error"]["message"]
+        assert await xlen(r, "rd-1") == 1
+
+
 # -- auth, hosts, CORS --------------------------------------------------------------------
 
 

@@ -26,10 +26,13 @@ def test_limits_from_env_and_defaults() -> None:
             "RPA_BUS_API_MAX_EVENTS_PER_POST": "3",
             "RPA_BUS_API_POSTS_PER_S": "0.5",
             "RPA_BUS_API_POSTS_BURST": "7",
+            "RPA_BUS_API_READS_PER_S": "2.5",
+            "RPA_BUS_API_READS_BURST": "9",
         }
     ).api
     assert (api.max_body_bytes, api.max_events_per_post) == (2048, 3)
     assert (api.posts_per_s, api.posts_burst) == (0.5, 7)
+    assert (api.reads_per_s, api.reads_burst) == (2.5, 9)
     assert api.page_max == ApiLimits().page_max  # the rest keep their defaults
 
 
@@ -44,6 +47,8 @@ def test_limits_from_env_and_defaults() -> None:
         ("POSTS_PER_S", "fast", "is not a number"),
         ("POSTS_PER_S", "0.0", "outside 0.001..1000000"),
         ("POSTS_BURST", "-1", "outside 1..1000000"),
+        ("READS_PER_S", "0.0", "outside 0.001..1000000"),
+        ("READS_BURST", "many", "is not a whole number"),
     ],
 )
 def test_bad_values_are_a_clear_config_error(name: str, value: str, says: str) -> None:
@@ -70,6 +75,8 @@ def test_bad_limits_in_code_are_refused_too() -> None:
         {"max_events_per_post": 0},
         {"posts_per_s": 0.0},
         {"posts_burst": 0},
+        {"reads_per_s": -1.0},
+        {"reads_burst": 0},
         {"page_default": 2000},
     ):
         with pytest.raises(ConfigError):
