@@ -19,7 +19,7 @@ from relay._history import RAW_ENTRIES
 from relay._hub import Hub
 from relay._settings import RelaySettings, is_loopback
 from relay._stats import Stats
-from rpa_bus import ConfigMismatch
+from rpa_bus import ConfigMismatch, Keys
 from rpa_bus.redisio import (
     REDIS_FAILURES,
     AsyncClient,
@@ -133,13 +133,27 @@ class Relay:
         Redis is down the relay starts anyway, serves once Redis is back, and checks then:
         ``_check_config_later``."""
         try:
-            await check_config_async(self._client, self.settings.bus.keys)
+            stored = await check_config_async(self._client, self.settings.bus.keys)
         except REDIS_FAILURES as exc:
             if not is_retryable(exc):
                 raise
             log.warning("Redis unavailable at start (%s); P:config is checked when it answers", exc)
             self._config_task = asyncio.get_running_loop().create_task(
                 self._check_config_later(), name="relay-config-check"
+            )
+        else:
+            self._warn_without_archive(stored)
+
+    def _warn_without_archive(self, stored: dict[str, str]) -> None:
+        """The deployment has an archive but this relay was not told where: its replay and
+        history stop at what Redis holds (a ``gap``, a 404 for a session Redis forgot)
+        while the events are safe in the archive. Say so once; ``/healthz`` says it too."""
+        if self.archive is None and Keys.archive_on(stored):
+            log.warning(
+                "relay %s: the deployment has an archive (P:config archive=1) but "
+                "RPA_BUS_ARCHIVE_URL is not set here; history older than what Redis holds "
+                "will answer gap/404. Set RPA_BUS_ARCHIVE_URL (or --archive-url)",
+                self.settings.name,
             )
 
     async def _watch_replicas(self) -> None:
@@ -175,7 +189,7 @@ class Relay:
         backoff = Backoff(max_s=1.0)
         while True:
             try:
-                await check_config_async(self._client, self.settings.bus.keys)
+                stored = await check_config_async(self._client, self.settings.bus.keys)
             except REDIS_FAILURES as exc:
                 if not is_retryable(exc):
                     raise
@@ -185,6 +199,8 @@ class Relay:
                 log.error("relay %s stops: %s", self.settings.name, exc)
                 self._fatal = exc
                 self.close(1011, "relay misconfigured")
+            else:
+                self._warn_without_archive(stored)
             return
 
     @property
@@ -323,8 +339,21 @@ class Relay:
             # The archive (RPA_BUS_ARCHIVE_URL): None without one; false while it cannot
             # be read. It does not make the relay unhealthy: Redis's part is still served.
             "archive": None if self.archive is None else self.archive.up,
+            # Whether the deployment has one (P:config, set by the archiver): true with
+            # "archive" null means this relay should be given RPA_BUS_ARCHIVE_URL.
+            "archive_on": await self._archive_on() if redis_ok else None,
         }
         return _http.response(200 if ok else 503, orjson.dumps(body), "application/json")
+
+    async def _archive_on(self) -> bool | None:
+        keys = self.settings.bus.keys
+        try:
+            stored = await self._client.hgetall(keys.config)
+        except REDIS_FAILURES as exc:
+            if not is_retryable(exc):
+                raise
+            return None
+        return Keys.archive_on({_text(k): _text(v) for k, v in stored.items()})
 
     async def _monitored_hosts(self) -> list[str]:
         """The hosts whose monitor reports (the ``P:monitors`` hash), for the dashboard's

@@ -487,3 +487,31 @@ def test_relay_cli_refuses_an_unknown_archive_url_scheme() -> None:
     )
     assert run.returncode == 2, run.stderr
     assert "unknown archive URL scheme" in run.stderr
+
+
+async def test_a_relay_without_the_archive_url_says_so_when_the_deployment_has_one(
+    redis_url: str, writer: Writer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The archiver turned the archive on (P:config); a relay started without
+    RPA_BUS_ARCHIVE_URL warns at start and /healthz shows the mismatch, so an operator
+    finds why its clients get a gap for events the archive holds."""
+    async with relay_on(redis_url, None) as r, http(r) as client:
+        health = (await client.get("/healthz")).json()
+        assert (health["archive"], health["archive_on"]) == (None, False)
+    assert "RPA_BUS_ARCHIVE_URL is not set" not in caplog.text
+    await writer.r.hset(KEYS.config, "archive", "1")
+    with caplog.at_level("WARNING", logger="relay"):
+        async with relay_on(redis_url, None) as r, http(r) as client:
+            health = (await client.get("/healthz")).json()
+            assert (health["status"], health["archive"], health["archive_on"]) == (
+                "ok",
+                None,
+                True,
+            )
+    assert "RPA_BUS_ARCHIVE_URL is not set" in caplog.text
+    url = f"sqlite://{tmp_path / 'archive.db'}"
+    caplog.clear()
+    async with relay_on(redis_url, url) as r, http(r) as client:
+        health = (await client.get("/healthz")).json()
+        assert health["archive_on"] is True
+    assert "RPA_BUS_ARCHIVE_URL is not set" not in caplog.text
