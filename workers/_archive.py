@@ -7,9 +7,10 @@ store and only then returns, so the loop XACKs only what is stored. The store ig
 rows it already has (stream, epoch, id), so a crash between commit and XACK stores
 nothing twice.
 
-No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config``; from
-their next handshake on, producers neither trim streams nor expire finished sessions.
-The archiver does both after storing:
+No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config`` (on a
+cluster first in every bucket's ``P:{B}:config`` and the index's copy, see ``_announce``);
+the append scripts read it on every call, so producers neither trim streams nor expire
+finished sessions from then on. The archiver does both after storing:
 
 - trim: a stream longer than ``maxlen`` loses its oldest entries, but only those before
   the batch being stored (stored and acknowledged: per stream, batches come one at a
