@@ -51,6 +51,8 @@ from rpa_bus.redisio._retry import (
     RETRYABLE_TYPES,
     Backoff,
     RateLimitedLog,
+    close_race_as_connection_error,
+    is_close_race,
     is_retryable,
 )
 from rpa_bus.redisio._scripts import (
@@ -96,8 +98,10 @@ __all__ = [
     "check_config_async",
     "check_config_reply",
     "close_async",
+    "close_race_as_connection_error",
     "close_sync",
     "config_commands",
+    "is_close_race",
     "is_retryable",
     "master_label",
     "node_client_factory",

@@ -79,7 +79,13 @@ from rpa_bus.redisio._clients import (
     node_client_factory,
 )
 from rpa_bus.redisio._config import check_config_async
-from rpa_bus.redisio._retry import REDIS_FAILURES, Backoff, RateLimitedLog, is_retryable
+from rpa_bus.redisio._retry import (
+    REDIS_FAILURES,
+    Backoff,
+    RateLimitedLog,
+    close_race_as_connection_error,
+    is_retryable,
+)
 from rpa_bus.redisio._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -1258,8 +1264,11 @@ async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:
 
 
 async def _call(script: Any, *, keys: list[str], args: list[Any], client: Any) -> Any:
-    """Run a registered script on a client or queue it on a pipeline."""
-    return await script(keys=keys, args=args, client=client)
+    """Run a registered script on a client or queue it on a pipeline. On a cluster many
+    run at once on the shared client: redis-py's close race among them (redis-py #4287)
+    comes out as a ConnectionError, retried like any other."""
+    with close_race_as_connection_error():
+        return await script(keys=keys, args=args, client=client)
 
 
 def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:
