@@ -47,6 +47,7 @@ from rpa_bus.redisio._replicas import (
     shards_below,
 )
 from rpa_bus.redisio._retry import (
+    GUARDED_FAILURES,
     REDIS_FAILURES,
     RETRYABLE_TYPES,
     Backoff,
@@ -70,6 +71,7 @@ from rpa_bus.redisio._tasks import cancel_and_wait
 __all__ = [
     "APPEND_LUA",
     "APPEND_SHA",
+    "GUARDED_FAILURES",
     "INDEX_MAXLEN",
     "ONCE_LUA",
     "ONCE_SHA",

@@ -80,6 +80,7 @@ from rpa_bus.redisio._clients import (
 )
 from rpa_bus.redisio._config import check_config_async
 from rpa_bus.redisio._retry import (
+    GUARDED_FAILURES,
     REDIS_FAILURES,
     Backoff,
     RateLimitedLog,
@@ -500,7 +501,7 @@ class GroupWorker:
                     self._index_last = _text(last[0][0]) if last else "0-0"
                 self._up()
                 return True
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 await self._sleep(backoff.next_s())
         return False
@@ -525,6 +526,8 @@ class GroupWorker:
     # -- health ---------------------------------------------------------------------------
 
     def _down(self, exc: BaseException) -> None:
+        """A failure a loop caught (``GUARDED_FAILURES``): counted and waited out if
+        transient, re-raised if not (a bug, a refusal)."""
         if not is_retryable(exc):
             raise exc
         self.stats.errors += 1
@@ -617,7 +620,7 @@ class GroupWorker:
                 await self._tick()
                 backoff.reset()
                 wait = self._tick_s
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 wait = min(backoff.next_s(), self._tick_s)
             self._expire_lapsed()
@@ -764,7 +767,7 @@ class GroupWorker:
                 ]
                 await self._add(singles, mkstream=True)
                 backoff.reset()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)  # asks for a rescan of everything
                 self._discover_event.set()
                 await self._sleep(backoff.next_s())
@@ -868,7 +871,7 @@ class GroupWorker:
                 now = time.time()
                 unborn = {item[1]: adds[item[1]] for item in missing if adds[item[1]][1] > now}
                 backoff.reset()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 await self._sleep(backoff.next_s())
 

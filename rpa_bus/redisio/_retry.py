@@ -72,6 +72,11 @@ _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
 # a KeyError) is a bug and is not caught.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (rx.RedisError, rx.RedisClusterException, OSError)
 
+# What a boundary may catch that re-raises everything ``is_retryable`` refuses: the above
+# and redis-py's asyncio close race, an AttributeError (``is_close_race``). Any other
+# AttributeError is not retryable, so such a boundary re-raises it unchanged.
+GUARDED_FAILURES: tuple[type[BaseException], ...] = (*REDIS_FAILURES, AttributeError)
+
 
 # redis-py's asyncio connection module, where a connection closed under a command in flight
 # shows up as an AttributeError (see ``is_close_race``).
