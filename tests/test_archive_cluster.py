@@ -10,6 +10,8 @@ import asyncio
 import os
 import secrets
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -148,6 +150,71 @@ async def test_nothing_is_trimmed_before_archive_on_a_cluster(
         # Now stored, the archiver trims to about maxlen.
         key = b.keys.session(sids[0])
         await wait_until(lambda: rc.xlen(key) < STEPS + 2, 10, "trimmed after")
+
+
+async def _archived_steps(store: Any, sid: str) -> list[int]:
+    steps: list[int] = []
+    after = None
+    while True:
+        page = await store.events(f"session:{sid}", after=after, limit=1000)
+        for e in page.events:
+            event = orjson.loads(e.data)
+            if event["type"] == "progress":
+                steps.append(int(event["step"]))
+        if page.next is None:
+            return steps
+        after = page.next
+
+
+async def test_turning_the_archive_on_while_producers_write_leaves_no_hole(
+    cluster: LocalCluster, rc: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """The race of the archiver's start with appends in flight: producers (handshake
+    without archive, cap 10) write on every master while the first archiver starts. What
+    they trimmed before their bucket's flag is gone for good, but from the first entry
+    the archive holds, every later one of the session is there: a trim after the flag
+    would leave a hole in the middle."""
+    b = bus(cluster, tmp_path, "ca5", maxlen=10, retention_s=60.0)
+    url = f"sqlite://{tmp_path / 'archive.db'}"
+    sids = [f"r-{i}" for i in range(9)]
+    steps = 600
+    started = threading.Event()
+
+    def write() -> None:
+        with Producer(settings=b) as p:
+            runs = [p.session(sid, total=steps) for sid in sids]
+            for r in runs:
+                r.start()
+            for step in range(1, steps + 1):
+                for r in runs:
+                    r.progress(step)
+                if step == 50:
+                    assert p.flush(timeout_s=30 * UNIT_S)
+                    assert p._archive is False
+                    started.set()
+                if step % 20 == 0:
+                    time.sleep(0.01)  # spread the writes over the archiver's start
+            for r in runs:
+                r.finish()
+            assert p.flush(timeout_s=60 * UNIT_S)
+
+    writer = asyncio.create_task(asyncio.to_thread(write))
+    await asyncio.to_thread(started.wait, 30 * UNIT_S)
+    async with running(archiver_settings(b, url, count=50)) as archiver:
+        await writer
+
+        async def finished_archived() -> bool:
+            for sid in sids:
+                steps_got = await _archived_steps(archiver.store, sid)
+                if not steps_got or steps_got[-1] != steps:
+                    return False
+            return True
+
+        await wait_until(finished_archived, 60, "every session archived to its end")
+        for sid in sids:
+            got = await _archived_steps(archiver.store, sid)
+            first = got[0]
+            assert got == list(range(first, steps + 1)), f"{sid}: a hole after step {first}"
 
 
 def test_a_cluster_without_an_archiver_trims_and_expires_as_before(
