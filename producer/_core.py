@@ -585,7 +585,8 @@ class BaseProducer:
         maxlen, kept_ms, index_maxlen = trim_args(s.maxlen, retention_ms, archive=self._archive)
         head = (maxlen, kept_ms, epoch, now_ms, index_maxlen)
         cluster = self._cluster
-        index_keys = 2 if cluster else 4  # + the index and P:config (archive=1)
+        # + the index and P:config (archive=1); on a cluster the bucket's P:{B}:config.
+        index_keys = 3 if cluster else 4
         indexed: dict[str, list[tuple[int, bytes]]] = {}
         for (stream, pid), group in groups.items():
             sid = stream[8:]
@@ -612,7 +613,7 @@ class BaseProducer:
                 index_keys,
                 self._key("s", sid),
                 self._key("m", sid),
-                *(() if cluster else (self.keys.sessions, self.keys.config)),
+                *((self._key("c", sid),) if cluster else (self.keys.sessions, self.keys.config)),
                 pid,
                 *head,
                 orjson.dumps(state),
@@ -627,9 +628,10 @@ class BaseProducer:
             args = (
                 "EVALSHA",
                 ONCE_SHA,
-                2,
+                3,
                 self.keys.sessions,
                 self.keys.index_seen(pid),
+                self.keys.index_config,  # archive=1 there: no trim, whatever index_maxlen
                 "MAXLEN",
                 index_maxlen,  # 0 with the archive on: the archiver trims
                 retention_ms,
@@ -653,12 +655,17 @@ class BaseProducer:
             trim = ("MAXLEN", INDEX_MAXLEN)
         ttl_ms = max(int(self.settings.retention_s * 1000), window_ms)
         tail = (x for item in group for x in (item.seq, item.env))
+        # The index (archived) also names the archive flag's hash in its slot.
+        flag: tuple[str, ...] = ()
+        if stream == "sessions":
+            flag = (self.keys.index_config if self._cluster else self.keys.config,)
         return (
             "EVALSHA",
             ONCE_SHA,
-            2,
+            2 + len(flag),
             key,
             seen_key(self.keys.prefix, key, pid),
+            *flag,
             *trim,
             ttl_ms,
             *tail,
@@ -667,7 +674,12 @@ class BaseProducer:
     def _key(self, kind: str, sid: str) -> str:
         key = self._key_cache.get((kind, sid))
         if key is None:
-            key = self.keys.session(sid) if kind == "s" else self.keys.meta(sid)
+            if kind == "s":
+                key = self.keys.session(sid)
+            elif kind == "m":
+                key = self.keys.meta(sid)
+            else:
+                key = self.keys.config_of(sid)
             if len(self._key_cache) > 10_000:
                 self._key_cache.clear()
             self._key_cache[(kind, sid)] = key

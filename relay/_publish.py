@@ -128,11 +128,12 @@ async def append(
         else:
             tail += (seq, raw)
     # On one server the index and P:config (the archive flag: no trim before archive) are
-    # keys of the same call; on a cluster they live in other slots.
+    # keys of the same call; on a cluster they live in other slots, and the bucket's copy
+    # of the flag (P:{B}:config, written by the archiver) stands in for P:config.
     stream_keys = [
         keys.session(sid),
         keys.meta(sid),
-        *(() if cluster else (keys.sessions, keys.config)),
+        *((keys.config_of(sid),) if cluster else (keys.sessions, keys.config)),
     ]
     argv = [
         pid,
@@ -164,7 +165,10 @@ async def append(
         args: list[Any] = ["MAXLEN", INDEX_MAXLEN, int(settings.retention_s * 1000)]
         for seq, entry in index_entries:
             args += (seq, entry)
-        await client.eval(ONCE_LUA, 2, keys.sessions, keys.index_seen(pid), *args)
+        # The index's copy of the archive flag: no trim while the archive is on.
+        await client.eval(
+            ONCE_LUA, 3, keys.sessions, keys.index_seen(pid), keys.index_config, *args
+        )
     return Appended(joined.split() if joined else [], replayed=not fresh)
 
 

@@ -109,6 +109,26 @@ class Keys:
         """Deployment-wide settings every part must agree on (the bucket count)."""
         return f"{self.prefix}:config"
 
+    def bucket_config(self, bucket: int) -> str:
+        """Cluster only: a bucket's copy of the archive flag, ``P:{B}:config`` (field
+        ``archive`` = ``1``), in the slot of the bucket's sessions so the append script
+        reads it atomically with its write. Written by the archiver, before ``P:config``."""
+        return f"{self.prefix}:{{{self.bucket_hex(bucket)}}}:config"
+
+    def config_of(self, sid: str) -> str:
+        """The archive flag hash in session ``sid``'s slot (``bucket_config`` of its bucket)."""
+        return f"{self.prefix}:{self.bucket_tag(sid)}:config"
+
+    @property
+    def index_config(self) -> str:
+        """Cluster only: the index's copy of the archive flag, in the index's slot:
+        ``P:{P:sessions}:config``."""
+        return f"{self.prefix}:{{{self.sessions}}}:config"
+
+    def flag_keys(self) -> list[str]:
+        """Every cluster copy of the archive flag: each bucket's, then the index's."""
+        return [*(self.bucket_config(b) for b in range(self.buckets)), self.index_config]
+
     def job_profile(self, job: str) -> str:
         """The learned step profile of a job (JSON, set by the archiver when a run of the
         job ends, read by producers when a run starts), e.g. ``rpa:job:quote-robot:profile``."""

@@ -478,13 +478,6 @@ def test_unknown_archive_url_scheme_exits_2(redis_url: str, tmp_path: Path) -> N
     assert "pw@" not in run.stderr
 
 
-def test_a_redis_cluster_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    run = _cli("archiver", "--redis-url", f"redis+cluster://127.0.0.1:{free_port()}",
-               redis_url="", tmp_path=tmp_path)  # fmt: skip
-    assert run.returncode == 2
-    assert "does not run on a Redis Cluster yet" in run.stderr
-
-
 def test_unreachable_database_at_start_up_exits_2(redis_url: str, tmp_path: Path) -> None:
     url = f"postgresql://rpa:secret@127.0.0.1:{free_port()}/x"
     run = _cli("archiver", "--archive-url", url, redis_url=redis_url, tmp_path=tmp_path)

@@ -12,11 +12,13 @@ from typing import Any, cast
 
 import pytest
 import redis
+import redis.asyncio as aredis
 from redis.crc import key_slot
 
 from producer import AsyncProducer
 from rpa_bus import Keys, Settings
-from rpa_bus.redisio import GroupWorker
+from rpa_bus.redisio import REDIS_FAILURES, GroupWorker, is_retryable
+from rpa_bus.redisio._group import _call
 from tests._cluster import LocalCluster
 from tests.conftest import UNIT_S
 from tests.test_group import Sink, group, wait_split, wait_until
@@ -147,3 +149,44 @@ async def test_a_killed_master_is_ridden_out_without_losing_entries(
         )
         assert sink.problems == []
         assert worker.stats.errors > 0
+
+
+async def test_the_close_race_of_a_shared_cluster_client_is_a_connection_error(
+    cluster: LocalCluster,
+) -> None:
+    """redis-py #4287 for real: script calls run at once on one RedisCluster (as the loop's
+    fan-out does) while the client closes every node's connections (what it does itself
+    after CLUSTERDOWN in a failover). A command caught between its connected check and its
+    write raised AttributeError ('NoneType' ... 'writelines'), which escaped the loop; it
+    comes out of ``_call`` as a ConnectionError, retried like any other."""
+    client = aredis.RedisCluster(host="127.0.0.1", port=cluster.live_ports()[0],
+                                 socket_timeout=2.0)  # fmt: skip
+    script = client.register_script("return redis.call('GET', KEYS[1])")
+    races = 0
+    others: list[BaseException] = []
+    stop = False
+
+    async def caller(i: int) -> None:
+        nonlocal races
+        while not stop:
+            try:
+                await _call(script, keys=[f"race-{i}"], args=[], client=client)
+            except REDIS_FAILURES as exc:
+                if isinstance(exc.__cause__, AttributeError):
+                    races += 1
+                if not is_retryable(exc):
+                    others.append(exc)
+
+    try:
+        await client.initialize()
+        callers = [asyncio.create_task(caller(i)) for i in range(64)]
+        deadline = time.monotonic() + 20 * UNIT_S
+        while races < 3 and time.monotonic() < deadline and not any(c.done() for c in callers):
+            await asyncio.sleep(0.002)
+            await client.aclose()
+        stop = True
+        await asyncio.gather(*callers)  # an AttributeError that escaped would raise here
+    finally:
+        await client.aclose()
+    assert races >= 3, "the close race did not happen: nothing was tested"
+    assert others == []

@@ -256,6 +256,40 @@ def test_append_script_applies_a_batch_once(redis_url: str, spool_dir: Path) -> 
     bus.close()
 
 
+def test_append_script_takes_every_key_layout(redis_url: str) -> None:
+    """Two keys (a cluster caller without the flag), three (one server without the flag,
+    as before P:config was a key; or a cluster's bucket flag P:{B}:config), four (one
+    server): the script tells the index from the flag hash by name."""
+    from rpa_bus.redisio import APPEND_LUA
+
+    r = client(redis_url)
+    keys = Keys()
+    r.hset(keys.config, "archive", "1")
+    r.hset(keys.bucket_config(0), "archive", "1")
+
+    def call(sid: str, extra: list[str]) -> None:
+        stream_keys = [keys.session(sid), keys.meta(sid), *extra]
+        started = orjson.dumps({"type": "started", "session": sid, "ts": "t"})
+        # maxlen 1, retention 60 s: kept only where the call names a flag hash with archive=1
+        args: list[Any] = ["p", 1, 60_000, "ep", 1, 10, b"{}", b"1|s" + started, b"{}"]
+        args += [x for n in range(2, 152) for x in (n, b"{}")]
+        args += [b"152|t" + started, b"{}"]
+        assert r.eval(APPEND_LUA, len(stream_keys), *stream_keys, *args) == [152, 152]
+
+    call("two", [])
+    call("three-old", [keys.sessions])
+    call("three-flag", [keys.bucket_config(0)])
+    call("four", [keys.sessions, keys.config])
+    for sid, kept in (("two", False), ("three-old", False), ("three-flag", True), ("four", True)):
+        assert (r.xlen(keys.session(sid)) == 152) is kept, sid
+        assert (r.pttl(keys.session(sid)) == -1) is kept, sid
+    # Index entries only where the index is a key: the old three-key layout and four keys.
+    assert sorted(orjson.loads(e[b"e"])["session"] for _, e in r.xrange(keys.sessions)) == [
+        "four", "four", "three-old", "three-old"
+    ]  # fmt: skip
+    r.close()
+
+
 def test_from_env(redis_url: str, spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RPA_BUS_REDIS_URL", redis_url)
     monkeypatch.setenv("RPA_BUS_SPOOL_DIR", str(spool_dir))

@@ -19,6 +19,8 @@ from rpa_bus.redisio import (
     check_config,
     check_config_async,
     close_async,
+    close_race_as_connection_error,
+    is_close_race,
     is_retryable,
 )
 
@@ -58,6 +60,55 @@ def test_transient_failures_are_retryable(exc: BaseException) -> None:
 )
 def test_permanent_failures_are_not(exc: BaseException) -> None:
     assert not is_retryable(exc)
+
+
+async def _closed_under_a_command(redis_url: str) -> AttributeError:
+    """redis-py's close race for real (redis-py #4287): a real asyncio Connection is
+    disconnected (``_writer`` set to None by ``disconnect()``) while a command on it has
+    passed its connected check, as a cluster client's ``aclose()`` does to the commands
+    of other tasks."""
+    pool = aredis.ConnectionPool.from_url(redis_url)
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command("PING")
+        assert await conn.read_response() == b"PONG"
+        await conn.disconnect()  # another task closes it ...
+        try:
+            await conn._send_packed_command(conn.pack_command("PING"))  # ... mid-command
+        except AttributeError as exc:
+            return exc
+        raise AssertionError("a closed connection sent a command")
+    finally:
+        await pool.aclose()
+
+
+async def test_the_asyncio_close_race_is_transient(redis_url: str) -> None:
+    race = await _closed_under_a_command(redis_url)
+    assert "writelines" in str(race)
+    assert is_close_race(race)
+    assert is_retryable(race)
+    with (
+        pytest.raises(rx.ConnectionError, match="redis-py #4287") as caught,
+        close_race_as_connection_error(),
+    ):
+        raise race
+    assert caught.value.__cause__ is race
+
+
+def test_other_attribute_errors_stay_bugs() -> None:
+    """Narrow: the same message raised from our own code is a bug, not a retry."""
+
+    def ours() -> None:
+        none: object = None
+        none.writelines  # type: ignore[attr-defined]  # noqa: B018
+
+    with pytest.raises(AttributeError) as caught:
+        ours()
+    assert not is_close_race(caught.value)
+    assert not is_retryable(caught.value)
+    with pytest.raises(AttributeError), close_race_as_connection_error():
+        ours()
+    assert not is_close_race(AttributeError("'NoneType' object has no attribute 'x'"))
 
 
 def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:

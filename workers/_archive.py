@@ -7,9 +7,10 @@ store and only then returns, so the loop XACKs only what is stored. The store ig
 rows it already has (stream, epoch, id), so a crash between commit and XACK stores
 nothing twice.
 
-No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config``; from
-their next handshake on, producers neither trim streams nor expire finished sessions.
-The archiver does both after storing:
+No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config`` (on a
+cluster first in every bucket's ``P:{B}:config`` and the index's copy, see ``_announce``);
+the append scripts read it on every call, so producers neither trim streams nor expire
+finished sessions from then on. The archiver does both after storing:
 
 - trim: a stream longer than ``maxlen`` loses its oldest entries, but only those before
   the batch being stored (stored and acknowledged: per stream, batches come one at a
@@ -66,6 +67,8 @@ TRIM_CAP: Final = 2_000
 # A job's learned profile outlives its last run by this much (refreshed by every run end).
 PROFILE_TTL_S: Final = 30 * 86_400
 INDEX_MAXLEN: Final = 100_000
+# Flag hashes written per pipeline on a cluster (at most 4096 buckets + the index's).
+_FLAG_CHUNK: Final = 1_024
 
 # KEYS: the stream. ARGV: the id of the batch's first entry (all entries before it are
 # stored and acknowledged), maxlen, cap. Deletes the oldest entries beyond maxlen that
@@ -297,16 +300,6 @@ class Archiver:
 
     async def open(self) -> None:
         s = self.settings
-        if s.bus.target.topology == "cluster":
-            # Refused before anything is written, archive=1 above all: producers must keep
-            # trimming when no archiver can run.
-            # The group loop runs there, but a producer on a cluster learns archive=1 only
-            # in its handshake (P:config is in another slot than its script's keys), after
-            # its first batch was built: that batch could still be trimmed or expired.
-            raise ConfigError(
-                "the archiver does not run on a Redis Cluster yet: producers there cannot "
-                "yet be kept from trimming what it has not stored"
-            )
         if self._store is None:
             self._store = await open_store(s.archive_url, connect_timeout_s=s.connect_timeout_s)
         if self._client is None:
@@ -319,9 +312,21 @@ class Archiver:
             self.metrics_port = int(self._server.server_port)
 
     async def _announce(self, client: AsyncClient) -> None:
-        """Record that an archive exists (P:config archive=1), after the handshake."""
-        await check_config_async(client, self.settings.bus.keys)
-        await client.hset(self.settings.bus.keys.config, ARCHIVE_FIELD, "1")
+        """Record that an archive exists (P:config archive=1), after the handshake.
+
+        On a cluster every bucket's flag hash ``P:{B}:config`` and the index's
+        ``P:{P:sessions}:config`` get the flag first, where the append scripts read it
+        atomically with their writes (``P:config`` is in another slot); ``P:config`` comes
+        last, so it is set only once every copy is. All of it before the group loop
+        creates a single group: every append that runs after its bucket's flag keeps its
+        entries, and only entries already gone before the group was created are never
+        archived. Written again at every start (a flag lost with a failover comes back).
+        """
+        keys = self.settings.bus.keys
+        await check_config_async(client, keys)
+        if self.settings.bus.target.topology == "cluster":
+            await write_flags(client, keys.flag_keys())
+        await client.hset(keys.config, ARCHIVE_FIELD, "1")
 
     async def run(self) -> None:
         """Archive until ``close()``. Redis outages are waited out (the group loop backs
@@ -405,6 +410,16 @@ class Archiver:
         if self._own_store and self._store is not None:
             await self._store.close()
             self._store = None
+
+
+async def write_flags(client: AsyncClient, flag_keys: Sequence[str]) -> None:
+    """HSET ``archive=1`` into each flag hash (a cluster pipeline splits them by node);
+    the first failure raises (the caller retries all: HSET is idempotent)."""
+    for start in range(0, len(flag_keys), _FLAG_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for key in flag_keys[start : start + _FLAG_CHUNK]:
+            pipe.hset(key, ARCHIVE_FIELD, "1")
+        await pipe.execute()
 
 
 def _group_settings(s: ArchiverSettings) -> GroupSettings:

@@ -208,14 +208,11 @@ class RunningArchiver:
             await self.service.wait_closed()
 
 
-async def start_archiver(bus: Settings) -> RunningArchiver | None:
+async def start_archiver(bus: Settings) -> RunningArchiver:
     """Open the archive (``bus.archive_url``, else the SQLite file in the state folder)
-    and start archiving; ``ArchiveError``/``ConfigError`` if the store cannot be used.
-    None on a Redis Cluster, where the archiver does not run yet."""
+    and start archiving; ``ArchiveError``/``ConfigError`` if the store cannot be used."""
     from workers import Archiver, ArchiverSettings
 
-    if bus.target.topology == "cluster":
-        return None
     url = bus.archive_url or default_archive_url()
     service = Archiver(ArchiverSettings(bus=bus.with_(archive_url=url), archive_url=url))
     try:

@@ -399,10 +399,9 @@ async def _serve_up(
         loop.add_signal_handler(sig, stop.set)
     bus = relay_settings.bus
     archiver = await start_archiver(bus)  # on SQLite in the state folder unless configured
-    if archiver is not None:
-        # The relay reads through the same store (replay and history past Redis).
-        url = archiver.service.settings.archive_url
-        relay_settings = relay_settings.with_(bus=bus.with_(archive_url=url))
+    # The relay reads through the same store (replay and history past Redis).
+    url = archiver.service.settings.archive_url
+    relay_settings = relay_settings.with_(bus=bus.with_(archive_url=url))
     with Monitor(monitor_settings) as mon:
         sampler = asyncio.create_task(asyncio.to_thread(mon.run), name="monitor")
         try:
@@ -425,11 +424,7 @@ async def _serve_up(
                     f"redis      {bus.redis_url}   (producers: RPA_BUS_REDIS_URL={bus.redis_url})"
                 )
                 typer.echo(f"monitor    host {monitor_settings.host_name}")
-                typer.echo(
-                    f"archive    {archiver.url}"
-                    if archiver is not None
-                    else "archive    off (not on a Redis Cluster yet; see docs/archive.md)"
-                )
+                typer.echo(f"archive    {archiver.url}")
                 typer.echo("Ctrl-C stops everything this command started.")
                 demo_task = None
                 if demo_sessions is not None:
@@ -443,5 +438,4 @@ async def _serve_up(
         finally:
             mon.stop()
             await sampler
-            if archiver is not None:
-                await archiver.stop()
+            await archiver.stop()

@@ -47,10 +47,13 @@ from rpa_bus.redisio._replicas import (
     shards_below,
 )
 from rpa_bus.redisio._retry import (
+    GUARDED_FAILURES,
     REDIS_FAILURES,
     RETRYABLE_TYPES,
     Backoff,
     RateLimitedLog,
+    close_race_as_connection_error,
+    is_close_race,
     is_retryable,
 )
 from rpa_bus.redisio._scripts import (
@@ -68,6 +71,7 @@ from rpa_bus.redisio._tasks import cancel_and_wait
 __all__ = [
     "APPEND_LUA",
     "APPEND_SHA",
+    "GUARDED_FAILURES",
     "INDEX_MAXLEN",
     "ONCE_LUA",
     "ONCE_SHA",
@@ -96,8 +100,10 @@ __all__ = [
     "check_config_async",
     "check_config_reply",
     "close_async",
+    "close_race_as_connection_error",
     "close_sync",
     "config_commands",
+    "is_close_race",
     "is_retryable",
     "master_label",
     "node_client_factory",

@@ -79,7 +79,14 @@ from rpa_bus.redisio._clients import (
     node_client_factory,
 )
 from rpa_bus.redisio._config import check_config_async
-from rpa_bus.redisio._retry import REDIS_FAILURES, Backoff, RateLimitedLog, is_retryable
+from rpa_bus.redisio._retry import (
+    GUARDED_FAILURES,
+    REDIS_FAILURES,
+    Backoff,
+    RateLimitedLog,
+    close_race_as_connection_error,
+    is_retryable,
+)
 from rpa_bus.redisio._tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -494,7 +501,7 @@ class GroupWorker:
                     self._index_last = _text(last[0][0]) if last else "0-0"
                 self._up()
                 return True
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 await self._sleep(backoff.next_s())
         return False
@@ -519,6 +526,8 @@ class GroupWorker:
     # -- health ---------------------------------------------------------------------------
 
     def _down(self, exc: BaseException) -> None:
+        """A failure a loop caught (``GUARDED_FAILURES``): counted and waited out if
+        transient, re-raised if not (a bug, a refusal)."""
         if not is_retryable(exc):
             raise exc
         self.stats.errors += 1
@@ -611,7 +620,7 @@ class GroupWorker:
                 await self._tick()
                 backoff.reset()
                 wait = self._tick_s
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 wait = min(backoff.next_s(), self._tick_s)
             self._expire_lapsed()
@@ -758,7 +767,7 @@ class GroupWorker:
                 ]
                 await self._add(singles, mkstream=True)
                 backoff.reset()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)  # asks for a rescan of everything
                 self._discover_event.set()
                 await self._sleep(backoff.next_s())
@@ -862,7 +871,7 @@ class GroupWorker:
                 now = time.time()
                 unborn = {item[1]: adds[item[1]] for item in missing if adds[item[1]][1] > now}
                 backoff.reset()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # _down re-raises the rest
                 self._down(exc)
                 await self._sleep(backoff.next_s())
 
@@ -1258,8 +1267,11 @@ async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:
 
 
 async def _call(script: Any, *, keys: list[str], args: list[Any], client: Any) -> Any:
-    """Run a registered script on a client or queue it on a pipeline."""
-    return await script(keys=keys, args=args, client=client)
+    """Run a registered script on a client or queue it on a pipeline. On a cluster many
+    run at once on the shared client: redis-py's close race among them (redis-py #4287)
+    comes out as a ConnectionError, retried like any other."""
+    with close_race_as_connection_error():
+        return await script(keys=keys, args=args, client=client)
 
 
 def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:

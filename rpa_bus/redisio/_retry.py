@@ -8,9 +8,13 @@ the same name; both trees are listed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import time
+import traceback
+from collections.abc import Iterator
 
 from redis import exceptions as rx
 
@@ -68,6 +72,49 @@ _PERMANENT_TYPES: tuple[type[BaseException], ...] = (
 # a KeyError) is a bug and is not caught.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (rx.RedisError, rx.RedisClusterException, OSError)
 
+# What a boundary may catch that re-raises everything ``is_retryable`` refuses: the above
+# and redis-py's asyncio close race, an AttributeError (``is_close_race``). Any other
+# AttributeError is not retryable, so such a boundary re-raises it unchanged.
+GUARDED_FAILURES: tuple[type[BaseException], ...] = (*REDIS_FAILURES, AttributeError)
+
+
+# redis-py's asyncio connection module, where a connection closed under a command in flight
+# shows up as an AttributeError (see ``is_close_race``).
+_REDIS_ASYNC_CONNECTION = os.path.join("redis", "asyncio", "connection.py")
+
+
+def is_close_race(exc: BaseException) -> bool:
+    """True for redis-py's asyncio close race (redis-py issues #3546 and #4287): a
+    connection is closed (``disconnect()`` sets ``_writer``/``_reader`` to None) while a
+    command on it is in flight, and the command's next step in
+    ``redis/asyncio/connection.py`` raises ``AttributeError: 'NoneType' object has no
+    attribute 'writelines'`` instead of a ``ConnectionError``. A ``RedisCluster`` does
+    this to itself: after ``CLUSTERDOWN``/``SlotNotCovered`` (a failover) or repeated
+    ``MOVED`` one command's ``aclose()`` disconnects every node's connections, also those
+    other tasks are sending on. Only that AttributeError, raised in that module, counts;
+    an AttributeError anywhere else is a bug."""
+    if not isinstance(exc, AttributeError) or exc.__traceback__ is None:
+        return False
+    if not str(exc).startswith("'NoneType' object has no attribute"):
+        return False
+    innermost = traceback.extract_tb(exc.__traceback__)[-1]
+    return os.path.normpath(innermost.filename).endswith(_REDIS_ASYNC_CONNECTION)
+
+
+@contextlib.contextmanager
+def close_race_as_connection_error() -> Iterator[None]:
+    """Around a redis-py asyncio call: its close race (``is_close_race``) comes out as the
+    ``redis.exceptions.ConnectionError`` it stands for, which every boundary catching
+    ``REDIS_FAILURES`` retries; any other exception passes unchanged."""
+    try:
+        yield
+    except AttributeError as exc:
+        if is_close_race(exc):
+            raise rx.ConnectionError(
+                f"connection closed under a command in flight (redis-py #4287): {exc}"
+            ) from exc
+        raise
+
 
 def is_retryable(exc: BaseException) -> bool:
     """True if the failure is transient: the same command may succeed later.
@@ -79,6 +126,8 @@ def is_retryable(exc: BaseException) -> bool:
     """
     if isinstance(exc, _PERMANENT_TYPES):
         return False
+    if is_close_race(exc):
+        return True  # a closed connection, seen as an AttributeError (redis-py #4287)
     if isinstance(exc, RETRYABLE_TYPES):
         return True
     if isinstance(exc, rx.RedisClusterException):

@@ -1,10 +1,13 @@
 """The idempotent append: one Lua script per (session, batch), shared by every part that
 appends (the producer, the relay's HTTP publish).
 
-``KEYS``: the session stream, its meta hash, and on one server the sessions index stream
-and the ``P:config`` hash. On a cluster the index and the config live in other slots, so
-they are left out (two keys: the script touches only its bucket's slot) and the index
-entries go to ``ONCE_LUA`` instead.
+``KEYS``: the session stream, its meta hash, then on one server the sessions index stream
+and the ``P:config`` hash; on a cluster, where the index and ``P:config`` live in other
+slots, only the bucket's flag hash ``P:{B}:config`` (three keys, all in the bucket's slot),
+and the index entries go to ``ONCE_LUA`` instead. The script tells the third and fourth
+keys apart by name (a flag hash ends in ``:config``), so every layout a caller of any
+version sends works: two keys (a cluster caller without the flag), three (one server
+without the flag, or a cluster with it), four (one server).
 
 ``ARGV``: producer id, maxlen, retention ms, candidate epoch, now ms, index maxlen, the
 folded state fields of the call's events (one JSON object of strings, merged in order),
@@ -38,12 +41,14 @@ Redis semantics relied on:
   value), so WAIT covers everything applied so far (``min_replicas``).
 
 With the archive on (``P:config`` ``archive=1``) the script neither trims the stream or
-the index nor expires a finished session's keys. On one server it reads the flag itself,
-on every call (so a producer started before the first archiver obeys it at once); on a
-cluster, where ``P:config`` is in another slot, the producer passes maxlen, retention and
-index maxlen as ``0`` once its handshake saw the flag (``trim_args``). The archiver does
-both once it has stored the entries, so Redis grows while an archiver lags instead of
-losing what is not archived yet.
+the index nor expires a finished session's keys. It reads the flag itself, on every call
+(so a producer started before the first archiver obeys it at once): on one server from
+``P:config``, on a cluster from the bucket's copy ``P:{B}:config``, which the archiver
+writes into every bucket before ``P:config`` (docs/contract.md, "The archive flag on a
+cluster"). A producer whose handshake saw the flag also passes maxlen, retention and
+index maxlen as ``0`` (``trim_args``). The archiver trims and expires once it has stored
+the entries, so Redis grows while an archiver lags instead of losing what is not archived
+yet.
 """
 
 from __future__ import annotations
@@ -52,10 +57,15 @@ import hashlib
 from typing import Final
 
 APPEND_LUA: Final = """
-local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]  -- index: nil on a cluster
+local stream, meta = KEYS[1], KEYS[2]
+local index, flag = nil, nil
+-- KEYS[3..]: the index (one server) and the archive flag's hash, told apart by name.
+for i = 3, #KEYS do
+  if string.sub(KEYS[i], -7) == ':config' then flag = KEYS[i] else index = KEYS[i] end
+end
 local seqfield = 'seq:' .. ARGV[1]
 local maxlen, retention, index_maxlen = ARGV[2], ARGV[3], ARGV[6]
-if KEYS[4] and redis.call('HGET', KEYS[4], 'archive') == '1' then
+if flag and redis.call('HGET', flag, 'archive') == '1' then
   maxlen, retention, index_maxlen = '0', '0', '0'  -- the archiver trims and expires
 end
 local stored = tonumber(redis.call('HGET', meta, seqfield) or '0')
@@ -117,19 +127,26 @@ APPEND_SHA: Final = hashlib.sha1(APPEND_LUA.encode()).hexdigest()
 # stream's name, so both are in one slot). ARGV: the trim strategy (``MINID`` or
 # ``MAXLEN``) and its threshold, the sidecar's ttl in ms, then seq and envelope per event,
 # seq ascending. The sidecar holds the highest seq appended and expires after the
-# retention period (a producer silent that long starts anew).
+# retention period (a producer silent that long starts anew). An optional third key, for
+# the sessions index only, is the archive flag's hash in the stream's slot (``P:config`` on
+# one server, ``P:{P:sessions}:config`` on a cluster): with ``archive=1`` nothing is trimmed
+# whatever the caller's cap.
 ONCE_LUA: Final = """
 local stream, seen = KEYS[1], KEYS[2]
+local cap = ARGV[2]
+if KEYS[3] and redis.call('HGET', KEYS[3], 'archive') == '1' then
+  cap = '0'  -- the archive flag's hash in the stream's slot says the archive is on
+end
 local top = tonumber(redis.call('GET', seen) or '0')
 local applied = 0
 for i = 4, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
-  if seq > top and ARGV[2] == '0' then  -- no cap: the archive is on, the archiver trims
+  if seq > top and cap == '0' then  -- no cap: the archive is on, the archiver trims
     redis.call('XADD', stream, '*', 'e', ARGV[i + 1])
     top = seq
     applied = applied + 1
   elseif seq > top then
-    redis.call('XADD', stream, ARGV[1], '~', ARGV[2], '*', 'e', ARGV[i + 1])
+    redis.call('XADD', stream, ARGV[1], '~', cap, '*', 'e', ARGV[i + 1])
     top = seq
     applied = applied + 1
   end
