@@ -460,15 +460,20 @@ def search_form(text: str) -> str:
     return text.casefold().replace(_SEP, " ")
 
 
-def _event_texts(data: bytes) -> list[str]:
-    """The searchable texts of one stored entry (its ``message`` and ``error``)."""
-    if b'"message"' not in data and b'"error"' not in data:
-        return []  # most entries: no decode
-    event = _decode(data)
-    if event is None:
-        return []
-    found = (event.get("message"), event.get("error"))
-    return [search_form(t) for t in found if isinstance(t, str) and t]
+def _event_texts(data: bytes, into: list[str]) -> None:
+    """Append the ``message`` and ``error`` of one stored entry to ``into`` (as they are:
+    ``search_form`` is applied once per distinct text, by ``_Texts.add``)."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if type(event) is dict:
+        message = event.get("message")
+        if type(message) is str and message:
+            into.append(message)
+        error = event.get("error")
+        if type(error) is str and error:
+            into.append(error)
 
 
 class _Texts:
@@ -485,7 +490,8 @@ class _Texts:
     def full(self) -> bool:
         return self._size >= TEXTS_MAX - 1  # not even one character and a separator fit
 
-    def add(self, text: str) -> None:
+    def add(self, raw: str) -> None:
+        text = search_form(raw)
         if text in self._seen or self.full:
             return
         self._seen.add(text)
@@ -516,11 +522,11 @@ def session_texts(texts: str | None, current: ArchivedSession | None, rows: Sequ
             continue
         if row.epoch and row.epoch != epoch:
             epoch, before, new = row.epoch, "", []
-        new.extend(_event_texts(row.data))
+        _event_texts(row.data, new)
     if not new:
         return before
     acc = _Texts(before)
-    for text in new:
+    for text in dict.fromkeys(new):  # distinct, in order, before casefolding each once
         acc.add(text)
         if acc.full:
             break
@@ -547,7 +553,9 @@ class _Backfill:
                 self._sid, self._acc = name, _Texts()
             if self._acc.full or self._epochs.get(name) != epoch:
                 continue
-            for text in _event_texts(bytes(data)):
+            texts: list[str] = []
+            _event_texts(bytes(data), texts)
+            for text in texts:
                 self._acc.add(text)
 
     def _flush(self) -> None:
