@@ -543,6 +543,14 @@ async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop
             reply = await client.get("/v1/sessions/nobody")
             assert reply.status_code == 503  # only the archive could say it never existed
             assert reply.json()["error"]["code"] == "unavailable"
+            # A page Redis's index fills is served; a search that needs the archive's text
+            # of the sessions Redis holds (no match on id or last message) is not.
+            await writer.add("sessions", "started", session="ok")  # the index's entry
+            listing = await client.get("/v1/sessions", params={"q": "ok", "limit": "1"})
+            assert [x["session"] for x in listing.json()["sessions"]] == ["ok"]
+            params = {"q": "an earlier message", "limit": "1"}
+            reply = await client.get("/v1/sessions", params=params)
+            assert (reply.status_code, reply.json()["error"]["code"]) == (503, "unavailable")
             health = await client.get("/healthz")
             # Redis's part is served: healthy, with the archive reported down.
             assert health.status_code == 200
