@@ -2,6 +2,7 @@
 passes or fails.
 
     python bench/archive_search.py [--rounds 7] [--sessions 100000] [--parts 1,2] [--sync-off]
+                                    [--trgm]
 
 1. What keeping the text costs the archiver per event: ``session_texts`` on one batch of
    1,000 progress events (each with its own message, ~200-byte envelopes), beside
@@ -199,6 +200,8 @@ async def part_search(args: argparse.Namespace, tmp: Path) -> None:
             await c.commit()
         await measure("PostgreSQL", store, args.rounds)
         await store.close()
+        if args.trgm:
+            await trgm(url, args.rounds)
     finally:
         pg.stop("immediate")
 
@@ -238,12 +241,40 @@ async def measure(engine: str, store: Any, rounds: int) -> None:
               f"{spread[-1]:.1f}); schema 2 query {before:6.1f} ms")  # fmt: skip
 
 
+async def trgm(url: str, rounds: int) -> None:
+    """What a pg_trgm GIN index on ``texts`` would give a texts-only search (the store's
+    query has an ``OR`` over four columns, which one index cannot serve)."""
+    import psycopg
+
+    sql = "SELECT session FROM sessions WHERE texts LIKE %s ORDER BY updated DESC LIMIT 51"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+        for label in ("texts LIKE, no index", "texts LIKE, GIN gin_trgm_ops"):
+            if "GIN" in label:
+                await c.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+                t0 = time.perf_counter()
+                await c.execute("CREATE INDEX sessions_texts_trgm ON sessions "
+                                "USING gin (texts gin_trgm_ops)")  # fmt: skip
+                built = time.perf_counter() - t0
+                await c.execute("ANALYZE sessions")
+                print(f"   PostgreSQL GIN trigram index built in {built:.1f} s")
+            for needle in ("%no such text%", "%proposta 77 enviada%", "%captcha%"):
+                values = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    cur = await c.execute(sql, (needle,))
+                    found = len(await cur.fetchall())
+                    values.append((time.perf_counter() - t0) * 1000)
+                print(f"   PostgreSQL {label:30} {needle:24} found {found:2} "
+                      f"median {statistics.median(values):7.1f} ms")  # fmt: skip
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--parts", default="1,2")
     ap.add_argument("--sync-off", action="store_true", help="1's puts without fsync")
+    ap.add_argument("--trgm", action="store_true", help="2 also tries a pg_trgm index")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-search-"))
     try:
