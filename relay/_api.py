@@ -321,6 +321,7 @@ class _Api:
         if query is not None and len(query) > 256:
             raise ApiError(400, BAD_REQUEST, "q must be at most 256 characters")
         since = _offset(request, "since")
+        until = _offset(request, "until")
         # Opaque to clients: a stream id while Redis's index lists, then the archive's.
         cursor = _one(request, "cursor")
         if cursor is not None and len(cursor) > 1024:
@@ -328,7 +329,12 @@ class _Api:
         limit = _int(request, "limit", self.limits.sessions_default, self.limits.sessions_max)
         try:
             page = await self.history.sessions(
-                status=status, query=query, since=since, limit=limit, cursor=cursor
+                status=status,
+                query=query,
+                since=since,
+                until=until,
+                limit=limit,
+                cursor=cursor,
             )
         except InvalidOffset as exc:
             raise ApiError(400, INVALID_OFFSET, f"cursor: {exc}") from exc

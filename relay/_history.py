@@ -18,7 +18,7 @@ answers 503 ``unavailable``); reads Redis alone answers never touch the archive.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -39,6 +39,9 @@ Entry = tuple[str, bytes | None]
 # hand the reply over as Redis sent it, ``[[id, [field, value, ...]], ...]``.
 RAW_ENTRIES: Final = "raw_entries"
 _RAW: Final = {RAW_ENTRIES: True}
+
+# Which of these sessions have the query in an earlier message (``RedisHistory.indexed``).
+Searched = Callable[[list[str]], Awaitable[set[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class History(Protocol):
         status: str | None,
         query: str | None,
         since: StreamId | None,
+        until: StreamId | None = None,
         limit: int,
         cursor: str | None,
     ) -> SessionsPage:
@@ -225,16 +229,20 @@ class RedisHistory:
         status: str | None,
         query: str | None,
         since: StreamId | None,
+        until: StreamId | None = None,
         limit: int,
         cursor: str | None,
+        searched: Searched | None = None,
     ) -> SessionsPage:
         """Sessions newest first by their ``started`` index entry, each once per page."""
         return await self.indexed(
             status=status,
             query=query,
             since=since,
+            until=until,
             limit=limit,
             cursor=None if cursor is None else StreamId.parse(cursor),
+            searched=searched,
         )
 
     async def indexed(
@@ -243,15 +251,22 @@ class RedisHistory:
         status: str | None,
         query: str | None,
         since: StreamId | None,
+        until: StreamId | None = None,
         limit: int,
         cursor: StreamId | None,
+        searched: Searched | None = None,
     ) -> SessionsPage:
+        """``searched(sids)``: which of the sessions whose meta hash (id, last message,
+        last error) does not match ``query`` have it in an earlier message (the archive's
+        text); asked once per index page read, for those only."""
         needle = query.casefold() if query else None
         found: list[SessionState] = []
         seen: set[str] = set()
         if cursor is not None and cursor <= StreamId(0, 0):
             return SessionsPage(found, next=None)  # nothing is older than 0-0
         high = "+" if cursor is None else f"({cursor}"
+        if until is not None and (cursor is None or until < cursor):
+            high = str(until)  # inclusive, as ``since``
         low = "-" if since is None else str(since)
         scanned = 0
         position: str | None = None  # the last index entry this request has looked at
@@ -269,8 +284,21 @@ class RedisHistory:
                 seen.add(entry[1])
                 candidates.append((_text(entry_id), entry[1]))
             states = await self._states([sid for _, sid in candidates]) if candidates else []
-            for (entry_id, _sid), state in zip(candidates, states, strict=True):
-                if state is not None and _matches(state, status, needle):
+            matched = [s is not None and _matches(s, status, needle) for s in states]
+            if searched is not None and query:
+                others = [
+                    s.session
+                    for s, ok in zip(states, matched, strict=True)
+                    if s is not None and not ok and _matches(s, status, None)
+                ]
+                if others:
+                    more = await searched(others)
+                    matched = [
+                        ok or (s is not None and s.session in more)
+                        for s, ok in zip(states, matched, strict=True)
+                    ]
+            for (entry_id, _sid), state, ok in zip(candidates, states, matched, strict=True):
+                if state is not None and ok:
                     found.append(state)
                     if len(found) == limit:
                         position, full = entry_id, True
@@ -407,6 +435,12 @@ class ArchiveHistory:
             next=entries[-1][0] if more_older is not None and entries else None,
         )
 
+    def _searched(self, query: str) -> Searched:
+        async def searched(sids: list[str]) -> set[str]:
+            return await self._archive.run(lambda s: s.searched(sids, query))
+
+        return searched
+
     async def session(self, sid: str) -> SessionState | None:
         state = await self._redis.session(sid)
         if state is not None:
@@ -420,11 +454,14 @@ class ArchiveHistory:
         status: str | None,
         query: str | None,
         since: StreamId | None,
+        until: StreamId | None = None,
         limit: int,
         cursor: str | None,
     ) -> SessionsPage:
         """Redis's sessions first (its index, newest first), then the archive's sessions
-        Redis no longer holds (most recently updated first); ``next`` moves through both."""
+        Redis no longer holds (most recently updated first); ``next`` moves through both.
+        With ``query``, a session Redis holds also matches on an earlier message or error
+        the archive has stored (``Store.searched``)."""
         found: list[SessionState] = []
         archive_cursor: str | None = None
         if cursor is not None and cursor.startswith(self.ARCHIVE_CURSOR):
@@ -433,12 +470,19 @@ class ArchiveHistory:
                 raise InvalidOffset(f"invalid sessions cursor {cursor!r}")
         else:
             page = await self._redis.sessions(
-                status=status, query=query, since=since, limit=limit, cursor=cursor
+                status=status,
+                query=query,
+                since=since,
+                until=until,
+                limit=limit,
+                cursor=cursor,
+                searched=None if query is None else self._searched(query),
             )
             if page.next is not None:
                 return page
             found = list(page.sessions)
         since_ts = None if since is None else now_ts(since.ms / 1000)
+        until_ts = None if until is None else now_ts(until.ms / 1000)
         for _ in range(self.ARCHIVE_ROUNDS):
             room = limit - len(found)
             if room <= 0:
@@ -446,7 +490,7 @@ class ArchiveHistory:
             want = min(MAX_PAGE, max(2 * room, 100))
             chunk = await self._archive.run(
                 lambda s, c=archive_cursor, n=want: s.sessions(  # type: ignore[misc]
-                    status=status, q=query, since=since_ts, limit=n, cursor=c
+                    status=status, q=query, since=since_ts, until=until_ts, limit=n, cursor=c
                 )
             )
             # Sessions Redis still holds are listed from its index: skip them here.

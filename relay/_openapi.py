@@ -254,9 +254,16 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                         _query(
                             "q",
                             {"type": "string", "maxLength": 256},
-                            "Case-insensitive substring of the id, message or error.",
+                            "Case-insensitive substring of the id or of any of the session's "
+                            "messages and errors (only the last ones without an archive).",
                         ),
                         _query("since", offset, "Only sessions started at or after this id/ms."),
+                        _query(
+                            "until",
+                            offset,
+                            "Only sessions started at or before this id/ms (archived ones: "
+                            "updated at or before).",
+                        ),
                         _query(
                             "limit",
                             {"type": "integer", "minimum": 1, "maximum": limits.sessions_max},

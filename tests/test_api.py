@@ -295,6 +295,8 @@ async def test_bad_bodies_are_refused_and_change_nothing(
         ("/v1/sessions?status=lost", 400, "bad_request"),
         ("/v1/sessions?cursor=x", 400, "invalid_offset"),
         ("/v1/sessions?since=-1", 400, "invalid_offset"),
+        ("/v1/sessions?until=-1", 400, "invalid_offset"),
+        ("/v1/sessions?until=soon", 400, "invalid_offset"),
         ("/v1/sessions?limit=100000", 400, "bad_request"),
     ],
 )
@@ -522,6 +524,20 @@ async def test_sessions_newest_first_with_filters_search_and_paging(
     since = started[5]["id"]
     status, listing, _ = await call(http, "GET", url, params={"since": since})
     assert [s["session"] for s in listing["sessions"]] == ["quote-6", "quote-5"]
+    # until: only sessions started at or before an index id; with since, a range.
+    until = started[1]["id"]
+    status, listing, _ = await call(http, "GET", url, params={"until": until})
+    assert [s["session"] for s in listing["sessions"]] == ["quote-1", "quote-0"]
+    params = {"since": started[2]["id"], "until": started[4]["id"], "limit": "2"}
+    status, listing, _ = await call(http, "GET", url, params=params)
+    assert [s["session"] for s in listing["sessions"]] == ["quote-4", "quote-3"]
+    status, listing, _ = await call(http, "GET", url, params={**params, "cursor": listing["next"]})
+    assert [s["session"] for s in listing["sessions"]] == ["quote-2"]
+    assert listing["next"] is None
+    # Without an archive, q sees only the last message: "Tela 1 Dados" was quote-1's
+    # earlier message (it failed with "portal down" since).
+    status, listing, _ = await call(http, "GET", url, params={"q": "tela 1 dados"})
+    assert [s["session"] for s in listing["sessions"]] == []
 
 
 # -- Redis down ---------------------------------------------------------------------------

@@ -160,7 +160,7 @@ async def test_sqlite_schema_1_migrates_to_2_keeping_data(tmp_path: Path) -> Non
     conn.close()
     store = await open_store(f"sqlite://{path}")
     try:
-        assert await store.schema_version() == SCHEMA_VERSION == 2
+        assert await store.schema_version() == SCHEMA_VERSION == 3
         old = await store.session("old")
         assert old is not None
         assert (old.status, old.job, old.eta_runs) == ("finished", None, None)
@@ -185,7 +185,7 @@ async def test_postgres_schema_1_migrates_to_2_keeping_data(
     )
     store = await open_store(postgres_url)
     try:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == SCHEMA_VERSION == 3
         old = await store.session("old")
         assert old is not None
         assert (old.status, old.job) == ("finished", None)

@@ -450,6 +450,79 @@ async def test_session_gone_from_redis_answers_from_the_archive(
             await follower.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'archive.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def test_search_finds_any_message_in_redis_and_in_the_archive_and_until_bounds(
+    redis_url: str, writer: Writer, tmp_path: Path, any_archive_url: str
+) -> None:
+    """``q`` finds a session by a message it logged before its last one, whether Redis
+    still holds it (its meta hash has only the last message: the archive's text is asked)
+    or only the archive does; ``until`` bounds the list from above in both parts."""
+    b = bus(redis_url, tmp_path)
+    url = any_archive_url
+
+    def produce(runs: dict[str, list[str]]) -> None:
+        with Producer(settings=b) as p:
+            for sid, messages in runs.items():
+                with p.session(sid, total=len(messages)) as s:
+                    for i, message in enumerate(messages, 1):
+                        s.progress(i, message)
+            assert p.flush(timeout_s=30 * UNIT_S)
+
+    async with archiving(b, url) as archiver:
+        await wait_for_async(
+            lambda: writer.r.hget(KEYS.config, "archive"), what="archive=1", timeout_s=10
+        )
+        await asyncio.to_thread(produce, {"gone-1": ["Tela 1", "captcha solved", "Tela 3"]})
+        await wait_for_async(lambda: archiver.stats.stored >= 5 + 2, what="gone-1 archived")
+        mid = int(time.time() * 1000)
+        await wait_for_async(lambda: int(time.time() * 1000) > mid, what="the next ms")
+        later = {"live-1": ["login ok", "CAPTCHA resolvido", "Tela 15"], "plain-1": ["Tela 1"]}
+        await asyncio.to_thread(produce, later)
+        await wait_for_async(lambda: archiver.stats.stored >= 7 + 7 + 5, what="all archived")
+    # Retention ran out for gone-1: its keys are gone from Redis; the others stay.
+    await writer.r.delete(KEYS.session("gone-1"), KEYS.meta("gone-1"))
+
+    async with relay_on(redis_url, url) as r, http(r) as client:
+
+        async def listed(**params: str) -> list[str]:
+            reply = await client.get("/v1/sessions", params=params)
+            assert reply.status_code == 200, reply.text
+            return [s["session"] for s in reply.json()["sessions"]]
+
+        # Redis's part first (live-1 by its archived text), then the archive's.
+        assert await listed(q="captcha") == ["live-1", "gone-1"]
+        assert await listed(q="Captcha Solved") == ["gone-1"]
+        assert await listed(q="login") == ["live-1"]
+        assert await listed(q="tela 15") == ["live-1"]  # the last message, from Redis
+        assert await listed(q="tela 1") == ["plain-1", "live-1", "gone-1"]
+        assert await listed(q="nowhere") == []
+        assert await listed(q="captcha", status="running") == []
+        # Paged one at a time, the search walks both parts once.
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(5):
+            params = {"q": "captcha", "limit": "1", **({"cursor": cursor} if cursor else {})}
+            reply = (await client.get("/v1/sessions", params=params)).json()
+            seen += [s["session"] for s in reply["sessions"]]
+            cursor = reply["next"]
+            if cursor is None:
+                break
+        assert seen == ["live-1", "gone-1"]
+        # until: Redis's part by the index id (started), the archive's by updated.
+        assert await listed(until=str(mid)) == ["gone-1"]
+        assert await listed(since=str(mid + 1)) == ["plain-1", "live-1"]
+        assert await listed(q="captcha", until=str(mid)) == ["gone-1"]
+        assert await listed(since="0", until="1") == []
+        bad = await client.get("/v1/sessions", params={"until": "yesterday"})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_offset")
+
+
 async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop_the_relay(
     redis_url: str, writer: Writer, tmp_path: Path
 ) -> None:
@@ -470,6 +543,14 @@ async def test_bad_archive_url_is_refused_and_an_unreachable_store_does_not_stop
             reply = await client.get("/v1/sessions/nobody")
             assert reply.status_code == 503  # only the archive could say it never existed
             assert reply.json()["error"]["code"] == "unavailable"
+            # A page Redis's index fills is served; a search that needs the archive's text
+            # of the sessions Redis holds (no match on id or last message) is not.
+            await writer.add("sessions", "started", session="ok")  # the index's entry
+            listing = await client.get("/v1/sessions", params={"q": "ok", "limit": "1"})
+            assert [x["session"] for x in listing.json()["sessions"]] == ["ok"]
+            params = {"q": "an earlier message", "limit": "1"}
+            reply = await client.get("/v1/sessions", params=params)
+            assert (reply.status_code, reply.json()["error"]["code"]) == (503, "unavailable")
             health = await client.get("/healthz")
             # Redis's part is served: healthy, with the archive reported down.
             assert health.status_code == 200

@@ -402,6 +402,19 @@ def test_history_search_and_open(page: Page, relay: RelayThread, client: redis.R
         what="only the failed one",
     )
     assert "HTTP 502" in (page.text_content('#history tr[data-sid="claim-701"]') or "")
+    # Until a day two days ago (the browser's day, whatever its zone): none of today's.
+    page.fill("#history-until", time.strftime("%Y-%m-%d", time.localtime(now - 2 * 86_400)))
+    wait_for(lambda: page.is_visible("#history-empty"), timeout_s=WAIT_S, what="none until then")
+    assert page.eval_on_selector_all("#history tr", "rows => rows.length") == 0
+    page.fill("#history-until", time.strftime("%Y-%m-%d", time.localtime(now + 86_400)))
+    wait_for(
+        lambda: (
+            page.eval_on_selector_all("#history tr", "rows => rows.map(r => r.dataset.sid)")
+            == ["claim-701"]
+        ),
+        timeout_s=WAIT_S,
+        what="until tomorrow: the failed one again",
+    )
     page.fill("#history-q", "nothing-like-this")
     page.press("#history-q", "Enter")
     wait_for(lambda: page.is_visible("#history-empty"), timeout_s=WAIT_S, what="no match")

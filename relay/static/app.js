@@ -1531,6 +1531,8 @@ async function searchHistory(more = false) {
   if ($("#history-status").value) q.set("status", $("#history-status").value);
   const since = Number($("#history-since").value);
   if (since) q.set("since", String(Date.now() - since * 1000));
+  const until = $("#history-until").value; // YYYY-MM-DD: up to the end of that local day
+  if (until) q.set("until", String(new Date(`${until}T23:59:59.999`).getTime()));
   if (more && historyView.next) q.set("cursor", historyView.next);
   const empty = $("#history-empty");
   if (!more) {
@@ -1595,7 +1597,7 @@ $("#history-form").addEventListener("submit", (e) => {
   e.preventDefault();
   searchHistory();
 });
-for (const id of ["#history-status", "#history-since"]) {
+for (const id of ["#history-status", "#history-since", "#history-until"]) {
   $(id).addEventListener("change", () => searchHistory());
 }
 $("#history-more").addEventListener("click", () => searchHistory(true));

@@ -17,6 +17,7 @@ Tables (``schema_version`` says which migrations ran)::
               first and last id, job, eta_runs) and ``run``, the accumulator of the run
               in progress (JSON, see ``_runs.py``), kept current by the same transaction
               as its events.
+              Since schema 3 also ``texts``: what ``q`` searches (``session_texts``).
     runs      (session, started) primary key: each ended run (schema 2): job, status,
               ended, duration_s and its steps (JSON: step -> seconds, name, attempts,
               outcome); job summaries (``jobs()``, ``job()``) and learned step profiles
@@ -28,7 +29,7 @@ applies only the entries past the session's stored ``last`` id, so a replayed ba
 crash between commit and XACK) changes nothing.
 
 Reads (for the relay's history and session list, and the CLI): ``events(stream, after=,
-before=, limit=, order=)`` and ``sessions(status=, q=, since=, limit=, cursor=)``.
+before=, limit=, order=)`` and ``sessions(status=, q=, since=, until=, limit=, cursor=)``.
 
 Errors::
 
@@ -47,7 +48,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The schema this code writes. A store at a higher version is refused untouched.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MAX_PAGE: Final = 1000
 _I64: Final = 2**63 - 1
 
@@ -219,6 +220,9 @@ _SQLITE_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX runs_job_ended ON runs (job, ended)",
         "CREATE INDEX runs_ended ON runs (ended)",
     ),
+    # 3: search in every message (issue 14); the existing sessions' texts are backfilled
+    # from their archived events by ``_backfill_texts_sqlite`` in the same transaction.
+    ("ALTER TABLE sessions ADD COLUMN texts TEXT",),
 )
 
 _PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -259,6 +263,8 @@ _PG_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX runs_job_ended ON runs (job, ended)",
         "CREATE INDEX runs_ended ON runs (ended)",
     ),
+    # 3: search in every message (issue 14); backfilled by ``_backfill_texts_pg``.
+    ("ALTER TABLE sessions ADD COLUMN texts TEXT",),
 )
 
 assert len(_SQLITE_MIGRATIONS) == len(_PG_MIGRATIONS) == SCHEMA_VERSION
@@ -439,6 +445,155 @@ def fold_session_runs(
     return state, dump_acc(acc), ended
 
 
+# ---------------------------------------------------------------------------------------
+# What ``q`` searches (schema 3): per session, the distinct ``message`` and ``error``
+# values of its current epoch's events, casefolded, line breaks made spaces, one per
+# line, in the order they first came, at most ``TEXTS_MAX`` characters: once full, later
+# texts are not added (the last message and error stay searchable by their own columns).
+
+TEXTS_MAX: Final = 65_536
+_SEP: Final = "\n"
+
+
+def search_form(text: str) -> str:
+    """``text`` as ``sessions.texts`` holds it (and as ``q`` is compared with it)."""
+    return text.casefold().replace(_SEP, " ")
+
+
+def _event_texts(data: bytes, into: list[str]) -> None:
+    """Append the ``message`` and ``error`` of one stored entry to ``into`` (as they are:
+    ``search_form`` is applied once per distinct text, by ``_Texts.add``)."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if type(event) is dict:
+        message = event.get("message")
+        if type(message) is str and message:
+            into.append(message)
+        error = event.get("error")
+        if type(error) is str and error:
+            into.append(error)
+
+
+class _Texts:
+    """A ``texts`` value being extended: distinct values in order, up to ``TEXTS_MAX``."""
+
+    __slots__ = ("_parts", "_seen", "_size")
+
+    def __init__(self, texts: str = "") -> None:
+        self._parts = texts.split(_SEP) if texts else []
+        self._seen = set(self._parts)
+        self._size = len(texts)
+
+    @property
+    def full(self) -> bool:
+        return self._size >= TEXTS_MAX - 1  # not even one character and a separator fit
+
+    def add(self, raw: str) -> None:
+        text = search_form(raw)
+        if text in self._seen or self.full:
+            return
+        self._seen.add(text)
+        room = TEXTS_MAX - self._size - (1 if self._parts else 0)
+        text = text[:room]  # the last to fit may be cut
+        self._size += len(text) + (1 if self._parts else 0)
+        self._parts.append(text)
+
+    def value(self) -> str:
+        return _SEP.join(self._parts)
+
+
+def session_texts(texts: str | None, current: ArchivedSession | None, rows: Sequence[Row]) -> str:
+    """The session's ``texts`` after ``rows`` (its own stream's entries, id order), from
+    its stored ``texts`` and state before them (``current``): as in ``fold_session``, only
+    rows past ``current.last`` count and a new epoch starts afresh. Called where the
+    session's row is written, beside the fold (one more decode of entries that carry a
+    message or an error; see docs/benchmarks.md)."""
+    last = _split_id(current.last) if current is not None and current.last else (-1, -1)
+    epoch = current.epoch if current is not None else ""
+    before = texts or ""
+    if len(before) >= TEXTS_MAX - 1 and not any(r.epoch and r.epoch != epoch for r in rows):
+        return before  # full, and no new epoch empties it
+    new: list[str] = []
+    check = bool(rows) and _split_id(rows[0].id) <= last
+    for row in rows:
+        if check and _split_id(row.id) <= last:
+            continue
+        if row.epoch and row.epoch != epoch:
+            epoch, before, new = row.epoch, "", []
+        _event_texts(row.data, new)
+    if not new:
+        return before
+    acc = _Texts(before)
+    for text in dict.fromkeys(new):  # distinct, in order, before casefolding each once
+        acc.add(text)
+        if acc.full:
+            break
+    return acc.value()
+
+
+class _Backfill:
+    """The schema 3 migration's backfill (both engines): ``feed`` it (stream, epoch, data)
+    rows of ``session:*`` streams grouped by stream in id order; ``updates()`` then gives
+    ``(texts, session)`` for each session of ``epochs`` (session -> its row's epoch) that
+    has events. Only the row's epoch counts, as in the running fold."""
+
+    def __init__(self, epochs: dict[str, str]) -> None:
+        self._epochs = epochs
+        self._sid: str | None = None
+        self._acc = _Texts()
+        self._done: list[tuple[str, str]] = []
+
+    def feed(self, events: Iterable[Sequence[Any]]) -> None:
+        for stream, epoch, data in events:
+            name = str(stream)[8:]
+            if name != self._sid:
+                self._flush()
+                self._sid, self._acc = name, _Texts()
+            if self._acc.full or self._epochs.get(name) != epoch:
+                continue
+            texts: list[str] = []
+            _event_texts(bytes(data), texts)
+            for text in texts:
+                self._acc.add(text)
+
+    def _flush(self) -> None:
+        if self._sid is not None and self._sid in self._epochs:
+            self._done.append((self._acc.value(), self._sid))
+
+    def updates(self) -> list[tuple[str, str]]:
+        self._flush()
+        self._sid = None
+        return self._done
+
+
+_BACKFILL_EVENTS: Final = (
+    "SELECT stream, epoch, data FROM events WHERE stream >= 'session:' "
+    "AND stream < 'session;' ORDER BY stream, ms, seq"
+)
+
+
+def _backfill_texts_sqlite(conn: sqlite3.Connection) -> None:
+    backfill = _Backfill(dict(conn.execute("SELECT session, epoch FROM sessions").fetchall()))
+    backfill.feed(conn.execute(_BACKFILL_EVENTS))
+    conn.executemany("UPDATE sessions SET texts = ? WHERE session = ?", backfill.updates())
+
+
+async def _backfill_texts_pg(conn: psycopg.AsyncConnection[Any]) -> None:
+    cur = await conn.execute("SELECT session, epoch FROM sessions")
+    backfill = _Backfill({str(a): str(b) for a, b in await cur.fetchall()})
+    # A server-side cursor, read in slices: the events are never all in memory.
+    async with conn.cursor(name="rpa_bus_texts_backfill") as events:
+        await events.execute(_BACKFILL_EVENTS)
+        while chunk := await events.fetchmany(2000):
+            backfill.feed(chunk)
+    async with conn.cursor() as writes:
+        await writes.executemany(
+            "UPDATE sessions SET texts = %s WHERE session = %s", backfill.updates()
+        )
+
+
 def _run_row(run: FinishedRun) -> tuple[Any, ...]:
     return (
         run.session,
@@ -592,13 +747,21 @@ class Store:
         status: str | None = None,
         q: str | None = None,
         since: str | None = None,
+        until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> SessionPage:
         """Archived sessions, most recently updated first. ``status`` filters exactly,
-        ``q`` searches session ids and last messages/errors (substring, case-insensitive
-        for ASCII), ``since`` keeps sessions updated at or after an envelope timestamp
-        (``2026-11-27T02:00:00.000Z``; a prefix such as ``2026-11-27`` works too)."""
+        ``q`` searches session ids and every message and error of the session's current
+        epoch (substring, case-insensitive; see ``session_texts``), ``since`` keeps
+        sessions updated at or after an envelope timestamp (``2026-11-27T02:00:00.000Z``; a
+        prefix such as ``2026-11-27`` works too), ``until`` those updated at or before one
+        (compared as text: ``2026-11-27`` is the start of that day)."""
+        raise NotImplementedError
+
+    async def searched(self, sids: Sequence[str], q: str) -> set[str]:
+        """Which of ``sids`` have ``q`` in any archived message or error (the relay asks
+        this for the sessions Redis holds, whose meta hash has only the last ones)."""
         raise NotImplementedError
 
     async def session(self, sid: str) -> ArchivedSession | None:
@@ -755,6 +918,8 @@ class SqliteStore(Store):
         for version in range(found + 1, SCHEMA_VERSION + 1):
             for statement in _SQLITE_MIGRATIONS[version - 1]:
                 conn.execute(statement)
+            if version == 3:
+                _backfill_texts_sqlite(conn)
             conn.execute(
                 "INSERT INTO schema_version VALUES (?, ?)",
                 (version, _ts_of_ms(int(time.time() * 1000))),
@@ -851,15 +1016,16 @@ class SqliteStore(Store):
         if stream.startswith("session:"):
             sid = stream[8:]
             found = conn.execute(
-                f"SELECT {_SESSION_COLUMNS}, run FROM sessions WHERE session = ?", (sid,)
+                f"SELECT {_SESSION_COLUMNS}, run, texts FROM sessions WHERE session = ?", (sid,)
             ).fetchone()
-            current = _session_row(found[:-1]) if found else None
-            state, run, ended = fold_session_runs(sid, current, found[-1] if found else None, rows)
+            current = _session_row(found[:-2]) if found else None
+            state, run, ended = fold_session_runs(sid, current, found[-2] if found else None, rows)
             if state is not None:
+                texts = session_texts(found[-1] if found else None, current, rows)
                 conn.execute(
-                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}, run) "
-                    f"VALUES ({_marks('?', _N_SESSION + 1)})",
-                    (*astuple_session(state), run),
+                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}, run, texts) "
+                    f"VALUES ({_marks('?', _N_SESSION + 2)})",
+                    (*astuple_session(state), run, texts),
                 )
             if ended:
                 conn.executemany(
@@ -903,11 +1069,12 @@ class SqliteStore(Store):
         status: str | None = None,
         q: str | None = None,
         since: str | None = None,
+        until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> SessionPage:
         _check_limit(limit)
-        where, args = _session_filters(status, q, since, cursor, "?", "LIKE")
+        where, args = _session_filters(status, q, since, until, cursor, "?", "LIKE")
 
         def run() -> SessionPage:
             with self._use() as conn:
@@ -917,6 +1084,21 @@ class SqliteStore(Store):
                     (*args, limit + 1),
                 ).fetchall()
             return _session_page(rows, limit)
+
+        return await asyncio.to_thread(run)
+
+    async def searched(self, sids: Sequence[str], q: str) -> set[str]:
+        if not sids or not q:
+            return set()
+
+        def run() -> set[str]:
+            with self._use() as conn:
+                rows = conn.execute(
+                    f"SELECT session FROM sessions WHERE session IN ({_marks('?', len(sids))}) "
+                    "AND texts LIKE ? ESCAPE '\\'",
+                    (*sids, _like(search_form(q))),
+                ).fetchall()
+            return {str(r[0]) for r in rows}
 
         return await asyncio.to_thread(run)
 
@@ -1092,7 +1274,13 @@ def _page(
 
 
 def _session_filters(
-    status: str | None, q: str | None, since: str | None, cursor: str | None, ph: str, like: str
+    status: str | None,
+    q: str | None,
+    since: str | None,
+    until: str | None,
+    cursor: str | None,
+    ph: str,
+    like: str,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
@@ -1100,14 +1288,20 @@ def _session_filters(
         clauses.append(f"status = {ph}")
         args.append(status)
     if q:
+        # ``texts`` holds every message and error, casefolded (``search_form``): a plain
+        # LIKE with the casefolded needle. The last message and error are asked too: a
+        # session whose texts filled up still matches on them.
         clauses.append(
             f"(session {like} {ph} ESCAPE '\\' OR message {like} {ph} ESCAPE '\\' "
-            f"OR error {like} {ph} ESCAPE '\\')"
+            f"OR error {like} {ph} ESCAPE '\\' OR texts LIKE {ph} ESCAPE '\\')"
         )
-        args += [_like(q)] * 3
+        args += [_like(q)] * 3 + [_like(search_form(q))]
     if since:
         clauses.append(f"updated >= {ph}")
         args.append(since)
+    if until:
+        clauses.append(f"updated <= {ph}")
+        args.append(until)
     if cursor:
         updated, session = _decode_cursor(cursor)
         clauses.append(f"(updated, session) < ({ph}, {ph})")
@@ -1134,8 +1328,8 @@ def _fold_all(
     by_stream: dict[str, list[Row]], found: dict[str, Sequence[Any]]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The sessions' rows after ``by_stream``'s rows (``found``: their rows before, with
-    ``run`` last), the runs that ended, and the index's sessions (``sessions`` stream) as
-    rows. Pure: safe in a thread."""
+    ``run`` and ``texts`` last), the runs that ended, and the index's sessions
+    (``sessions`` stream) as rows. Pure: safe in a thread."""
     states: list[tuple[Any, ...]] = []
     ended: list[tuple[Any, ...]] = []
     indexed: list[tuple[Any, ...]] = []
@@ -1144,10 +1338,11 @@ def _fold_all(
         if stream.startswith("session:"):
             sid = stream[8:]
             row = found.get(sid)
-            current = _session_row(row[:-1]) if row else None
-            state, run, done = fold_session_runs(sid, current, row[-1] if row else None, rows)
+            current = _session_row(row[:-2]) if row else None
+            state, run, done = fold_session_runs(sid, current, row[-2] if row else None, rows)
             if state is not None:
-                states.append((*astuple_session(state), run))
+                texts = session_texts(row[-1] if row else None, current, rows)
+                states.append((*astuple_session(state), run, texts))
             ended.extend(_run_row(r) for r in done)
         elif stream == "sessions":
             indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
@@ -1252,6 +1447,8 @@ class PostgresStore(Store):
                 for version in range(found + 1, SCHEMA_VERSION + 1):
                     for statement in _PG_MIGRATIONS[version - 1]:
                         await conn.execute(statement.encode())
+                    if version == 3:
+                        await _backfill_texts_pg(conn)
                     await conn.execute(
                         "INSERT INTO schema_version VALUES (%s, %s)",
                         (version, _ts_of_ms(int(time.time() * 1000))),
@@ -1408,7 +1605,7 @@ class PostgresStore(Store):
                 # Locked in one order (ORDER BY): two archivers never wait on each
                 # other crosswise (streams change hands on a takeover).
                 cur = await conn.execute(
-                    f"SELECT {_SESSION_COLUMNS}, run FROM sessions "
+                    f"SELECT {_SESSION_COLUMNS}, run, texts FROM sessions "
                     "WHERE session = ANY(%b::text[]) ORDER BY session FOR UPDATE",
                     (sids,),
                 )
@@ -1445,11 +1642,11 @@ class PostgresStore(Store):
         index's sessions that have no row yet (after the others: they only fill gaps)."""
         async with conn.cursor() as cur:
             if states:
-                columns = [*_SESSION_COLUMNS.split(", ")[1:], "run"]
+                columns = [*_SESSION_COLUMNS.split(", ")[1:], "run", "texts"]
                 updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns)
                 await cur.executemany(
-                    f"INSERT INTO sessions ({_SESSION_COLUMNS}, run) "
-                    f"VALUES ({_marks('%s', _N_SESSION + 1)}) "
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}, run, texts) "
+                    f"VALUES ({_marks('%s', _N_SESSION + 2)}) "
                     f"ON CONFLICT (session) DO UPDATE SET {updates}",
                     states,
                 )
@@ -1494,11 +1691,12 @@ class PostgresStore(Store):
         status: str | None = None,
         q: str | None = None,
         since: str | None = None,
+        until: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> SessionPage:
         _check_limit(limit)
-        where, args = _session_filters(status, q, since, cursor, "%s", "ILIKE")
+        where, args = _session_filters(status, q, since, until, cursor, "%s", "ILIKE")
         async with self._use() as conn:
             cur = await conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions {where} "
@@ -1508,6 +1706,19 @@ class PostgresStore(Store):
             rows = await cur.fetchall()
             await conn.commit()
         return _session_page(rows, limit)
+
+    async def searched(self, sids: Sequence[str], q: str) -> set[str]:
+        if not sids or not q:
+            return set()
+        async with self._use() as conn:
+            cur = await conn.execute(
+                "SELECT session FROM sessions WHERE session = ANY(%s) "
+                "AND texts LIKE %s ESCAPE '\\'",
+                (list(sids), _like(search_form(q))),
+            )
+            rows = await cur.fetchall()
+            await conn.commit()
+        return {str(r[0]) for r in rows}
 
     async def session(self, sid: str) -> ArchivedSession | None:
         async with self._use() as conn:
