@@ -24,6 +24,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.generation import GenerationMode
 
 from relay import Relay, RelaySettings, mint_token
 from rpa_bus import now_ts
@@ -135,6 +136,24 @@ def test_a_token_without_claims_is_refused_everywhere(
     )
     if response.status_code in (401, 403):
         assert response.json()["error"]["code"] == "forbidden"
+    meta = case.meta
+    if (
+        meta is not None
+        and meta.generation.mode == GenerationMode.POSITIVE
+        and case.method.upper() == case.operation.method.upper()
+    ):
+        # Valid input for a described operation: only the token is wrong. (The history's
+        # {stream} is any string in the description; a name that is no stream is refused
+        # first, since what the token must grant depends on it.)
+        refused_name = (
+            response.status_code == 400
+            and case.operation.path == "/v1/streams/{stream}/events"
+            and response.json()["error"]["code"] == "invalid_stream"
+        )
+        assert refused_name or response.status_code in (401, 403), (
+            response.status_code,
+            response.text[:300],
+        )
     if response.status_code == 404:
         # Only "no such route" may come before auth (a path schemathesis mangled).
         assert response.json()["error"]["code"] == "not_found"
@@ -357,6 +376,10 @@ def test_sse_auth_never_gives_a_5xx_and_grants_only_what_the_token_says(
         assert response.status_code in (400, 401, 403), response.status_code
     if auth == "narrow" and any(s != "session:a" for s in streams):
         assert response.status_code in (400, 403), response.status_code
+    valid = {"session:a", "sessions", "monitor:h"}
+    granted = auth == "full" or (auth == "narrow" and set(streams) == {"session:a"})
+    if granted and set(streams) <= valid:
+        assert response.status_code == 200, (response.status_code, response.content[:300])
 
 
 def test_a_method_the_path_does_not_take_is_405_not_404(plain_base: str) -> None:
