@@ -63,8 +63,13 @@ if applied > 0 then
   for i = #rows, 1, -1 do
     ids[#ids + 1] = rows[i][1]
   end
-  -- The append's trim, as it would have done it (none while the archive is on).
-  if maxlen ~= '0' and not (KEYS[4] and redis.call('HGET', KEYS[4], 'archive') == '1') then
+  -- The append's trim, as it would have done it: none while the archive is on (the
+  -- flag's hash is the key after the session's two whose name ends in ':config').
+  local flag = nil
+  for i = 3, #KEYS do
+    if string.sub(KEYS[i], -7) == ':config' then flag = KEYS[i] end
+  end
+  if maxlen ~= '0' and not (flag and redis.call('HGET', flag, 'archive') == '1') then
     redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
   end
 end
