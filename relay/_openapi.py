@@ -36,8 +36,9 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "Se
 def _reads(**extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "400": _error(
-            "Bad input (`bad_request`, `invalid_stream`, `invalid_offset`), or more events "
-            "in one POST than the limit."
+            "Bad input (`bad_request`, `invalid_stream`, `invalid_offset`), more events "
+            "in one POST than the limit, or (SSE) more `stream=` than the relay allows "
+            "(`too_many_subscriptions`)."
         ),
         "401": _error("`forbidden`: no token, or an invalid or expired one (with a secret)."),
         "403": _error("`forbidden`: the token does not grant it, or Host/Origin not allowed."),
@@ -455,7 +456,14 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                             "`data:` is that frame's JSON.",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        **_reads(),
+                        **_reads(
+                            **{
+                                "429": _error(
+                                    "`rate_limited`: this address holds as many WebSocket "
+                                    "and SSE connections as the relay allows."
+                                )
+                            }
+                        ),
                     },
                 }
             },
@@ -492,6 +500,7 @@ def openapi_spec(limits: ApiLimits) -> dict[str, Any]:
                                         "invalid_stream",
                                         "invalid_offset",
                                         "forbidden",
+                                        "too_many_subscriptions",
                                         "rate_limited",
                                         "unavailable",
                                         "not_found",

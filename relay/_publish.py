@@ -46,6 +46,10 @@ if record_field ~= '' then
     return {0, record}
   end
 end
+-- The append's own trim would run before the new entries' ids are read back (a POST of
+-- more events than maxlen would answer only the survivors' ids): it trims after, below.
+local maxlen = ARGV[2]
+ARGV[2] = '0'
 local function append()
 """
     + APPEND_LUA
@@ -58,6 +62,15 @@ if applied > 0 then
   local rows = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', applied)
   for i = #rows, 1, -1 do
     ids[#ids + 1] = rows[i][1]
+  end
+  -- The append's trim, as it would have done it: none while the archive is on (the
+  -- flag's hash is the key after the session's two whose name ends in ':config').
+  local flag = nil
+  for i = 3, #KEYS do
+    if string.sub(KEYS[i], -7) == ':config' then flag = KEYS[i] end
+  end
+  if maxlen ~= '0' and not (flag and redis.call('HGET', flag, 'archive') == '1') then
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
   end
 end
 local joined = table.concat(ids, ' ')

@@ -284,6 +284,21 @@ class AiohttpServer:
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/v1/"):
+            # A /v1/ path that takes other methods only (GET on the POST-only events path)
+            # reaches this catch-all, not aiohttp's 405: answer 405 as docs/http.md says.
+            allowed: set[str] = set()
+            for resource in request.app.router.resources():
+                if resource is not request.match_info.route.resource:
+                    match, methods = await resource.resolve(request)
+                    if match is None:
+                        allowed |= methods
+            if allowed:
+                allow = ", ".join(sorted(allowed))
+                response = error_response(
+                    405, "method_not_allowed", f"{request.method} not allowed here; use {allow}"
+                )
+                response.headers["Allow"] = allow
+                return response
             return error_response(404, "not_found", f"no such endpoint: {request.path}")
         return reply_response(await _http.static_response(request.path))
 

@@ -234,9 +234,10 @@ class ArchiveSink:
         if is_session and is_terminal(last.data):
             meta = first.key + ":meta"
             ttl_ms = int(self._bus.retention_s * 1000)
-            self._stats.expired += int(
-                await self._expire(keys=[first.key, meta], args=[last.id, ttl_ms])
-            )
+            # Awaited before the +=: ``x += await f()`` reads x first, and a concurrent
+            # batch's increment made meanwhile would be lost.
+            expired = await self._expire(keys=[first.key, meta], args=[last.id, ttl_ms])
+            self._stats.expired += int(expired)
             await self._update_profile(first.stream[8:])
 
     async def _update_profile(self, sid: str) -> None:
