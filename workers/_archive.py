@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from rpa_bus import ARCHIVE_FIELD, ConfigError, EnvReader, Settings, is_terminal
 from rpa_bus.archive import ArchiveError, Store, open_store, redact_url
 from rpa_bus.redisio import (
-    REDIS_FAILURES,
+    GUARDED_FAILURES,
     AsyncClient,
     Entry,
     GroupSettings,
@@ -346,7 +346,7 @@ class Archiver:
             try:
                 await self._announce(self._client)
                 break
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable: redis-py #4287
                 if not is_retryable(exc):
                     raise
                 down.warning("Redis unavailable (%s); retrying", exc)
@@ -376,7 +376,7 @@ class Archiver:
             if self._worker is not None:
                 try:
                     by_stream = await self._worker.lag()
-                except REDIS_FAILURES as exc:
+                except GUARDED_FAILURES as exc:  # is_retryable: redis-py #4287
                     if not is_retryable(exc):
                         raise
                 else:

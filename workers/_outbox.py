@@ -42,6 +42,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from rpa_bus.redisio import (
+    GUARDED_FAILURES,
     REDIS_FAILURES,
     AsyncClient,
     Backoff,
@@ -445,7 +446,7 @@ class EndpointSender:
                     self._outage.recovered("endpoint %s: Redis is back", self._name)
                 except _LeaseLost:
                     log.warning("endpoint %s: lease lost to another process", self._name)
-                except REDIS_FAILURES as exc:
+                except GUARDED_FAILURES as exc:  # is_retryable: redis-py #4287
                     if not is_retryable(exc):
                         raise
                     self._outage.warning("endpoint %s: Redis failed (%s); retrying", self._name,
