@@ -61,7 +61,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import redis.asyncio as aredis
@@ -189,9 +189,9 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stream entry handed to a sink."""
+class Entry(NamedTuple):
+    """One stream entry handed to a sink (a NamedTuple: built for every entry read, at
+    under half the cost of a frozen dataclass)."""
 
     stream: str  # client-facing name: "session:SID", "sessions", "monitor:HOST"
     key: str  # the Redis key
