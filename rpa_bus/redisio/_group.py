@@ -43,7 +43,12 @@ streams just added or after a reconnect, until empty, then ``>`` with BLOCK. The
 batches (one per stream) go to ``sink.put`` concurrently, then their ids are XACKed. A
 ``put`` that raises keeps its batch and its stream out of the reads until a retry (after
 a per-stream backoff) succeeds. CLIENT UNBLOCK wakes the blocked read when the tailed set
-changes.
+changes. With ``read_ahead`` (the archiver) the next ``>`` round is read, without BLOCK,
+while the sink stores the current one, and handed over only once the current one is
+acknowledged: at most one round ahead, each stream's batches still one at a time and in
+order. A stream whose batch was refused meanwhile (or that began to recover) leaves its
+entries of that round pending, to be read again from ``0``; a dropped connection drops
+the round (its entries stay pending too).
 
 Cancelling ``run()`` is a hard stop (as if the process were killed: nothing released);
 ``close()`` is the graceful one: the batch in flight is acknowledged, the leases are given
@@ -252,6 +257,7 @@ class GroupStats:
     acked: int = 0  # entries acknowledged (XACK)
     claimed: int = 0  # pending entries taken on when a stream was added
     retried: int = 0  # batches given to the sink again after it raised
+    ahead: int = 0  # rounds read while the sink stored the one before (read_ahead)
     owned: int = 0  # units (buckets, index, monitor hosts) leased now
     releasing: int = 0  # of those, units another member wants (given up when idle)
     tailed: int = 0  # streams read now
@@ -1224,6 +1230,7 @@ class GroupWorker:
             return None
         if self._bus.min_replicas:
             await self._await_replicas(client)
+        self.stats.ahead += 1
         return reply
 
     async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> None:
