@@ -18,7 +18,7 @@ Meta hash fields::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from rpa_bus._envelope import Envelope
@@ -73,6 +73,33 @@ def state_fields(event: Envelope) -> dict[str, str]:
     if kind in ("error", "failed"):
         out["error"] = event.get("error") or event.get("message") or kind
     return out
+
+
+# state_fields() of any event type outside _RESETTING sets only these keys, plus
+# eta_runs when the event carries it (job is set by `started` alone, error by the
+# resetting types).
+_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error", "job", "eta_runs"}
+_RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
+
+
+def last_fields(events: Sequence[Envelope]) -> dict[str, str]:
+    """What ``state_fields`` of ``events``, applied in order, leave: for each field the
+    last event's value. Walks backwards keeping the first value seen, and skips the events
+    that cannot add a field any more (``state_fields`` is the costly part)."""
+    state: dict[str, str] = {}
+    for event in reversed(events):
+        if (
+            event["type"] not in _RESETTING
+            and state.keys() >= _COMMON_KEYS
+            and ("eta_runs" in state or "eta_runs" not in event)
+        ):
+            continue
+        for key, value in state_fields(event).items():
+            if key not in state:
+                state[key] = value
+        if len(state) == len(STATE_FIELDS):
+            break
+    return state
 
 
 def state_from_meta(meta: Mapping[str | bytes, str | bytes]) -> dict[str, Any]:

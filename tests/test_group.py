@@ -160,8 +160,9 @@ async def test_settings_are_checked(redis_url: str, tmp_path: Path) -> None:
     assert GroupSettings(kind="archiver").consumer  # host-pid by default
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 async def test_sessions_from_before_start_and_live_reach_the_sink_once_in_order(
-    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis, read_ahead: bool
 ) -> None:
     keys = bus(redis_url, tmp_path).keys
     # Started and ended while no worker ran: found at start-up.
@@ -169,7 +170,8 @@ async def test_sessions_from_before_start_and_live_reach_the_sink_once_in_order(
     write_sessions(producer, "live", 4, 3, finish=False)
     assert await producer.flush()
     sink = Sink()
-    async with GroupWorker(bus(redis_url, tmp_path), group("w1"), sink) as worker:
+    settings = group("w1", read_ahead=read_ahead)
+    async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
         expected = await truth(r, keys)
         await wait_until(lambda: sink.count() == sum(map(len, expected.values())), what="old")
         # Learnt live from the index: sessions that start now, and more of the live ones.
@@ -192,6 +194,8 @@ async def test_sessions_from_before_start_and_live_reach_the_sink_once_in_order(
         assert worker.stats.owned == BUCKETS + 1
         assert await worker.lag() == {"sessions": 0}
         assert worker.stats.acked == worker.stats.read == sink.count()
+        if not read_ahead:
+            assert worker.stats.ahead == 0
     # Closed gracefully: leases given up, member gone.
     assert await r.zrange(keys.workers("archiver"), 0, -1) == []
     assert await r.keys("*:lease:*") == []
@@ -203,8 +207,9 @@ async def epoch_of(r: aredis.Redis, keys: Keys, name: str) -> str:
     return str(raw.decode())
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 async def test_a_refused_batch_is_retried_and_nothing_later_is_given_meanwhile(
-    redis_url: str, tmp_path: Path, producer: AsyncProducer
+    redis_url: str, tmp_path: Path, producer: AsyncProducer, read_ahead: bool
 ) -> None:
     write_sessions(producer, "flaky", 1, 9, finish=True)  # 11 entries, batches of 4
     write_sessions(producer, "fine", 3, 2, finish=True)
@@ -220,7 +225,9 @@ async def test_a_refused_batch_is_retried_and_nothing_later_is_given_meanwhile(
         return False
 
     sink.fail = fail
-    settings = group("w1", count=4, kinds=frozenset({"session"}))
+    # read_ahead: the rounds read while a batch is refused hold the stream's next entries,
+    # which must wait (pending) until the refused batch is stored.
+    settings = group("w1", count=4, kinds=frozenset({"session"}), read_ahead=read_ahead)
     async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
         await wait_until(lambda: len(sink.got.get("session:flaky-0", [])) == 11)
         await wait_until(lambda: len(sink.got) == 4)
@@ -232,6 +239,7 @@ async def test_a_refused_batch_is_retried_and_nothing_later_is_given_meanwhile(
         assert worker.stats.retried == 2
         assert [len(sink.got[f"session:fine-{i}"]) for i in range(3)] == [4, 4, 4]
         assert sink.problems == []
+        assert (worker.stats.ahead > 0) == read_ahead
 
 
 async def test_two_workers_split_the_streams_and_keep_per_stream_order(
@@ -561,13 +569,18 @@ async def test_close_before_run_and_a_never_started_task(redis_url: str, tmp_pat
         await other.wait_closed()
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
 async def test_lost_replies_dropped_connections_and_a_stall_lose_and_repeat_nothing(
-    redis_server: EmbeddedRedis, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
+    producer: AsyncProducer,
+    r: aredis.Redis,
+    read_ahead: bool,
 ) -> None:
     keys = bus(redis_server.url, tmp_path).keys
     proxy = FaultProxy(redis_server.port)
     sink = Sink()
-    settings = group("w1", claim_idle_ms=2000, block_ms=300)
+    settings = group("w1", claim_idle_ms=2000, block_ms=300, read_ahead=read_ahead)
     try:
         async with GroupWorker(bus(proxy.url, tmp_path), settings, sink) as worker:
             for wave in range(6):

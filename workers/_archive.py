@@ -424,7 +424,12 @@ async def write_flags(client: AsyncClient, flag_keys: Sequence[str]) -> None:
 
 
 def _group_settings(s: ArchiverSettings) -> GroupSettings:
+    # read_ahead: the next round is read from Redis while the store commits this one.
     group = GroupSettings(
-        kind=KIND, claim_idle_ms=s.claim_idle_ms, block_ms=s.block_ms, count=s.count
+        kind=KIND,
+        claim_idle_ms=s.claim_idle_ms,
+        block_ms=s.block_ms,
+        count=s.count,
+        read_ahead=True,
     )
     return group if s.consumer is None else replace(group, consumer=s.consumer)

@@ -50,6 +50,10 @@ def _ms_of(entry_id: str) -> int:
     return int(ms) if ms.isdigit() else 0
 
 
+# The event types fold_run looks at beyond a job name.
+_RUN_TYPES = frozenset({"started", "step", "progress", "finished", "failed"})
+
+
 def fold_run(
     sid: str, acc: dict[str, Any] | None, entry_id: str, event: Mapping[str, Any]
 ) -> tuple[dict[str, Any] | None, FinishedRun | None]:
@@ -57,6 +61,26 @@ def fold_run(
     and the run that ended with this event, if any. Events before a ``started`` (a run the
     archive joined midway) are ignored: a partial run would skew the job's figures."""
     kind = event.get("type")
+    if not isinstance(kind, str) or kind not in _RUN_TYPES:  # log lines: a job name only
+        if acc is not None:
+            job = event.get("job")
+            if isinstance(job, str):
+                acc["job"] = job
+        return acc, None
+    if kind == "progress":  # the common case, kept short
+        if acc is not None:
+            job = event.get("job")
+            if isinstance(job, str):
+                acc["job"] = job
+            step = event.get("step")
+            if isinstance(step, int):
+                progress = acc["progress"]
+                key = str(step)
+                if key not in progress:
+                    ms = _ms_of(entry_id)
+                    progress[key] = {"s": round(max(0, ms - acc["mark"]) / 1000, 3)}
+                    acc["mark"] = ms
+        return acc, None
     ms = _ms_of(entry_id)
     ts = event.get("ts")
     if kind == "started":

@@ -48,7 +48,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
@@ -64,9 +64,10 @@ from rpa_bus import (
     StepProfile,
     StreamId,
     parse_stream_name,
-    state_fields,
     state_from_meta,
 )
+from rpa_bus._envelope import Envelope
+from rpa_bus._state import last_fields
 from rpa_bus.archive._runs import (
     WINDOW_RUNS,
     FinishedRun,
@@ -359,50 +360,59 @@ def _decode(data: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
 
 
-def fold_session(
-    sid: str,
-    current: ArchivedSession | None,
-    rows: Sequence[Row],
-    on_event: Callable[[Row, dict[str, Any] | None, bool], None] | None = None,
-) -> ArchivedSession | None:
-    """The session's state after ``rows`` (its own stream's entries, id order); only rows
-    past ``current.last`` count, so folding a replayed batch again changes nothing.
-    ``on_event(row, event, new_epoch)`` sees each of those rows, decoded (None when it is
-    not an envelope), once."""
+def fold_session_runs(
+    sid: str, current: ArchivedSession | None, run: str | None, rows: Sequence[Row]
+) -> tuple[ArchivedSession | None, str | None, list[FinishedRun]]:
+    """A session's state and its run accumulator (``sessions.run``) after ``rows`` (its
+    own stream's entries, id order): the new state (None: unchanged), the new accumulator,
+    and the runs that ended in ``rows``. Only rows past ``current.last`` count, so folding
+    a replayed batch again changes nothing.
+
+    One pass decodes each row once and folds the run; the state's fields are then taken
+    from the valid events since the last new epoch by ``last_fields`` (backwards, only
+    the events that can still set a field): what applying ``state_fields`` of each in
+    order leaves."""
     last = _split_id(current.last) if current is not None and current.last else (-1, -1)
+    # Rows come in id order: when the first is past ``last``, all are.
+    if rows and _split_id(rows[0].id) <= last:
+        rows = [row for row in rows if _split_id(row.id) > last]
+    if not rows:
+        return None, run, []
     fields = _as_strings(current)
     epoch = current.epoch if current is not None else ""
     started = current.started if current is not None else None
     first = current.first if current is not None else None
-    last_id = current.last if current is not None else None
-    changed = False
-    # Rows come in id order: when the first is past ``last``, all are.
-    check = bool(rows) and _split_id(rows[0].id) <= last
+    acc = load_acc(run)
+    ended: list[FinishedRun] = []
+    events: list[Envelope] = []  # the valid events since the last new epoch
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for row in rows:
-        if check and _split_id(row.id) <= last:
-            continue
-        changed = True
-        last_id = row.id
-        new_epoch = bool(row.epoch) and row.epoch != epoch
-        if new_epoch:  # the stream was recreated: a new history
-            epoch, first, started, fields = row.epoch, row.id, None, {}
+        if row.epoch and row.epoch != epoch:  # the stream was recreated: a new history
+            epoch, first, started, fields, acc = row.epoch, row.id, None, {}, None
+            events = []
         if first is None:
             first = row.id
-        event = _decode(row.data)
-        if on_event is not None:
-            on_event(row, event, new_epoch)
-        if event is None or not isinstance(event.get("ts"), str):
-            continue
         try:
-            fields.update(state_fields(event))  # type: ignore[arg-type,unused-ignore]
-        except (KeyError, TypeError):
+            event = loads(row.data)
+        except decode_error:
             continue
-        if event["type"] == "started" or started is None:
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            continue
+        acc, done = fold_run(sid, acc, row.id, event)
+        if done is not None:
+            ended.append(done)
+        if isinstance(event.get("ts"), str):
+            events.append(event)  # type: ignore[arg-type,unused-ignore]
+    fields.update(last_fields(events))
+    for event in reversed(events):
+        if event["type"] == "started":
             started = event["ts"]
-    if not changed:
-        return None
+            break
+    else:
+        if started is None and events:
+            started = events[0]["ts"]
     typed = state_from_meta(cast("dict[str | bytes, str | bytes]", fields))
-    return ArchivedSession(
+    state = ArchivedSession(
         session=sid,
         epoch=epoch,
         status=typed.get("status"),
@@ -415,33 +425,10 @@ def fold_session(
         started=started,
         updated=typed.get("updated") or started or "",
         first=first,
-        last=last_id,
+        last=rows[-1].id,
         job=typed.get("job"),
         eta_runs=typed.get("eta_runs"),
     )
-
-
-def fold_session_runs(
-    sid: str, current: ArchivedSession | None, run: str | None, rows: Sequence[Row]
-) -> tuple[ArchivedSession | None, str | None, list[FinishedRun]]:
-    """``fold_session`` and the run accumulator (``sessions.run``) together, in one pass:
-    the new state (None: unchanged), the new accumulator, and the runs that ended in
-    ``rows``."""
-    acc = load_acc(run)
-    ended: list[FinishedRun] = []
-
-    def each(row: Row, event: dict[str, Any] | None, new_epoch: bool) -> None:
-        nonlocal acc
-        if new_epoch:
-            acc = None
-        if event is not None:
-            acc, done = fold_run(sid, acc, row.id, event)
-            if done is not None:
-                ended.append(done)
-
-    state = fold_session(sid, current, rows, each)
-    if state is None:
-        return None, run, []
     return state, dump_acc(acc), ended
 
 

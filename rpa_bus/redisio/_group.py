@@ -43,7 +43,12 @@ streams just added or after a reconnect, until empty, then ``>`` with BLOCK. The
 batches (one per stream) go to ``sink.put`` concurrently, then their ids are XACKed. A
 ``put`` that raises keeps its batch and its stream out of the reads until a retry (after
 a per-stream backoff) succeeds. CLIENT UNBLOCK wakes the blocked read when the tailed set
-changes.
+changes. With ``read_ahead`` (the archiver) the next ``>`` round is read, without BLOCK,
+while the sink stores the current one, and handed over only once the current one is
+acknowledged: at most one round ahead, each stream's batches still one at a time and in
+order. A stream whose batch was refused meanwhile (or that began to recover) leaves its
+entries of that round pending, to be read again from ``0``; a dropped connection drops
+the round (its entries stay pending too).
 
 Cancelling ``run()`` is a hard stop (as if the process were killed: nothing released);
 ``close()`` is the graceful one: the batch in flight is acknowledged, the leases are given
@@ -61,7 +66,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import redis.asyncio as aredis
@@ -196,9 +201,9 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stream entry handed to a sink."""
+class Entry(NamedTuple):
+    """One stream entry handed to a sink (a NamedTuple: built for every entry read, at
+    under half the cost of a frozen dataclass)."""
 
     stream: str  # client-facing name: "session:SID", "sessions", "monitor:HOST"
     key: str  # the Redis key
@@ -234,6 +239,10 @@ class GroupSettings:
     rescan_ms: int = 300_000
     # close() waits this long for the sink to take the batch in flight.
     close_timeout_ms: int = 10_000
+    # Read the next round (without BLOCK) while the sink stores the current one, so the
+    # sink's wait and the reading overlap; it is handed over only after the current
+    # round is acknowledged. For sinks that wait on something else (a database).
+    read_ahead: bool = False
 
     def __post_init__(self) -> None:
         validate_host_name(self.kind)
@@ -255,6 +264,7 @@ class GroupStats:
     acked: int = 0  # entries acknowledged (XACK)
     claimed: int = 0  # pending entries taken on when a stream was added
     retried: int = 0  # batches given to the sink again after it raised
+    ahead: int = 0  # rounds read while the sink stored the one before (read_ahead)
     owned: int = 0  # units (buckets, index, monitor hosts) leased now
     releasing: int = 0  # of those, units another member wants (given up when idle)
     tailed: int = 0  # streams read now
@@ -304,6 +314,7 @@ class _Reader:
         self.unacked: dict[str, list[bytes]] = {}  # acknowledged by the next flush
         self.unacked_units: list[_Unit] = []  # one per batch in ``unacked`` (busy counts)
         self.ending: dict[str, _Stream] = {}  # streams whose session just ended
+        self.ahead: Any = None  # a round read while the sink stored the one before
         self.gen = 0  # bumped when ``streams`` changes
         self.reading_gen = -1  # the generation the blocked read was built from
         self.blocked = False
@@ -324,6 +335,20 @@ def _weight(unit: str, member: str) -> bytes:
 def owner_of(unit: str, members: Iterable[str]) -> str | None:
     """The member a unit rendezvous-hashes to (the same answer in every process)."""
     return max(members, key=lambda m: (_weight(unit, m), m), default=None)
+
+
+def _raw_reply(response: Any, **_options: Any) -> Any:
+    return response or []
+
+
+def _field(fields: list[bytes] | None, name: bytes) -> bytes | None:
+    """A field's value in an entry's raw field list (None: absent, or no fields)."""
+    if not fields:
+        return None
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
 
 
 def _text(value: Any) -> str:
@@ -989,6 +1014,9 @@ class GroupWorker:
             assert self._slots is not None  # a cluster: built in __init__
             reader.addr = await self._slots.master(reader.slot)
             client = self._node_client(reader.addr, single=True)
+        # The reply as Redis sent it: _deliver needs each entry's id and its one field,
+        # not redis-py's tuple and dict per entry.
+        client.set_response_callback("XREADGROUP", _raw_reply)
         try:
             reader.read_id = int(await client.client_id())
         except BaseException:
@@ -1029,6 +1057,9 @@ class GroupWorker:
                         self._up()
                     backoff.reset()
                 except REDIS_FAILURES as exc:
+                    # A round read ahead is dropped: its entries stay pending, and the
+                    # recovery read ("0") or a repair finds them again.
+                    reader.ahead = None
                     if isinstance(exc, ResponseError) and str(exc).startswith(
                         ("NOGROUP", "UNBLOCKED")
                     ):
@@ -1077,6 +1108,10 @@ class GroupWorker:
         await self._drop_ended(reader)
         await self._release_ready()
         await self._retry_due(reader, client)
+        if reader.ahead is not None:
+            ahead, reader.ahead = reader.ahead, None
+            await self._deliver(reader, client, ahead, ahead=True)
+            return
         reader.changed.clear()  # before looking: a change from here on ends the wait below
         now = time.monotonic()
         streams = reader.streams.values()
@@ -1143,24 +1178,69 @@ class GroupWorker:
                     wanted,
                 )
 
-    async def _deliver(self, reader: _Reader, client: aredis.Redis, reply: Any) -> None:
+    async def _deliver(
+        self, reader: _Reader, client: aredis.Redis, reply: Any, *, ahead: bool = False
+    ) -> None:
+        """Hand a read's batches to the sink, then acknowledge them. ``reply`` is the raw
+        XREADGROUP reply, ``[[key, [[id, [field, value, ...] or nil], ...]], ...]``. With
+        ``read_ahead``, the next round is read while the sink stores this one."""
         batches: list[tuple[_Stream, list[Entry], list[bytes]]] = []
         for raw_key, entries in reply:
             s = reader.streams.get(_text(raw_key))
             if s is None or not entries or not self._readable(s.unit):
                 # Not ours any more: left pending; the next reader of the stream claims them.
                 continue
+            if ahead and (s.retry is not None or s.recovering):
+                # Read ahead while the batch before it failed (or the stream began to
+                # recover): left pending, read again from our pending list ("0") once the
+                # failed batch is stored, so the stream's order holds.
+                s.recovering = True
+                continue
+            name, key, epoch = s.name, s.key, s.epoch
             batch: list[Entry] = []
             ids: list[bytes] = []
             for raw_id, fields in entries:
                 ids.append(raw_id)
-                data = fields.get(b"e") if fields else None  # None: deleted while pending
+                # The bus writes one field, "e"; None: the entry was deleted while pending.
+                if fields and len(fields) == 2 and fields[0] == b"e":
+                    data = fields[1]
+                else:
+                    data = _field(fields, b"e")
                 if isinstance(data, bytes):
-                    batch.append(Entry(s.name, s.key, s.epoch, _text(raw_id), data))
+                    batch.append(Entry(name, key, epoch, raw_id.decode(), data))
             batches.append((s, batch, ids))
-        await asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
+        puts = asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
+        reading = None
+        if self.settings.read_ahead and batches and not self._closing:
+            reading = asyncio.ensure_future(self._read_ahead(reader, client))
+        try:
+            await puts
+        except BaseException:
+            if reading is not None:
+                reading.cancel()
+            raise
+        if reading is not None:
+            # A failure of the read ahead (Redis) reaches _read's handler from here, after
+            # the sink took this round: its acks are flushed after the reconnect.
+            reader.ahead = await reading
         await self._flush_acks(reader, client)
         await self._drop_ended(reader)
+
+    async def _read_ahead(self, reader: _Reader, client: aredis.Redis) -> Any:
+        """The next round of the streams that are ready, without BLOCK (None: nothing
+        there yet, or a stream is recovering: the next turn reads as usual)."""
+        ready = [s for s in reader.streams.values() if s.retry is None and self._readable(s.unit)]
+        if not ready or any(s.recovering for s in ready):
+            return None
+        reply = await client.xreadgroup(
+            self._group, self._consumer, {s.key: ">" for s in ready}, self.settings.count
+        )
+        if not reply:
+            return None
+        if self._bus.min_replicas:
+            await self._await_replicas(client)
+        self.stats.ahead += 1
+        return reply
 
     async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> None:
         """Hand one stream's batch to the sink; note the stream if the batch ended its
