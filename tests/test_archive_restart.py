@@ -108,9 +108,12 @@ async def test_redis_restart_mid_write_with_entries_in_flight(
             lock.execute("BEGIN IMMEDIATE")  # the archiver's next commit waits for this
             try:
                 stored_before = archiver.stats.stored
+                # A batch in the store's hands: it waits on the lock. (Entries pending
+                # alone may be only a round read ahead, which a dropped connection
+                # drops without storing it.)
                 await wait_for_async(
-                    lambda: pending(client, keys) > 0, what="entries pending in the group",
-                    timeout_s=20,
+                    lambda: archiver.stats.storing > 0 and pending(client, keys) > 0,
+                    what="a batch waiting on the locked store", timeout_s=20,
                 )  # fmt: skip
                 in_flight = pending(client, keys)
                 await asyncio.to_thread(redis_server.stop)

@@ -155,6 +155,7 @@ class ArchiverStats:
     expired: int = 0
     profiles: int = 0  # job step profiles written to Redis
     store_errors: int = 0
+    storing: int = 0  # batches in the store's hands now (put called, not returned)
     lag: int = 0
     lag_by_stream: dict[str, int] = field(default_factory=dict)
     last_store_ms: float = 0.0
@@ -204,6 +205,7 @@ class ArchiveSink:
         if not entries:
             return
         start = time.perf_counter()
+        self._stats.storing += 1
         try:
             new = await self._store.put(entries)
         except ArchiveError as exc:
@@ -212,6 +214,8 @@ class ArchiveSink:
                 self._metrics.errors.inc()
             self._store_log.warning("archive store failed (%s); the batch is retried", exc)
             raise
+        finally:
+            self._stats.storing -= 1
         self._store_log.recovered("archive store accepts entries again")
         self._stats.last_store_ms = (time.perf_counter() - start) * 1000
         self._stats.batches += 1
