@@ -1,4 +1,4 @@
-"""The relay service: a Hub, and a server (aiohttp by default) with its doors on one port."""
+"""The relay service: a Hub, and an aiohttp server with its doors on one port."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from rpa_bus.redisio import (
 )
 
 if TYPE_CHECKING:
-    from relay._legacy import WebsocketsServer
     from relay._server import AiohttpServer
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,7 @@ class Relay:
     accepting, closes every connection with ``code`` (1001 going away by default, 1012 for a
     restart) and stops tailing.
 
-    ``settings.server`` picks the server library: ``aiohttp`` (WebSocket, SSE, HTTP API) or
-    ``websockets`` (the first server: WebSocket and plain HTTP only).
+    The server is aiohttp's: WebSocket, SSE and the HTTP API on one port.
     """
 
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
@@ -71,7 +69,7 @@ class Relay:
         self.archive: Archive | None = (
             Archive(settings.bus.archive_url) if settings.bus.archive_url else None
         )
-        self._server: AiohttpServer | WebsocketsServer | None = None
+        self._server: AiohttpServer | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
         self._config_task: asyncio.Task[None] | None = None
@@ -113,20 +111,15 @@ class Relay:
             _http.RelayCollector(self.stats, s.name, hub, min_replicas=s.bus.min_replicas)
         )
         await hub.start()
-        if s.server == "websockets":
-            from relay._legacy import WebsocketsServer
+        from relay._server import AiohttpServer
 
-            self._server = WebsocketsServer(self)
-        else:
-            from relay._server import AiohttpServer
-
-            self._server = AiohttpServer(self)
+        self._server = AiohttpServer(self)
         await self._server.start()
         if s.bus.min_replicas > 0:
             self._replicas_task = asyncio.get_running_loop().create_task(
                 self._watch_replicas(), name="relay-replicas"
             )
-        log.info("relay %s serving ws://%s:%d/ws (%s)", s.name, s.host, self.port, s.server)
+        log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
 
     async def _check_config(self) -> None:
         """Agree with the deployment on the bucket count (``ConfigMismatch`` if not). If

@@ -147,6 +147,17 @@ def test_settings_from_env() -> None:
         RelaySettings(block_ms=5000)
 
 
+def test_removed_websockets_server_is_refused() -> None:
+    """The websockets server was removed (issue 13): asking for it fails at start with a
+    message that says so, instead of silently serving aiohttp."""
+    with pytest.raises(ConfigError, match="websockets server was removed"):
+        RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "websockets"})
+    with pytest.raises(ConfigError, match="Unset RPA_BUS_RELAY_SERVER"):
+        RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "tornado"})
+    # The only server, named explicitly, is still accepted.
+    assert RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "aiohttp"}).port == RelaySettings().port
+
+
 # -- limits -------------------------------------------------------------------------------
 
 
