@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How long a command may wait for a free connection of the bounded Redis pool
+# (RPA_BUS_RELAY_REDIS_CONNECTIONS) before it counts as an outage; see async_client.
+REDIS_POOL_WAIT_S: Final = 10.0
 # How often a relay with RPA_BUS_MIN_REPLICAS reads each master's replicas (/metrics).
 REPLICAS_PROBE_S: Final = 5.0
 
@@ -58,7 +61,15 @@ class Relay:
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._own_client = client is None
-        self._client: AsyncClient = client if client is not None else async_client(settings.bus)
+        self._client: AsyncClient = (
+            client
+            if client is not None
+            else async_client(
+                settings.bus,
+                max_connections=settings.redis_connections,
+                wait_s=max(REDIS_POOL_WAIT_S, settings.bus.socket_timeout_s),
+            )
+        )
         if client is None and type(self._client) is aioredis.Redis:
             _quick_stream_replies(self._client)
         self.stats = Stats()

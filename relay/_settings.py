@@ -147,6 +147,11 @@ class RelaySettings:
     # Bind with SO_REUSEPORT, so several processes share the port (``rpa-bus relay
     # --workers N`` sets it for its workers; the kernel spreads new connections over them).
     reuse_port: bool = False
+    # The relay's Redis command pool on one server: at most this many connections (one is
+    # the reader's, blocked in XREADGROUP); a command waits for a free one up to the
+    # socket timeout. A subscribe storm queues here instead of opening a connection per
+    # concurrent subscription (Sentinel and Cluster keep redis-py's own pools).
+    redis_connections: int = 16
     # An SSE response sends a comment line this often, so proxies keep it open.
     sse_heartbeat_s: float = 15.0
     # The HTTP API's bounds (RPA_BUS_API_*).
@@ -171,6 +176,8 @@ class RelaySettings:
             )
         if self.ops_per_s <= 0:
             raise ConfigError(f"ops_per_s must be > 0, got {self.ops_per_s}")
+        if self.redis_connections < 4:
+            raise ConfigError(f"redis_connections must be >= 4, got {self.redis_connections}")
         if self.sse_heartbeat_s <= 0:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
@@ -239,6 +246,7 @@ class RelaySettings:
             "replay_buffer": env.integer("REPLAY_BUFFER", d.replay_buffer, lo=1),
             "compression": env.flag("COMPRESSION", d.compression),
             "reuse_port": env.flag("REUSE_PORT", d.reuse_port),
+            "redis_connections": env.integer("REDIS_CONNECTIONS", d.redis_connections, lo=4),
             "sse_heartbeat_s": env.number("SSE_HEARTBEAT_S", d.sse_heartbeat_s, lo=0.01),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -135,19 +135,41 @@ def sync_client(settings: Settings) -> SyncClient:
         ) from exc
 
 
-def async_client(settings: Settings) -> AsyncClient:
+def async_client(
+    settings: Settings, *, max_connections: int | None = None, wait_s: float = 10.0
+) -> AsyncClient:
     """A ``redis.asyncio`` client for ``settings.redis_url``; connects on first use (a
     cluster client reads its slot map on first use, and callers retry that like any other
-    outage)."""
+    outage).
+
+    ``max_connections`` (one server only): a ``BlockingConnectionPool`` of at most that
+    many connections, where a command waits up to ``wait_s`` for a free one (then
+    ``ConnectionError``, an outage to the caller). Without it redis-py's plain pool opens a
+    connection per concurrent command up to its own cap (100 in redis-py 8), past which a
+    command fails at once with "Too many connections": the relay bounds its pool so that
+    a storm of subscriptions queues for a few connections instead of opening a hundred
+    (each ~9 KB in the relay and a client in Redis) or failing. ``wait_s`` is generous on
+    purpose: the pool's waiters are not served in order (a new command can take a freed
+    connection before one that waited), so during a storm of 1,000 subscriptions one
+    command measured waits of over 2 s though the storm drained in 2-3 s; a Redis that
+    is down fails each command at connect, which frees its connection at once."""
     target = settings.target
     if target.topology == "single":
-        return aredis.Redis.from_url(
-            target.url,
-            retry=AsyncRetry(NoBackoff(), 0),
-            health_check_interval=0,
-            protocol=2,
+        options: dict[str, Any] = {
+            "retry": AsyncRetry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "protocol": 2,
             **_timeouts(settings),
+        }
+        if max_connections is None:
+            return aredis.Redis.from_url(target.url, **options)
+        pool = aredis.BlockingConnectionPool.from_url(
+            target.url,
+            max_connections=max_connections,
+            timeout=wait_s,
+            **options,
         )
+        return aredis.Redis.from_pool(pool)
     kwargs = _async_node_kwargs(settings)
     if target.topology == "sentinel":
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
