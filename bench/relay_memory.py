@@ -79,8 +79,10 @@ def start(kind: str, redis_url: str, port: int, trace_path: str | None) -> Any:
             TRACED_RELAY if trace_path is not None else "import sys" + TRACED_RELAY[len(TRACING) :]
         )
         args = [str(port)] if trace_path is None else [str(port), trace_path]
+        # cwd=BASE: ``python -c`` puts the working directory first on sys.path, before
+        # PYTHONPATH, so run from a checkout it would import that checkout's code instead.
         proc = subprocess.Popen(
-            [sys.executable, "-c", script, *args], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-c", script, *args], env=env, stdout=subprocess.DEVNULL, cwd=BASE
         )
     elif kind == "relay":
         if trace_path is None:
