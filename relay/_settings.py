@@ -148,10 +148,13 @@ class RelaySettings:
     # --workers N`` sets it for its workers; the kernel spreads new connections over them).
     reuse_port: bool = False
     # The relay's Redis command pool on one server: at most this many connections (one is
-    # the reader's, blocked in XREADGROUP); a command waits for a free one up to the
-    # socket timeout. A subscribe storm queues here instead of opening a connection per
-    # concurrent subscription (Sentinel and Cluster keep redis-py's own pools).
-    redis_connections: int = 16
+    # the reader's, blocked in XREADGROUP); a command waits for a free one (up to 10 s,
+    # relay._relay.REDIS_POOL_WAIT_S). A subscribe storm queues here instead of failing
+    # with redis-py's "Too many connections" past 100 (Sentinel and Cluster keep redis-py's
+    # own pools). Not smaller by default: while 1,000 subscriptions wait for 16
+    # connections the relay's RSS per idle connection came out ~3 KiB higher than with
+    # 64 (benchmarks.md, "Relay memory and the Redis pool").
+    redis_connections: int = 64
     # An SSE response sends a comment line this often, so proxies keep it open.
     sse_heartbeat_s: float = 15.0
     # The HTTP API's bounds (RPA_BUS_API_*).
