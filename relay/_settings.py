@@ -151,9 +151,8 @@ class RelaySettings:
     # the reader's, blocked in XREADGROUP); a command waits for a free one (up to 10 s,
     # relay._relay.REDIS_POOL_WAIT_S). A subscribe storm queues here instead of failing
     # with redis-py's "Too many connections" past 100 (Sentinel and Cluster keep redis-py's
-    # own pools). Not smaller by default: while 1,000 subscriptions wait for 16
-    # connections the relay's RSS per idle connection came out ~3 KiB higher than with
-    # 64 (benchmarks.md, "Relay memory and the Redis pool").
+    # own pools). The bound does not save memory measurably (benchmarks.md, "Relay
+    # memory and the Redis pool"): it is there so that a storm waits instead of failing.
     redis_connections: int = 64
     # An SSE response sends a comment line this often, so proxies keep it open.
     sse_heartbeat_s: float = 15.0
