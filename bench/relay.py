@@ -2,8 +2,8 @@
 
     python bench/relay.py            # full run (~2-3 minutes)
     python bench/relay.py --quick    # smaller counts, for a smoke run
-    python bench/relay.py --compare  # the relay on websockets vs on aiohttp, SSE, bare
-                                     # broadcasts and idle memory, in one run (~6 minutes)
+    python bench/relay.py --compare  # the relay (WebSocket and SSE) vs bare websockets and
+                                     # aiohttp broadcasts, and idle memory, in one run
 
 Runs, each in its own processes: a private Redis, the relay (`rpa-bus relay`), a client
 fleet (one asyncio process), a writer, and a bare websockets server for the raw baselines.
@@ -83,12 +83,11 @@ def tree_cpu_s(pid: int) -> float:
 
 
 def start_relay(
-    redis_url: str, port: int, workers: int = 1, server: str = "aiohttp", name: str = "bench"
+    redis_url: str, port: int, workers: int = 1, name: str = "bench"
 ) -> subprocess.Popen[bytes]:
     exe = shutil.which("rpa-bus") or str(Path(sys.prefix) / "bin" / "rpa-bus")
     env = {
         **os.environ,
-        "RPA_BUS_RELAY_SERVER": server,
         "RPA_BUS_REDIS_URL": redis_url,
         "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
         "RPA_BUS_RELAY_OPS_PER_S": "1000",
@@ -638,7 +637,7 @@ def main() -> None:
     parser.add_argument(
         "--compare",
         action="store_true",
-        help="the relay on websockets vs on aiohttp, SSE, and both bare broadcasts, one run",
+        help="the relay (WebSocket, SSE) vs both bare broadcasts, and idle memory, one run",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--compare: ceiling rounds")
     parser.add_argument(
@@ -784,10 +783,11 @@ def idle_phase(relay: Any, url: str, port: int, n: int) -> None:
 
 
 def compare(opts: Any) -> None:
-    """The relay on its two servers, in one run: latency p99 at 1,000 ev/s x 10 fan-out,
-    the WebSocket delivery ceiling to 1,000 clients (rounds alternate the servers and the
-    bare broadcasts so all see the same machine load; medians), the SSE ceiling, and RSS
-    per idle subscribed connection."""
+    """The relay against the bare servers, in one run: latency p99 at 1,000 ev/s x 10
+    fan-out, the WebSocket and SSE delivery ceilings to 1,000 clients beside bare websockets
+    and aiohttp broadcasts (rounds alternate the relay and the bare servers so all see the
+    same machine load; medians), and RSS per idle subscribed connection. (Until issue 13
+    this also ran the relay on the websockets server, since removed.)"""
     import statistics
 
     q = opts.quick
@@ -798,41 +798,42 @@ def compare(opts: Any) -> None:
     pad = "x" * 100
     nofile = raise_nofile()
     load = os.getloadavg()[0]
-    print(f"rpa-bus relay: websockets vs aiohttp ({'quick' if q else 'full'}); "
+    print(f"rpa-bus relay vs bare servers ({'quick' if q else 'full'}); "
           f"{os.cpu_count()} CPUs; RLIMIT_NOFILE {nofile}; load {load:.1f}")  # fmt: skip
     base = {"sessions": sessions, "per_session": per}
     rates: dict[str, list[float]] = {}
-    figures: dict[str, dict[str, float]] = {"websockets": {}, "aiohttp": {}}
-    latencies: dict[str, dict[str, list[float]]] = {}
+    figures: dict[str, dict[str, float]] = {"relay": {}}
+    latencies: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         redis = EmbeddedRedis(Path(tmp), persistent=False)
         redis.start()
         try:
             for round_ in range(opts.rounds):
-                order = ["websockets", "aiohttp"] if round_ % 2 == 0 else ["aiohttp", "websockets"]
-                for server in order:
+                order = ["relay", "bare"] if round_ % 2 == 0 else ["bare", "relay"]
+                for what in order:
+                    if what == "bare":
+                        for raw in ("raw websockets", "raw aiohttp"):
+                            rates.setdefault(raw, []).append(raw_ceiling(raw, base, n, pad))
+                        continue
                     port = free_port()
-                    relay = start_relay(redis.url, port, server=server, name=f"b-{server}")
+                    relay = start_relay(redis.url, port, name="b-relay")
                     try:
                         args = {**base, "url": f"ws://127.0.0.1:{port}/ws"}
-                        rates.setdefault(server, []).append(relay_ceiling(redis, args, n, pad))
-                        if server == "aiohttp":
-                            rate = relay_ceiling(redis, {**args, "sse": True}, n, pad)
-                            rates.setdefault("sse", []).append(rate)
+                        rates.setdefault("relay", []).append(relay_ceiling(redis, args, n, pad))
+                        rate = relay_ceiling(redis, {**args, "sse": True}, n, pad)
+                        rates.setdefault("sse", []).append(rate)
                         if round_ < opts.latency_rounds:
                             lat = relay_latency(redis, relay, args, lat_seconds, pad)
                             for k, v in lat.items():
-                                latencies.setdefault(server, {}).setdefault(k, []).append(v)
+                                latencies.setdefault(k, []).append(v)
                     finally:
                         stop(relay)
                     if round_ == 0:  # on a fresh relay: no memory freed by earlier phases
-                        relay = start_relay(redis.url, port, server=server, name=f"i-{server}")
+                        relay = start_relay(redis.url, port, name="i-relay")
                         try:
-                            figures[server]["idle_kib"] = idle_kib(relay, port, idle_n)
+                            figures["relay"]["idle_kib"] = idle_kib(relay, port, idle_n)
                         finally:
                             stop(relay)
-                for raw in ("raw websockets", "raw aiohttp"):
-                    rates.setdefault(raw, []).append(raw_ceiling(raw, base, n, pad))
                 print(f"   round {round_ + 1}: " + ", ".join(
                     f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))  # fmt: skip
         finally:
@@ -847,32 +848,28 @@ def compare(opts: Any) -> None:
             finally:
                 stop(proc)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    for server, lat_lists in latencies.items():
-        figures[server].update({k: statistics.median(v) for k, v in lat_lists.items()})
-    print(f"\nWebSocket delivery ceiling, {n:,} events x {per} clients ({sessions * per} "
+    figures["relay"].update({k: statistics.median(v) for k, v in latencies.items()})
+    print(f"\nDelivery ceiling, {n:,} events x {per} clients ({sessions * per} "
           f"clients), medians of {opts.rounds} rounds:")  # fmt: skip
     for k, v in med.items():
         print(f"   {k:16} {v:>9,.0f} deliveries/s")
-    print(f"   aiohttp relay / websockets relay {med['aiohttp'] / med['websockets']:.2f}x; "
-          f"aiohttp relay / bare aiohttp broadcast {med['aiohttp'] / med['raw aiohttp']:.0%}; "
-          f"websockets relay / bare websockets broadcast "
-          f"{med['websockets'] / med['raw websockets']:.0%}; "
-          f"SSE / WebSocket (aiohttp relay) {med['sse'] / med['aiohttp']:.0%}")  # fmt: skip
+    print(f"   relay / bare aiohttp broadcast {med['relay'] / med['raw aiohttp']:.0%}; "
+          f"relay / bare websockets broadcast {med['relay'] / med['raw websockets']:.0%}; "
+          f"SSE / WebSocket {med['sse'] / med['relay']:.0%}")  # fmt: skip
 
     def per_round(a: str, b: str) -> str:
         ratios = sorted(x / y for x, y in zip(rates[a], rates[b], strict=True))
         return f"median {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
 
-    print(f"   per-round ratios: aiohttp / websockets relay {per_round('aiohttp', 'websockets')}; "
-          f"aiohttp relay / bare aiohttp {per_round('aiohttp', 'raw aiohttp')}; "
-          f"SSE / WebSocket {per_round('sse', 'aiohttp')}")  # fmt: skip
+    print(f"   per-round ratios: relay / bare aiohttp {per_round('relay', 'raw aiohttp')}; "
+          f"SSE / WebSocket {per_round('sse', 'relay')}")  # fmt: skip
     lat_n = min(opts.latency_rounds, opts.rounds)
     print(f"\nLatency at 1,000 ev/s x {per} fan-out ({sessions * per} clients; medians of "
-          f"{lat_n} x {lat_seconds:.0f} s per server), and RSS per idle subscribed connection "
+          f"{lat_n} x {lat_seconds:.0f} s), and RSS per idle subscribed connection "
           f"({idle_n:,} connections):")  # fmt: skip
-    for server, lat_lists in latencies.items():
-        print(f"   {server:10} p99 of each latency round: "
-              + ", ".join(f"{v:.1f}" for v in lat_lists["p99"]) + " ms")  # fmt: skip
+    if latencies:
+        print("   relay p99 of each latency round: "
+              + ", ".join(f"{v:.1f}" for v in latencies["p99"]) + " ms")  # fmt: skip
     for server, f in figures.items():
         if "p50" not in f:
             print(f"   {server:16} idle {f['idle_kib']:.1f} KiB/connection")

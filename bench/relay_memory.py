@@ -2,12 +2,17 @@
 
     python bench/relay_memory.py                 # RSS per idle subscribed connection, 3 rounds
     python bench/relay_memory.py --trace         # and tracemalloc's per-site diff (relay only)
-    python bench/relay_memory.py --servers aiohttp "bare aiohttp" --rounds 5 -n 1000
+    python bench/relay_memory.py --servers relay "bare aiohttp" --rounds 5 -n 1000
+    python bench/relay_memory.py --marginal      # and the slope from n to 2n connections
 
-Loopback only. Each round starts a fresh server process (the relay on aiohttp, the relay
-on websockets, and the bare servers of ``bench/relay.py --compare``), opens 50 connections
-as warm-up, then ``n`` connections each subscribed to one of 100 quiet streams (as a
-dashboard is), and reads the server's RSS before and while they are held. With
+Loopback only. Each round starts a fresh server process (the relay, and the bare servers
+of ``bench/relay.py --compare``), opens 50 connections as warm-up, then ``n`` connections
+each subscribed to one of 100 quiet streams (as a dashboard is), and reads the server's
+RSS before and while they are held: (held - before) / n is the figure "RSS per idle
+subscribed connection" (issue 13's target). With ``--marginal`` a second ``n`` are opened
+while the first are held: (RSS at 2n - RSS at n) / n is the cost of one more connection,
+without the one-off costs the first figure carries (the Redis pool grown by the subscribe
+storm, the 100 tails, allocator arenas). With
 ``--trace`` the relay runs under tracemalloc (25 frames) and prints the allocations held
 per connection, grouped by the line that made them (the relay's own code and aiohttp's):
 tracemalloc's own cost makes that run's RSS meaningless, so it is not reported.
@@ -60,13 +65,11 @@ BASE: str | None = None  # --base: a checkout of the code to compare with
 
 
 def start(kind: str, redis_url: str, port: int, trace_path: str | None) -> Any:
-    if kind.endswith(" (base)"):
+    if kind == "relay (base)":
         assert BASE is not None
-        server = kind.split()[0]
         env = {
             **os.environ,
             "PYTHONPATH": BASE,
-            "RPA_BUS_RELAY_SERVER": server,
             "RPA_BUS_REDIS_URL": redis_url,
             "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
             "RPA_BUS_RELAY_OPS_PER_S": "1000",
@@ -76,17 +79,18 @@ def start(kind: str, redis_url: str, port: int, trace_path: str | None) -> Any:
             TRACED_RELAY if trace_path is not None else "import sys" + TRACED_RELAY[len(TRACING) :]
         )
         args = [str(port)] if trace_path is None else [str(port), trace_path]
+        # cwd=BASE: ``python -c`` puts the working directory first on sys.path, before
+        # PYTHONPATH, so run from a checkout it would import that checkout's code instead.
         proc = subprocess.Popen(
-            [sys.executable, "-c", script, *args], env=env, stdout=subprocess.DEVNULL
+            [sys.executable, "-c", script, *args], env=env, stdout=subprocess.DEVNULL, cwd=BASE
         )
-    elif kind in ("aiohttp", "websockets"):
+    elif kind == "relay":
         if trace_path is None:
-            return bench.start_relay(redis_url, port, server=kind, name=f"m-{kind}")
+            return bench.start_relay(redis_url, port, name="m-relay")
         env = {
             **os.environ,
             "RPA_BUS_RELAY_OPS_PER_S": "1000",
             "RPA_BUS_RELAY_OPS_BURST": "1000",
-            "RPA_BUS_RELAY_SERVER": kind,
             "RPA_BUS_REDIS_URL": redis_url,
             "RPA_BUS_RELAY_MAX_CONNECTIONS_PER_IP": "0",
         }
@@ -125,7 +129,9 @@ def snapshot(proc: Any, path: str) -> Any:
     return tracemalloc.Snapshot.load(path)
 
 
-def measure(kind: str, redis_url: str, n: int, trace: str | None) -> float:
+def measure(kind: str, redis_url: str, n: int, trace: str | None) -> tuple[float, float | None]:
+    """(RSS per idle subscribed connection at ``n``, and with ``MARGINAL`` the slope from
+    ``n`` to ``2n``), in KiB."""
     port = free_port()
     proc = start(kind, redis_url, port, trace)
     url = f"ws://127.0.0.1:{port}/ws"
@@ -137,11 +143,18 @@ def measure(kind: str, redis_url: str, n: int, trace: str | None) -> float:
             snaps["before"] = snapshot(proc, trace)
         held: dict[str, int] = {}
 
+        def more(go: Any) -> None:
+            held["rss2"] = bench.rss_kib(proc.pid)
+
         def during(go: Any) -> None:
             held["rss"] = bench.rss_kib(proc.pid)
             held["redis"] = redis_clients(redis_url)
             if trace:
                 snaps["held"] = snapshot(proc, trace)
+            if MARGINAL:
+                res2 = bench.run_fleet("idle", {"url": url, "n": n, "timeout_s": 120}, during=more)
+                if res2["held"] != n:
+                    print(f"   ({res2['held']} of the second {n} idle connections answered)")
 
         res = bench.run_fleet("idle", {"url": url, "n": n, "timeout_s": 120}, during=during)
         if VERBOSE:
@@ -150,12 +163,14 @@ def measure(kind: str, redis_url: str, n: int, trace: str | None) -> float:
             print(f"   ({res['held']} of {n} idle connections answered)")
         if trace:
             report(snaps["before"], snaps["held"], n)
-        return (held["rss"] - before) / n
+        slope = (held["rss2"] - held["rss"]) / n if MARGINAL else None
+        return (held["rss"] - before) / n, slope
     finally:
         bench.stop(proc)
 
 
 VERBOSE = False
+MARGINAL = False
 
 
 def redis_clients(url: str) -> int:
@@ -185,22 +200,27 @@ def report(before: Any, held: Any, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--servers", nargs="+", default=["aiohttp", "websockets", "bare aiohttp"])
+    parser.add_argument("--servers", nargs="+", default=["relay", "bare aiohttp"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-n", type=int, default=1000, help="idle connections per measurement")
     parser.add_argument("--trace", action="store_true", help="tracemalloc diff, one round")
     parser.add_argument("-v", "--verbose", action="store_true", help="Redis clients held")
     parser.add_argument(
-        "--base", help='a checkout (git archive) of other code: servers "aiohttp (base)" etc.'
+        "--marginal", action="store_true", help="also the slope from n to 2n connections"
+    )
+    parser.add_argument(
+        "--base", help='a checkout (git archive) of other code: server "relay (base)"'
     )
     opts = parser.parse_args()
-    global BASE, VERBOSE
+    global BASE, VERBOSE, MARGINAL
     BASE = opts.base
     VERBOSE = opts.verbose
+    MARGINAL = opts.marginal
     bench.raise_nofile()
     print(f"idle subscribed connections: {opts.n:,} per measurement; load "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     results: dict[str, list[float]] = {}
+    slopes: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         redis = EmbeddedRedis(Path(tmp), persistent=False)
         redis.start()
@@ -213,14 +233,23 @@ def main() -> None:
             for round_ in range(opts.rounds):
                 order = opts.servers if round_ % 2 == 0 else opts.servers[::-1]
                 for kind in order:
-                    results.setdefault(kind, []).append(measure(kind, redis.url, opts.n, None))
+                    per_conn, slope = measure(kind, redis.url, opts.n, None)
+                    results.setdefault(kind, []).append(per_conn)
+                    if slope is not None:
+                        slopes.setdefault(kind, []).append(slope)
                 print(f"   round {round_ + 1}: " + ", ".join(
-                    f"{k} {v[-1]:.1f}" for k, v in results.items()) + " KiB")  # fmt: skip
+                    f"{k} {v[-1]:.1f}" for k, v in results.items()) + " KiB" + (
+                    "; marginal " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in slopes.items())
+                    if slopes else ""))  # fmt: skip
         finally:
             redis.kill()
     for kind, values in results.items():
         print(f"   {kind:16} median {statistics.median(values):.1f} KiB per idle subscribed "
               f"connection (min {min(values):.1f}, max {max(values):.1f})")  # fmt: skip
+    for kind, values in slopes.items():
+        print(f"   {kind:16} median {statistics.median(values):.1f} KiB per connection from "
+              f"{opts.n:,} to {2 * opts.n:,} (marginal; min {min(values):.1f}, "
+              f"max {max(values):.1f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The relay service: a Hub, and a server (aiohttp by default) with its doors on one port."""
+"""The relay service: a Hub, and an aiohttp server with its doors on one port."""
 
 from __future__ import annotations
 
@@ -35,11 +35,13 @@ from rpa_bus.redisio import (
 )
 
 if TYPE_CHECKING:
-    from relay._legacy import WebsocketsServer
     from relay._server import AiohttpServer
 
 log = logging.getLogger(__name__)
 
+# How long a command may wait for a free connection of the bounded Redis pool
+# (RPA_BUS_RELAY_REDIS_CONNECTIONS) before it counts as an outage; see async_client.
+REDIS_POOL_WAIT_S: Final = 10.0
 # How often a relay with RPA_BUS_MIN_REPLICAS reads each master's replicas (/metrics).
 REPLICAS_PROBE_S: Final = 5.0
 
@@ -53,14 +55,21 @@ class Relay:
     accepting, closes every connection with ``code`` (1001 going away by default, 1012 for a
     restart) and stops tailing.
 
-    ``settings.server`` picks the server library: ``aiohttp`` (WebSocket, SSE, HTTP API) or
-    ``websockets`` (the first server: WebSocket and plain HTTP only).
+    The server is aiohttp's: WebSocket, SSE and the HTTP API on one port.
     """
 
     def __init__(self, settings: RelaySettings, *, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._own_client = client is None
-        self._client: AsyncClient = client if client is not None else async_client(settings.bus)
+        self._client: AsyncClient = (
+            client
+            if client is not None
+            else async_client(
+                settings.bus,
+                max_connections=settings.redis_connections,
+                wait_s=max(REDIS_POOL_WAIT_S, settings.bus.socket_timeout_s),
+            )
+        )
         if client is None and type(self._client) is aioredis.Redis:
             _quick_stream_replies(self._client)
         self.stats = Stats()
@@ -71,7 +80,7 @@ class Relay:
         self.archive: Archive | None = (
             Archive(settings.bus.archive_url) if settings.bus.archive_url else None
         )
-        self._server: AiohttpServer | WebsocketsServer | None = None
+        self._server: AiohttpServer | None = None
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._close_task: asyncio.Task[None] | None = None
         self._config_task: asyncio.Task[None] | None = None
@@ -113,20 +122,15 @@ class Relay:
             _http.RelayCollector(self.stats, s.name, hub, min_replicas=s.bus.min_replicas)
         )
         await hub.start()
-        if s.server == "websockets":
-            from relay._legacy import WebsocketsServer
+        from relay._server import AiohttpServer
 
-            self._server = WebsocketsServer(self)
-        else:
-            from relay._server import AiohttpServer
-
-            self._server = AiohttpServer(self)
+        self._server = AiohttpServer(self)
         await self._server.start()
         if s.bus.min_replicas > 0:
             self._replicas_task = asyncio.get_running_loop().create_task(
                 self._watch_replicas(), name="relay-replicas"
             )
-        log.info("relay %s serving ws://%s:%d/ws (%s)", s.name, s.host, self.port, s.server)
+        log.info("relay %s serving ws://%s:%d/ws", s.name, s.host, self.port)
 
     async def _check_config(self) -> None:
         """Agree with the deployment on the bucket count (``ConfigMismatch`` if not). If

@@ -9,7 +9,10 @@ from typing import Any
 
 from rpa_bus import ConfigError, EnvReader, Settings
 
-SERVERS = ("aiohttp", "websockets")
+# RPA_BUS_RELAY_SERVER chose the server library until issue 13 removed the websockets
+# server; aiohttp is the only one. The variable is still read so that a deployment that
+# asks for the removed server is told so at start instead of silently getting aiohttp.
+REMOVED_SERVER_SETTING = "SERVER"
 
 
 def is_loopback(host: str) -> bool:
@@ -154,9 +157,13 @@ class RelaySettings:
     # Bind with SO_REUSEPORT, so several processes share the port (``rpa-bus relay
     # --workers N`` sets it for its workers; the kernel spreads new connections over them).
     reuse_port: bool = False
-    # The server library: "aiohttp" (WebSocket, SSE and the HTTP API on one port) or
-    # "websockets" (the first server: WebSocket and plain HTTP only; kept for comparison).
-    server: str = "aiohttp"
+    # The relay's Redis command pool on one server: at most this many connections (one is
+    # the reader's, blocked in XREADGROUP); a command waits for a free one (up to 10 s,
+    # relay._relay.REDIS_POOL_WAIT_S). A subscribe storm queues here instead of failing
+    # with redis-py's "Too many connections" past 100 (Sentinel and Cluster keep redis-py's
+    # own pools). The bound does not save memory measurably (benchmarks.md, "Relay
+    # memory and the Redis pool"): it is there so that a storm waits instead of failing.
+    redis_connections: int = 64
     # An SSE response sends a comment line this often, so proxies keep it open.
     sse_heartbeat_s: float = 15.0
     # The HTTP API's bounds (RPA_BUS_API_*).
@@ -181,8 +188,8 @@ class RelaySettings:
             )
         if self.ops_per_s <= 0:
             raise ConfigError(f"ops_per_s must be > 0, got {self.ops_per_s}")
-        if self.server not in SERVERS:
-            raise ConfigError(f"server must be one of {', '.join(SERVERS)}, got {self.server!r}")
+        if self.redis_connections < 4:
+            raise ConfigError(f"redis_connections must be >= 4, got {self.redis_connections}")
         if self.sse_heartbeat_s <= 0:
             raise ConfigError(f"sse_heartbeat_s must be > 0, got {self.sse_heartbeat_s}")
         if self.page_size < 1 or self.read_count < 1 or self.replay_buffer < 1:
@@ -222,6 +229,7 @@ class RelaySettings:
         bus = overrides.pop("bus", None) or Settings.from_env(environ, **bus_overrides)
         api = overrides.pop("api", None) or ApiLimits.from_env(environ)
         env = EnvReader(environ, prefix="RPA_BUS_RELAY_")
+        _refuse_removed_server(env.raw(REMOVED_SERVER_SETTING))
         d = cls()
         values: dict[str, Any] = {
             "host": env.text("HOST", d.host),
@@ -250,7 +258,7 @@ class RelaySettings:
             "replay_buffer": env.integer("REPLAY_BUFFER", d.replay_buffer, lo=1),
             "compression": env.flag("COMPRESSION", d.compression),
             "reuse_port": env.flag("REUSE_PORT", d.reuse_port),
-            "server": env.text("SERVER", d.server),
+            "redis_connections": env.integer("REDIS_CONNECTIONS", d.redis_connections, lo=4),
             "sse_heartbeat_s": env.number("SSE_HEARTBEAT_S", d.sse_heartbeat_s, lo=0.01),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -258,6 +266,18 @@ class RelaySettings:
 
     def with_(self, **changes: Any) -> RelaySettings:
         return replace(self, **changes)
+
+
+def _refuse_removed_server(value: str | None) -> None:
+    """``RPA_BUS_RELAY_SERVER``: unset or ``aiohttp`` (the only server); anything else, the
+    removed ``websockets`` above all, is a ``ConfigError`` at start."""
+    if value is None or value.strip() in ("", "aiohttp"):
+        return
+    raise ConfigError(
+        f"RPA_BUS_RELAY_SERVER={value!r}: the relay's websockets server was removed (issue 13); "
+        "aiohttp is the only server (WebSocket, SSE and the HTTP API on one port). "
+        "Unset RPA_BUS_RELAY_SERVER"
+    )
 
 
 def _optional_seconds(env: EnvReader, name: str, default: float | None) -> float | None:

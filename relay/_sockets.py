@@ -1,10 +1,8 @@
-"""One WebSocket, whichever server library accepted it: what ``relay._connection`` needs.
+"""One WebSocket: what ``relay._connection`` needs of it (``Socket``).
 
-``AiohttpSocket`` adapts aiohttp's ``WebSocketResponse`` (the default server);
-``WebsocketsSocket`` adapts a websockets ``ServerConnection`` (``RPA_BUS_RELAY_SERVER=
-websockets``, kept while both are measured). Both write a frame synchronously when the
-transport's buffer is under the limit (no task switch, no coroutine: the fan-out's fast
-path) and otherwise leave it to the connection's bounded queue and writer.
+``AiohttpSocket`` adapts aiohttp's ``WebSocketResponse``. It writes a frame synchronously
+when the transport's buffer is under the limit (no task switch, no coroutine: the fan-out's
+fast path) and otherwise leaves it to the connection's bounded queue and writer.
 """
 
 from __future__ import annotations
@@ -12,15 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import urllib.parse
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from aiohttp.client_exceptions import ClientConnectionResetError
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from relay import _frames as F
 from relay._outbox import ClientGone
@@ -196,56 +190,3 @@ class AiohttpSocket:
                 await self.close(code, reason)
         except TimeoutError:
             self.abort()
-
-
-class WebsocketsSocket:
-    __slots__ = ("ip", "peer", "query", "ws")
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.ws = ws
-        request = ws.request
-        self.query = "" if request is None else urllib.parse.urlsplit(request.path).query
-        self.peer = _peer(ws.remote_address)
-        address = ws.remote_address
-        self.ip = str(address[0]) if isinstance(address, tuple) and address else "?"
-
-    async def open(self) -> None:
-        return  # websockets opened it before calling the handler
-
-    def write_now(self, frame: bytes, limit: int) -> bool:
-        """``broadcast`` (websockets' synchronous send) for ONE connection, and only below
-        the buffer limit, so it adds no unbounded buffering."""
-        ws = self.ws
-        if ws.state is not State.OPEN or ws.transport.get_write_buffer_size() >= limit:
-            return False
-        broadcast((ws,), frame, text=True)
-        return True
-
-    async def send(self, frame: bytes) -> None:
-        try:
-            await self.ws.send(frame, text=True)
-        except ConnectionClosed as exc:
-            raise ClientGone from exc
-
-    async def receive_raw(self) -> str | bytes | None:
-        try:
-            return await self.ws.recv()
-        except ConnectionClosed:
-            return None
-
-    def unwrap(self, raw: Any) -> str | bytes | None:
-        message: str | bytes | None = raw
-        return message
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
-
-    def abort(self) -> None:
-        self.ws.transport.abort()
-
-    def ended(self, conn: Any) -> None:
-        return
-
-    async def finish(self, failure: Exception | None) -> None:
-        if failure is not None:
-            raise failure  # websockets logs it and closes with 1011

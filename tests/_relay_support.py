@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -83,8 +82,6 @@ def relay_settings(redis_url: str, **changes: Any) -> RelaySettings:
         max_connections_per_ip=0,
         ops_per_s=1000.0,
         ops_burst=1000,
-        # RPA_BUS_RELAY_SERVER=websockets runs the relay tests on the old server.
-        server=os.environ.get("RPA_BUS_RELAY_SERVER", "aiohttp"),
     )
     return base.with_(**changes)
 

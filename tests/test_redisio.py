@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -23,6 +24,7 @@ from rpa_bus.redisio import (
     is_close_race,
     is_retryable,
 )
+from tests._wait import wait_for_async
 
 
 @pytest.mark.parametrize(
@@ -168,3 +170,39 @@ async def test_async_clients_get_the_asyncio_retry() -> None:
     assert isinstance(kwargs["retry"], AsyncRetry)
     relay.close()
     await relay.wait_closed()
+
+
+async def test_queued_pool_bounds_connections_and_gives_slots_back(redis_url: str) -> None:
+    """``async_client(max_connections=2)``: 50 concurrent commands share 2 connections; a
+    command that finds both held longer than ``wait_s`` fails as an outage; failed and
+    timed-out commands give their slots back (no leak: later commands still run; no extra
+    slot: still 2 connections)."""
+    client = async_client(Settings(redis_url=redis_url), max_connections=2, wait_s=0.2)
+    probe = aredis.Redis.from_url(redis_url)
+    try:
+
+        async def connections() -> int:
+            return int((await probe.info("clients"))["connected_clients"]) - 1
+
+        await asyncio.gather(*(client.incr("n") for _ in range(50)))
+        assert int(await client.get("n")) == 50
+        assert await connections() <= 2
+        # Both connections blocked for 1 s: a third command waits 0.2 s, then fails.
+        blocked = [asyncio.create_task(client.blpop(["empty"], timeout=1)) for _ in range(2)]
+        await wait_for_async(lambda: _blocked_clients(probe, 2), what="two BLPOPs blocked")
+        with pytest.raises(rx.ConnectionError, match="No connection available"):
+            await client.get("n")
+        assert await asyncio.gather(*blocked) == [None, None]
+        for _ in range(5):  # errors from Redis release their connection too
+            with pytest.raises(rx.ResponseError):
+                await client.lpush("n", "x")
+        await asyncio.gather(*(client.incr("n") for _ in range(50)))
+        assert int(await client.get("n")) == 100
+        assert await connections() <= 2
+    finally:
+        await probe.aclose()
+        await close_async(client)
+
+
+async def _blocked_clients(probe: aredis.Redis, n: int) -> bool:
+    return int((await probe.info("clients"))["blocked_clients"]) >= n

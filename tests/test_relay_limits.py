@@ -147,7 +147,49 @@ def test_settings_from_env() -> None:
         RelaySettings(block_ms=5000)
 
 
+def test_removed_websockets_server_is_refused() -> None:
+    """The websockets server was removed (issue 13): asking for it fails at start with a
+    message that says so, instead of silently serving aiohttp."""
+    with pytest.raises(ConfigError, match="websockets server was removed"):
+        RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "websockets"})
+    with pytest.raises(ConfigError, match="Unset RPA_BUS_RELAY_SERVER"):
+        RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "tornado"})
+    # The only server, named explicitly, is still accepted.
+    assert RelaySettings.from_env({"RPA_BUS_RELAY_SERVER": "aiohttp"}).port == RelaySettings().port
+
+
 # -- limits -------------------------------------------------------------------------------
+
+
+async def test_subscribe_storm_waits_for_the_bounded_redis_pool(redis_url: str) -> None:
+    """300 connections subscribing at once through a pool of 4 Redis connections: each
+    waits its turn (no "Too many connections", no ``unavailable``), every one goes live,
+    and the relay never holds more than 4 connections to Redis."""
+    import redis.asyncio as aioredis
+
+    r = Relay(relay_settings(redis_url, redis_connections=4))
+    await r.start()
+    probe = aioredis.Redis.from_url(redis_url)
+    try:
+        n = 300
+        urls = [f"{r.url}?stream=session:storm{i % 50}&from=$" for i in range(n)]
+        clients = await asyncio.gather(*(Client.open(u) for u in urls))
+        ends = await asyncio.gather(
+            *(c.until(lambda f: f["type"] in ("live", "error"), 20.0) for c in clients)
+        )
+        assert [f["type"] for f in ends] == ["live"] * n, [f for f in ends if f["type"] != "live"]
+        # The relay's connections plus this probe's one.
+        assert int((await probe.info("clients"))["connected_clients"]) <= 4 + 1
+        await asyncio.gather(*(c.close() for c in clients))
+    finally:
+        await probe.aclose()
+        await close_relay(r)
+
+
+def test_redis_connections_setting() -> None:
+    assert RelaySettings.from_env({"RPA_BUS_RELAY_REDIS_CONNECTIONS": "8"}).redis_connections == 8
+    with pytest.raises(ConfigError, match="redis_connections"):
+        RelaySettings(redis_connections=2)
 
 
 async def test_too_many_subscriptions(redis_url: str) -> None:
