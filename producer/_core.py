@@ -49,7 +49,6 @@ from producer._journal import (
 from rpa_bus import (
     JOB_NAME,
     LEVELS,
-    STATE_FIELDS,
     TERMINAL_TYPES,
     BusError,
     ConfigError,
@@ -64,12 +63,12 @@ from rpa_bus import (
     Unavailable,
     encode,
     eta_of,
+    last_fields,
     make,
     now_ts,
     parse_stream_name,
     percent_of,
     progress,
-    state_fields,
     validate,
     validate_session_id,
     validate_type,
@@ -111,34 +110,10 @@ def call_key(args: tuple[Any, ...]) -> str:
     return str(args[3])
 
 
-# state_fields() of any event type outside _RESETTING sets only these keys, plus
-# eta_runs when the event carries it (job is set by `started` alone, error by the
-# resetting types).
-_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error", "job", "eta_runs"}
-_RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
-
-
 def _fold(group: list[Item]) -> dict[str, str]:
-    """The meta fields a run of events leaves: for each field, the last event's value.
-
-    Walks backwards keeping the first value seen, and skips events that cannot add a
-    field any more (state_fields() is the costly part of building a batch).
-    """
-    state: dict[str, str] = {}
-    for item in reversed(group):
-        event = item.event
-        if (
-            event["type"] not in _RESETTING
-            and state.keys() >= _COMMON_KEYS
-            and ("eta_runs" in state or "eta_runs" not in event)
-        ):
-            continue
-        for key, value in state_fields(event).items():
-            if key not in state:
-                state[key] = value
-        if len(state) == len(STATE_FIELDS):
-            break
-    return state
+    """The meta fields a run of events leaves: for each field, the last event's value
+    (``rpa_bus._state.last_fields``, which the archive's fold uses too)."""
+    return last_fields([item.event for item in group])
 
 
 class Batch:

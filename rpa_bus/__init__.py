@@ -54,7 +54,7 @@ from rpa_bus._keys import (
     validate_session_id,
 )
 from rpa_bus._settings import DEFAULT_REDIS_URL, EnvReader, Settings, default_spool_dir
-from rpa_bus._state import STATE_FIELDS, state_fields, state_from_meta
+from rpa_bus._state import STATE_FIELDS, last_fields, state_fields, state_from_meta
 from rpa_bus._urls import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -98,6 +98,7 @@ __all__ = [
     "eta_from_pace",
     "eta_of",
     "is_terminal",
+    "last_fields",
     "make",
     "now_ts",
     "parse_offset",

@@ -63,11 +63,11 @@ from rpa_bus import (
     InvalidOffset,
     StepProfile,
     StreamId,
+    last_fields,
     parse_stream_name,
     state_from_meta,
 )
 from rpa_bus._envelope import Envelope
-from rpa_bus._state import last_fields
 from rpa_bus.archive._runs import (
     WINDOW_RUNS,
     FinishedRun,
