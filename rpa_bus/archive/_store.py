@@ -59,6 +59,7 @@ from rpa_bus import (
     JOB_NAME,
     BusError,
     ConfigError,
+    Envelope,
     InvalidInput,
     InvalidOffset,
     StepProfile,
@@ -67,7 +68,6 @@ from rpa_bus import (
     parse_stream_name,
     state_from_meta,
 )
-from rpa_bus._envelope import Envelope
 from rpa_bus.archive._runs import (
     WINDOW_RUNS,
     FinishedRun,
