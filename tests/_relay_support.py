@@ -7,12 +7,14 @@ depend on the producer library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -116,6 +118,25 @@ async def close_relay(r: Relay, timeout_s: float = 10.0) -> None:
         for task in asyncio.all_tasks():
             task.print_stack(file=stacks)
         pytest.fail(f"relay did not close in {timeout_s} s; tasks:\n{stacks.getvalue()}")
+
+
+@contextlib.asynccontextmanager
+async def relay_on(
+    redis_url: str, archive_url: str | None = None, **kw: Any
+) -> AsyncIterator[Relay]:
+    """A started relay (``relay_settings`` changed by ``kw``), reading ``archive_url``."""
+    base = relay_settings(redis_url, **kw)
+    r = Relay(base.with_(bus=base.bus.with_(archive_url=archive_url)))
+    await r.start()
+    try:
+        yield r
+    finally:
+        await close_relay(r)
+
+
+def http(r: Relay) -> httpx.AsyncClient:
+    """An HTTP client for ``r``'s port."""
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{r.port}", timeout=30 * UNIT_S)
 
 
 class Client:

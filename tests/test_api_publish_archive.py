@@ -7,7 +7,7 @@ archiver then does both. Real relay, real Redis, a real archiver on a SQLite fil
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,12 @@ import httpx
 import pytest
 import redis
 
-from relay import Relay
 from rpa_bus import Settings
-from tests._relay_support import close_relay, relay_settings
+from tests._relay_support import http, relay_on, relay_settings
 from tests._wait import wait_for_async
-from tests.conftest import UNIT_S
-from tests.test_archive import archived_ids, archiver_settings, running
+from tests.test_archive import archived_ids, archiver_settings, client, running
+
+__all__ = ["client"]
 
 pytestmark = pytest.mark.slow
 
@@ -37,24 +37,11 @@ def bus(redis_url: str, tmp_path: Path) -> Settings:
 @contextlib.asynccontextmanager
 async def api(b: Settings) -> AsyncIterator[httpx.AsyncClient]:
     base = relay_settings(b.redis_url)
-    r = Relay(base.with_(bus=base.bus.with_(maxlen=MAXLEN, retention_s=RETENTION_S)))
-    await r.start()
-    try:
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{r.port}", timeout=30 * UNIT_S
-        ) as client:
-            yield client
-    finally:
-        await close_relay(r)
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        yield c
-    finally:
-        c.close()
+    async with (
+        relay_on(b.redis_url, bus=base.bus.with_(maxlen=MAXLEN, retention_s=RETENTION_S)) as r,
+        http(r) as client,
+    ):
+        yield client
 
 
 async def run_over_http(http: httpx.AsyncClient, sid: str, steps: int = 200) -> list[str]:

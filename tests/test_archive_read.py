@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from httpx_sse import aconnect_sse
@@ -26,7 +25,7 @@ from relay import Relay
 from rpa_bus import Settings, now_ts
 from rpa_bus.archive import Record, open_store
 from tests._postgres import LocalPostgres
-from tests._relay_support import KEYS, Client, Writer, close_relay, relay_settings, writer
+from tests._relay_support import KEYS, Client, Writer, http, relay_on, relay_settings, writer
 from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from tests.test_archive import running
@@ -61,21 +60,6 @@ async def archiving(b: Settings, url: str, **kw: Any) -> AsyncIterator[Archiver]
     )
     async with running(settings) as archiver:
         yield archiver
-
-
-@contextlib.asynccontextmanager
-async def relay_on(redis_url: str, archive_url: str | None, **kw: Any) -> AsyncIterator[Relay]:
-    base = relay_settings(redis_url, **kw)
-    r = Relay(base.with_(bus=base.bus.with_(archive_url=archive_url)))
-    await r.start()
-    try:
-        yield r
-    finally:
-        await close_relay(r)
-
-
-def http(r: Relay) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{r.port}", timeout=30 * UNIT_S)
 
 
 async def ws_replay(

@@ -7,48 +7,30 @@ the OpenAPI description the relay serves."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 from websockets.exceptions import InvalidStatus
 
-from relay import Relay
 from relay._api import ApiLimits
 from relay._openapi import openapi_spec
 from relay._sse import decode_positions
 from tests._postgres import LocalPostgres
-from tests._relay_support import Client, Writer, close_relay, relay_settings, writer
+from tests._relay_support import Client, Writer, http, relay_on, writer
 from tests._wait import wait_for_async
 from tests.conftest import UNIT_S
 from tests.test_archive_read import put_archive
+from tests.test_relay_sse import is_event
 
 __all__ = ["writer"]
 
 SPEC = openapi_spec(ApiLimits())
 S = "session:sse-lim"
-
-
-@contextlib.asynccontextmanager
-async def relay_with(redis_url: str, **kw: Any) -> AsyncIterator[Relay]:
-    archive_url = kw.pop("archive_url", None)
-    base = relay_settings(redis_url, **kw)
-    r = Relay(base.with_(bus=base.bus.with_(archive_url=archive_url)))
-    await r.start()
-    try:
-        yield r
-    finally:
-        await close_relay(r)
-
-
-def http(r: Relay) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{r.port}", timeout=30 * UNIT_S)
 
 
 async def read_until(
@@ -62,16 +44,6 @@ async def read_until(
         seen.append(sse)
         if pred(sse):
             return sse
-
-
-def is_event(entry_id: str, stream: str = S) -> Any:
-    def pred(sse: ServerSentEvent) -> bool:
-        if sse.event != "event":
-            return False
-        frame = orjson.loads(sse.data)
-        return bool(frame["stream"] == stream and frame["id"] == entry_id)
-
-    return pred
 
 
 def ids_of(seen: list[ServerSentEvent], stream: str = S) -> list[str]:
@@ -99,9 +71,9 @@ async def test_resuming_from_an_id_trimmed_away_sends_gap_then_the_rest(
     retained one), then every retained event, once, in order; its next id resumes cleanly."""
     ids = [await writer.add(S, message=f"m{i}") for i in range(10)]
     seen: list[ServerSentEvent] = []
-    async with relay_with(redis_url) as r, http(r) as client:
+    async with relay_on(redis_url) as r, http(r) as client:
         async with aconnect_sse(client, "GET", "/v1/sse", params={"stream": S, "from": "0"}) as src:
-            await read_until(src.aiter_sse(), seen, is_event(ids[-1]))
+            await read_until(src.aiter_sse(), seen, is_event(S, ids[-1]))
         last_id = seen[-1].id
         assert decode_positions(last_id)[S][0] == ids[-1]
         ids += [await writer.add(S, message=f"m{i}") for i in range(10, 40)]
@@ -113,10 +85,10 @@ async def test_resuming_from_an_id_trimmed_away_sends_gap_then_the_rest(
         async with aconnect_sse(client, "GET", "/v1/sse", params={"stream": S},
                                 headers=headers) as src:  # fmt: skip
             events = src.aiter_sse()
-            await read_until(events, again, is_event(kept[-1]))
+            await read_until(events, again, is_event(S, kept[-1]))
             await read_until(events, again, lambda s: s.event == "live")
             more = await writer.add(S, message="after")
-            await read_until(events, again, is_event(more))
+            await read_until(events, again, is_event(S, more))
         gaps = [orjson.loads(s.data) for s in again if s.event == "gap"]
         assert gaps == [{"type": "gap", "stream": S, "from": ids[9], "first": kept[0]}]
         kinds = [s.event for s in again]
@@ -131,13 +103,13 @@ async def test_resuming_from_an_id_trimmed_away_sends_gap_then_the_rest(
         newest = await writer.add(S, message="newest")
         async with aconnect_sse(client, "GET", "/v1/sse", params={"stream": S},
                                 headers={"Last-Event-ID": final}) as src:  # fmt: skip
-            await read_until(src.aiter_sse(), third, is_event(newest))
+            await read_until(src.aiter_sse(), third, is_event(S, newest))
         assert ids_of(third) == [newest]
         assert "gap" not in [s.event for s in third]
 
 
 async def test_too_many_stream_params_is_too_many_subscriptions(redis_url: str) -> None:
-    async with relay_with(redis_url, max_subscriptions=2) as r, http(r) as client:
+    async with relay_on(redis_url, max_subscriptions=2) as r, http(r) as client:
         three = [("stream", f"session:t{i}") for i in range(3)]
         reply = await client.get("/v1/sse", params=three)
         assert reply.status_code == 400
@@ -165,7 +137,7 @@ async def test_too_many_stream_params_is_too_many_subscriptions(redis_url: str) 
 async def test_per_ip_connection_limit_answers_429_over_sse_shared_with_websockets(
     redis_url: str,
 ) -> None:
-    async with relay_with(redis_url, max_connections_per_ip=2) as r, http(r) as client:
+    async with relay_on(redis_url, max_connections_per_ip=2) as r, http(r) as client:
         params = {"stream": S}
         async with aconnect_sse(client, "GET", "/v1/sse", params=params) as first:
             assert first.response.status_code == 200
@@ -208,7 +180,7 @@ async def test_store_down_during_an_sse_replay_says_unavailable_then_completes(
     await put_archive(postgres_url, stream, epoch, ids[:1_500])
     seen: list[ServerSentEvent] = []
     try:
-        async with relay_with(redis_url, archive_url=postgres_url) as r, http(r) as client:
+        async with relay_on(redis_url, postgres_url) as r, http(r) as client:
             postgres_server.stop()
             params = {"stream": stream, "from": "0"}
             async with aconnect_sse(client, "GET", "/v1/sse", params=params) as src:
@@ -220,10 +192,10 @@ async def test_store_down_during_an_sse_replay_says_unavailable_then_completes(
                 assert "archive" in frame["message"]
                 assert ids_of(seen, stream) == []  # nothing skipped to
                 postgres_server.start()
-                await read_until(events, seen, is_event(ids[-1], stream), timeout_s=60)
+                await read_until(events, seen, is_event(stream, ids[-1]), timeout_s=60)
                 await read_until(events, seen, lambda s: s.event == "live")
                 later = await writer.add(stream, message="live")
-                await read_until(events, seen, is_event(later, stream))
+                await read_until(events, seen, is_event(stream, later))
             got = ids_of(seen, stream)
             assert len(got) == len(set(got)) == 2_001
             assert got == [*ids, later]
