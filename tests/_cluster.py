@@ -37,6 +37,9 @@ from rpa_bus import Keys
 from rpa_bus.cli._embedded import ServerNotFound, find_server_binary, port_open
 
 _KEYS = Keys()
+# Sentinel's failover-timeout for the test group: a forced failover not done by then is
+# abandoned, and Sentinel starts another only after twice this.
+FAILOVER_TIMEOUT_S = 4.0
 
 
 def find_cli_binary(server: Path) -> Path:
@@ -304,7 +307,7 @@ class LocalSentinel:
                 f"dir {d}\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 2\n"
                 f"sentinel down-after-milliseconds {self.service} {down_after_ms}\n"
-                f"sentinel failover-timeout {self.service} 4000\n"
+                f"sentinel failover-timeout {self.service} {int(FAILOVER_TIMEOUT_S * 1000)}\n"
                 f"sentinel parallel-syncs {self.service} 1\n"
                 f"sentinel myid {ids[port]}\n"
                 f"sentinel known-replica {self.service} 127.0.0.1 {self.replica_port}\n"
@@ -375,6 +378,27 @@ class LocalSentinel:
     def failover(self) -> None:
         with self.sentinel_client() as s:
             s.execute_command("SENTINEL", "FAILOVER", self.service)
+
+    def fail_over(self, old: int, timeout_s: float) -> int:
+        """Force a failover away from master ``old`` and wait until Sentinel names another;
+        its port. A forced failover that Sentinel starts and then abandons (the replica not
+        promoted within failover-timeout, on a busy machine) is asked for again once
+        Sentinel allows it (after twice failover-timeout); AssertionError past
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        asked = 0.0
+        while True:
+            if time.monotonic() - asked > 2 * FAILOVER_TIMEOUT_S:
+                asked = time.monotonic()
+                # INPROG (one is under way) or NOGOODSLAVE (the replica's link is down for
+                # the moment): wait and ask again.
+                with contextlib.suppress(redis.ResponseError):
+                    self.failover()
+            new = self.current_master()
+            if new != old:
+                return new
+            assert time.monotonic() < deadline, "Sentinel did not fail over"
+            time.sleep(0.05)
 
     def close(self) -> None:
         for proc in [*self.sentinels.values(), *self.data.values()]:
