@@ -75,23 +75,27 @@ def state_fields(event: Envelope) -> dict[str, str]:
     return out
 
 
-# state_fields() of any event type outside _RESETTING sets only these keys, plus
-# eta_runs when the event carries it (job is set by `started` alone, error by the
-# resetting types).
-_COMMON_KEYS: Final = frozenset(STATE_FIELDS) - {"error", "job", "eta_runs"}
+# state_fields() of an event type outside _RESETTING sets only "updated", "status" (for
+# the types in STATUS_BY_TYPE) and those of these keys the event carries (job is set by
+# `started` alone, error by the resetting types).
+_CARRIED: Final = frozenset({"step", "total", "percent", "eta_s", "eta_runs", "message"})
 _RESETTING: Final = frozenset({"started", "finished", "failed", "error"})
 
 
 def last_fields(events: Sequence[Envelope]) -> dict[str, str]:
     """What ``state_fields`` of ``events``, applied in order, leave: for each field the
     last event's value. Walks backwards keeping the first value seen, and skips the events
-    that cannot add a field any more (``state_fields`` is the costly part)."""
+    that cannot add a missing field (``state_fields`` is the costly part): a run of log
+    lines, say, once the newest has given ``updated`` and ``message``."""
     state: dict[str, str] = {}
+    wanted = _CARRIED  # of the keys events carry, those not in ``state`` yet
     for event in reversed(events):
+        kind = event["type"]
         if (
-            event["type"] not in _RESETTING
-            and state.keys() >= _COMMON_KEYS
-            and ("eta_runs" in state or "eta_runs" not in event)
+            kind not in _RESETTING
+            and state
+            and ("status" in state or kind not in STATUS_BY_TYPE)
+            and wanted.isdisjoint(event)
         ):
             continue
         for key, value in state_fields(event).items():
@@ -99,6 +103,7 @@ def last_fields(events: Sequence[Envelope]) -> dict[str, str]:
                 state[key] = value
         if len(state) == len(STATE_FIELDS):
             break
+        wanted = _CARRIED.difference(state)
     return state
 
 

@@ -15,8 +15,16 @@ from hypothesis import strategies as st
 from rpa_bus import state_fields, state_from_meta
 from rpa_bus._state import last_fields
 from rpa_bus.archive import Record
-from rpa_bus.archive._runs import FinishedRun, dump_acc, load_acc
-from rpa_bus.archive._store import ArchivedSession, _as_strings, _split_id, fold_session_runs
+from rpa_bus.archive._runs import MAX_RUN_STEPS, FinishedRun, dump_acc, load_acc, profile_of
+from rpa_bus.archive._store import (
+    TEXTS_MAX,
+    ArchivedSession,
+    _as_strings,
+    _split_id,
+    fold_session_runs,
+    fold_session_texts,
+    session_texts,
+)
 
 TYPES = [
     "started", "progress", "step", "log", "result", "error", "finished", "failed", "estimates",
@@ -218,3 +226,75 @@ def test_last_fields_matches_forward_application(evts: list[dict[str, Any]]) -> 
     for e in valid:
         expected.update(state_fields(e))  # type: ignore[arg-type]
     assert last_fields(valid) == expected  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.data())
+def test_texts_in_the_fold_match_session_texts(rows: list[Record], data: st.DataObject) -> None:
+    # The texts collected in the fold's one decode equal the second decode's
+    # (``session_texts``), from nothing, from a stored text (now and then a full one),
+    # and on a replayed tail.
+    cut = data.draw(st.integers(0, len(rows)))
+    back = data.draw(st.integers(0, cut))
+    head, tail = rows[:cut], rows[cut - back :]
+    stored = data.draw(st.sampled_from([None, "", "older\nmessage", "x" * (TEXTS_MAX - 1)]))
+    state, run, texts, ended = fold_session_texts("f", None, None, stored, head)
+    assert (state, run, ended) == fold_session_runs("f", None, None, head)
+    assert texts == (session_texts(stored, None, head) if state is not None else None)
+    got = fold_session_texts("f", state, run, texts, tail)
+    assert (got[0], got[1], got[3]) == fold_session_runs("f", state, run, tail)
+    assert got[2] == (session_texts(texts, state, tail) if got[0] is not None else None)
+
+
+def _rows(events: list[dict[str, Any]], ms0: int = 1_000, every_ms: int = 10) -> list[Record]:
+    return [
+        Record("session:long", "e1", f"{ms0 + i * every_ms}-0", orjson.dumps(e))
+        for i, e in enumerate(events)
+    ]
+
+
+def test_a_long_run_keeps_the_accumulator_bounded() -> None:
+    # 10,000 progress steps (an LLM stream, a long job), folded in batches of 500 as the
+    # archiver does: the accumulator stays small, the run's duration is still recorded
+    # and its steps are the first MAX_RUN_STEPS.
+    n = 10_000
+    evts: list[dict[str, Any]] = [{"type": "started", "ts": "a", "job": "long"}]
+    evts += [{"type": "progress", "ts": "b", "step": i, "total": n} for i in range(1, n + 1)]
+    evts.append({"type": "finished", "ts": "c"})
+    rows = _rows(evts)
+    state, run, ended = None, None, []
+    sizes = []
+    for i in range(0, len(rows), 500):
+        state, run, done = fold_session_runs("long", state, run, rows[i : i + 500])
+        ended += done
+        sizes.append(len(run or ""))
+    assert max(sizes) < 8_000  # ~15 bytes a step kept; unbounded it reached ~170 KB
+    assert run is None  # the run ended
+    (finished,) = ended
+    assert finished.duration_s == round((n + 1) * 10 / 1000, 3)
+    assert sorted(map(int, finished.steps)) == list(range(1, MAX_RUN_STEPS + 1))
+    assert all(entry["s"] == 0.01 for entry in finished.steps.values())
+    # The learned profile covers the steps kept; a run longer than that gets no learned
+    # estimate (the producer then falls back to its pace), a run within it does.
+    profile = profile_of([finished.steps_json()])
+    assert set(profile.typical_s) == set(range(1, MAX_RUN_STEPS + 1))
+    assert profile.eta(done={1: 0.01}, current=None, in_current_s=0.0, total=n) is None
+    short = profile.eta(done={1: 0.01}, current=None, in_current_s=0.0, total=MAX_RUN_STEPS)
+    assert short is not None
+    assert math.isclose(short.eta_s, (MAX_RUN_STEPS - 1) * 0.01)
+
+
+def test_a_long_run_of_step_events_keeps_the_first_steps() -> None:
+    n = MAX_RUN_STEPS + 50
+    evts: list[dict[str, Any]] = [{"type": "started", "ts": "a"}]
+    for i in range(1, n + 1):
+        evts.append({"type": "step", "ts": "b", "step": i, "phase": "start", "message": f"s{i}"})
+        evts.append({"type": "step", "ts": "b", "step": i, "phase": "end", "duration_s": 0.5})
+    evts.append({"type": "failed", "ts": "c", "error": "boom"})
+    _, run, ended = fold_session_runs("long", None, None, _rows(evts))
+    assert run is None
+    (failed,) = ended
+    assert failed.status == "failed"
+    assert failed.duration_s == round((2 * n + 1) * 10 / 1000, 3)
+    assert sorted(map(int, failed.steps)) == list(range(1, MAX_RUN_STEPS + 1))
+    assert failed.steps[str(MAX_RUN_STEPS)] == {"s": 0.5, "a": 1, "n": f"s{MAX_RUN_STEPS}"}

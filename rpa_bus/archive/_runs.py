@@ -10,6 +10,13 @@ A step's duration is the sum of its attempts' ``duration_s`` (the ``step`` ends)
 that reports ``progress`` only gets, for step N, the time from the previous mark (its
 start or the previous new step) to ``progress(N)`` by the stream ids' clock: what the
 producer measures for its own ETA, so learned and observed durations compare.
+
+A run keeps the durations of its first ``MAX_RUN_STEPS`` steps only (the first to report):
+the accumulator is read and written again for every stored batch of the session, so it
+must not grow with the run's length (an LLM stream or a long job reporting thousands of
+steps). The run's own duration is kept whatever its length; its profile covers the steps
+kept, and a producer's learned ETA for a run longer than that falls back to the pace
+(``StepProfile.eta`` lacks the remaining steps).
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from rpa_bus import StepProfile
 
 # How many of a job's newest successful runs its durations and profile rest on.
 WINDOW_RUNS = 50
+
+# How many steps of a run the accumulator (and the run's stored steps) keep: a job view's
+# step profile and learned ETA are for jobs of tens of steps; past this a run's steps are
+# not recorded one by one, its duration still is.
+MAX_RUN_STEPS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +88,7 @@ def fold_run(
             if isinstance(step, int):
                 progress = acc["progress"]
                 key = str(step)
-                if key not in progress:
+                if key not in progress and len(progress) < MAX_RUN_STEPS:
                     ms = _ms_of(entry_id)
                     progress[key] = {"s": round(max(0, ms - acc["mark"]) / 1000, 3)}
                     acc["mark"] = ms
@@ -100,7 +112,14 @@ def fold_run(
         acc["job"] = job
     step = event.get("step")
     if kind == "step" and isinstance(step, int):
-        entry = acc["steps"].setdefault(str(step), {"s": 0.0, "a": 0})
+        steps = acc["steps"]
+        entry = steps.get(str(step))
+        if entry is None:
+            if len(steps) >= MAX_RUN_STEPS:  # past the bound: not recorded
+                if event.get("phase") != "start":
+                    acc["mark"] = ms
+                return acc, None
+            entry = steps[str(step)] = {"s": 0.0, "a": 0}
         name = event.get("message")
         if event.get("phase") == "start":
             if isinstance(name, str):
@@ -114,9 +133,6 @@ def fold_run(
             if isinstance(event.get("outcome"), str):
                 entry["o"] = event["outcome"]
             acc["mark"] = ms
-    elif kind == "progress" and isinstance(step, int) and str(step) not in acc["progress"]:
-        acc["progress"][str(step)] = {"s": round(max(0, ms - acc["mark"]) / 1000, 3)}
-        acc["mark"] = ms
     if kind in ("finished", "failed"):
         steps = acc["steps"] or acc["progress"]
         run = FinishedRun(

@@ -372,12 +372,29 @@ def fold_session_runs(
     from the valid events since the last new epoch by ``last_fields`` (backwards, only
     the events that can still set a field): what applying ``state_fields`` of each in
     order leaves."""
+    state, acc, _, ended = fold_session_texts(sid, current, run, None, rows, with_texts=False)
+    return state, acc, ended
+
+
+def fold_session_texts(
+    sid: str,
+    current: ArchivedSession | None,
+    run: str | None,
+    stored_texts: str | None,
+    rows: Sequence[Row],
+    *,
+    with_texts: bool = True,
+) -> tuple[ArchivedSession | None, str | None, str | None, list[FinishedRun]]:
+    """``fold_session_runs`` and, with ``with_texts``, the session's ``texts`` after
+    ``rows`` from its stored ``stored_texts`` (what ``session_texts`` gives) in the same
+    pass: each row decoded once for both. Returns (state, accumulator, texts, ended runs);
+    state is None when no row is new, texts then too (and always without ``with_texts``)."""
     last = _split_id(current.last) if current is not None and current.last else (-1, -1)
     # Rows come in id order: when the first is past ``last``, all are.
     if rows and _split_id(rows[0].id) <= last:
         rows = [row for row in rows if _split_id(row.id) > last]
     if not rows:
-        return None, run, []
+        return None, run, None, []
     fields = _as_strings(current)
     epoch = current.epoch if current is not None else ""
     started = current.started if current is not None else None
@@ -385,18 +402,31 @@ def fold_session_runs(
     acc = load_acc(run)
     ended: list[FinishedRun] = []
     events: list[Envelope] = []  # the valid events since the last new epoch
+    before = stored_texts or ""
+    found: list[str] = []  # message and error texts since ``before`` (or the new epoch)
+    collect = with_texts and len(before) < TEXTS_MAX - 1  # full: nothing more to add
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for row in rows:
         if row.epoch and row.epoch != epoch:  # the stream was recreated: a new history
             epoch, first, started, fields, acc = row.epoch, row.id, None, {}, None
             events = []
+            before, found, collect = "", [], with_texts
         if first is None:
             first = row.id
         try:
             event = loads(row.data)
         except decode_error:
             continue
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        if type(event) is not dict:
+            continue
+        if collect:  # as ``_event_texts``: any object's message and error
+            message = event.get("message")
+            if type(message) is str and message:
+                found.append(message)
+            error = event.get("error")
+            if type(error) is str and error:
+                found.append(error)
+        if not isinstance(event.get("type"), str):
             continue
         acc, done = fold_run(sid, acc, row.id, event)
         if done is not None:
@@ -429,7 +459,7 @@ def fold_session_runs(
         job=typed.get("job"),
         eta_runs=typed.get("eta_runs"),
     )
-    return state, dump_acc(acc), ended
+    return state, dump_acc(acc), _add_texts(before, found) if with_texts else None, ended
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,9 +524,9 @@ class _Texts:
 def session_texts(texts: str | None, current: ArchivedSession | None, rows: Sequence[Row]) -> str:
     """The session's ``texts`` after ``rows`` (its own stream's entries, id order), from
     its stored ``texts`` and state before them (``current``): as in ``fold_session``, only
-    rows past ``current.last`` count and a new epoch starts afresh. Called where the
-    session's row is written, beside the fold (one more decode of entries that carry a
-    message or an error; see docs/benchmarks.md)."""
+    rows past ``current.last`` count and a new epoch starts afresh. The archiver gets the
+    same from ``fold_session_texts`` in the fold's one decode of each row; this one
+    decodes the rows again (the reference the fold is tested against, and the bench's)."""
     last = _split_id(current.last) if current is not None and current.last else (-1, -1)
     epoch = current.epoch if current is not None else ""
     before = texts or ""
@@ -510,6 +540,11 @@ def session_texts(texts: str | None, current: ArchivedSession | None, rows: Sequ
         if row.epoch and row.epoch != epoch:
             epoch, before, new = row.epoch, "", []
         _event_texts(row.data, new)
+    return _add_texts(before, new)
+
+
+def _add_texts(before: str, new: list[str]) -> str:
+    """``before`` (a ``texts`` value) with the texts of ``new`` it lacks, in order."""
     if not new:
         return before
     acc = _Texts(before)
@@ -1006,9 +1041,10 @@ class SqliteStore(Store):
                 f"SELECT {_SESSION_COLUMNS}, run, texts FROM sessions WHERE session = ?", (sid,)
             ).fetchone()
             current = _session_row(found[:-2]) if found else None
-            state, run, ended = fold_session_runs(sid, current, found[-2] if found else None, rows)
+            state, run, texts, ended = fold_session_texts(
+                sid, current, found[-2] if found else None, found[-1] if found else None, rows
+            )
             if state is not None:
-                texts = session_texts(found[-1] if found else None, current, rows)
                 conn.execute(
                     f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}, run, texts) "
                     f"VALUES ({_marks('?', _N_SESSION + 2)})",
@@ -1326,9 +1362,10 @@ def _fold_all(
             sid = stream[8:]
             row = found.get(sid)
             current = _session_row(row[:-2]) if row else None
-            state, run, done = fold_session_runs(sid, current, row[-2] if row else None, rows)
+            state, run, texts, done = fold_session_texts(
+                sid, current, row[-2] if row else None, row[-1] if row else None, rows
+            )
             if state is not None:
-                texts = session_texts(row[-1] if row else None, current, rows)
                 states.append((*astuple_session(state), run, texts))
             ended.extend(_run_row(r) for r in done)
         elif stream == "sessions":
