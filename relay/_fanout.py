@@ -21,7 +21,7 @@ from relay._frames import Id, event_frame, parse_id
 from relay._servers import Servers
 from relay._stats import Stats
 from relay._subscription import Subscription
-from rpa_bus.redisio import REDIS_FAILURES, AsyncClient, Backoff, is_retryable
+from rpa_bus.redisio import GUARDED_FAILURES, AsyncClient, Backoff, is_retryable
 
 if TYPE_CHECKING:
     from relay._hub import Tail
@@ -117,7 +117,7 @@ class Acker:
             pending, self._acks = self._acks, {}
             try:
                 await self.ack(pending, self._client)
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
                 if not is_retryable(exc):
                     raise
                 for key, ids in pending.items():  # they stay pending in Redis meanwhile
@@ -164,6 +164,6 @@ class Waker:
         if reader.client_id is not None:
             try:
                 await self._servers.pinned(reader.addr).client_unblock(reader.client_id)
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
                 if not is_retryable(exc):
                     raise

@@ -17,7 +17,7 @@ from relay._servers import Servers
 from relay._stats import Stats
 from relay._subscription import Mode, Subscription
 from rpa_bus import Keys
-from rpa_bus.redisio import REDIS_FAILURES, Backoff, is_retryable
+from rpa_bus.redisio import GUARDED_FAILURES, Backoff, is_retryable
 
 if TYPE_CHECKING:
     from relay._hub import Tail
@@ -116,7 +116,7 @@ class Outages:
         while True:
             try:
                 result = await call()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
                 if not is_retryable(exc):
                     raise
                 if slot is None:

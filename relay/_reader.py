@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from relay._servers import Servers
-from rpa_bus.redisio import REDIS_FAILURES, Address, AsyncClient, Backoff, is_retryable
+from rpa_bus.redisio import GUARDED_FAILURES, Address, AsyncClient, Backoff, is_retryable
 
 if TYPE_CHECKING:
     from relay._hub import Tail
@@ -179,7 +179,7 @@ class Reader:
                     recovering = False
                 hub.reader_up(self)
                 backoff.reset()
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
                 if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     repair = True
                     continue
@@ -280,7 +280,7 @@ class Reader:
             return
         try:
             await self.servers.pinned(stale_addr).client_kill_filter(_id=str(stale_id))
-        except REDIS_FAILURES as exc:
+        except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
             if not is_retryable(exc) and isinstance(exc, ResponseError):
                 if "no such client" not in str(exc).lower():
                     log.debug("CLIENT KILL refused (%s); waiting out the old read instead", exc)

@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from rpa_bus.redisio import (
-    REDIS_FAILURES,
+    GUARDED_FAILURES,
     Address,
     AsyncClient,
     NodeClient,
@@ -58,7 +58,7 @@ class Servers:
             if self.cluster is None:
                 return bool(await self._cmd.ping())
             await self.fresh_map()
-        except REDIS_FAILURES as exc:
+        except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
             if not is_retryable(exc):
                 raise
             return False
@@ -66,7 +66,7 @@ class Servers:
             try:
                 if await self.cluster.ping(target_nodes=node):
                     return True
-            except REDIS_FAILURES as exc:
+            except GUARDED_FAILURES as exc:  # is_retryable decides (redis-py #4287)
                 if not is_retryable(exc):
                     raise
                 continue
