@@ -149,7 +149,7 @@ class Front(asyncio.Protocol):
         protocol = ServerProtocol(max_size=s.max_frame_bytes)
         protocol.receive_data(self._buffer)
         events = protocol.events_received()
-        request = events[0] if events else None
+        request = events[0] if len(events) == 1 else None
         if not isinstance(request, Request) or protocol.reader.buffer:
             self._hand_over()  # unparsable, or bytes past the head: aiohttp decides
             return
