@@ -162,6 +162,8 @@ class Front(asyncio.Protocol):
         reply = relay.guard(headers.get_all("Host"), headers.get_all("Origin"))
         if reply is None:
             reply = relay.admit(ip, headers.get("Origin"), headers.get("Host"))
+        if reply is None and server.closing:
+            reply = _http.text(503, "relay shutting down\n")
         if reply is not None:
             self._refuse(reply)
             return

@@ -75,6 +75,7 @@ class AiohttpServer:
         self.relay = relay
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        self.closing = False  # close() began: relay._lite refuses new WebSockets (503)
         self._port = 0
         self._closed = asyncio.Event()
         self.connections: set[Connection] = set()
@@ -178,6 +179,7 @@ class AiohttpServer:
 
     async def close(self, code: int, reason: str) -> None:
         """Stop accepting, close every WebSocket with ``code``, end every SSE response."""
+        self.closing = True
         try:
             if self._listener is not None:
                 self._listener.close()  # stops listening; open connections go on
