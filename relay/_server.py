@@ -1,5 +1,9 @@
 """The relay on aiohttp: WebSocket, SSE, the HTTP API and plain HTTP on one port.
 
+The listening sockets run ``relay._lite.Front``: a connection whose first request is a
+``/ws`` upgrade (compression off) is served by the light WebSocket door there; every other
+connection is handed to this module's aiohttp application.
+
 ``/ws`` (the WebSocket protocol), ``/v1/sse`` (Server-Sent Events), the HTTP API under
 ``/v1/`` (``relay._api``, when present), ``/healthz``, ``/metrics`` and the dashboard's
 static files. One middleware applies what every request gets: duplicate ``Host`` or
