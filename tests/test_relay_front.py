@@ -269,3 +269,17 @@ async def test_a_client_gone_mid_stream_frees_its_connection(relay: Relay, write
     await writer.add_many(S, 50)
     await wait_for_async(lambda: relay.stats.connections == 0, what="the connection's end")
     assert relay.stats.subscriptions == 0
+
+
+async def test_no_light_websocket_opens_once_closing(relay: Relay) -> None:
+    server = relay._server
+    assert server is not None
+    server.closing = True  # as AiohttpServer.close sets it first
+    try:
+        with pytest.raises(Exception, match="503"):
+            await Client.open(relay.url)
+        assert relay.stats.connections == 0
+    finally:
+        server.closing = False
+    c = await Client.open(relay.url)
+    await c.close()
