@@ -1,10 +1,11 @@
 """The WebSocket door: one client's ops (subscribe, unsubscribe, auth, ping) over a socket.
 
 Frames go through the client's bounded outbox (``relay._outbox``); grants and
-subscriptions are the door's (``relay._door``). The socket is either server library's
-(``relay._sockets``). A client that takes nothing for ``stall_timeout_s`` is closed with
-1013 (try again later) and resumes from its last id; one that floods ops or leaves control
-frames unread is closed with 1008; a bug closes its connection with 1011.
+subscriptions are the door's (``relay._door``). The socket is aiohttp's
+(``relay._sockets``) or the light door's (``relay._lite``). A client that takes nothing
+for ``stall_timeout_s`` is closed with 1013 (try again later) and resumes from its last
+id; one that floods ops or leaves control frames unread is closed with 1008; a bug closes
+its connection with 1011.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 import urllib.parse
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 
@@ -302,6 +303,20 @@ class Relay:
             return True
         name = _hostname(host)
         return name is not None and (is_loopback(name) or name in self._origin_hosts)
+
+    def guard(self, hosts: Sequence[str], origins: Sequence[str]) -> _http.Reply | None:
+        """None if a request with these ``Host`` and ``Origin`` headers may be served, else
+        the refusal: two of either (which one would a check trust?) or a foreign Host in
+        loopback mode (``host_ok``). Every request gets it, whichever door serves it."""
+        for name, values in (("Host", hosts), ("Origin", origins)):
+            if len(values) > 1:
+                self.stats.refused_connections += 1
+                return _http.text(400, f"duplicate {name} header\n")
+        host = hosts[0] if hosts else None
+        if not self.host_ok(host):
+            self.stats.refused_connections += 1
+            return _http.text(403, f"host {host!r} not allowed\n")
+        return None
 
     def admit(self, ip: str, origin: str | None, host: str | None) -> _http.Reply | None:
         """None if a long-lived connection from ``ip`` may open, else the refusal."""

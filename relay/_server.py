@@ -1,5 +1,9 @@
 """The relay on aiohttp: WebSocket, SSE, the HTTP API and plain HTTP on one port.
 
+The listening sockets run ``relay._lite.Front``: a connection whose first request is a
+``/ws`` upgrade (compression off) is served by the light WebSocket door there; every other
+connection is handed to this module's aiohttp application.
+
 ``/ws`` (the WebSocket protocol), ``/v1/sse`` (Server-Sent Events), the HTTP API under
 ``/v1/`` (``relay._api``, when present), ``/healthz``, ``/metrics`` and the dashboard's
 static files. One middleware applies what every request gets: duplicate ``Host`` or
@@ -24,6 +28,7 @@ from relay import _frames as F
 from relay import _http
 from relay._api import ApiContext, add_routes
 from relay._connection import Connection
+from relay._lite import Front
 from relay._sockets import AiohttpSocket
 
 if TYPE_CHECKING:
@@ -73,7 +78,8 @@ class AiohttpServer:
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: asyncio.Server | None = None
+        self.closing = False  # close() began: relay._lite refuses new WebSockets (503)
         self._port = 0
         self._closed = asyncio.Event()
         self.connections: set[Connection] = set()
@@ -134,13 +140,21 @@ class AiohttpServer:
         await self._runner.setup()
         assert self._runner.server is not None
         self._watch_disconnects(self._runner.server)
-        self._site = web.TCPSite(
-            self._runner, s.host, s.port, backlog=1024, reuse_port=s.reuse_port or None
+        # The listening sockets run relay._lite's front protocol: /ws upgrades on the light
+        # door, everything else handed to aiohttp's server (``runner.server``).
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: Front(self),
+            s.host,
+            s.port,
+            backlog=1024,
+            reuse_port=s.reuse_port or None,
         )
-        await self._site.start()
-        server = self._site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = int(server.sockets[0].getsockname()[1])
+        self._port = int(self._listener.sockets[0].getsockname()[1])
+
+    @property
+    def runner(self) -> web.AppRunner | None:
+        return self._runner
 
     def _watch_disconnects(self, server: web.Server) -> None:
         """End an SSE response as soon as its client's connection is lost.
@@ -169,9 +183,10 @@ class AiohttpServer:
 
     async def close(self, code: int, reason: str) -> None:
         """Stop accepting, close every WebSocket with ``code``, end every SSE response."""
+        self.closing = True
         try:
-            if self._site is not None:
-                await self._site.stop()  # stops listening; open connections go on
+            if self._listener is not None:
+                self._listener.close()  # stops listening; open connections go on
             for conn in list(self.connections):
                 conn.close_soon(code, reason)
             for door in list(self.sse):
@@ -198,17 +213,11 @@ class AiohttpServer:
     def _guard(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         """Not a coroutine: a request outside ``/v1/`` that passes the checks gets its
         handler's own coroutine, so a WebSocket held for hours keeps no frame of this."""
-        relay = self.relay
         headers = request.headers
-        for name in ("Host", "Origin"):
-            if len(headers.getall(name, ())) > 1:
-                # Two Hosts or two Origins: which one would a check trust? Neither.
-                relay.stats.refused_connections += 1
-                return _answer(reply_response(_http.text(400, f"duplicate {name} header\n")))
+        refusal = self.relay.guard(headers.getall("Host", ()), headers.getall("Origin", ()))
+        if refusal is not None:
+            return _answer(reply_response(refusal))
         host = headers.get("Host")
-        if not relay.host_ok(host):
-            relay.stats.refused_connections += 1
-            return _answer(reply_response(_http.text(403, f"host {host!r} not allowed\n")))
         if request.path.startswith("/v1/"):
             return self._guard_api(request, handler, host)
         exc = request.match_info.http_exception

@@ -66,10 +66,21 @@ class Socket(Protocol):
         library wants from its handler; ``failure`` is a bug of this connection."""
 
 
-def _peer(address: object) -> str:
+def peer_name(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return "?"
+
+
+def frame_text(frame: bytes) -> bytes:
+    """``frame`` as a server's WebSocket text frame (RFC 6455: FIN + text opcode, the
+    length, no mask)."""
+    size = len(frame)
+    if size < 126:
+        return _HEAD_7(0x81, size) + frame
+    if size < 65536:
+        return _HEAD_16(0x81, 126, size) + frame
+    return _HEAD_64(0x81, 127, size) + frame
 
 
 class AiohttpSocket:
@@ -111,7 +122,7 @@ class AiohttpSocket:
     @property
     def peer(self) -> str:
         transport = self._transport
-        return _peer(transport.get_extra_info("peername") if transport is not None else None)
+        return peer_name(transport.get_extra_info("peername") if transport is not None else None)
 
     async def open(self) -> None:
         request, self._request = self._request, None
@@ -138,13 +149,7 @@ class AiohttpSocket:
         transport = self._transport
         if transport is None or transport.is_closing() or buffered(transport) >= limit:
             return False
-        size = len(frame)
-        if size < 126:
-            write(transport, _HEAD_7(0x81, size) + frame)
-        elif size < 65536:
-            write(transport, _HEAD_16(0x81, 126, size) + frame)
-        else:
-            write(transport, _HEAD_64(0x81, 127, size) + frame)
+        write(transport, frame_text(frame))
         return True
 
     async def send(self, frame: bytes) -> None:
