@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay._server")
 
-# The first request head: at most this many bytes and seconds before a decision.
+# The first request head: at most this many bytes and seconds before a decision. 60 s as
+# nginx's client_header_timeout default: a socket a browser opened ahead of need (a
+# preconnect) may stay quiet for a while before its request.
 HEAD_BYTES = 64 * 1024
-HEAD_TIMEOUT_S = 10.0
+HEAD_TIMEOUT_S = 60.0
 
 # A client's ops read but not yet handled: past this many, stop reading its socket.
 _INBOX_PAUSE = 16
