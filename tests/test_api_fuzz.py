@@ -26,7 +26,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from relay import Relay
+from relay import Relay, RelaySettings
 from relay._api import ApiLimits
 from relay._openapi import openapi_spec
 from rpa_bus import now_ts
@@ -48,21 +48,20 @@ CHECKS = [
 ]
 
 
-class _Served:
-    """The API on its own event loop in a thread, until ``stop()``."""
+class Served:
+    """A relay with ``settings`` on its own event loop in a thread, until ``stop()``."""
 
-    def __init__(self, redis_url: str, archive_url: str | None = None) -> None:
-        self._redis_url = redis_url
-        self._archive_url = archive_url
+    def __init__(self, settings: RelaySettings) -> None:
+        self._settings = settings
         self._ready = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
-        self.base: str | None = None
+        self.base = ""
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="api-fuzz-server", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="api-fuzz-relay", daemon=True)
         self._thread.start()
-        if not self._ready.wait(10 * UNIT_S) or self.base is None:
-            raise RuntimeError(f"API server did not start: {self._error!r}")
+        if not self._ready.wait(10 * UNIT_S) or not self.base:
+            raise RuntimeError(f"relay did not start: {self._error!r}")
 
     def _run(self) -> None:
         self._loop.run_until_complete(self._main())
@@ -71,10 +70,7 @@ class _Served:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            settings = relay_settings(self._redis_url)
-            if self._archive_url is not None:
-                settings = settings.with_(bus=settings.bus.with_(archive_url=self._archive_url))
-            async with Relay(settings) as relay:
+            async with Relay(self._settings) as relay:
                 self.base = f"http://127.0.0.1:{relay.port}"
                 self._ready.set()
                 await self._stop.wait()
@@ -84,16 +80,15 @@ class _Served:
             raise
 
     def stop(self) -> None:
-        stop = self._stop
-        if stop is not None:
-            self._loop.call_soon_threadsafe(stop.set)
-        self._thread.join(10 * UNIT_S)
-        assert not self._thread.is_alive(), "API server thread did not stop"
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15 * UNIT_S)
+        assert not self._thread.is_alive(), "relay thread did not stop"
 
 
 @pytest.fixture
 def base_url(redis_url: str) -> Iterator[str]:
-    served = _Served(redis_url)
+    served = Served(relay_settings(redis_url))
     try:
         assert served.base is not None
         yield served.base
@@ -121,7 +116,8 @@ def archived_base_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
     """A relay with a SQLite archive holding finished and failed runs of a job."""
     url = f"sqlite://{tmp_path / 'archive.db'}"
     asyncio.run(_archive_runs(url))
-    served = _Served(redis_url, url)
+    base = relay_settings(redis_url)
+    served = Served(base.with_(bus=base.bus.with_(archive_url=url)))
     try:
         assert served.base is not None
         yield served.base

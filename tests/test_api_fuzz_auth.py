@@ -10,7 +10,6 @@ Real relays (their aiohttp server and middleware) in a thread each, a private Re
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -26,54 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
-from relay import Relay, RelaySettings, mint_token
+from relay import mint_token
 from rpa_bus import now_ts
 from rpa_bus.archive import Record, open_store
 from tests._relay_support import relay_settings
 from tests.conftest import UNIT_S
-from tests.test_api_fuzz import CHECKS, negative_data_rejection, schema
+from tests.test_api_fuzz import CHECKS, Served, negative_data_rejection, schema
 
 SECRET = "fuzz-secret-that-is-long-enough-for-hs256!"
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
                 database=None)  # fmt: skip
-
-
-class Served:
-    """A relay with ``settings`` on its own event loop in a thread, until ``stop()``."""
-
-    def __init__(self, settings: RelaySettings) -> None:
-        self._settings = settings
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self.base = ""
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="api-fuzz-relay", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10 * UNIT_S) or not self.base:
-            raise RuntimeError(f"relay did not start: {self._error!r}")
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        try:
-            async with Relay(self._settings) as relay:
-                self.base = f"http://127.0.0.1:{relay.port}"
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            raise
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15 * UNIT_S)
-        assert not self._thread.is_alive(), "relay thread did not stop"
 
 
 @pytest.fixture
