@@ -33,7 +33,7 @@ from relay import _frames as F
 from relay import _http
 from relay._connection import Connection
 from relay._outbox import ClientGone
-from relay._sockets import frame_text, peer_name
+from relay._sockets import bounded_close, frame_text, peer_name
 from relay._writes import buffered, write
 
 if TYPE_CHECKING:
@@ -462,16 +462,9 @@ class LiteSocket(asyncio.Protocol):
     async def finish(self, failure: Exception | None) -> None:
         if failure is not None:
             log.error("connection handler failed", exc_info=failure)
-            await self._bounded_close(F.CLOSE_INTERNAL, "internal error")
+            await bounded_close(self, F.CLOSE_INTERNAL, "internal error", self._close_timeout_s)
         if self._transport is not None:
-            await self._bounded_close(1000, "")
-
-    async def _bounded_close(self, code: int, reason: str) -> None:
-        try:
-            async with asyncio.timeout(self._close_timeout_s):
-                await self.close(code, reason)
-        except TimeoutError:
-            self.abort()
+            await bounded_close(self, 1000, "", self._close_timeout_s)
 
 
 def _task_done(task: asyncio.Task[Any]) -> None:

@@ -66,6 +66,15 @@ class Socket(Protocol):
         library wants from its handler; ``failure`` is a bug of this connection."""
 
 
+async def bounded_close(socket: Socket, code: int, reason: str, timeout_s: float) -> None:
+    """The closing handshake, at most ``timeout_s``; past it the TCP connection is dropped."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await socket.close(code, reason)
+    except TimeoutError:
+        socket.abort()
+
+
 def peer_name(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
@@ -184,14 +193,7 @@ class AiohttpSocket:
     async def finish(self, failure: Exception | None) -> web.WebSocketResponse:
         if failure is not None:
             log.error("connection handler failed", exc_info=failure)
-            await self._bounded_close(F.CLOSE_INTERNAL, "internal error")
+            await bounded_close(self, F.CLOSE_INTERNAL, "internal error", self._close_timeout_s)
         if not self.ws.closed:
-            await self._bounded_close(1000, "")
+            await bounded_close(self, 1000, "", self._close_timeout_s)
         return self.ws
-
-    async def _bounded_close(self, code: int, reason: str) -> None:
-        try:
-            async with asyncio.timeout(self._close_timeout_s):
-                await self.close(code, reason)
-        except TimeoutError:
-            self.abort()
