@@ -20,9 +20,12 @@ WebSocket clients (another process; default 1,000, 0 for none), as the issue's t
 ("with a relay serving 1,000 clients"): ``--per`` (default 2) follow each session being
 written, the others sessions that stay idle. In 2 both sides run under the same load: the
 archiver's backlog is written, and delivered by the relay to its clients, before either
-side is timed; the sides then take turns in an order that changes every round, and the
-CPU the relay and its fleet used while each side was timed is printed. ``--compare`` adds
-the PostgreSQL archiver with group commit off (a transaction per stream) as a third side.
+side is timed, and each side waits for the relay and the fleet to be idle; the sides take
+turns going first, and the CPU the relay and its fleet used while each side was timed is
+printed. ``--compare`` adds the PostgreSQL archiver with group commit off (a transaction
+per stream) as a third side. ``--engines`` picks the stores of 2 and 3. The archivers run
+in this process, with the collector set as ``rpa-bus archiver`` sets it (``tune_gc``;
+``--gc-default`` keeps CPython's settings).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from rpa_bus import Settings, now_ts  # noqa: E402
 from rpa_bus.archive import PostgresStore, Record, Row, Store, open_store  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis, free_port  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
-from workers import Archiver, ArchiverSettings  # noqa: E402
+from workers import Archiver, ArchiverSettings, tune_gc  # noqa: E402
 
 PAYLOAD = {"plate": "ABC1D23", "insurer": "porto", "plans": [101, 202, 303]}
 BATCH = 500
@@ -128,6 +131,18 @@ class Fleet:
     def cpu_s(self) -> float:
         """CPU seconds the relay and the fleet used so far."""
         return cpu_s(self.relay.pid) + cpu_s(self.fleet.pid)
+
+    async def quiet(self, timeout_s: float = 30.0) -> None:
+        """Wait until the relay and the fleet use under 5% of a core (over 0.25 s): once
+        its clients got the backlog, the relay goes on working for up to a second, and
+        whichever side was timed first then shared the machine with it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            cpu0, t0 = self.cpu_s(), time.perf_counter()
+            await asyncio.sleep(0.25)
+            if (self.cpu_s() - cpu0) / (time.perf_counter() - t0) < 0.05:
+                return
+        print(f"      (relay and fleet still busy after {timeout_s:.0f} s)")
 
     async def settle(self, expected: int, timeout_s: float = 300.0) -> None:
         """Wait until the clients got ``expected`` events (or nothing came for 2 s): the
@@ -401,6 +416,9 @@ async def main() -> None:
     ap.add_argument("--compare", action="store_true",
                     help="2 also times the PostgreSQL archiver without group commit")  # fmt: skip
     ap.add_argument("--per", type=int, default=2, help="of which following each written session")
+    ap.add_argument("--engines", default="postgresql,sqlite", help="the stores 2 and 3 use")
+    ap.add_argument("--gc-default", action="store_true",
+                    help="keep CPython's collector settings, not the archiver's (tune_gc)")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -410,6 +428,10 @@ async def main() -> None:
     pg.start()
     redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
     redis_server.start()
+    # The archivers below run in this process: with the collector set as `rpa-bus
+    # archiver` sets its own (--gc-default: CPython's defaults, to compare).
+    if not args.gc_default:
+        tune_gc()
     try:
         parts = {int(p) for p in args.parts.split(",")}
         if 1 in parts:
@@ -461,7 +483,7 @@ async def throughput_part(
     print(f"2. archiver vs raw batched inserts of the same rows, {args.events} events "
           f"({args.sessions} sessions) already in Redis, a relay serving {args.clients} "
           "clients meanwhile")  # fmt: skip
-    for engine in ("postgresql", "sqlite"):
+    for engine in args.engines.split(","):
         sides = ["raw", "archiver"]
         if engine == "postgresql" and args.compare:
             sides.append("archiver, a transaction per stream")
@@ -498,8 +520,10 @@ async def throughput_part(
                     await fleet.settle(args.per * args.events)
                     took = time.perf_counter() - t_settle
                     print(f"      (round {r}: backlog delivered {took:.1f} s after written)")
-                order = sides[r % len(sides) :] + sides[: r % len(sides)]
-                for side in order if r % 2 == 0 else order[::-1]:
+                # Each side goes first in turn.
+                for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+                    if fleet is not None:
+                        await fleet.quiet()
                     cpu0, t0 = (fleet.cpu_s() if fleet else 0.0), time.perf_counter()
                     if side == "raw":
                         rate = await raw_store_rate(urls[side], rows)
@@ -534,7 +558,7 @@ async def lag_part(
 ) -> None:
     print(f"3. lag at {args.rate:.0f} events/s for {args.seconds:.0f} s (Redis id -> commit), "
           f"a relay serving {args.clients} clients meanwhile")  # fmt: skip
-    for engine in ("postgresql", "sqlite"):
+    for engine in args.engines.split(","):
         url = (f"sqlite://{tmp / 'lag.db'}" if engine == "sqlite"
                else await fresh_pg(pg, "lag"))  # fmt: skip
         settings = Settings(redis_url=redis_server.url, spool_dir=tmp / "spool",

@@ -27,6 +27,7 @@ from rpa_bus import Settings  # noqa: E402
 from rpa_bus.archive import PostgresStore, open_store  # noqa: E402
 from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
 from tests._postgres import LocalPostgres  # noqa: E402
+from workers import tune_gc  # noqa: E402
 
 EVENTS, SESSIONS = 50_000, 20
 
@@ -35,6 +36,8 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", default="postgresql,sqlite")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gc-default", action="store_true",
+                    help="keep CPython's collector settings, not the archiver's (tune_gc)")  # fmt: skip
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-cpu-"))
     pg = LocalPostgres(tmp / "pg")
@@ -42,6 +45,8 @@ async def main() -> None:
     pg.start()
     redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
     redis_server.start()
+    if not args.gc_default:
+        tune_gc()  # as `rpa-bus archiver` does
     try:
         for r in range(args.rounds):
             for engine in args.engines.split(","):

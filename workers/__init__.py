@@ -29,6 +29,7 @@ from workers._archive import (
     ArchiverSettings,
     ArchiverStats,
     ArchiveSink,
+    tune_gc,
 )
 from workers._deliver import Attempt, Deliverer, sign_headers
 from workers._endpoints import (
@@ -74,6 +75,7 @@ __all__ = [
     "replay",
     "resume",
     "sign_headers",
+    "tune_gc",
     "webhook_id",
     "write_endpoints",
 ]

@@ -99,7 +99,7 @@ def archiver(
     if ctx.invoked_subcommand is not None:
         return
     from rpa_bus.archive import ArchiveError
-    from workers import Archiver, ArchiverSettings
+    from workers import Archiver, ArchiverSettings, tune_gc
 
     configure_logging(verbose)
     try:
@@ -125,6 +125,7 @@ def archiver(
         except BaseException:
             await service.wait_closed()
             raise
+        tune_gc()  # this process is the archiver's alone
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, service.close)
