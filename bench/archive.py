@@ -418,7 +418,7 @@ async def main() -> None:
     ap.add_argument("--per", type=int, default=2, help="of which following each written session")
     ap.add_argument("--engines", default="postgresql,sqlite", help="the stores 2 and 3 use")
     ap.add_argument("--gc-default", action="store_true",
-                    help="keep CPython's collector settings, not the archiver's (tune_gc)")  # fmt: skip
+                    help="CPython's collector settings, not tune_gc's")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -37,7 +37,7 @@ async def main() -> None:
     ap.add_argument("--engines", default="postgresql,sqlite")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gc-default", action="store_true",
-                    help="keep CPython's collector settings, not the archiver's (tune_gc)")  # fmt: skip
+                    help="CPython's collector settings, not tune_gc's")  # fmt: skip
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-cpu-"))
     pg = LocalPostgres(tmp / "pg")

@@ -10,12 +10,13 @@ nothing twice.
 No trim before archive. At start-up the archiver sets ``archive=1`` in ``P:config`` (on a
 cluster first in every bucket's ``P:{B}:config`` and the index's copy, see ``_announce``);
 the append scripts read it on every call, so producers neither trim streams nor expire
-finished sessions from then on. The archiver does both after storing:
+finished sessions from then on. The archiver does both itself:
 
-- trim: a stream longer than ``maxlen`` loses its oldest entries, but only those before
-  the batch being stored (stored and acknowledged: per stream, batches come one at a
-  time and each is XACKed before the next), at most ``TRIM_CAP`` per batch. Redis keeps
-  the newest ``maxlen`` entries for live replay; an archiver that lags makes Redis grow.
+- trim: while a batch is stored, a stream longer than ``maxlen`` loses its oldest
+  entries, but only those before the batch (stored and acknowledged: per stream, batches
+  come one at a time and each is XACKed before the next), at most ``TRIM_CAP`` per
+  batch. Redis keeps the newest ``maxlen`` entries for live replay; an archiver that
+  lags makes Redis grow.
 - profile: when a run of a job ends (its terminal event stored), the job's learned step
   profile (``Store.profile``: step durations of its newest 50 successful runs) is written
   to ``P:job:JOB:profile`` (JSON, ``PROFILE_TTL_S``) for producers to read when a run of
@@ -208,6 +209,9 @@ class ArchiveSink:
         if not entries:
             return
         start = time.perf_counter()
+        # The trim deletes only entries before this batch, stored and acknowledged before
+        # it was read: it runs while the store commits, not after (off the critical path).
+        trim = asyncio.ensure_future(self._trim_before(entries[0]))
         self._stats.storing += 1
         try:
             new = await self._store.put(entries)
@@ -216,6 +220,10 @@ class ArchiveSink:
             if self._metrics is not None:
                 self._metrics.errors.inc()
             self._store_log.warning("archive store failed (%s); the batch is retried", exc)
+            await _abandon(trim)
+            raise
+        except BaseException:
+            await _abandon(trim)
             raise
         finally:
             self._stats.storing -= 1
@@ -226,19 +234,22 @@ class ArchiveSink:
         self._stats.replayed += len(entries) - new
         if self._metrics is not None:
             self._metrics.stored.inc(new)
+        await trim
         await self._after_store(entries)
 
-    async def _after_store(self, entries: Sequence[Entry]) -> None:
-        """Trim what is stored and acknowledged; expire a finished session. A Redis
-        failure here raises: the loop retries the batch (the store ignores the rows it
-        has) once Redis answers, and acknowledges it then."""
-        first = entries[0]
-        is_session = first.stream.startswith("session:")
-        maxlen = self._bus.maxlen if is_session else INDEX_MAXLEN
+    async def _trim_before(self, first: Entry) -> None:
+        """Trim the stream's oldest entries beyond its maxlen that come before ``first``
+        (at most ``TRIM_CAP``). A Redis failure raises: the loop retries the batch."""
+        maxlen = self._bus.maxlen if first.stream.startswith("session:") else INDEX_MAXLEN
         trimmed = await self._trim(keys=[first.key], args=[first.id, maxlen, TRIM_CAP])
         self._stats.trimmed += int(trimmed)
-        last = entries[-1]
-        if is_session and is_terminal(last.data):
+
+    async def _after_store(self, entries: Sequence[Entry]) -> None:
+        """Expire a finished session whose end is stored. A Redis failure here raises: the
+        loop retries the batch (the store ignores the rows it has) once Redis answers, and
+        acknowledges it then."""
+        first, last = entries[0], entries[-1]
+        if first.stream.startswith("session:") and is_terminal(last.data):
             meta = first.key + ":meta"
             ttl_ms = int(self._bus.retention_s * 1000)
             # Awaited before the +=: ``x += await f()`` reads x first, and a concurrent
@@ -418,6 +429,13 @@ class Archiver:
         if self._own_store and self._store is not None:
             await self._store.close()
             self._store = None
+
+
+async def _abandon(task: asyncio.Future[None]) -> None:
+    """Cancel ``task`` and wait for it; its own failure is dropped (the caller raises)."""
+    await cancel_and_wait([task])  # type: ignore[list-item]
+    if not task.cancelled():
+        task.exception()
 
 
 def tune_gc(young: int = GC_YOUNG) -> None:

@@ -264,6 +264,7 @@ class GroupStats:
     acked: int = 0  # entries acknowledged (XACK)
     claimed: int = 0  # pending entries taken on when a stream was added
     retried: int = 0  # batches given to the sink again after it raised
+    ack_failures: int = 0  # XACK flushes that failed (their ids are sent with the next)
     ahead: int = 0  # rounds read while the sink stored the one before (read_ahead)
     owned: int = 0  # units (buckets, index, monitor hosts) leased now
     releasing: int = 0  # of those, units another member wants (given up when idle)
@@ -304,6 +305,10 @@ class _Stream:
     slot: int | None = None  # its hash slot on a cluster (its reader's); None otherwise
 
 
+# One stream's part of a read: its stream, the entries for the sink, all ids to XACK.
+_Batch = tuple[_Stream, list[Entry], list[bytes]]
+
+
 class _Reader:
     """One blocking XREADGROUP loop over a set of streams: on one server (``slot=None``)
     all of them, on a cluster those of one hash slot, on a connection to its master."""
@@ -314,7 +319,7 @@ class _Reader:
         self.unacked: dict[str, list[bytes]] = {}  # acknowledged by the next flush
         self.unacked_units: list[_Unit] = []  # one per batch in ``unacked`` (busy counts)
         self.ending: dict[str, _Stream] = {}  # streams whose session just ended
-        self.ahead: Any = None  # a round read while the sink stored the one before
+        self.ahead: list[_Batch] | None = None  # a round read while the sink stored one
         self.gen = 0  # bumped when ``streams`` changes
         self.reading_gen = -1  # the generation the blocked read was built from
         self.blocked = False
@@ -1104,7 +1109,9 @@ class GroupWorker:
             # hands us nothing more.
 
     async def _read_once(self, reader: _Reader, client: aredis.Redis) -> None:
-        await self._flush_acks(reader, client)
+        if reader.ahead is None:
+            # (With a round read ahead, the acks go out while the sink stores it.)
+            await self._flush_acks(reader, client)
         await self._drop_ended(reader)
         await self._release_ready()
         await self._retry_due(reader, client)
@@ -1149,7 +1156,7 @@ class GroupWorker:
         if reply and self._bus.min_replicas:
             await self._await_replicas(client)
         if reply:
-            await self._deliver(reader, client, reply)
+            await self._deliver(reader, client, self._parse(reader, reply))
 
     async def _await_replicas(self, client: aredis.Redis) -> None:
         """With ``min_replicas``: hold what a read returned until that many replicas hold
@@ -1178,17 +1185,43 @@ class GroupWorker:
                     wanted,
                 )
 
-    async def _deliver(
-        self, reader: _Reader, client: aredis.Redis, reply: Any, *, ahead: bool = False
-    ) -> None:
-        """Hand a read's batches to the sink, then acknowledge them. ``reply`` is the raw
-        XREADGROUP reply, ``[[key, [[id, [field, value, ...] or nil], ...]], ...]``. With
-        ``read_ahead``, the next round is read while the sink stores this one."""
-        batches: list[tuple[_Stream, list[Entry], list[bytes]]] = []
+    def _parse(self, reader: _Reader, reply: Any) -> list[_Batch]:
+        """A read's batches, one per stream of the reader: the entries for the sink and
+        the ids to acknowledge (all of them). ``reply`` is the raw XREADGROUP reply,
+        ``[[key, [[id, [field, value, ...] or nil], ...]], ...]``."""
+        new_entry = tuple.__new__  # Entry's own __new__ is a Python function: twice the cost
+        batches: list[_Batch] = []
         for raw_key, entries in reply:
             s = reader.streams.get(_text(raw_key))
-            if s is None or not entries or not self._readable(s.unit):
-                # Not ours any more: left pending; the next reader of the stream claims them.
+            if s is None or not entries:
+                continue  # not ours any more: left pending for the stream's next reader
+            name, key, epoch = s.name, s.key, s.epoch
+            batch: list[Entry] = []
+            for raw_id, fields in entries:
+                # The bus writes one field, "e"; None: the entry was deleted while pending.
+                if fields and len(fields) == 2 and fields[0] == b"e":
+                    data = fields[1]
+                else:
+                    data = _field(fields, b"e")
+                if isinstance(data, bytes):
+                    batch.append(new_entry(Entry, (name, key, epoch, raw_id.decode(), data)))
+            batches.append((s, batch, [raw_id for raw_id, _ in entries]))
+        return batches
+
+    async def _deliver(
+        self, reader: _Reader, client: aredis.Redis, parsed: list[_Batch], *, ahead: bool = False
+    ) -> None:
+        """Hand a read's batches (``_parse``) to the sink, then acknowledge them.
+
+        With ``read_ahead`` the next round is read (and parsed) while the sink stores this
+        one, and the acknowledgements of the round before, if still unsent, go out
+        meanwhile too: the next round is handed over as soon as this one is stored, and
+        its acknowledgements go out with it (``_read_once``)."""
+        batches: list[_Batch] = []
+        for s, batch, ids in parsed:
+            if reader.streams.get(s.key) is not s or not self._readable(s.unit):
+                # Not ours any more (or added again since): left pending; the stream's
+                # next reader (or our recovery read) claims them.
                 continue
             if ahead and (s.retry is not None or s.recovering):
                 # Read ahead while the batch before it failed (or the stream began to
@@ -1196,39 +1229,36 @@ class GroupWorker:
                 # failed batch is stored, so the stream's order holds.
                 s.recovering = True
                 continue
-            name, key, epoch = s.name, s.key, s.epoch
-            batch: list[Entry] = []
-            ids: list[bytes] = []
-            for raw_id, fields in entries:
-                ids.append(raw_id)
-                # The bus writes one field, "e"; None: the entry was deleted while pending.
-                if fields and len(fields) == 2 and fields[0] == b"e":
-                    data = fields[1]
-                else:
-                    data = _field(fields, b"e")
-                if isinstance(data, bytes):
-                    batch.append(Entry(name, key, epoch, raw_id.decode(), data))
             batches.append((s, batch, ids))
         puts = asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
-        reading = None
+        reading = acking = None
         if self.settings.read_ahead and batches and not self._closing:
             reading = asyncio.ensure_future(self._read_ahead(reader, client))
+        if reader.unacked:
+            acking = asyncio.ensure_future(self._flush_acks(reader, client))
         try:
-            await puts
-        except BaseException:
+            try:
+                await puts
+            finally:
+                if acking is not None:
+                    # A failure (Redis) reaches _read's handler from here, after the sink
+                    # took this round; the acks are kept for the flush after the reconnect.
+                    await acking
             if reading is not None:
-                reading.cancel()
-            raise
-        if reading is not None:
-            # A failure of the read ahead (Redis) reaches _read's handler from here, after
-            # the sink took this round: its acks are flushed after the reconnect.
-            reader.ahead = await reading
-        await self._flush_acks(reader, client)
-        await self._drop_ended(reader)
+                reader.ahead = await reading
+        finally:
+            if reading is not None:
+                if not reading.done():
+                    await cancel_and_wait([reading])
+                elif not reading.cancelled():
+                    reading.exception()  # seen: a failure before it is on its way up
+        if reader.ahead is None:  # nothing read ahead: acknowledge now
+            await self._flush_acks(reader, client)
+            await self._drop_ended(reader)
 
-    async def _read_ahead(self, reader: _Reader, client: aredis.Redis) -> Any:
-        """The next round of the streams that are ready, without BLOCK (None: nothing
-        there yet, or a stream is recovering: the next turn reads as usual)."""
+    async def _read_ahead(self, reader: _Reader, client: aredis.Redis) -> list[_Batch] | None:
+        """The next round of the streams that are ready, without BLOCK, parsed (None:
+        nothing there yet, or a stream is recovering: the next turn reads as usual)."""
         ready = [s for s in reader.streams.values() if s.retry is None and self._readable(s.unit)]
         if not ready or any(s.recovering for s in ready):
             return None
@@ -1240,7 +1270,7 @@ class GroupWorker:
         if self._bus.min_replicas:
             await self._await_replicas(client)
         self.stats.ahead += 1
-        return reply
+        return self._parse(reader, reply)
 
     async def _put(self, reader: _Reader, s: _Stream, batch: list[Entry], ids: list[bytes]) -> None:
         """Hand one stream's batch to the sink; note the stream if the batch ended its
@@ -1281,22 +1311,30 @@ class GroupWorker:
                 await self._drop_ended(reader)
 
     async def _flush_acks(self, reader: _Reader, client: aredis.Redis) -> None:
-        """XACK what the sink took, on the reader's connection (its streams' server)."""
+        """XACK what the sink took, on the reader's connection (its streams' server). The
+        sink may take more meanwhile (``_deliver``): that waits for the next flush."""
         if not reader.unacked:
             return
-        acks = reader.unacked
-        async with client.pipeline(transaction=False) as pipe:
-            for key, ids in acks.items():
-                pipe.xack(key, self._group, *ids)
-            replies = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            # NOGROUP: the stream went away, and its pending list with it. Anything else
-            # (MOVED after a slot moved, a dropped connection) fails the flush: retried.
-            if isinstance(reply, BaseException) and not str(reply).startswith("NOGROUP"):
-                raise reply
+        acks, units = reader.unacked, reader.unacked_units
+        reader.unacked, reader.unacked_units = {}, []
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for key, ids in acks.items():
+                    pipe.xack(key, self._group, *ids)
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                # NOGROUP: the stream went away, and its pending list with it. Anything
+                # else (MOVED after a slot moved, a dropped connection) fails the flush:
+                # retried.
+                if isinstance(reply, BaseException) and not str(reply).startswith("NOGROUP"):
+                    raise reply
+        except BaseException:
+            self.stats.ack_failures += 1
+            for key, ids in reader.unacked.items():  # taken meanwhile: after these
+                acks.setdefault(key, []).extend(ids)
+            reader.unacked, reader.unacked_units = acks, units + reader.unacked_units
+            raise
         self.stats.acked += sum(len(ids) for ids in acks.values())
-        reader.unacked = {}
-        units, reader.unacked_units = reader.unacked_units, []
         for unit in units:
             unit.busy -= 1
 
