@@ -1231,12 +1231,17 @@ class GroupWorker:
                 continue
             batches.append((s, batch, ids))
         puts = asyncio.gather(*(self._put(reader, s, b, ids) for s, b, ids in batches))
-        reading = acking = None
-        if self.settings.read_ahead and batches and not self._closing:
-            reading = asyncio.ensure_future(self._read_ahead(reader, client))
-        if reader.unacked:
-            acking = asyncio.ensure_future(self._flush_acks(reader, client))
+        reading: asyncio.Future[list[_Batch] | None] | None = None
+        acking: asyncio.Future[None] | None = None
         try:
+            if self.settings.read_ahead and batches and not self._closing:
+                # One pass of the event loop first: the sink starts on this round (a store
+                # that yields once to gather a read's batches starts its commit) before
+                # the acks and the next read take the loop.
+                await asyncio.sleep(0)
+                reading = asyncio.ensure_future(self._read_ahead(reader, client))
+            if reader.unacked:
+                acking = asyncio.ensure_future(self._flush_acks(reader, client))
             try:
                 await puts
             finally:
@@ -1247,9 +1252,11 @@ class GroupWorker:
             if reading is not None:
                 reader.ahead = await reading
         finally:
+            if not puts.done():  # cancelled before it was awaited
+                puts.cancel()
             if reading is not None:
                 if not reading.done():
-                    await cancel_and_wait([reading])
+                    await cancel_and_wait([reading])  # type: ignore[list-item]
                 elif not reading.cancelled():
                     reading.exception()  # seen: a failure before it is on its way up
         if reader.ahead is None:  # nothing read ahead: acknowledge now
