@@ -657,3 +657,31 @@ async def test_lag_counts_pending_and_undelivered_entries_per_stream(
         await wait_until(lambda: sink.count() == 5)
         await wait_until(lambda: worker.stats.acked == 5)
         assert await worker.lag() == {"session:lag-0": 0}
+
+
+async def test_the_ack_script_takes_any_number_of_ids_and_passes_errors_on(
+    r: aredis.Redis,
+) -> None:
+    """The loop acknowledges a stream's batch with one script call, the ids joined in one
+    argument (``_ACK``): past Lua's unpack limit too. XACK's own errors come back as they
+    are (the loop reads NOGROUP as "the stream went away" and retries the others)."""
+    from rpa_bus.redisio._group import _ACK
+
+    ack = r.register_script(_ACK)
+    pipe = r.pipeline(transaction=False)
+    for i in range(2_500):
+        pipe.xadd("acks", {"e": b"{}"}, id=f"{i + 1}-0")
+    await pipe.execute()
+    await r.xgroup_create("acks", "g", "0")
+    got = await r.xreadgroup("g", "c", {"acks": ">"}, count=3_000)
+    ids = [raw for raw, _ in got[0][1]]
+    assert len(ids) == 2_500
+    assert await ack(keys=["acks"], args=["g", b" ".join(ids[:2_400])]) == 2_400
+    assert (await r.xpending("acks", "g"))["pending"] == 100
+    # Again, and with what is still pending: only those count.
+    assert await ack(keys=["acks"], args=["g", b" ".join(ids)]) == 100
+    assert (await r.xpending("acks", "g"))["pending"] == 0
+    await r.set("not-a-stream", "x")
+    with pytest.raises(aredis.ResponseError, match=r"^WRONGTYPE"):
+        await ack(keys=["not-a-stream"], args=["g", b"1-0"])
+    await r.delete("acks", "not-a-stream")

@@ -189,6 +189,28 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
+# KEYS: a stream. ARGV: the group, then the ids to acknowledge separated by spaces. XACKs
+# them (a thousand per call: Lua's unpack has a limit); returns how many were pending, or
+# XACK's error (NOGROUP) as it is. One argument for all ids, not one each: redis-py packs
+# each argument in Python, about 0.5 us an id on the archiver's path; joined, 0.05.
+_ACK = """
+local ids, n = {}, 0
+for id in string.gmatch(ARGV[2], '%S+') do
+  ids[#ids + 1] = id
+  if #ids == 1000 then
+    local r = redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
+    if type(r) == 'table' and r.err then return r end
+    n, ids = n + r, {}
+  end
+end
+if #ids > 0 then
+  local r = redis.pcall('XACK', KEYS[1], ARGV[1], unpack(ids))
+  if type(r) == 'table' and r.err then return r end
+  n = n + r
+end
+return n
+"""
+
 _CLAIM_COUNT = 1000  # XAUTOCLAIM page inside _ADD
 _ADD_CHUNK = 200  # _ADD calls per pipeline
 _CLUSTER_FANOUT = 64  # script calls in flight at once on a cluster
@@ -414,6 +436,7 @@ class GroupWorker:
         self._renew = self._cmd.register_script(_RENEW)
         self._release = self._cmd.register_script(_RELEASE)
         self._heartbeat = self._cmd.register_script(_HEARTBEAT)
+        self._ack = self._cmd.register_script(_ACK)
         self._held: dict[str, _Unit] = {}
         self._streams: dict[str, _Stream] = {}  # every tailed stream, by key
         self._readers: dict[int | None, _Reader] = {}
@@ -1327,7 +1350,9 @@ class GroupWorker:
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for key, ids in acks.items():
-                    pipe.xack(key, self._group, *ids)
+                    await _call(
+                        self._ack, keys=[key], args=[self._group, b" ".join(ids)], client=pipe
+                    )
                 replies = await pipe.execute(raise_on_error=False)
             for reply in replies:
                 # NOGROUP: the stream went away, and its pending list with it. Anything
