@@ -63,7 +63,17 @@ def _ms_of(entry_id: str) -> int:
 
 
 # The event types fold_run looks at beyond a job name.
-_RUN_TYPES = frozenset({"started", "step", "progress", "finished", "failed"})
+RUN_TYPES = frozenset({"started", "step", "progress", "finished", "failed"})
+
+
+def counts_progress(acc: dict[str, Any] | None, step: Any) -> bool:
+    """Whether a ``progress`` event with this ``step`` is recorded in the accumulator ``acc``
+    (a run under way, an int step not counted yet, room under ``MAX_RUN_STEPS``); one
+    that is not changes nothing but the run's job."""
+    if acc is None or not isinstance(step, int):
+        return False
+    progress = acc["progress"]
+    return len(progress) < MAX_RUN_STEPS and str(step) not in progress
 
 
 def fold_run(
@@ -73,7 +83,7 @@ def fold_run(
     and the run that ended with this event, if any. Events before a ``started`` (a run the
     archive joined midway) are ignored: a partial run would skew the job's figures."""
     kind = event.get("type")
-    if not isinstance(kind, str) or kind not in _RUN_TYPES:  # log lines: a job name only
+    if not isinstance(kind, str) or kind not in RUN_TYPES:  # log lines: a job name only
         if acc is not None:
             job = event.get("job")
             if isinstance(job, str):
@@ -85,13 +95,10 @@ def fold_run(
             if isinstance(job, str):
                 acc["job"] = job
             step = event.get("step")
-            if isinstance(step, int):
-                progress = acc["progress"]
-                key = str(step)
-                if key not in progress and len(progress) < MAX_RUN_STEPS:
-                    ms = _ms_of(entry_id)
-                    progress[key] = {"s": round(max(0, ms - acc["mark"]) / 1000, 3)}
-                    acc["mark"] = ms
+            if counts_progress(acc, step):
+                ms = _ms_of(entry_id)
+                acc["progress"][str(step)] = {"s": round(max(0, ms - acc["mark"]) / 1000, 3)}
+                acc["mark"] = ms
         return acc, None
     ms = _ms_of(entry_id)
     ts = event.get("ts")

@@ -69,9 +69,11 @@ from rpa_bus import (
     state_from_meta,
 )
 from rpa_bus.archive._runs import (
+    RUN_TYPES,
     WINDOW_RUNS,
     FinishedRun,
     JobSummary,
+    counts_progress,
     dump_acc,
     fold_run,
     load_acc,
@@ -405,12 +407,19 @@ def fold_session_texts(
     before = stored_texts or ""
     found: list[str] = []  # message and error texts since ``before`` (or the new epoch)
     collect = with_texts and len(before) < TEXTS_MAX - 1  # full: nothing more to add
+    # The loop runs for every archived event: names are bound locally, and the run's
+    # common case, a ``progress`` past the accumulator's step bound or already counted,
+    # is told apart here without a call to ``fold_run`` (which it would leave unchanged
+    # but for the job).
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    keep, note = events.append, found.append
     for row in rows:
-        if row.epoch and row.epoch != epoch:  # the stream was recreated: a new history
-            epoch, first, started, fields, acc = row.epoch, row.id, None, {}, None
+        row_epoch = row.epoch
+        if row_epoch and row_epoch != epoch:  # the stream was recreated: a new history
+            epoch, first, started, fields, acc = row_epoch, row.id, None, {}, None
             events = []
             before, found, collect = "", [], with_texts
+            keep, note = events.append, found.append
         if first is None:
             first = row.id
         try:
@@ -419,20 +428,28 @@ def fold_session_texts(
             continue
         if type(event) is not dict:
             continue
+        get = event.get
         if collect:  # as ``_event_texts``: any object's message and error
-            message = event.get("message")
+            message = get("message")
             if type(message) is str and message:
-                found.append(message)
-            error = event.get("error")
+                note(message)
+            error = get("error")
             if type(error) is str and error:
-                found.append(error)
-        if not isinstance(event.get("type"), str):
+                note(error)
+        kind = get("type")
+        if type(kind) is not str:
             continue
-        acc, done = fold_run(sid, acc, row.id, event)
-        if done is not None:
-            ended.append(done)
-        if isinstance(event.get("ts"), str):
-            events.append(event)  # type: ignore[arg-type,unused-ignore]
+        if kind == "progress" and not counts_progress(acc, get("step")):
+            if acc is not None:  # what fold_run would do: note the job
+                job = get("job")
+                if type(job) is str:
+                    acc["job"] = job
+        elif acc is not None or kind in RUN_TYPES:
+            acc, done = fold_run(sid, acc, row.id, event)
+            if done is not None:
+                ended.append(done)
+        if type(get("ts")) is str:
+            keep(event)  # type: ignore[arg-type,unused-ignore]
     fields.update(last_fields(events))
     for event in reversed(events):
         if event["type"] == "started":
