@@ -13,10 +13,11 @@ the append scripts read it on every call, so producers neither trim streams nor 
 finished sessions from then on. The archiver does both itself:
 
 - trim: while a batch is stored, a stream longer than ``maxlen`` loses its oldest
-  entries, but only those before the batch (stored and acknowledged: per stream, batches
-  come one at a time and each is XACKed before the next), at most ``TRIM_CAP`` per
-  batch. Redis keeps the newest ``maxlen`` entries for live replay; an archiver that
-  lags makes Redis grow.
+  entries, but only those before the batch (stored: per stream, a batch is given only
+  once the one before it is stored; its XACK may still be on its way, and an entry
+  trimmed meanwhile is, if given again, a deleted entry the loop skips), at most
+  ``TRIM_CAP`` per batch. Redis keeps the newest ``maxlen`` entries for live replay;
+  an archiver that lags makes Redis grow.
 - profile: when a run of a job ends (its terminal event stored), the job's learned step
   profile (``Store.profile``: step durations of its newest 50 successful runs) is written
   to ``P:job:JOB:profile`` (JSON, ``PROFILE_TTL_S``) for producers to read when a run of
@@ -75,7 +76,7 @@ _FLAG_CHUNK: Final = 1_024
 GC_YOUNG: Final = 50_000
 
 # KEYS: the stream. ARGV: the id of the batch's first entry (all entries before it are
-# stored and acknowledged), maxlen, cap. Deletes the oldest entries beyond maxlen that
+# stored), maxlen, cap. Deletes the oldest entries beyond maxlen that
 # come before that id, at most cap. Returns how many.
 TRIM_LUA: Final = """
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
@@ -209,8 +210,8 @@ class ArchiveSink:
         if not entries:
             return
         start = time.perf_counter()
-        # The trim deletes only entries before this batch, stored and acknowledged before
-        # it was read: it runs while the store commits, not after (off the critical path).
+        # The trim deletes only entries before this batch, stored before it was given: it
+        # runs while the store commits, not after (off the critical path).
         trim = asyncio.ensure_future(self._trim_before(entries[0]))
         self._stats.storing += 1
         try:

@@ -1242,14 +1242,17 @@ class GroupWorker:
         its acknowledgements go out with it (``_read_once``)."""
         batches: list[_Batch] = []
         for s, batch, ids in parsed:
-            if reader.streams.get(s.key) is not s or not self._readable(s.unit):
-                # Not ours any more (or added again since): left pending; the stream's
-                # next reader (or our recovery read) claims them.
+            if reader.streams.get(s.key) is not s:
+                # Not tailed any more (or added again since, reading its pending list):
+                # left pending; the stream's next reader (or our recovery read) finds them.
                 continue
-            if ahead and (s.retry is not None or s.recovering):
-                # Read ahead while the batch before it failed (or the stream began to
-                # recover): left pending, read again from our pending list ("0") once the
-                # failed batch is stored, so the stream's order holds.
+            if not self._readable(s.unit) or (ahead and (s.retry is not None or s.recovering)):
+                # Its unit is being given up (or its lease is not renewed yet), or the
+                # round was read ahead while the batch before it failed (or the stream
+                # began to recover): left pending and read again from our pending list
+                # ("0") before anything later, so the stream's order holds and nothing
+                # skipped is trimmed unstored; a unit given up leaves them to its next
+                # owner's XAUTOCLAIM.
                 s.recovering = True
                 continue
             batches.append((s, batch, ids))
@@ -1267,21 +1270,20 @@ class GroupWorker:
                 acking = asyncio.ensure_future(self._flush_acks(reader, client))
             try:
                 await puts
-            finally:
-                if acking is not None:
-                    # A failure (Redis) reaches _read's handler from here, after the sink
-                    # took this round; the acks are kept for the flush after the reconnect.
-                    await acking
+            except BaseException:
+                if acking is not None:  # its own failure must not replace this one
+                    await _settled(acking)
+                raise
+            if acking is not None:
+                # A failure (Redis) reaches _read's handler from here, after the sink took
+                # this round; the acks are kept for the flush after the reconnect.
+                await acking
             if reading is not None:
                 reader.ahead = await reading
         finally:
-            if not puts.done():  # cancelled before it was awaited
-                puts.cancel()
+            await _settled(puts)  # cancelled with this call if it was not awaited
             if reading is not None:
-                if not reading.done():
-                    await cancel_and_wait([reading])  # type: ignore[list-item]
-                elif not reading.cancelled():
-                    reading.exception()  # seen: a failure before it is on its way up
+                await _settled(reading)
         if reader.ahead is None:  # nothing read ahead: acknowledge now
             await self._flush_acks(reader, client)
             await self._drop_ended(reader)
@@ -1306,6 +1308,11 @@ class GroupWorker:
         """Hand one stream's batch to the sink; note the stream if the batch ended its
         session (it may be dropped once acknowledged)."""
         unit = s.unit
+        if not self._readable(unit) or self._streams.get(s.key) is not s:
+            # Given up, lost or forgotten since the round was read: left pending, for our
+            # recovery read or the unit's next owner.
+            s.recovering = True
+            return
         unit.busy += 1  # until acknowledged: the unit is not given up meanwhile
         if batch:
             try:
@@ -1371,11 +1378,11 @@ class GroupWorker:
             unit.busy -= 1
 
     async def _drop_ended(self, reader: _Reader) -> None:
-        """Check the streams whose session ended, once their acks are flushed (a check
-        that fails is made again after the next flush)."""
-        if reader.unacked:
-            return
+        """Check the streams whose session ended, once their acks are flushed (a stream
+        with acks still to send, or whose check fails, is checked after the next flush)."""
         for key, s in list(reader.ending.items()):
+            if key in reader.unacked:
+                continue
             # Only while we hold its unit: the check claims the stream's pending entries.
             if self._streams.get(key) is s and self._readable(s.unit):
                 await self._drop_if_done(s)
@@ -1408,6 +1415,16 @@ class GroupWorker:
             s.recovering = True
             if s.key in missing:
                 self._untail(s)
+
+
+async def _settled(fut: asyncio.Future[Any]) -> None:
+    """Cancel ``fut`` unless it is done, wait for it, and mark its outcome seen: the
+    caller is already on its way out (or took the result), so a failure of this one is
+    not reported twice, nor as never retrieved."""
+    if not fut.done():
+        await cancel_and_wait([fut])  # type: ignore[list-item]
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:
