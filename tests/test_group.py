@@ -5,6 +5,7 @@ a killed process's streams and pending entries, Redis restarts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -685,3 +686,46 @@ async def test_the_ack_script_takes_any_number_of_ids_and_passes_errors_on(
     with pytest.raises(aredis.ResponseError, match=r"^WRONGTYPE"):
         await ack(keys=["not-a-stream"], args=["g", b"1-0"])
     await r.delete("acks", "not-a-stream")
+
+
+async def test_finished_sessions_are_dropped_while_rounds_keep_coming(
+    redis_url: str, tmp_path: Path, producer: AsyncProducer
+) -> None:
+    """With read_ahead a round's acks go out with the next round, so some are always
+    pending while a busy stream keeps every read full: a finished stream is still dropped
+    once its own acks are flushed, not only when the reads run dry."""
+    sink = Sink()
+    slow = asyncio.Event()  # never set: each put waits its timeout, so rounds pile up
+
+    async def slow_put(entries: Sequence[Entry]) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(slow.wait(), 0.02 * UNIT_S)
+        await Sink.put(sink, entries)
+
+    sink.put = slow_put  # type: ignore[method-assign]
+    settings = group("w1", count=5, kinds=frozenset({"session"}), read_ahead=True)
+    busy = producer.session("busy-0")
+    busy.start()
+    writing = True
+
+    async def keep_writing() -> None:
+        while writing:
+            busy.log("tick")
+            await producer.flush()
+            await asyncio.sleep(0.002)
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        async with GroupWorker(bus(redis_url, tmp_path), settings, sink) as worker:
+            await wait_until(lambda: worker.stats.ahead > 0, what="rounds read ahead")
+            write_sessions(producer, "done", 5, 2, finish=True)
+            assert await producer.flush()
+            await wait_until(
+                lambda: worker.stats.dropped == 5, what=f"finished dropped: {worker.stats}"
+            )
+            assert not writer.done()  # the reads were still full when they were dropped
+            assert worker.stats.tailed == 1
+    finally:
+        writing = False
+        await writer
+    assert sink.problems == []
