@@ -594,14 +594,18 @@ async def test_metrics_port_serves_the_lag_gauge(
 def test_trim_keeps_maxlen_and_everything_not_yet_acknowledged(client: redis.Redis) -> None:
     trim = client.register_script(TRIM_LUA)
     ids = [client.xadd("s", {"e": b"x"}).decode() for _ in range(30)]
+    # Each call answers [trimmed, room]: room is maxlen minus the length after.
     # The batch being stored starts at entry 15: only the 14 before it may go.
-    assert trim(keys=["s"], args=[ids[14], 10, 1000]) == 14
+    assert trim(keys=["s"], args=[ids[14], 10, 1000]) == [14, -6]
     assert redis_ids(client, "s") == ids[14:]
     # Now the batch starts at entry 28: the newest 10 stay (excess 6), at most `cap` go.
-    assert trim(keys=["s"], args=[ids[28], 10, 4]) == 4
-    assert trim(keys=["s"], args=[ids[28], 10, 1000]) == 2
+    assert trim(keys=["s"], args=[ids[28], 10, 4]) == [4, -2]
+    assert trim(keys=["s"], args=[ids[28], 10, 1000]) == [2, 0]
     assert redis_ids(client, "s") == ids[20:]
-    assert trim(keys=["s"], args=[ids[29], 10, 1000]) == 0  # never below maxlen
+    assert trim(keys=["s"], args=[ids[29], 10, 1000]) == [0, 0]  # never below maxlen
+    assert trim(keys=["s"], args=[ids[29], 25, 1000]) == [0, 15]  # room for 15 more
+    # Longer than maxlen, but nothing before the batch to cut.
+    assert trim(keys=["s"], args=[ids[20], 5, 1000]) == [0, -5]
 
 
 def test_expire_only_when_the_terminal_entry_is_still_the_last(client: redis.Redis) -> None:
@@ -660,3 +664,59 @@ async def test_a_finished_run_teaches_the_next_runs_eta(
         # A new producer reads the profile when the run starts: the ETA rests on 1 run.
         second = await asyncio.to_thread(run_job, b, "run-2", "robot", learned=True)
         assert {e.get("eta_runs") for e in second if "eta_s" in e} == {1}
+
+
+async def test_a_stream_below_maxlen_is_checked_for_trimming_once_per_maxlen_entries(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The sink trims while it stores, but a stream that had room at its last check is not
+    checked again until the entries given since could have filled that room: most
+    sessions never reach maxlen, and cost a trim call per maxlen entries, not per batch.
+    One over maxlen is checked (and cut back) at every batch."""
+    import redis.asyncio as aredis
+
+    from rpa_bus.redisio import Entry
+    from workers import ArchiverStats, ArchiveSink
+
+    sync = redis.Redis.from_url(redis_url)
+    client = aredis.Redis.from_url(redis_url)
+    store = await open_store(f"sqlite://{tmp_path / 'a.db'}")
+
+    async def feed(maxlen: int, sid: str, entries: int, per: int) -> tuple[list[str], int]:
+        """``entries`` in the stream, given to a sink in batches of ``per``: the trim
+        calls (the batch's first id each) and the stream's length after."""
+        b = bus(redis_url, tmp_path, maxlen=maxlen)
+        key = b.keys.session(sid)
+        ids = [sync.xadd(key, {"e": b"{}"}).decode() for _ in range(entries)]
+        stats = ArchiverStats()
+        sink = ArchiveSink(store, client, b, stats)
+        calls: list[str] = []
+        real_trim = sink._trim
+
+        async def counted(*, keys: list[str], args: list[Any]) -> Any:
+            calls.append(str(args[0]))
+            return await real_trim(keys=keys, args=args)
+
+        sink._trim = counted  # type: ignore[method-assign]
+        for start in range(0, entries, per):
+            await sink.put(
+                [Entry(f"session:{sid}", key, "e1", i, b"{}") for i in ids[start : start + per]]
+            )
+        length = int(sync.xlen(key))
+        assert stats.trimmed == entries - length
+        return calls, length
+
+    try:
+        # 40 entries, maxlen 1,000: room for 960 more at the first check, none after.
+        calls, length = await feed(1_000, "short", 40, 5)
+        assert len(calls) == 1
+        assert length == 40
+        # 120 entries, maxlen 50: over it from the first batch, checked at every batch
+        # and cut back to maxlen (only entries before the batch being stored go).
+        calls, length = await feed(50, "long", 120, 10)
+        assert len(calls) == 12
+        assert length == 50
+    finally:
+        await store.close()
+        await client.aclose()
+        sync.close()

@@ -72,21 +72,28 @@ PROFILE_TTL_S: Final = 30 * 86_400
 INDEX_MAXLEN: Final = 100_000
 # Flag hashes written per pipeline on a cluster (at most 4096 buckets + the index's).
 _FLAG_CHUNK: Final = 1_024
+# Streams whose trim room ``ArchiveSink`` remembers; past this many it forgets them all
+# (each is then trimmed at its next batch, as before it was known).
+_ROOM_STREAMS: Final = 65_536
 # ``tune_gc``: allocations between two collections of the young generation (CPython: 700).
 GC_YOUNG: Final = 50_000
 
 # KEYS: the stream. ARGV: the id of the batch's first entry (all entries before it are
-# stored), maxlen, cap. Deletes the oldest entries beyond maxlen that
-# come before that id, at most cap. Returns how many.
+# stored), maxlen, cap. Deletes the oldest entries beyond maxlen that come before that
+# id, at most cap. Returns {how many, room}: room is maxlen minus the stream's length
+# after (negative while it is still longer), how many entries it can take before
+# another trim can cut anything.
 TRIM_LUA: Final = """
-local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
-if excess <= 0 then return 0 end
+local maxlen = tonumber(ARGV[2])
+local len = redis.call('XLEN', KEYS[1])
+local excess = len - maxlen
+if excess <= 0 then return {0, -excess} end
 if excess > tonumber(ARGV[3]) then excess = tonumber(ARGV[3]) end
 local old = redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', excess)
-if #old == 0 then return 0 end
+if #old == 0 then return {0, maxlen - len} end
 local last = old[#old][1]
-local n = redis.call('XTRIM', KEYS[1], 'MINID', last)
-return n + redis.call('XDEL', KEYS[1], last)
+local n = redis.call('XTRIM', KEYS[1], 'MINID', last) + redis.call('XDEL', KEYS[1], last)
+return {n, maxlen - len + n}
 """
 
 # KEYS: the session stream, its meta hash. ARGV: the stored terminal entry's id, ttl ms.
@@ -205,6 +212,10 @@ class ArchiveSink:
         self._store_log = RateLimitedLog(log)
         self._profile_log = RateLimitedLog(log)
         self._client = client
+        # Stream key -> how many entries it may still take before a trim can cut
+        # anything, as the last trim found it, less the entries given since (each of
+        # them was in the stream by then, or came after: never an overestimate).
+        self._room: dict[str, int] = {}
 
     async def put(self, entries: Sequence[Entry]) -> None:
         if not entries:
@@ -212,7 +223,7 @@ class ArchiveSink:
         start = time.perf_counter()
         # The trim deletes only entries before this batch, stored before it was given: it
         # runs while the store commits, not after (off the critical path).
-        trim = asyncio.ensure_future(self._trim_before(entries[0]))
+        trim = asyncio.ensure_future(self._trim_before(entries[0], len(entries)))
         self._stats.storing += 1
         try:
             new = await self._store.put(entries)
@@ -238,12 +249,23 @@ class ArchiveSink:
         await trim
         await self._after_store(entries)
 
-    async def _trim_before(self, first: Entry) -> None:
+    async def _trim_before(self, first: Entry, count: int) -> None:
         """Trim the stream's oldest entries beyond its maxlen that come before ``first``
-        (at most ``TRIM_CAP``). A Redis failure raises: the loop retries the batch."""
+        (at most ``TRIM_CAP``), unless the stream had room for these ``count`` entries at
+        its last trim: most streams never reach maxlen, and are checked once per maxlen
+        entries, not once per batch. A Redis failure raises: the loop retries the batch.
+        """
+        key = first.key
+        room = self._room.pop(key, 0) - count
+        if room > 0:
+            self._room[key] = room
+            return
         maxlen = self._bus.maxlen if first.stream.startswith("session:") else INDEX_MAXLEN
-        trimmed = await self._trim(keys=[first.key], args=[first.id, maxlen, TRIM_CAP])
+        trimmed, room = await self._trim(keys=[key], args=[first.id, maxlen, TRIM_CAP])
         self._stats.trimmed += int(trimmed)
+        if len(self._room) >= _ROOM_STREAMS:
+            self._room.clear()
+        self._room[key] = int(room)
 
     async def _after_store(self, entries: Sequence[Entry]) -> None:
         """Expire a finished session whose end is stored. A Redis failure here raises: the
@@ -251,6 +273,7 @@ class ArchiveSink:
         acknowledges it then."""
         first, last = entries[0], entries[-1]
         if first.stream.startswith("session:") and is_terminal(last.data):
+            self._room.pop(first.key, None)  # ended: checked afresh if it starts again
             meta = first.key + ":meta"
             ttl_ms = int(self._bus.retention_s * 1000)
             # Awaited before the +=: ``x += await f()`` reads x first, and a concurrent
