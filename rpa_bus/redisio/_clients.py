@@ -19,7 +19,7 @@ time bound.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import redis
 import redis.asyncio as aredis
@@ -48,7 +48,22 @@ def _timeouts(settings: Settings) -> dict[str, Any]:
     return {
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": settings.socket_timeout_s,
+        **_DRIVER,
     }
+
+
+def _driver_kwargs() -> dict[str, Any]:
+    """redis-py 8 reads its own version from the package's metadata for every connection
+    it makes unless it is given (0.48 ms each against 0.014, in the event loop for the
+    asyncio client: a pool growing by 20 connections stalls it 10 ms). Given once here."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # before redis-py 8: the version is read once, at import
+        return {}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+
+_DRIVER: Final = _driver_kwargs()
 
 
 def _credentials(target: RedisTarget) -> dict[str, Any]:
