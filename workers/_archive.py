@@ -60,6 +60,7 @@ from rpa_bus.redisio import (
     check_config_async,
     close_async,
     is_retryable,
+    settled,
 )
 
 log = logging.getLogger(__name__)
@@ -223,19 +224,21 @@ class ArchiveSink:
         start = time.perf_counter()
         # The trim deletes only entries before this batch, stored before it was given: it
         # runs while the store commits, not after (off the critical path).
-        trim = asyncio.ensure_future(self._trim_before(entries[0], len(entries)))
+        first = entries[0]
+        trim = None
+        if self._trim_due(first.key, len(entries)):
+            trim = asyncio.ensure_future(self._trim_before(first))
         self._stats.storing += 1
         try:
             new = await self._store.put(entries)
-        except ArchiveError as exc:
-            self._stats.store_errors += 1
-            if self._metrics is not None:
-                self._metrics.errors.inc()
-            self._store_log.warning("archive store failed (%s); the batch is retried", exc)
-            await _abandon(trim)
-            raise
-        except BaseException:
-            await _abandon(trim)
+        except BaseException as exc:
+            if isinstance(exc, ArchiveError):
+                self._stats.store_errors += 1
+                if self._metrics is not None:
+                    self._metrics.errors.inc()
+                self._store_log.warning("archive store failed (%s); the batch is retried", exc)
+            if trim is not None:
+                await settled(trim)
             raise
         finally:
             self._stats.storing -= 1
@@ -246,26 +249,30 @@ class ArchiveSink:
         self._stats.replayed += len(entries) - new
         if self._metrics is not None:
             self._metrics.stored.inc(new)
-        await trim
+        if trim is not None:
+            await trim
         await self._after_store(entries)
 
-    async def _trim_before(self, first: Entry, count: int) -> None:
-        """Trim the stream's oldest entries beyond its maxlen that come before ``first``
-        (at most ``TRIM_CAP``), unless the stream had room for these ``count`` entries at
-        its last trim: most streams never reach maxlen, and are checked once per maxlen
-        entries, not once per batch. A Redis failure raises: the loop retries the batch.
-        """
-        key = first.key
+    def _trim_due(self, key: str, count: int) -> bool:
+        """Whether a batch of ``count`` entries of stream ``key`` calls for a trim: not
+        while the stream had room for them at its last trim. Most streams never reach
+        maxlen, and are checked once per maxlen entries, not once per batch."""
         room = self._room.pop(key, 0) - count
         if room > 0:
             self._room[key] = room
-            return
+            return False
+        return True
+
+    async def _trim_before(self, first: Entry) -> None:
+        """Trim the stream's oldest entries beyond its maxlen that come before ``first``
+        (at most ``TRIM_CAP``), and note its room. A Redis failure raises: the loop
+        retries the batch."""
         maxlen = self._bus.maxlen if first.stream.startswith("session:") else INDEX_MAXLEN
-        trimmed, room = await self._trim(keys=[key], args=[first.id, maxlen, TRIM_CAP])
+        trimmed, room = await self._trim(keys=[first.key], args=[first.id, maxlen, TRIM_CAP])
         self._stats.trimmed += int(trimmed)
         if len(self._room) >= _ROOM_STREAMS:
             self._room.clear()
-        self._room[key] = int(room)
+        self._room[first.key] = int(room)
 
     async def _after_store(self, entries: Sequence[Entry]) -> None:
         """Expire a finished session whose end is stored. A Redis failure here raises: the
@@ -453,13 +460,6 @@ class Archiver:
         if self._own_store and self._store is not None:
             await self._store.close()
             self._store = None
-
-
-async def _abandon(task: asyncio.Future[None]) -> None:
-    """Cancel ``task`` and wait for it; its own failure is dropped (the caller raises)."""
-    await cancel_and_wait([task])  # type: ignore[list-item]
-    if not task.cancelled():
-        task.exception()
 
 
 def tune_gc(young: int = GC_YOUNG) -> None:

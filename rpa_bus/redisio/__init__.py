@@ -67,7 +67,7 @@ from rpa_bus.redisio._scripts import (
     seen_key,
     trim_args,
 )
-from rpa_bus.redisio._tasks import cancel_and_wait
+from rpa_bus.redisio._tasks import cancel_and_wait, settled
 
 __all__ = [
     "APPEND_LUA",
@@ -113,6 +113,7 @@ __all__ = [
     "online_replicas",
     "replica_counts",
     "seen_key",
+    "settled",
     "shards_below",
     "sync_client",
     "trim_args",

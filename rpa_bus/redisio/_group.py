@@ -92,7 +92,7 @@ from rpa_bus.redisio._retry import (
     close_race_as_connection_error,
     is_retryable,
 )
-from rpa_bus.redisio._tasks import cancel_and_wait
+from rpa_bus.redisio._tasks import cancel_and_wait, settled
 
 log = logging.getLogger(__name__)
 
@@ -1272,7 +1272,7 @@ class GroupWorker:
                 await puts
             except BaseException:
                 if acking is not None:  # its own failure must not replace this one
-                    await _settled(acking)
+                    await settled(acking)
                 raise
             if acking is not None:
                 # A failure (Redis) reaches _read's handler from here, after the sink took
@@ -1281,9 +1281,9 @@ class GroupWorker:
             if reading is not None:
                 reader.ahead = await reading
         finally:
-            await _settled(puts)  # cancelled with this call if it was not awaited
+            await settled(puts)  # cancelled with this call if it was not awaited
             if reading is not None:
-                await _settled(reading)
+                await settled(reading)
         if reader.ahead is None:  # nothing read ahead: acknowledge now
             await self._flush_acks(reader, client)
             await self._drop_ended(reader)
@@ -1415,16 +1415,6 @@ class GroupWorker:
             s.recovering = True
             if s.key in missing:
                 self._untail(s)
-
-
-async def _settled(fut: asyncio.Future[Any]) -> None:
-    """Cancel ``fut`` unless it is done, wait for it, and mark its outcome seen: the
-    caller is already on its way out (or took the result), so a failure of this one is
-    not reported twice, nor as never retrieved."""
-    if not fut.done():
-        await cancel_and_wait([fut])  # type: ignore[list-item]
-    if not fut.cancelled():
-        fut.exception()
 
 
 async def _close_reader_client(client: aredis.Redis, reader: _Reader) -> None:

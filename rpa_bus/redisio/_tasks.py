@@ -21,3 +21,13 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
             task.cancel()
         await asyncio.wait(pending, timeout=0.1)
         pending = [t for t in pending if not t.done()]
+
+
+async def settled(fut: asyncio.Future[Any]) -> None:
+    """Cancel ``fut`` unless it is done, wait for it, and mark its outcome seen: for a
+    helper task whose caller is already on its way out (or took its result), so that a
+    failure of the helper is neither reported twice nor as never retrieved."""
+    if not fut.done():
+        await cancel_and_wait([fut])  # type: ignore[list-item]
+    if not fut.cancelled():
+        fut.exception()
