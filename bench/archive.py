@@ -417,22 +417,12 @@ async def main() -> None:
                     help="2 also times the PostgreSQL archiver without group commit")  # fmt: skip
     ap.add_argument("--per", type=int, default=2, help="of which following each written session")
     ap.add_argument("--engines", default="postgresql,sqlite", help="the stores 2 and 3 use")
-    ap.add_argument("--gc-default", action="store_true",
-                    help="CPython's collector settings, not tune_gc's")  # fmt: skip
+    add_gc_option(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-archive-"))
-    pg = LocalPostgres(tmp / "pg")
-    pg.init()
-    pg.start()
-    redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
-    redis_server.start()
-    # The archivers below run in this process: with the collector set as `rpa-bus
-    # archiver` sets its own (--gc-default: CPython's defaults, to compare).
-    if not args.gc_default:
-        tune_gc()
-    try:
+    with servers(tmp, gc_default=args.gc_default) as (pg, redis_server):
         parts = {int(p) for p in args.parts.split(",")}
         if 1 in parts:
             await drivers_part(pg, args)
@@ -440,6 +430,27 @@ async def main() -> None:
             await throughput_part(pg, redis_server, tmp, args)
         if 3 in parts:
             await lag_part(pg, redis_server, tmp, args)
+
+
+def add_gc_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--gc-default", action="store_true",
+                    help="CPython's collector settings, not tune_gc's")  # fmt: skip
+
+
+@contextlib.contextmanager
+def servers(tmp: Path, *, gc_default: bool) -> Iterator[tuple[LocalPostgres, EmbeddedRedis]]:
+    """A private PostgreSQL and Redis under ``tmp`` (removed afterwards). The archivers the
+    benches run in this process get the collector set as `rpa-bus archiver` sets its own
+    (``tune_gc``), unless ``gc_default`` (CPython's defaults, to compare)."""
+    pg = LocalPostgres(tmp / "pg")
+    pg.init()
+    pg.start()
+    redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
+    redis_server.start()
+    if not gc_default:
+        tune_gc()
+    try:
+        yield pg, redis_server
     finally:
         redis_server.kill()
         pg.stop("immediate")

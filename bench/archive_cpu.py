@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -25,9 +24,6 @@ sys.path.insert(0, str(_HERE.parent))
 import bench.archive as bench  # noqa: E402
 from rpa_bus import Settings  # noqa: E402
 from rpa_bus.archive import PostgresStore, open_store  # noqa: E402
-from rpa_bus.cli._embedded import EmbeddedRedis  # noqa: E402
-from tests._postgres import LocalPostgres  # noqa: E402
-from workers import tune_gc  # noqa: E402
 
 EVENTS, SESSIONS = 50_000, 20
 
@@ -36,18 +32,10 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engines", default="postgresql,sqlite")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--gc-default", action="store_true",
-                    help="CPython's collector settings, not tune_gc's")  # fmt: skip
+    bench.add_gc_option(ap)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rpa-bus-bench-cpu-"))
-    pg = LocalPostgres(tmp / "pg")
-    pg.init()
-    pg.start()
-    redis_server = EmbeddedRedis(tmp / "redis", persistent=False)
-    redis_server.start()
-    if not args.gc_default:
-        tune_gc()  # as `rpa-bus archiver` does
-    try:
+    with bench.servers(tmp, gc_default=args.gc_default) as (pg, redis_server):
         for r in range(args.rounds):
             for engine in args.engines.split(","):
                 if engine == "sqlite":
@@ -74,10 +62,6 @@ async def main() -> None:
                     await store.close()
                 print(f"{engine:10s} round {r}: {rate:8.0f} events/s, "
                       f"CPU {cpu / EVENTS * 1e6:5.1f} us/event", flush=True)  # fmt: skip
-    finally:
-        redis_server.kill()
-        pg.stop("immediate")
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
