@@ -5,11 +5,13 @@ list need, migrations, retention pruning and bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -24,6 +26,7 @@ from rpa_bus.archive import (
     open_store,
     parse_archive_url,
 )
+from rpa_bus.archive._store import _FOLD_APART
 from tests._postgres import LocalPostgres
 from tests._wait import wait_for_async
 
@@ -433,5 +436,145 @@ async def test_a_refused_batch_does_not_hold_up_the_others_of_its_group(
             state = await store.session(f"ok{i}")
             assert state is not None
             assert state.status == "finished"
+    finally:
+        await store.close()
+
+
+async def _queued_together(store: Store, batches: list[list[Record]]) -> list[int]:
+    """Put ``batches`` so that they all queue for one group commit; each one's count."""
+    turn = store._turn  # type: ignore[attr-defined]
+    await turn.acquire()
+    tasks = [asyncio.create_task(store.put(rows)) for rows in batches]
+    await wait_for_async(
+        lambda: len(store._queued) == len(batches),  # type: ignore[attr-defined]
+        what=f"{len(batches)} queued",
+    )
+    turn.release()
+    return list(await asyncio.gather(*tasks))
+
+
+async def test_a_group_commit_counts_each_batchs_new_rows(archive_url: str) -> None:
+    """One group commit with a batch stored before, one new and one half new: each put
+    answers its own count of new rows (SQLite inserts the whole group in one statement,
+    sees fewer new rows than given, and counts batch by batch instead)."""
+    store = await open_store(archive_url)
+    try:
+        old = session_rows("d-old", 30)
+        half = session_rows("d-half", 40, ms0=1_700_000_100_000)
+        await store.put(old)
+        await store.put(half[:20])
+        new = session_rows("d-new", 25, ms0=1_700_000_200_000)
+        assert await _queued_together(store, [old, new, half]) == [0, 25, 20]
+        assert await store.count() == 30 + 25 + 40
+        for sid, rows in (("d-old", old), ("d-new", new), ("d-half", half)):
+            state = await store.session(sid)
+            assert state is not None
+            assert (state.status, state.first, state.last) == ("finished", rows[0].id, rows[-1].id)
+    finally:
+        await store.close()
+
+
+def _index_entry(ms: int, kind: str, sid: str) -> Record:
+    event = {"type": kind, "session": sid, "ts": now_ts(ms / 1000)}
+    return Record("sessions", "", f"{ms}-0", orjson.dumps(event))
+
+
+def _tables(path: Path) -> tuple[list[Any], list[Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        return (
+            conn.execute("SELECT * FROM sessions ORDER BY session").fetchall(),
+            conn.execute("SELECT * FROM runs ORDER BY session, started").fetchall(),
+        )
+    finally:
+        conn.close()
+
+
+async def test_a_large_group_commit_folds_as_its_batches_one_by_one(tmp_path: Path) -> None:
+    """SQLite folds a large group commit on its fold thread while the rows are inserted:
+    the sessions and runs it leaves are those of the same batches stored one at a time
+    (index entries before and after their sessions' own, one giving the start of a session
+    joined midway, a stream recreated in a new epoch, two batches of one stream, a session
+    named by the index alone)."""
+    ms0 = 1_700_000_000_000
+    first = session_rows("big-a", 150, ms0=ms0)
+    # Joined midway (no `started`), in a stream without an epoch (as index rows are).
+    mid = session_rows("mid", 40, epoch="", ms0=ms0 + 3000)[10:20]
+    batches = [
+        [_index_entry(ms0 - 10, "started", "big-a"), _index_entry(ms0 - 9, "started", "only")],
+        [_index_entry(ms0 + 2990, "started", "mid")],  # gives mid's start time
+        mid,
+        first[:70],
+        session_rows("big-b", 120, ms0=ms0 + 1000),
+        first[70:],
+        session_rows("big-c", 60, epoch="e2", ms0=ms0 + 5000),
+        [_index_entry(ms0 + 9000, "finished", "big-b"), _index_entry(ms0 + 9001, "started", "c")],
+    ]
+    before = session_rows("big-c", 30, epoch="e1", ms0=ms0 - 5000)  # the stream's old epoch
+    assert sum(len(b) for b in batches) > _FOLD_APART  # folded apart
+
+    one_by_one = tmp_path / "one.db"
+    grouped = tmp_path / "group.db"
+    for path in (one_by_one, grouped):
+        store = await open_store(f"sqlite://{path}")
+        try:
+            await store.put(before)
+            if path == one_by_one:
+                counts = [await store.put(rows) for rows in batches]
+            else:
+                counts = await _queued_together(store, batches)
+            assert counts == [len(rows) for rows in batches]
+        finally:
+            await store.close()
+    sessions, runs = _tables(grouped)
+    assert (sessions, runs) == _tables(one_by_one)
+    assert {row[0] for row in sessions} == {"big-a", "big-b", "big-c", "only", "c", "mid"}
+    assert len(runs) == 4  # big-a, big-b, and big-c's two epochs
+    with contextlib.closing(sqlite3.connect(grouped)) as conn:
+        started = conn.execute("SELECT started FROM sessions WHERE session = 'mid'").fetchone()
+    assert started == (now_ts((ms0 + 2990) / 1000),)
+
+
+async def test_rows_are_stored_byte_for_byte(archive_url: str) -> None:
+    """Whatever an entry's data holds comes back as it went in: NUL bytes, bytes that are
+    not UTF-8, an empty value, quotes and backslashes, and so does an epoch with quotes,
+    a backslash and a non-ASCII letter (SQLite's inserts carry the rows' keys in JSON and
+    their data in one blob)."""
+    store = await open_store(archive_url)
+    try:
+        odd = [b"", b"\x00\x01\xff\xfe", b'{"q":"\\"x\\u0000"}', bytes(range(256)) * 40]
+        rows = [
+            Record("session:odd", 'e"1\\é', f"{1_700_000_000_000 + i}-{i}", data)
+            for i, data in enumerate(odd)
+        ]
+        other = [
+            Record("session:plain", "e1", f"{1_700_000_000_000 + i}-0", b"x") for i in range(3)
+        ]
+        assert await _queued_together(store, [rows, other]) == [4, 3]
+        page = await store.events("session:odd", limit=10)
+        assert [(e.id, e.epoch, e.data) for e in page.events] == [
+            (r.id, r.epoch, r.data) for r in rows
+        ]
+        assert await store.put(rows) == 0
+    finally:
+        await store.close()
+
+
+async def test_a_group_commit_past_one_statements_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite inserts at most ``_INSERT_ROWS`` rows a statement: a larger group takes
+    several, and counts and stores all (the bound made small here, to see it crossed)."""
+    from rpa_bus.archive import _store
+
+    monkeypatch.setattr(_store, "_INSERT_ROWS", 7)
+    store = await open_store(f"sqlite://{tmp_path / 'a.db'}")
+    try:
+        runs = [session_rows(f"ch{i}", 23, ms0=1_700_000_000_000 + i * 1000) for i in range(3)]
+        assert await _queued_together(store, runs) == [23, 23, 23]
+        assert await _queued_together(store, [runs[0][:10], runs[1]]) == [0, 0]
+        assert await store.count() == 69
+        page = await store.events("session:ch1", limit=100)
+        assert [e.id for e in page.events] == [r.id for r in runs[1]]
     finally:
         await store.close()
