@@ -874,8 +874,8 @@ def _ts_of_ms(ms: int) -> str:
 # statement per row gave the GIL back and took it again for every row, and each time it
 # waited for whichever thread held it. The id ("ms-seq") is split by SQLite too: CAST
 # takes a text's longest integer prefix, and caps an integer past 2**63-1 at it, as
-# ``_split_id`` does. ``json_extract`` (not ``->>``)
-# keeps SQLite 3.37 with JSON1, as Python 3.11 builds link it, in reach.
+# ``_split_id`` does. ``json_extract``, not ``->>``: SQLite before 3.38 built with JSON1
+# (what some Linux distributions' Python links) has the one, not the other.
 _SQLITE_INSERT: Final = (
     "INSERT INTO events (stream, ms, seq, epoch, data) SELECT "
     "json_extract(j.value, '$[0]'), "
@@ -890,6 +890,20 @@ _INSERT_ROWS: Final = 20_000
 # A group commit of at least this many rows folds on the fold thread, beside its inserts;
 # a smaller one (a live session's few events) folds in line, without the hand-over.
 _FOLD_APART: Final = 200
+
+
+def _check_json() -> None:
+    """Refuse an SQLite without the JSON functions ``_SQLITE_INSERT`` needs (built in
+    since 3.38; before, a build option most distributions set), before any file is
+    touched."""
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')")
+    except sqlite3.OperationalError as exc:
+        raise ArchiveUnavailable(
+            f"this Python's SQLite {sqlite3.sqlite_version} lacks the JSON functions the "
+            f"archive needs ({exc}): use one built with them (SQLite 3.38 or newer has them)"
+        ) from exc
 
 
 def _insert_args(rows: Sequence[Row]) -> tuple[bytes, bytes]:
@@ -943,6 +957,7 @@ _Part = tuple[str, "list[Row] | dict[str, ArchivedSession]"]
 
 
 def _round_parts(batches: Sequence[Sequence[Row]]) -> list[_Part]:
+    """A group commit's batches as the fold takes them, stream by stream, in order."""
     parts: list[_Part] = []
     for rows in batches:
         for name, group in _by_stream(rows):
@@ -1026,6 +1041,7 @@ class SqliteStore(Store):
         return store
 
     def _open(self) -> None:
+        _check_json()
         if self.path.exists():
             # Read-only first: a newer schema is refused before anything (even WAL mode,
             # which is written into the file) changes.
