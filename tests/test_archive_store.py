@@ -495,7 +495,7 @@ async def test_a_large_group_commit_folds_as_its_batches_one_by_one(tmp_path: Pa
     the sessions and runs it leaves are those of the same batches stored one at a time
     (index entries before and after their sessions' own, one giving the start of a session
     joined midway, a stream recreated in a new epoch, two batches of one stream, a session
-    named by the index alone)."""
+    named by the index alone, a batch stored before)."""
     ms0 = 1_700_000_000_000
     first = session_rows("big-a", 150, ms0=ms0)
     # Joined midway (no `started`), in a stream without an epoch (as index rows are).
@@ -511,6 +511,8 @@ async def test_a_large_group_commit_folds_as_its_batches_one_by_one(tmp_path: Pa
         [_index_entry(ms0 + 9000, "finished", "big-b"), _index_entry(ms0 + 9001, "started", "c")],
     ]
     before = session_rows("big-c", 30, epoch="e1", ms0=ms0 - 5000)  # the stream's old epoch
+    replayed = before[5:25]  # given again: stored before (the group counts batch by batch)
+    batches.insert(4, replayed)
     assert sum(len(b) for b in batches) > _FOLD_APART  # folded apart
 
     one_by_one = tmp_path / "one.db"
@@ -523,7 +525,7 @@ async def test_a_large_group_commit_folds_as_its_batches_one_by_one(tmp_path: Pa
                 counts = [await store.put(rows) for rows in batches]
             else:
                 counts = await _queued_together(store, batches)
-            assert counts == [len(rows) for rows in batches]
+            assert counts == [0 if rows is replayed else len(rows) for rows in batches]
         finally:
             await store.close()
     sessions, runs = _tables(grouped)
@@ -556,6 +558,11 @@ async def test_rows_are_stored_byte_for_byte(archive_url: str) -> None:
             (r.id, r.epoch, r.data) for r in rows
         ]
         assert await store.put(rows) == 0
+        # A batch whose rows all have empty data (one statement with an empty blob).
+        empty = [Record("session:empty", "e1", f"{1_700_000_000_000 + i}-0", b"") for i in range(2)]
+        assert await store.put(empty) == 2
+        page = await store.events("session:empty", limit=10)
+        assert [e.data for e in page.events] == [b"", b""]
     finally:
         await store.close()
 
@@ -563,8 +570,10 @@ async def test_rows_are_stored_byte_for_byte(archive_url: str) -> None:
 async def test_a_group_commit_past_one_statements_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite inserts at most ``_INSERT_ROWS`` rows a statement: a larger group takes
-    several, and counts and stores all (the bound made small here, to see it crossed)."""
+    """SQLite inserts at most ``_INSERT_ROWS`` rows and ``_INSERT_BYTES`` of data a
+    statement (SQLite refuses a value past 1e9 bytes): a larger group takes several, a
+    row larger than the byte bound goes alone, and all are counted and stored (the
+    bounds made small here, to see them crossed)."""
     from rpa_bus.archive import _store
 
     monkeypatch.setattr(_store, "_INSERT_ROWS", 7)
@@ -576,5 +585,17 @@ async def test_a_group_commit_past_one_statements_rows(
         assert await store.count() == 69
         page = await store.events("session:ch1", limit=100)
         assert [e.id for e in page.events] == [r.id for r in runs[1]]
+
+        monkeypatch.setattr(_store, "_INSERT_BYTES", 100)
+        sizes = [40, 40, 40, 250, 10, 90, 0]
+        big = [
+            Record("session:bytes", "e1", f"{1_700_000_100_000 + i}-0", bytes([65 + i]) * n)
+            for i, n in enumerate(sizes)
+        ]
+        # Statements of 40+40, 40, 250 (alone, past the bound), 10+90+0 bytes.
+        assert len(_store._insert_params(big)) == 4
+        assert await store.put(big) == len(big)
+        page = await store.events("session:bytes", limit=100)
+        assert [e.data for e in page.events] == [r.data for r in big]
     finally:
         await store.close()

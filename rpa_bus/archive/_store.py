@@ -867,26 +867,32 @@ def _ts_of_ms(ms: int) -> str:
 # SQLite
 
 
-# A group commit inserts its rows in one statement (up to ``_INSERT_ROWS`` a statement):
-# ?1 is a JSON array of [stream, id, epoch, offset, length], ?2 all the rows' data in one
-# blob. SQLite then parses, splits and inserts without the GIL for the whole statement,
-# while the fold of the same rows runs on the store's fold thread (``_put_many``); a
-# statement per row gave the GIL back and took it again for every row, and each time it
-# waited for whichever thread held it. The id ("ms-seq") is split by SQLite too: CAST
-# takes a text's longest integer prefix, and caps an integer past 2**63-1 at it, as
-# ``_split_id`` does. ``json_extract``, not ``->>``: SQLite before 3.38 built with JSON1
-# (what some Linux distributions' Python links) has the one, not the other.
+# A group commit inserts its rows in one statement (up to ``_INSERT_ROWS`` rows and
+# ``_INSERT_BYTES`` of data a statement): ?1 is a JSON array (text: a blob would be read
+# as JSONB from SQLite 3.45) of [stream, id, epoch, offset, length], ?2 all the rows' data
+# in one blob. SQLite then parses, splits and inserts without the GIL for the whole
+# statement, while the fold of the same rows runs on the store's fold thread
+# (``_put_many``); a statement per row gave the GIL back and took it again for every row,
+# and each time it waited for whichever thread held it. SQLite splits the id too: CAST
+# takes a text's longest integer prefix (the ``ms`` of "ms-seq") and caps an integer past
+# 2**63-1 at it, as ``_split_id`` does. ``substr`` of an empty blob is NULL, hence the
+# COALESCE (a statement whose rows all have empty data). ``json_extract``, not ``->>``:
+# SQLite before 3.38 built with JSON1 (what some Linux distributions' Python links) has
+# the one, not the other. JSON text ends at a NUL, so a stream name or epoch with one
+# would be cut: neither can have one (names are checked, epochs are the bus's hex ids).
 _SQLITE_INSERT: Final = (
     "INSERT INTO events (stream, ms, seq, epoch, data) SELECT "
     "json_extract(j.value, '$[0]'), "
-    "CAST(json_extract(j.value, '$[1]') AS INTEGER), "  # the id's integer prefix: ms
+    "CAST(json_extract(j.value, '$[1]') AS INTEGER), "
     "CAST(substr(json_extract(j.value, '$[1]'), instr(json_extract(j.value, '$[1]'), '-') + 1)"
     " AS INTEGER), "
     "json_extract(j.value, '$[2]'), "
-    "substr(?2, json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')) "
+    "COALESCE(substr(?2, json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]')), x'') "
     "FROM json_each(?1) AS j WHERE true ON CONFLICT DO NOTHING"
 )
+# SQLite refuses a value past 1e9 bytes (SQLITE_MAX_LENGTH); events can be megabytes.
 _INSERT_ROWS: Final = 20_000
+_INSERT_BYTES: Final = 64 << 20
 # A group commit of at least this many rows folds on the fold thread, beside its inserts;
 # a smaller one (a live session's few events) folds in line, without the hand-over.
 _FOLD_APART: Final = 200
@@ -898,7 +904,7 @@ def _check_json() -> None:
     touched."""
     try:
         with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-            conn.execute("SELECT json_extract(value, '$[0]') FROM json_each('[[1]]')")
+            conn.execute("SELECT json_extract(value, '$[0]') FROM json_each(?)", ("[[1]]",))
     except sqlite3.OperationalError as exc:
         raise ArchiveUnavailable(
             f"this Python's SQLite {sqlite3.sqlite_version} lacks the JSON functions the "
@@ -906,24 +912,27 @@ def _check_json() -> None:
         ) from exc
 
 
-def _insert_args(rows: Sequence[Row]) -> tuple[bytes, bytes]:
-    """``_SQLITE_INSERT``'s two parameters for ``rows``."""
+def _insert_params(rows: Sequence[Row]) -> list[tuple[str, bytes]]:
+    """The parameters of the ``_SQLITE_INSERT`` statements that insert ``rows``."""
+    params: list[tuple[str, bytes]] = []
     meta: list[tuple[str, str, str, int, int]] = []
-    add = meta.append
+    datas: list[bytes] = []
     at = 1  # substr counts from 1
     for row in rows:
-        size = len(row.data)
-        add((row.stream, row.id, row.epoch, at, size))
+        data = row.data
+        size = len(data)
+        if meta and (len(meta) == _INSERT_ROWS or at - 1 + size > _INSERT_BYTES):
+            params.append((orjson.dumps(meta).decode(), b"".join(datas)))
+            meta, datas, at = [], [], 1
+        meta.append((row.stream, row.id, row.epoch, at, size))
+        datas.append(data)
         at += size
-    return orjson.dumps(meta), b"".join([row.data for row in rows])
+    if meta:
+        params.append((orjson.dumps(meta).decode(), b"".join(datas)))
+    return params
 
 
-def _insert_params(rows: Sequence[Row]) -> list[tuple[bytes, bytes]]:
-    """The parameters of the statements that insert ``rows``, ``_INSERT_ROWS`` a statement."""
-    return [_insert_args(rows[i : i + _INSERT_ROWS]) for i in range(0, len(rows), _INSERT_ROWS)]
-
-
-def _insert(conn: sqlite3.Connection, params: Sequence[tuple[bytes, bytes]]) -> int:
+def _insert(conn: sqlite3.Connection, params: Sequence[tuple[str, bytes]]) -> int:
     """Run the inserts; returns how many rows were new."""
     return sum(conn.execute(_SQLITE_INSERT, args).rowcount for args in params)
 
@@ -931,7 +940,7 @@ def _insert(conn: sqlite3.Connection, params: Sequence[tuple[bytes, bytes]]) -> 
 def _insert_round(
     conn: sqlite3.Connection,
     batches: Sequence[Sequence[Row]],
-    params: Sequence[tuple[bytes, bytes]],
+    params: Sequence[tuple[str, bytes]],
 ) -> list[int]:
     """Insert a group commit's batches, all at once (``params``: ``_insert_params`` of
     their rows in order); returns each batch's count of new rows. If some rows were there
@@ -1204,7 +1213,10 @@ class SqliteStore(Store):
                     sessions, runs = _fold_round(parts, found)
                     counts = _insert_round(conn, batches, params)
                 else:
-                    folding = self._folder.submit(_fold_round, parts, found)
+                    try:
+                        folding = self._folder.submit(_fold_round, parts, found)
+                    except RuntimeError:  # shut down: close() came meanwhile
+                        raise ArchiveError("the archive store is closed") from None
                     try:
                         counts = _insert_round(conn, batches, params)
                     finally:
