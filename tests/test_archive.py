@@ -720,19 +720,3 @@ async def test_a_stream_below_maxlen_is_checked_for_trimming_once_per_maxlen_ent
         await store.close()
         await client.aclose()
         sync.close()
-
-
-def test_round_max_and_count_come_from_the_environment(tmp_path: Path) -> None:
-    """``RPA_BUS_ARCHIVER_COUNT`` and ``_ROUND_MAX`` reach the archiver's group loop; a value
-    out of range is refused, naming the variable."""
-    from rpa_bus import ConfigError
-    from workers._archive import _group_settings
-
-    bus = Settings(spool_dir=tmp_path / "spool", archive_url="sqlite:///tmp/x.db")
-    env = {"RPA_BUS_ARCHIVER_COUNT": "200", "RPA_BUS_ARCHIVER_ROUND_MAX": "4000"}
-    group = _group_settings(ArchiverSettings.from_env(bus, env))
-    assert (group.count, group.round_max, group.count_for(100)) == (200, 4000, 40)
-    defaults = _group_settings(ArchiverSettings.from_env(bus, {}))
-    assert (defaults.count, defaults.round_max) == (500, 50_000)
-    with pytest.raises(ConfigError, match="RPA_BUS_ARCHIVER_ROUND_MAX"):
-        ArchiverSettings.from_env(bus, {"RPA_BUS_ARCHIVER_ROUND_MAX": "0"})

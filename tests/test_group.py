@@ -159,11 +159,6 @@ async def test_settings_are_checked(redis_url: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="socket timeout"):
         GroupWorker(bus(redis_url, tmp_path), group("a", block_ms=5000), Sink())
     assert GroupSettings(kind="archiver").consumer  # host-pid by default
-    with pytest.raises(ValueError, match="round_max"):
-        group("a", round_max=0)
-    # Entries per stream for a read of N streams: count, until round_max // N is less.
-    limits = GroupSettings(kind="archiver", count=500, round_max=50_000)
-    assert [limits.count_for(n) for n in (0, 1, 100, 1000, 10**6)] == [500, 500, 500, 50, 1]
 
 
 @pytest.mark.parametrize("read_ahead", [False, True])
@@ -734,27 +729,3 @@ async def test_finished_sessions_are_dropped_while_rounds_keep_coming(
         writing = False
         await writer
     assert sink.problems == []
-
-
-@pytest.mark.parametrize("read_ahead", [False, True])
-async def test_round_max_bounds_what_a_read_of_many_streams_takes(
-    redis_url: str, tmp_path: Path, producer: AsyncProducer, r: aredis.Redis, read_ahead: bool
-) -> None:
-    """``round_max`` caps a read over all its streams, whatever ``count`` allows one: a
-    session stream is read together with the index, so with round_max 10 its batches hold
-    at most 5 entries (10 // 2 streams; 1 when 10 or more are read), the index alone at
-    most 10, where count alone would let a batch take a session's 32; everything still
-    arrives once, in order."""
-    write_sessions(producer, "many", 12, 30, finish=True)
-    assert await producer.flush()
-    keys = bus(redis_url, tmp_path).keys
-    expected = await truth(r, keys)
-    sink = Sink()
-    settings = group("w1", count=50, round_max=10, read_ahead=read_ahead)
-    async with GroupWorker(bus(redis_url, tmp_path), settings, sink):
-        await wait_until(lambda: sink.count() == sum(map(len, expected.values())), what="all")
-    assert sink.got == expected
-    assert sink.problems == []
-    sizes = [(stream, len(ids)) for stream, ids in sink.attempts]
-    assert max(n for stream, n in sizes if stream != "sessions") <= 5
-    assert max(n for stream, n in sizes if stream == "sessions") <= 10

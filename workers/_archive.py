@@ -119,7 +119,6 @@ class ArchiverSettings:
     claim_idle_ms: int = 30_000
     block_ms: int = 1_000
     count: int = 500
-    round_max: int = 50_000
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     lag_interval_s: float = 5.0
@@ -144,7 +143,6 @@ class ArchiverSettings:
             "claim_idle_ms": env.integer("ARCHIVER_CLAIM_IDLE_MS", 30_000, lo=100),
             "block_ms": env.integer("ARCHIVER_BLOCK_MS", 1_000, lo=10, hi=60_000),
             "count": env.integer("ARCHIVER_COUNT", 500, lo=1, hi=10_000),
-            "round_max": env.integer("ARCHIVER_ROUND_MAX", 50_000, lo=1, hi=1_000_000),
             "metrics_host": env.text("ARCHIVER_METRICS_HOST", "127.0.0.1"),
             "metrics_port": env.integer("ARCHIVER_METRICS_PORT", 0, lo=0, hi=65535) or None,
             "retention_days": retention or None,
@@ -500,7 +498,6 @@ def _group_settings(s: ArchiverSettings) -> GroupSettings:
         claim_idle_ms=s.claim_idle_ms,
         block_ms=s.block_ms,
         count=s.count,
-        round_max=s.round_max,
         read_ahead=True,
     )
     return group if s.consumer is None else replace(group, consumer=s.consumer)

@@ -255,19 +255,15 @@ class GroupSettings:
     # Lease TTL: a dead process's streams (and pending entries) are taken over after this.
     claim_idle_ms: int = 30_000
     block_ms: int = 1_000
-    count: int = 500  # entries per read per stream
-    # Entries per read over all its streams: a read of many streams takes fewer of each
-    # (``round_max // streams``, at least one), so what a round holds in memory is bounded
-    # (twice that with ``read_ahead``).
-    round_max: int = 50_000
+    count: int = 500
     # Owned buckets are scanned again this often (and after every outage), for sessions
     # the index did not announce (trimmed away, or written apart on a cluster).
     rescan_ms: int = 300_000
     # close() waits this long for the sink to take the batch in flight.
     close_timeout_ms: int = 10_000
     # Read the next round (without BLOCK) while the sink stores the current one, so the
-    # sink's wait and the reading overlap; it is handed over once the current round is
-    # stored. For sinks that wait on something else (a database).
+    # sink's wait and the reading overlap; it is handed over only after the current
+    # round is acknowledged. For sinks that wait on something else (a database).
     read_ahead: bool = False
 
     def __post_init__(self) -> None:
@@ -278,17 +274,8 @@ class GroupSettings:
             raise ValueError(f"kinds must be a non-empty subset of {sorted(STREAM_KINDS)}")
         if self.claim_idle_ms < 300:
             raise ValueError(f"claim_idle_ms must be >= 300, got {self.claim_idle_ms}")
-        if (
-            min(self.block_ms, self.count, self.round_max, self.rescan_ms, self.close_timeout_ms)
-            < 1
-        ):
-            raise ValueError(
-                "block_ms, count, round_max, rescan_ms and close_timeout_ms must be >= 1"
-            )
-
-    def count_for(self, streams: int) -> int:
-        """Entries per stream for a read of ``streams`` streams (``round_max``)."""
-        return max(1, min(self.count, self.round_max // max(1, streams)))
+        if min(self.block_ms, self.count, self.rescan_ms, self.close_timeout_ms) < 1:
+            raise ValueError("block_ms, count, rescan_ms and close_timeout_ms must be >= 1")
 
 
 @dataclass(eq=False)
@@ -1167,13 +1154,11 @@ class GroupWorker:
                     await reader.changed.wait()
             return
         recovering = [s for s in ready if s.recovering]
+        count = self.settings.count
         reply: Any
         if recovering:
             reply = await client.xreadgroup(
-                self._group,
-                self._consumer,
-                {s.key: "0" for s in recovering},
-                count=self.settings.count_for(len(recovering)),
+                self._group, self._consumer, {s.key: "0" for s in recovering}, count=count
             )
             got = {_text(k) for k, entries in reply or [] if entries}
             for s in recovering:
@@ -1187,11 +1172,7 @@ class GroupWorker:
             reader.blocked = True
             try:
                 reply = await client.xreadgroup(
-                    self._group,
-                    self._consumer,
-                    {s.key: ">" for s in ready},
-                    self.settings.count_for(len(ready)),
-                    block,
+                    self._group, self._consumer, {s.key: ">" for s in ready}, count, block
                 )
             finally:
                 reader.blocked = False
@@ -1314,10 +1295,7 @@ class GroupWorker:
         if not ready or any(s.recovering for s in ready):
             return None
         reply = await client.xreadgroup(
-            self._group,
-            self._consumer,
-            {s.key: ">" for s in ready},
-            self.settings.count_for(len(ready)),
+            self._group, self._consumer, {s.key: ">" for s in ready}, self.settings.count
         )
         if not reply:
             return None
