@@ -262,8 +262,8 @@ class GroupSettings:
     # close() waits this long for the sink to take the batch in flight.
     close_timeout_ms: int = 10_000
     # Read the next round (without BLOCK) while the sink stores the current one, so the
-    # sink's wait and the reading overlap; it is handed over only after the current
-    # round is acknowledged. For sinks that wait on something else (a database).
+    # sink's wait and the reading overlap; it is handed over once the current round is
+    # stored. For sinks that wait on something else (a database).
     read_ahead: bool = False
 
     def __post_init__(self) -> None:
