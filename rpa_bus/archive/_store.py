@@ -863,6 +863,39 @@ def _ts_of_ms(ms: int) -> str:
     return now_ts(ms / 1000)
 
 
+# A group commit of at least this many rows folds them in a thread, meanwhile the
+# database inserts them (both stores); below, the thread's hand-off costs more than it
+# saves.
+_FOLD_THREAD_ROWS: Final = 256
+
+
+def _fold_all(
+    by_stream: dict[str, list[Row]], found: dict[str, Sequence[Any]]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The sessions' rows after ``by_stream``'s rows (``found``: their rows before, with
+    ``run`` and ``texts`` last), the runs that ended, and the index's sessions
+    (``sessions`` stream) as rows. Pure: safe in a thread."""
+    states: list[tuple[Any, ...]] = []
+    ended: list[tuple[Any, ...]] = []
+    indexed: list[tuple[Any, ...]] = []
+    for stream in sorted(by_stream):
+        rows = by_stream[stream]
+        if stream.startswith("session:"):
+            sid = stream[8:]
+            row = found.get(sid)
+            current = _session_row(row[:-2]) if row else None
+            state, run, texts, done = fold_session_texts(
+                sid, current, row[-2] if row else None, row[-1] if row else None, rows
+            )
+            if state is not None:
+                states.append((*astuple_session(state), run, texts))
+            ended.extend(_run_row(r) for r in done)
+        elif stream == "sessions":
+            indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
+    indexed.sort(key=lambda t: str(t[0]))
+    return states, ended, indexed
+
+
 # ---------------------------------------------------------------------------------------
 # SQLite
 
@@ -893,9 +926,6 @@ _SQLITE_INSERT: Final = (
 # SQLite refuses a value past 1e9 bytes (SQLITE_MAX_LENGTH); events can be megabytes.
 _INSERT_ROWS: Final = 20_000
 _INSERT_BYTES: Final = 64 << 20
-# A group commit of at least this many rows folds on the fold thread, beside its inserts;
-# a smaller one (a live session's few events) folds in line, without the hand-over.
-_FOLD_APART: Final = 200
 
 
 def _check_json() -> None:
@@ -957,69 +987,14 @@ def _insert_round(
     return [_insert(conn, _insert_params(rows)) for rows in batches]
 
 
-# The sessions table's columns as ``_put_many`` reads and writes them.
-_SQLITE_SESSION_ROW: Final = f"{_SESSION_COLUMNS}, run, texts"
-_SessionRow = tuple[Any, ...]
-# One stream's part of a group commit: (session id, its rows) for a session stream, or
-# ("", the sessions its entries name) for the ``sessions`` index.
-_Part = tuple[str, "list[Row] | dict[str, ArchivedSession]"]
-
-
-def _round_parts(batches: Sequence[Sequence[Row]]) -> list[_Part]:
-    """A group commit's batches as the fold takes them, stream by stream, in order."""
-    parts: list[_Part] = []
-    for rows in batches:
-        for name, group in _by_stream(rows):
-            if name.startswith("session:"):
-                parts.append((name[8:], group))
-            elif name == "sessions":
-                parts.append(("", index_sessions(group)))
-    return parts
-
-
-def _fold_round(
-    parts: Sequence[_Part], found: dict[str, _SessionRow | None]
-) -> tuple[list[_SessionRow], list[tuple[Any, ...]]]:
-    """Fold a group commit's parts, in order, into the sessions rows to write (``INSERT OR
-    REPLACE``) and the ended runs (``runs`` rows). ``found`` holds the stored row (or None)
-    of every session the parts name, and is updated as the parts go, as the table would
-    be by writing after each: an index entry adds a row only where its session has none,
-    a session's batch folds on top of its row."""
-    changed: dict[str, _SessionRow] = {}
-    runs: list[tuple[Any, ...]] = []
-    for sid, part in parts:
-        if isinstance(part, dict):
-            for name, indexed in part.items():
-                if found.get(name) is None:
-                    found[name] = changed[name] = (*astuple_session(indexed), None, None)
-            continue
-        row = found.get(sid)
-        state, run, texts, ended = fold_session_texts(
-            sid,
-            _session_row(row[:-2]) if row else None,
-            row[-2] if row else None,
-            row[-1] if row else None,
-            part,
-        )
-        if state is not None:
-            found[sid] = changed[sid] = (*astuple_session(state), run, texts)
-        runs.extend(_run_row(r) for r in ended)
-    return list(changed.values()), runs
-
-
-def _found_sessions(
-    conn: sqlite3.Connection, parts: Sequence[_Part]
-) -> dict[str, _SessionRow | None]:
-    """The stored sessions row (or None) of every session ``parts`` name."""
-    sids: dict[str, None] = {}
-    for sid, part in parts:
-        sids.update(dict.fromkeys(part) if isinstance(part, dict) else {sid: None})
-    found: dict[str, _SessionRow | None] = dict(sids)
-    names = list(sids)
-    for i in range(0, len(names), 500):
-        chunk = names[i : i + 500]
+def _found_sessions(conn: sqlite3.Connection, sids: Sequence[str]) -> dict[str, Sequence[Any]]:
+    """The stored sessions rows (with ``run`` and ``texts`` last) of those of ``sids`` that
+    have one, as ``_fold_all`` takes them."""
+    found: dict[str, Sequence[Any]] = {}
+    for i in range(0, len(sids), 500):
+        chunk = sids[i : i + 500]
         for row in conn.execute(
-            f"SELECT {_SQLITE_SESSION_ROW} FROM sessions "
+            f"SELECT {_SESSION_COLUMNS}, run, texts FROM sessions "
             f"WHERE session IN ({_marks('?', len(chunk))})",
             chunk,
         ):
@@ -1197,40 +1172,49 @@ class SqliteStore(Store):
 
     def _put_many(self, batches: Sequence[Sequence[Row]]) -> list[int]:
         """One group commit (in a worker thread): each batch's count of new rows. The
-        inserts (one statement, SQLite's work without the GIL) and the fold (Python's)
-        are the two halves of a row's cost: a large commit runs them at once, the fold
-        on the fold thread."""
+        inserts (one statement, SQLite's work without the GIL) and the fold (Python's,
+        ``_fold_all`` as for PostgreSQL) are the two halves of a row's cost: a large
+        commit runs them at once, the fold on the fold thread."""
         with self._use() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # What needs the GIL first (the fold thread then has it to itself
-                # while the inserts run): the statements' parameters, the parts.
+                # while the inserts run): the statements' parameters, the streams' rows.
                 every = batches[0] if len(batches) == 1 else [r for b in batches for r in b]
                 params = _insert_params(every)
-                parts = _round_parts(batches)
-                found = _found_sessions(conn, parts)
-                if len(every) < _FOLD_APART:
-                    sessions, runs = _fold_round(parts, found)
+                by_stream: dict[str, list[Row]] = {}
+                for row in every:
+                    by_stream.setdefault(row.stream, []).append(row)
+                sids = [name[8:] for name in by_stream if name.startswith("session:")]
+                found = _found_sessions(conn, sids)
+                if len(every) < _FOLD_THREAD_ROWS:
+                    states, ended, indexed = _fold_all(by_stream, found)
                     counts = _insert_round(conn, batches, params)
                 else:
                     try:
-                        folding = self._folder.submit(_fold_round, parts, found)
+                        folding = self._folder.submit(_fold_all, by_stream, found)
                     except RuntimeError:  # shut down: close() came meanwhile
                         raise ArchiveError("the archive store is closed") from None
                     try:
                         counts = _insert_round(conn, batches, params)
                     finally:
                         concurrent.futures.wait([folding])
-                    sessions, runs = folding.result()
+                    states, ended, indexed = folding.result()
                 conn.executemany(
-                    f"INSERT OR REPLACE INTO sessions ({_SQLITE_SESSION_ROW}) "
+                    f"INSERT OR REPLACE INTO sessions ({_SESSION_COLUMNS}, run, texts) "
                     f"VALUES ({_marks('?', _N_SESSION + 2)})",
-                    sessions,
+                    states,
                 )
                 conn.executemany(
                     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_marks('?', 7)}) "
                     "ON CONFLICT DO NOTHING",
-                    runs,
+                    ended,
+                )
+                # The index's sessions after the others: they only fill gaps.
+                conn.executemany(
+                    f"INSERT INTO sessions ({_SESSION_COLUMNS}) "
+                    f"VALUES ({_marks('?', _N_SESSION)}) ON CONFLICT DO NOTHING",
+                    indexed,
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -1515,38 +1499,6 @@ def _session_page(rows: Sequence[Sequence[Any]], limit: int) -> SessionPage:
 
 # ---------------------------------------------------------------------------------------
 # PostgreSQL
-
-
-# A group commit of at least this many rows folds them in a thread, meanwhile the
-# database inserts them; below, the thread's hand-off costs more than it saves.
-_FOLD_THREAD_ROWS: Final = 256
-
-
-def _fold_all(
-    by_stream: dict[str, list[Row]], found: dict[str, Sequence[Any]]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The sessions' rows after ``by_stream``'s rows (``found``: their rows before, with
-    ``run`` and ``texts`` last), the runs that ended, and the index's sessions
-    (``sessions`` stream) as rows. Pure: safe in a thread."""
-    states: list[tuple[Any, ...]] = []
-    ended: list[tuple[Any, ...]] = []
-    indexed: list[tuple[Any, ...]] = []
-    for stream in sorted(by_stream):
-        rows = by_stream[stream]
-        if stream.startswith("session:"):
-            sid = stream[8:]
-            row = found.get(sid)
-            current = _session_row(row[:-2]) if row else None
-            state, run, texts, done = fold_session_texts(
-                sid, current, row[-2] if row else None, row[-1] if row else None, rows
-            )
-            if state is not None:
-                states.append((*astuple_session(state), run, texts))
-            ended.extend(_run_row(r) for r in done)
-        elif stream == "sessions":
-            indexed.extend(astuple_session(s) for s in index_sessions(rows).values())
-    indexed.sort(key=lambda t: str(t[0]))
-    return states, ended, indexed
 
 
 class PostgresStore(Store):
